@@ -1,0 +1,154 @@
+"""Frozen, validated run configuration: one source of truth for every default.
+
+YAML in, pydantic out. Unknown keys and wrong types are errors that name the key; relative
+paths are resolved against the config file's folder, so a config can travel with its data.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from .errors import ConfigError
+
+
+class StrictModel(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class ExpertsConfig(StrictModel):
+    paths: list[str] = Field(min_length=1, description="LoRA adapter folders or model folders")
+    base_model: str | None = Field(
+        None, description="Base model of LoRA experts (folder, hub id or 'smollm2'); "
+        "default: the adapters' base_model_name_or_path")
+    include: list[str] = Field(default_factory=list, description="glob patterns of searched tensors")
+    exclude: list[str] = Field(default_factory=list, description="glob patterns of frozen tensors")
+    trust_remote_code: bool = False
+
+
+class DataConfig(StrictModel):
+    path: str = Field(description="JSON with dev/test lists, or JSONL")
+    test_path: str | None = Field(None, description="JSONL test file when `path` holds dev only")
+    dev_split: str = "dev"
+    test_split: str = "test"
+    max_dev: int | None = Field(None, ge=1)
+    max_test: int | None = Field(None, ge=1)
+
+
+class UtilityConfig(StrictModel):
+    type: str = Field("multiple_choice", description="a registered utility name")
+    batch_size: int = Field(16, ge=1)
+    max_new_tokens: int = Field(16, ge=1)
+    function: str | None = Field(None, description="'module:function' for type 'python'")
+    chat_template: bool | None = Field(None, description="None: use it when the tokenizer has one")
+    prompt: str | None = Field(None, description="prompt template override")
+
+
+class SwarmConfig(StrictModel):
+    particles: int | None = Field(None, ge=2, description="grow the population to this size")
+    inertia: float = Field(0.4, ge=0)
+    cognitive: float = Field(0.3, ge=0)
+    social: float = Field(0.3, ge=0)
+    repel: float = Field(0.3, ge=0)
+    use_repel: bool = True
+    random_factors: bool = True
+    step_length: float = Field(1.0, gt=0)
+    step_decay: float = Field(0.95, gt=0, le=1)
+    min_step: float = Field(0.1, ge=0)
+    start_velocity: Literal["random", "zero", "best"] = "random"
+    restart_patience: float = Field(0.5, gt=0, description="fraction of `patience`")
+    restart_cooldown: int = Field(
+        0, ge=0, description="extra iterations a restarted particle waits before it can restart")
+    patience: int = Field(10, ge=1)
+    max_iterations: int = Field(200, ge=0)
+    dtype: Literal["float32", "float64", "bfloat16", "float16"] = "float32"
+
+    @model_validator(mode="after")
+    def _coefficients(self) -> SwarmConfig:
+        total = self.inertia + self.cognitive + self.social + (self.repel if self.use_repel else 0)
+        if total <= 0:
+            raise ValueError("inertia + cognitive + social (+ repel) must be > 0")
+        return self
+
+
+class ModelConfig(StrictModel):
+    device: str = Field("auto", description="auto, cpu, cuda or cuda:N")
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
+
+
+class OutputConfig(StrictModel):
+    dir: str = "runs/run"
+    top_k: int = Field(3, ge=1, description="particles in the majority-vote ensemble and exports")
+    evaluate_test: bool = True
+
+
+class RunConfig(StrictModel):
+    experts: ExpertsConfig
+    data: DataConfig
+    utility: UtilityConfig = UtilityConfig()
+    search: SwarmConfig = SwarmConfig()
+    model: ModelConfig = ModelConfig()
+    output: OutputConfig = OutputConfig()
+    seed: int = 0
+
+
+def _resolve(value: str, root: Path) -> str:
+    # Hub ids ("org/name") stay as they are unless a folder of that name exists beside the config.
+    p = Path(value).expanduser()
+    if p.is_absolute() or value == "smollm2":
+        return value
+    candidate = root / p
+    if candidate.exists() or value.startswith((".", "..")) or "/" not in value:
+        return str(candidate.resolve())
+    return value
+
+
+def _format_errors(err: ValidationError, source: str) -> str:
+    lines = []
+    for e in err.errors():
+        key = ".".join(str(x) for x in e["loc"]) or "(top level)"
+        msg = "unknown key" if e["type"] == "extra_forbidden" else e["msg"]
+        lines.append(f"{source}: {key}: {msg}")
+    return "\n".join(lines)
+
+
+def parse_config(data: dict[str, Any], source: str = "config") -> RunConfig:
+    try:
+        return RunConfig.model_validate(data)
+    except ValidationError as err:
+        raise ConfigError(_format_errors(err, source)) from None
+
+
+def load_config(path: str | Path) -> RunConfig:
+    """Read a YAML config; relative paths inside it resolve against its folder."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"{path}: config file not found")
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{path}: not valid YAML: {err}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: expected a mapping at the top level")
+    cfg = parse_config(data, str(path))
+    return resolve_paths(cfg, path.parent.resolve())
+
+
+def resolve_paths(cfg: RunConfig, root: Path) -> RunConfig:
+    experts = cfg.experts.model_copy(update={
+        "paths": [_resolve(p, root) for p in cfg.experts.paths],
+        "base_model": _resolve(cfg.experts.base_model, root) if cfg.experts.base_model else None,
+    })
+    data = cfg.data.model_copy(update={
+        "path": _resolve(cfg.data.path, root),
+        "test_path": _resolve(cfg.data.test_path, root) if cfg.data.test_path else None,
+    })
+    output = cfg.output.model_copy(update={"dir": _resolve(cfg.output.dir, root)})
+    return cfg.model_copy(update={"experts": experts, "data": data, "output": output})
+
+
+def dump_config(cfg: RunConfig) -> str:
+    return yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False)

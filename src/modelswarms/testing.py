@@ -1,0 +1,125 @@
+"""Tiny real models for tests and examples: a few-layer Llama, a character tokenizer, LoRA pools.
+
+Everything is built in-process in well under a second, so tests run the real code paths
+(transformers, peft, safetensors) with only the model being small.
+"""
+
+from __future__ import annotations
+
+import string
+from pathlib import Path
+
+import torch
+
+CHARS = string.printable  # 100 characters: digits, letters, punctuation, whitespace
+SPECIALS = ["<pad>", "<s>", "</s>", "<unk>"]
+CHAT_TEMPLATE = (
+    "{% for m in messages %}<s>{{ m['role'] }}: {{ m['content'] }}\n{% endfor %}"
+    "{% if add_generation_prompt %}<s>assistant: {% endif %}"
+)
+
+
+def make_char_tokenizer(chat_template: bool = False):
+    """A character-level fast tokenizer: every printable ASCII character is one token."""
+    from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    vocab = {tok: i for i, tok in enumerate(SPECIALS + list(dict.fromkeys(CHARS)))}
+    tok = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.Split(Regex("(.|\n)"), behavior="isolated")
+    tok.decoder = decoders.Fuse()
+    fast = PreTrainedTokenizerFast(
+        tokenizer_object=tok, pad_token="<pad>", bos_token="<s>", eos_token="</s>",
+        unk_token="<unk>",
+    )
+    if chat_template:
+        fast.chat_template = CHAT_TEMPLATE
+    return fast
+
+
+def make_tiny_llama(
+    folder: str | Path,
+    *,
+    seed: int = 0,
+    hidden_size: int = 32,
+    layers: int = 2,
+    chat_template: bool = False,
+) -> Path:
+    """Save a random tiny LlamaForCausalLM with its tokenizer to `folder` (safetensors)."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    folder = Path(folder)
+    tok = make_char_tokenizer(chat_template=chat_template)
+    config = LlamaConfig(
+        vocab_size=len(tok),
+        hidden_size=hidden_size,
+        intermediate_size=hidden_size * 2,
+        num_hidden_layers=layers,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=512,
+        pad_token_id=tok.pad_token_id,
+        bos_token_id=tok.bos_token_id,
+        eos_token_id=tok.eos_token_id,
+        tie_word_embeddings=False,
+    )
+    torch.manual_seed(seed)
+    model = LlamaForCausalLM(config)
+    model.save_pretrained(folder)
+    tok.save_pretrained(folder)
+    return folder
+
+
+def make_tiny_lora_pool(
+    base: str | Path,
+    folder: str | Path,
+    n: int = 3,
+    *,
+    rank: int = 4,
+    alpha: int = 8,
+    target_modules: tuple[str, ...] = ("q_proj", "v_proj"),
+    scale: float = 0.5,
+    seed: int = 0,
+) -> list[Path]:
+    """Save `n` LoRA adapters of `base` with random (non-zero) A and B factors."""
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    paths = []
+    for i in range(n):
+        model = AutoModelForCausalLM.from_pretrained(base)
+        cfg = LoraConfig(
+            r=rank, lora_alpha=alpha, target_modules=list(target_modules), lora_dropout=0.0,
+            task_type="CAUSAL_LM",
+        )
+        peft_model = get_peft_model(model, cfg)
+        gen = torch.Generator().manual_seed(seed * 1000 + i)
+        with torch.no_grad():
+            for name, p in peft_model.named_parameters():
+                if "lora_" in name:
+                    p.copy_(torch.randn(p.shape, generator=gen) * scale)
+        out = Path(folder) / f"expert_{i}"
+        peft_model.save_pretrained(out)
+        paths.append(out)
+    return paths
+
+
+def make_tiny_full_pool(
+    base: str | Path, folder: str | Path, n: int = 3, *, scale: float = 0.02, seed: int = 0
+) -> list[Path]:
+    """Save `n` full-weight fine-tunes of `base`: the base weights plus seeded noise."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(base)
+    paths = []
+    for i in range(n):
+        model = AutoModelForCausalLM.from_pretrained(base)
+        gen = torch.Generator().manual_seed(seed * 1000 + i)
+        with torch.no_grad():
+            for p in model.parameters():
+                p.add_(torch.randn(p.shape, generator=gen) * scale)
+        out = Path(folder) / f"full_{i}"
+        model.save_pretrained(out)
+        tok.save_pretrained(out)
+        paths.append(out)
+    return paths
