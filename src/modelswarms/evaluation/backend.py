@@ -1,0 +1,148 @@
+"""One model stays resident; particles are swapped into its live weights in place.
+
+The searched parameters of the live model are re-pointed to views of one flat buffer laid out
+like the weight space, so loading a particle is a single `copy_` and never touches disk.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+
+import torch
+
+from ..errors import ExpertError
+from ..models import resolve_model
+from ..pool import ExpertPool
+from ..space import FlatSpace
+
+_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def pick_device(device: str = "auto") -> torch.device:
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
+
+
+def pick_dtype(dtype: str, device: torch.device) -> torch.dtype:
+    if dtype == "auto":
+        # CPUs are slow at half precision; GPUs are fast at it and short of memory.
+        return torch.bfloat16 if device.type == "cuda" else torch.float32
+    return _DTYPES[dtype]
+
+
+def load_tokenizer(source: str, trust_remote_code: bool = False):
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(source, trust_remote_code=trust_remote_code)
+    if tok.pad_token is None:
+        tok.pad_token = tok.eos_token
+    return tok
+
+
+def load_causal_lm(source: str, dtype: torch.dtype, device: torch.device,
+                   trust_remote_code: bool = False):
+    from transformers import AutoModelForCausalLM
+
+    try:
+        model = AutoModelForCausalLM.from_pretrained(
+            source, dtype=dtype, trust_remote_code=trust_remote_code, use_safetensors=True
+        )
+    except OSError as err:
+        raise ExpertError(f"{source}: cannot load the model: {err}") from None
+    return model.to(device).eval()
+
+
+def _live_name(pool: ExpertPool, name: str) -> str:
+    # peft stores "...lora_A.weight" in files but names the live parameter "...lora_A.default.weight".
+    if pool.kind == "lora":
+        for part in (".lora_A.", ".lora_B.", ".lora_embedding_A", ".lora_embedding_B"):
+            if part in name:
+                head, tail = name.rsplit(".", 1)
+                return f"{head}.default.{tail}" if part.endswith(".") else f"{name}.default"
+    return name
+
+
+class ResidentModel:
+    """The model of a pool held in memory, its searched weights bound to one flat buffer."""
+
+    def __init__(self, pool: ExpertPool, space: FlatSpace, *, device: str = "auto",
+                 dtype: str = "auto", trust_remote_code: bool = False):
+        self.pool, self.space = pool, space
+        self.device = pick_device(device)
+        self.dtype = pick_dtype(dtype, self.device)
+        first = str(pool.experts[0].path)
+        if pool.kind == "lora":
+            from peft import PeftModel
+
+            base = resolve_model(pool.base_model or "")
+            self.tokenizer = load_tokenizer(base, trust_remote_code)
+            model = load_causal_lm(base, self.dtype, self.device, trust_remote_code)
+            self.model = PeftModel.from_pretrained(model, first, is_trainable=False).eval()
+        else:
+            self.tokenizer = load_tokenizer(first, trust_remote_code)
+            self.model = load_causal_lm(first, self.dtype, self.device, trust_remote_code)
+        self.model.requires_grad_(False)
+        self.flat = self._bind()
+
+    def _bind(self) -> torch.Tensor:
+        params = dict(self.model.named_parameters(remove_duplicate=False))
+        first = self.pool.experts[0].tensors
+        live = []
+        for slot in self.space.slots:
+            name = _live_name(self.pool, slot.name)
+            if name not in params:
+                raise ExpertError(
+                    f"{self.pool.experts[0].path}: tensor {slot.name} has no parameter "
+                    f"{name} in the loaded model"
+                )
+            live.append(params[name])
+        dtype = live[0].dtype
+        flat = torch.empty(self.space.dim, dtype=dtype, device=self.device)
+        for slot, param in zip(self.space.slots, live, strict=True):
+            view = flat[slot.offset : slot.offset + slot.numel].view(slot.shape)
+            # The expert's own values, not the loaded ones: peft may cast adapters on load.
+            view.copy_(first[slot.name])
+            param.data = view
+        return flat
+
+    def load(self, vector: torch.Tensor) -> None:
+        """Make `vector` (a point of the weight space) the model's searched weights."""
+        self.flat.copy_(vector)
+
+    def current(self) -> torch.Tensor:
+        return self.flat
+
+    @contextlib.contextmanager
+    def base_model(self) -> Iterator[object]:
+        """The model without its adapter (LoRA pools only)."""
+        if self.pool.kind != "lora":
+            raise ExpertError("the base model is only defined for pools of LoRA adapters")
+        with self.model.disable_adapter():
+            yield self.model
+
+
+def load_standalone(path: str, base_model: str | None = None, *, device: str = "auto",
+                    dtype: str = "auto", trust_remote_code: bool = False):
+    """(model, tokenizer) for one adapter folder or model folder, as plain transformers/peft."""
+    import json
+    from pathlib import Path
+
+    dev = pick_device(device)
+    dt = pick_dtype(dtype, dev)
+    folder = Path(path)
+    adapter_cfg = folder / "adapter_config.json"
+    if adapter_cfg.is_file():
+        from peft import PeftModel
+
+        base = base_model or json.loads(adapter_cfg.read_text()).get("base_model_name_or_path")
+        if not base:
+            raise ExpertError(f"{folder}: adapter names no base model; pass --base")
+        base = resolve_model(base)
+        model = load_causal_lm(base, dt, dev, trust_remote_code)
+        model = PeftModel.from_pretrained(model, str(folder), is_trainable=False).eval()
+        return model, load_tokenizer(base, trust_remote_code)
+    source = resolve_model(str(path))
+    return load_causal_lm(source, dt, dev, trust_remote_code), load_tokenizer(
+        source, trust_remote_code)

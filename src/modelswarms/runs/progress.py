@@ -1,0 +1,40 @@
+"""The live view of a run: one bar over iterations plus the figures a user watches."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeElapsedColumn
+from rich.progress import Progress as RichProgress
+
+
+class Progress:
+    def __init__(self, max_iterations: int, enabled: bool = True):
+        self.max_iterations = max_iterations
+        self.enabled = enabled
+        self._bar = RichProgress(
+            TextColumn("[bold]swarm"), BarColumn(), MofNCompleteColumn(),
+            TextColumn("{task.fields[stats]}"), TimeElapsedColumn(),
+            console=Console(stderr=True), disable=not enabled, transient=False,
+        )
+        self._task = self._bar.add_task("swarm", total=max_iterations, stats="evaluating experts")
+
+    def __enter__(self) -> Progress:
+        self._bar.__enter__()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._bar.__exit__(*exc)
+
+    def update(self, rec: dict[str, Any]) -> None:
+        utilities = rec["utilities"]
+        it = rec["iteration"]
+        per_iter = rec["wall_time"] / (it + 1)
+        eta = per_iter * max(self.max_iterations - it, 0)
+        stats = (
+            f"best {rec['global_best']:.4f}  mean {sum(utilities) / len(utilities):.4f}  "
+            f"step {rec['step']:.3f}  evals {rec['evaluations']}  "
+            f"{rec['seconds']:.1f} s/it  ETA ≤{eta / 60:.1f} min"
+        )
+        self._bar.update(self._task, completed=it, stats=stats)

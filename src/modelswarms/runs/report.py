@@ -1,0 +1,124 @@
+"""End of a run: test scores beside the base model and every expert, the top-k ensemble,
+correctness emergence, exports, and report.json / report.md / a plot of the utility curves."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ..search import ModelSwarm
+from .checkpoint import atomic_write_text
+from .ensemble import majority_vote
+from .session import Session
+
+
+def _row(name: str, dev: float | None, test: float | None, **extra: Any) -> dict[str, Any]:
+    return {"name": name, "dev": dev, "test": test, **extra}
+
+
+def final_report(session: Session, swarm: ModelSwarm, history: list[dict[str, Any]],
+                 run_dir: Path) -> dict[str, Any]:
+    cfg = session.cfg
+    k = min(cfg.output.top_k, swarm.n)
+    top = torch.argsort(swarm.p_util, descending=True, stable=True)[:k].tolist()
+    exports = {"best": str(run_dir / "best"), "top": []}
+    meta = {"run": str(run_dir), "seed": str(cfg.seed)}
+    session.export(swarm.g, run_dir / "best",
+                   {**meta, "particle": "global best", "dev_utility": repr(swarm.g_util)})
+    for rank, i in enumerate(top, 1):
+        folder = run_dir / "top" / f"rank_{rank}"
+        session.export(swarm.p[i], folder, {**meta, "particle": f"personal best of {i}",
+                                            "dev_utility": repr(float(swarm.p_util[i]))})
+        exports["top"].append(str(folder))
+
+    initial = history[0]["utilities"]
+    rows = []
+    test = session.test
+    names = session.pool.names
+    expert_test = []
+    if session.pool.kind == "lora":
+        base_dev = session.score(None, session.dev).value
+        base_test = session.score(None, test).value if test else None
+        rows.append(_row("base model", base_dev, base_test))
+    for i, name in enumerate(names):
+        t = session.score(session.experts[i], test) if test else None
+        expert_test.append(t)
+        rows.append(_row(f"expert: {name}", initial[i], t.value if t else None))
+    best_expert = max(range(len(names)), key=lambda i: initial[i])
+    rows.append(_row(f"best expert ({names[best_expert]})", initial[best_expert],
+                     expert_test[best_expert].value if test else None))
+    best_test = session.score(swarm.g, test) if test else None
+    rows.append(_row("Model Swarms: global best", swarm.g_util,
+                     best_test.value if best_test else None))
+    emergence = None
+    if test:
+        voters = [session.score(swarm.p[i], test) for i in top]
+        vote = majority_vote(voters, [float(swarm.p_util[i]) for i in top])
+        rows.append(_row(f"Model Swarms: top-{k} majority vote", None, vote.value))
+        emergence = sum(
+            1 for j in range(len(test))
+            if best_test.scores[j] > 0 and all(t.scores[j] <= 0 for t in expert_test)
+        )
+    report = {
+        "utility": cfg.utility.type, "dataset": cfg.data.path,
+        "dev_items": len(session.dev), "test_items": len(test) if test else 0,
+        "experts": len(names), "particles": swarm.n, "iterations": swarm.iteration,
+        "evaluations": swarm.evaluations, "search_seconds": history[-1]["wall_time"],
+        "best_dev": swarm.g_util, "best_test": best_test.value if best_test else None,
+        "correctness_emergence": emergence, "rows": rows, "exports": exports,
+    }
+    atomic_write_text(run_dir / "report.json", json.dumps(report, indent=2))
+    atomic_write_text(run_dir / "report.md", render_markdown(report))
+    plot_history(history, run_dir / "utility_curves.png")
+    return report
+
+
+def _fmt(x: float | None) -> str:
+    return "-" if x is None else f"{x:.4f}"
+
+
+def render_markdown(report: dict[str, Any]) -> str:
+    lines = [
+        "# Model Swarms run", "",
+        f"Utility `{report['utility']}` on `{report['dataset']}` "
+        f"({report['dev_items']} dev / {report['test_items']} test items). "
+        f"{report['experts']} experts, {report['particles']} particles, "
+        f"{report['iterations']} iterations, {report['evaluations']} evaluations, "
+        f"{report['search_seconds']:.1f} s of search.", "",
+        "| model | dev | test |", "| --- | ---: | ---: |",
+    ]
+    lines += [f"| {r['name']} | {_fmt(r['dev'])} | {_fmt(r['test'])} |" for r in report["rows"]]
+    if report["correctness_emergence"] is not None:
+        lines += ["", f"Correctness emergence: {report['correctness_emergence']} test items that "
+                  "every initial expert got wrong are right in the global best."]
+    lines += ["", f"Global best exported to `{report['exports']['best']}`; top-k personal bests "
+              f"to `{Path(report['exports']['best']).parent / 'top'}`.", ""]
+    return "\n".join(lines)
+
+
+def plot_history(history: list[dict[str, Any]], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    its = [r["iteration"] for r in history]
+    fig, ax = plt.subplots(figsize=(7, 4))
+    per_particle = list(zip(*[r["utilities"] for r in history], strict=True))
+    for series in per_particle:
+        ax.plot(its, series, color="0.8", linewidth=0.8)
+    ax.plot(its, [sum(r["utilities"]) / len(r["utilities"]) for r in history], label="mean")
+    ax.plot(its, [r["global_best"] for r in history], label="global best", linewidth=2)
+    ax.plot(its, [r["global_worst"] for r in history], label="global worst", linestyle="--")
+    ax.set_xlabel("iteration")
+    ax.set_ylabel("dev utility")
+    ax.legend()
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    tmp = path.with_suffix(".tmp.png")
+    fig.savefig(tmp, dpi=120)
+    plt.close(fig)
+    tmp.replace(path)

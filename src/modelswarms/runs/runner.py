@@ -1,0 +1,131 @@
+"""The search loop: ask, evaluate, tell, checkpoint, one iteration at a time.
+
+A run folder holds the config as used, an atomic checkpoint after every iteration, and
+`history.jsonl`. Resuming loads the checkpoint, drops history lines written after it, and goes
+on; since the search's random generator is in the checkpoint and evaluation is deterministic,
+a resumed run ends exactly where an uninterrupted one does.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+import time
+from pathlib import Path
+from typing import Any
+
+from ..config import RunConfig, dump_config, load_config
+from ..errors import RunError
+from ..search import ModelSwarm
+from .checkpoint import atomic_write_text, load_checkpoint, save_checkpoint
+from .progress import Progress
+from .report import final_report
+from .session import Session
+
+log = logging.getLogger("modelswarms")
+
+CONFIG, CHECKPOINT, HISTORY, LOG = "config.yaml", "checkpoint.safetensors", "history.jsonl", "run.log"
+
+
+def prepare_run_dir(cfg: RunConfig, overwrite: bool) -> Path:
+    run_dir = Path(cfg.output.dir)
+    if run_dir.exists() and any(run_dir.iterdir()):
+        if not overwrite:
+            raise RunError(
+                f"{run_dir}: run folder exists; resume it with `modelswarms run --resume "
+                f"{run_dir}`, or pass --overwrite to start again"
+            )
+        shutil.rmtree(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(run_dir / CONFIG, dump_config(cfg))
+    return run_dir
+
+
+def _attach_log(run_dir: Path) -> logging.Handler:
+    handler = logging.FileHandler(run_dir / LOG)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
+    log.addHandler(handler)
+    log.setLevel(logging.INFO)
+    return handler
+
+
+def _read_history(path: Path, upto: int) -> list[dict[str, Any]]:
+    """History records up to iteration `upto`; a torn last line (a kill mid-write) is dropped."""
+    records = []
+    if path.exists():
+        for line in path.read_text().splitlines():
+            try:
+                rec = json.loads(line)
+            except json.JSONDecodeError:
+                break
+            if rec["iteration"] > upto:
+                break
+            records.append(rec)
+    return records
+
+
+def run(cfg: RunConfig | None = None, *, resume: str | Path | None = None,
+        overwrite: bool = False, show_progress: bool = True) -> dict[str, Any]:
+    """Run (or resume) a Model Swarms search and return its report."""
+    if resume is not None:
+        run_dir = Path(resume)
+        if not (run_dir / CONFIG).is_file():
+            raise RunError(f"{run_dir}: not a run folder (no {CONFIG})")
+        cfg = load_config(run_dir / CONFIG)
+    else:
+        assert cfg is not None
+        run_dir = prepare_run_dir(cfg, overwrite)
+    handler = _attach_log(run_dir)
+    try:
+        return _run(cfg, run_dir, show_progress)
+    finally:
+        log.removeHandler(handler)
+        handler.close()
+
+
+def _run(cfg: RunConfig, run_dir: Path, show_progress: bool) -> dict[str, Any]:
+    session = Session.open(cfg, need_test=cfg.output.evaluate_test)
+    swarm = ModelSwarm(session.experts, cfg.search, seed=cfg.seed, device=session.backend.device)
+    wall = 0.0
+    history: list[dict[str, Any]] = []
+    ckpt = run_dir / CHECKPOINT
+    if ckpt.exists():
+        tensors, meta = load_checkpoint(ckpt)
+        swarm.load_state_dict(tensors, meta["swarm"])
+        wall = meta["wall_time"]
+        history = _read_history(run_dir / HISTORY, swarm.iteration)
+        log.info("resumed at iteration %d (%d evaluations)", swarm.iteration, swarm.evaluations)
+    # Rewrite history so it ends exactly at the checkpoint (drops work a kill interrupted).
+    atomic_write_text(run_dir / HISTORY, "".join(json.dumps(r) + "\n" for r in history))
+    log.info("pool: %d %s experts, %d searched values in %d tensors; %d particles; device %s",
+             len(session.pool.experts), session.pool.kind, session.space.dim,
+             len(session.space.slots), swarm.n, session.backend.device)
+    with Progress(cfg.search.max_iterations, enabled=show_progress) as progress:
+        for rec in history:
+            progress.update(rec)
+        while not swarm.done:
+            start = time.perf_counter()
+            utilities = [session.dev_utility(row) for row in swarm.ask()]
+            swarm.tell(utilities)
+            elapsed = time.perf_counter() - start
+            wall += elapsed
+            rec = {
+                "iteration": swarm.iteration, "global_best": swarm.g_util,
+                "global_worst": swarm.w_util, "utilities": utilities,
+                "personal_best": swarm.p_util.tolist(), "step": swarm.step,
+                "evaluations": swarm.evaluations, "restarted": swarm.restarted,
+                "seconds": round(elapsed, 4), "wall_time": round(wall, 4),
+            }
+            with open(run_dir / HISTORY, "a") as f:
+                f.write(json.dumps(rec) + "\n")
+            tensors, meta = swarm.state_dict()
+            save_checkpoint(ckpt, tensors, {"swarm": meta, "wall_time": wall})
+            history.append(rec)
+            progress.update(rec)
+            log.info("iteration %d: best %.4f mean %.4f step %.3f evaluations %d (%.2f s)",
+                     swarm.iteration, swarm.g_util, sum(utilities) / len(utilities),
+                     swarm.step, swarm.evaluations, elapsed)
+    report = final_report(session, swarm, history, run_dir)
+    log.info("done: best dev utility %.4f; exported to %s", swarm.g_util, report["exports"]["best"])
+    return report

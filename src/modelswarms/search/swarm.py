@@ -1,0 +1,176 @@
+"""Model Swarms (Feng et al., 2024, arXiv 2410.11163): particle swarm search in weight space.
+
+The state of the whole swarm is a handful of (particles x parameters) tensors on the model's
+device. The random numbers come from one seeded CPU generator, so a run is reproducible
+across devices and resumes bit-exactly from a checkpoint.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+
+from ..config import SwarmConfig
+
+_DTYPES = {
+    "float32": torch.float32, "float64": torch.float64,
+    "bfloat16": torch.bfloat16, "float16": torch.float16,
+}
+
+
+def coefficients(
+    cfg: SwarmConfig, r: torch.Tensor
+) -> tuple[float, float, float, float]:
+    """Normalised (inertia, cognitive, social, repel) weights from four random factors."""
+    a = float(r[0]) * cfg.inertia
+    b = float(r[1]) * cfg.cognitive
+    c = float(r[2]) * cfg.social
+    d = float(r[3]) * cfg.repel if cfg.use_repel else 0.0
+    total = a + b + c + d
+    if total <= 0.0:  # only when every drawn factor is exactly 0; fall back to equal weights
+        return (0.25, 0.25, 0.25, 0.25 if cfg.use_repel else 0.0)
+    return a / total, b / total, c / total, d / total
+
+
+class ModelSwarm:
+    """Ask / tell PSO over the rows of `experts` (one row per expert, flattened weights)."""
+
+    def __init__(
+        self, experts: torch.Tensor, cfg: SwarmConfig, seed: int = 0,
+        device: torch.device | str | None = None,
+    ):
+        if experts.ndim != 2 or experts.shape[0] < 2:
+            raise ValueError("a swarm needs at least 2 experts as rows of a 2-D tensor")
+        self.cfg = cfg
+        self.n_experts = experts.shape[0]
+        self.gen = torch.Generator().manual_seed(seed)
+        dtype = _DTYPES[cfg.dtype]
+        device = experts.device if device is None else torch.device(device)
+        self.x = self._grow(experts.to(device=device, dtype=dtype))
+        n = self.x.shape[0]
+        self.v = torch.zeros_like(self.x)
+        if cfg.start_velocity == "random":
+            for i in range(n):
+                j = int(torch.randint(n - 1, (1,), generator=self.gen))
+                j += j >= i  # a random j != i
+                self.v[i] = self.x[j] - self.x[i]
+        self.p = self.x.clone()
+        self.p_util = torch.full((n,), -math.inf, dtype=torch.float64)
+        self.util = torch.full((n,), -math.inf, dtype=torch.float64)
+        self.g = self.x[0].clone()
+        self.w = self.x[0].clone()
+        self.g_util, self.w_util = -math.inf, math.inf
+        # Iterations since p_i last improved; a restart sets it to -restart_cooldown.
+        self.stall = torch.zeros(n, dtype=torch.int64)
+        self.step = cfg.step_length
+        self.iteration = 0  # 0 = the evaluation of the initial particles
+        self.since_best = 0
+        self.evaluations = 0
+        self.restarted: list[int] = []
+        self.started = False
+
+    @property
+    def n(self) -> int:
+        return self.x.shape[0]
+
+    def _grow(self, x: torch.Tensor) -> torch.Tensor:
+        target = self.cfg.particles or x.shape[0]
+        rows = list(x)
+        while len(rows) < target:
+            i, j = torch.randperm(len(rows), generator=self.gen)[:2].tolist()
+            t = float(torch.rand((), generator=self.gen)) * 2.0  # t ~ U(0, 2)
+            rows.append(t * rows[i] + (1.0 - t) * rows[j])
+        return torch.stack(rows)
+
+    @property
+    def done(self) -> bool:
+        if not self.started:
+            return False
+        return self.iteration >= self.cfg.max_iterations or self.since_best >= self.cfg.patience
+
+    def ask(self) -> torch.Tensor:
+        if not self.started:
+            return self.x
+        cfg = self.cfg
+        r = (torch.rand(self.n, 4, generator=self.gen) if cfg.random_factors
+             else torch.ones(self.n, 4))
+        for i in range(self.n):
+            a, b, c, d = coefficients(cfg, r[i])
+            # v = a v + b (p - x) + c (g - x) + d (x - w), regrouped so no temporary is made
+            self.v[i].mul_(a).add_(self.p[i], alpha=b).add_(self.g, alpha=c)
+            self.v[i].add_(self.w, alpha=-d).add_(self.x[i], alpha=d - b - c)
+            self.x[i].add_(self.v[i], alpha=self.step)
+        return self.x
+
+    def tell(self, utilities: list[float]) -> None:
+        u = torch.tensor(utilities, dtype=torch.float64)
+        if u.shape != (self.n,):
+            raise ValueError(f"expected {self.n} utilities, got {len(utilities)}")
+        self.evaluations += self.n
+        self.util = u.clone()
+        improved = u > self.p_util
+        self.p[improved] = self.x[improved]
+        self.p_util = torch.where(improved, u, self.p_util)
+        self.stall = torch.where(improved, 0, self.stall + 1)
+        best, worst = int(torch.argmax(u)), int(torch.argmin(u))
+        if float(u[best]) > self.g_util:
+            self.g.copy_(self.x[best])
+            self.g_util = float(u[best])
+            self.since_best = 0
+        else:
+            self.since_best += 1
+        if float(u[worst]) < self.w_util:
+            self.w.copy_(self.x[worst])
+            self.w_util = float(u[worst])
+        if not self.started:
+            self.started = True
+            self.stall.zero_()
+            if self.cfg.start_velocity == "best":
+                self.v.copy_(self.g - self.x)
+        else:
+            self.iteration += 1
+            self.step = max(self.step * self.cfg.step_decay, self.cfg.min_step)
+            self._restart()
+
+    def _restart(self) -> None:
+        """Send stalled particles back to their personal best with zero velocity."""
+        threshold = self.cfg.restart_patience * self.cfg.patience
+        stalled = self.stall >= threshold
+        self.restarted = stalled.nonzero().flatten().tolist()
+        for i in self.restarted:
+            self.x[i].copy_(self.p[i])
+            self.v[i].zero_()
+        # The stall count starts over (minus a cool-down): without it a stalled particle would
+        # restart every iteration, as in the reference code.
+        self.stall[stalled] = -self.cfg.restart_cooldown
+
+    def best(self) -> tuple[torch.Tensor, float]:
+        return self.g, self.g_util
+
+    def state_dict(self) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+        tensors = {
+            "x": self.x, "v": self.v, "p": self.p, "g": self.g, "w": self.w,
+            "p_util": self.p_util, "util": self.util, "stall": self.stall,
+            "rng": self.gen.get_state(),
+        }
+        meta = {
+            "g_util": self.g_util, "w_util": self.w_util, "step": self.step,
+            "iteration": self.iteration, "since_best": self.since_best,
+            "evaluations": self.evaluations, "started": self.started,
+            "restarted": self.restarted,
+        }
+        return tensors, meta
+
+    def load_state_dict(self, tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> None:
+        if self.x.shape != tensors["x"].shape:
+            raise ValueError("checkpoint holds a swarm of a different shape")
+        for name in ("x", "v", "p", "g", "w"):
+            getattr(self, name).copy_(tensors[name])
+        self.p_util = tensors["p_util"].clone()
+        self.util = tensors["util"].clone()
+        self.stall = tensors["stall"].clone()
+        self.gen.set_state(tensors["rng"])
+        for key, value in meta.items():
+            setattr(self, key, value)

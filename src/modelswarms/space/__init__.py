@@ -1,0 +1,3 @@
+from .flat import FlatSpace
+
+__all__ = ["FlatSpace"]
