@@ -24,8 +24,8 @@ class ExpertsConfig(StrictModel):
     base_model: str | None = Field(
         None, description="Base model of LoRA experts (folder, hub id or 'smollm2'); "
         "default: the adapters' base_model_name_or_path")
-    include: list[str] = Field(default_factory=list, description="glob patterns of searched tensors")
-    exclude: list[str] = Field(default_factory=list, description="glob patterns of frozen tensors")
+    include: list[str] = Field(default_factory=list, description="globs of searched tensors")
+    exclude: list[str] = Field(default_factory=list, description="globs of frozen tensors")
     trust_remote_code: bool = False
 
 

@@ -55,7 +55,7 @@ def load_causal_lm(source: str, dtype: torch.dtype, device: torch.device,
 
 
 def _live_name(pool: ExpertPool, name: str) -> str:
-    # peft stores "...lora_A.weight" in files but names the live parameter "...lora_A.default.weight".
+    # peft stores "...lora_A.weight" in files; the live parameter is "...lora_A.default.weight".
     if pool.kind == "lora":
         for part in (".lora_A.", ".lora_B.", ".lora_embedding_A", ".lora_embedding_B"):
             if part in name:

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors import SafetensorsError
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from ..errors import RunError
@@ -77,6 +77,6 @@ def load_checkpoint(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]
         with safe_open(str(path), framework="pt") as f:
             meta = json.loads((f.metadata() or {})["meta"])
         tensors = load_file(str(path))
-    except (SafetensorsError, KeyError, json.JSONDecodeError, OSError) as err:
+    except (SafetensorError, KeyError, json.JSONDecodeError, OSError) as err:
         raise RunError(f"{path}: checkpoint unreadable ({err})") from None
     return tensors, meta

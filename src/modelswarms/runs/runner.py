@@ -25,7 +25,8 @@ from .session import Session
 
 log = logging.getLogger("modelswarms")
 
-CONFIG, CHECKPOINT, HISTORY, LOG = "config.yaml", "checkpoint.safetensors", "history.jsonl", "run.log"
+CONFIG, CHECKPOINT = "config.yaml", "checkpoint.safetensors"
+HISTORY, LOG = "history.jsonl", "run.log"
 
 
 def prepare_run_dir(cfg: RunConfig, overwrite: bool) -> Path:

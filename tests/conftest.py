@@ -1,0 +1,49 @@
+"""Shared fixtures: a tiny Llama, a LoRA pool over it, a small multiple-choice dataset."""
+
+from __future__ import annotations
+
+import json
+import random
+from pathlib import Path
+
+import pytest
+
+from modelswarms.testing import make_tiny_full_pool, make_tiny_llama, make_tiny_lora_pool
+
+SHARED_EVAL = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "eval"
+
+
+@pytest.fixture(scope="session")
+def tiny_base(tmp_path_factory) -> Path:
+    return make_tiny_llama(tmp_path_factory.mktemp("base") / "tiny-llama")
+
+
+@pytest.fixture(scope="session")
+def lora_experts(tiny_base, tmp_path_factory) -> list[Path]:
+    return make_tiny_lora_pool(tiny_base, tmp_path_factory.mktemp("lora"), n=3)
+
+
+@pytest.fixture(scope="session")
+def full_experts(tiny_base, tmp_path_factory) -> list[Path]:
+    return make_tiny_full_pool(tiny_base, tmp_path_factory.mktemp("full"), n=3)
+
+
+def make_mc_items(n: int, seed: int) -> list[dict]:
+    rng = random.Random(seed)
+    items = []
+    for i in range(n):
+        a, b = rng.randint(1, 9), rng.randint(1, 9)
+        offsets = rng.sample([-2, -1, 0, 1], 4)
+        choices = {k: str(a + b + d) for k, d in zip("ABCD", offsets, strict=True)}
+        answer = next(k for k, v in choices.items() if v == str(a + b))
+        items.append({"id": f"q{seed}-{i}", "question": f"What is {a}+{b}?",
+                      "choices": choices, "answer": answer})
+    return items
+
+
+@pytest.fixture(scope="session")
+def mc_data(tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("data") / "arith.json"
+    path.write_text(json.dumps({"dataset": "arith", "dev": make_mc_items(12, 0),
+                                "test": make_mc_items(16, 1)}))
+    return path
