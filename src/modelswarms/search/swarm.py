@@ -29,8 +29,9 @@ def coefficients(
     c = float(r[2]) * cfg.social
     d = float(r[3]) * cfg.repel if cfg.use_repel else 0.0
     total = a + b + c + d
-    if total <= 0.0:  # only when every drawn factor is exactly 0; fall back to equal weights
-        return (0.25, 0.25, 0.25, 0.25 if cfg.use_repel else 0.0)
+    if total <= 0.0:
+        # Every drawn factor that matters was exactly 0: use the configured weights as they are.
+        return coefficients(cfg, torch.ones(4))
     return a / total, b / total, c / total, d / total
 
 
