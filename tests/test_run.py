@@ -30,6 +30,7 @@ def write_config(tmp_path: Path, experts, data, **search) -> Path:
         "output": {"dir": str(tmp_path / "run"), "top_k": 2},
         "seed": 7,
     }
+    tmp_path.mkdir(parents=True, exist_ok=True)
     path = tmp_path / "config.yaml"
     import yaml
 
@@ -108,7 +109,7 @@ def test_sigkilled_run_resumes_to_the_same_result(tmp_path, lora_experts, mc_dat
                                               max_iterations=6)), show_progress=False)
     config = write_config(tmp_path / "cut", lora_experts, mc_data, max_iterations=6)
     run_dir = tmp_path / "cut" / "run"
-    proc = subprocess.Popen([sys.executable, "-m", "modelswarms.cli", "run", str(config),
+    proc = subprocess.Popen([sys.executable, "-m", "modelswarms", "run", str(config),
                              "--quiet"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 120
     while time.time() < deadline:

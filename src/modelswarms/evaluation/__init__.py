@@ -1,0 +1,1 @@
+"""Evaluation: task data, prompts, batched scoring, utilities and the resident model."""

@@ -1,0 +1,63 @@
+"""Task data: the JSON format of the Model Swarms data ({"dev": [...], "test": [...]}) and JSONL.
+
+Every problem names the file and, for an item, its index, its id and the field at fault.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from ..errors import DataError
+
+
+def _read_jsonl(path: Path) -> list[Any]:
+    items = []
+    for n, line in enumerate(path.read_text().splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            items.append(json.loads(line))
+        except json.JSONDecodeError as err:
+            raise DataError(f"{path}: line {n} is not valid JSON ({err.msg})") from None
+    return items
+
+
+def load_items(path: str | Path, split: str, *, required: Sequence[str] = (),
+               limit: int | None = None) -> list[dict[str, Any]]:
+    """The items of `split`: a JSON file's list under that key, or a JSONL file's lines (those
+    whose "split" field equals `split` when items carry one)."""
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"{path}: dataset file not found")
+    if path.suffix == ".jsonl":
+        items = _read_jsonl(path)
+        if any(isinstance(x, dict) and "split" in x for x in items):
+            items = [x for x in items if isinstance(x, dict) and x.get("split") == split]
+    else:
+        try:
+            data = json.loads(path.read_text())
+        except json.JSONDecodeError as err:
+            raise DataError(f"{path}: not valid JSON (line {err.lineno}: {err.msg})") from None
+        if isinstance(data, list):
+            items = data
+        elif isinstance(data, dict) and isinstance(data.get(split), list):
+            items = data[split]
+        else:
+            splits = [k for k, v in data.items() if isinstance(v, list)] if isinstance(
+                data, dict) else []
+            raise DataError(f"{path}: no split {split!r} (splits: {', '.join(splits) or 'none'})")
+    if limit is not None:
+        items = items[:limit]
+    if not items:
+        raise DataError(f"{path}: split {split!r} has no items")
+    for i, item in enumerate(items):
+        if not isinstance(item, dict):
+            raise DataError(f"{path}: item {i} of {split!r} is not an object")
+        for key in required:
+            if key not in item:
+                ident = f" (id {item['id']!r})" if "id" in item else ""
+                raise DataError(f"{path}: item {i}{ident} of {split!r} has no field {key!r}")
+    return items

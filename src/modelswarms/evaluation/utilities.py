@@ -1,0 +1,169 @@
+"""Utilities: what a swarm maximises. A registry, so users add their own in one place.
+
+A utility is a pure function of (model, tokenizer, items): it never knows which particle is
+loaded, so the same code scores experts, particles, merges and exports.
+"""
+
+from __future__ import annotations
+
+import importlib
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from ..config import UtilityConfig
+from ..errors import ConfigError, UtilityError
+from . import generation
+from .extract import extract_number, normalize_number
+from .prompts import encode, multiple_choice_prompt, qa_prompt, render, uses_chat
+
+
+@dataclass(frozen=True)
+class ItemScores:
+    value: float            # the utility
+    scores: list[float]     # per item (accuracy: 0.0 or 1.0)
+    predictions: list[str]  # the answer given per item, for majority votes
+
+
+class Utility(Protocol):
+    name: str
+    required_fields: tuple[str, ...]
+
+    def score(self, model: Any, tokenizer: Any, items: list[dict]) -> ItemScores: ...
+
+
+UTILITIES: dict[str, Callable[[UtilityConfig], Utility]] = {}
+
+
+def register_utility(name: str):
+    """Class decorator: `@register_utility("mine")` makes `utility.type: mine` available."""
+    def deco(cls):
+        cls.name = name
+        UTILITIES[name] = cls
+        return cls
+    return deco
+
+
+def build_utility(cfg: UtilityConfig) -> Utility:
+    if cfg.type not in UTILITIES:
+        raise ConfigError(f"utility.type: unknown utility {cfg.type!r}; registered: "
+                          f"{', '.join(sorted(UTILITIES))}")
+    return UTILITIES[cfg.type](cfg)
+
+
+def _pad_id(tokenizer: Any) -> int:
+    return tokenizer.pad_token_id if tokenizer.pad_token_id is not None else \
+        tokenizer.eos_token_id
+
+
+def _mean(scores: list[float]) -> float:
+    return sum(scores) / len(scores)
+
+
+@register_utility("multiple_choice")
+class MultipleChoice:
+    """Accuracy, choosing the option letter with the highest log-likelihood after the prompt.
+
+    The letter is scored as " A" when that is one token (BPE vocabularies), else as "A".
+    """
+
+    required_fields = ("question", "choices", "answer")
+
+    def __init__(self, cfg: UtilityConfig):
+        self.cfg = cfg
+
+    def _letter_ids(self, tokenizer: Any, letters: list[str]) -> list[int] | None:
+        for form in (" {}", "{}"):
+            ids = [tokenizer.encode(form.format(x), add_special_tokens=False) for x in letters]
+            if all(len(i) == 1 for i in ids):
+                return [i[0] for i in ids]
+        return None
+
+    def score(self, model: Any, tokenizer: Any, items: list[dict]) -> ItemScores:
+        chat = uses_chat(tokenizer, self.cfg.chat_template)
+        prompts = [encode(tokenizer, render(tokenizer, multiple_choice_prompt(
+            it, self.cfg.prompt), chat) + ("The answer is" if chat else "\nThe answer is"),
+            chat) for it in items]
+        letters = [list(it["choices"]) for it in items]
+        pad = _pad_id(tokenizer)
+        if all(ls == letters[0] for ls in letters) and (
+                ids := self._letter_ids(tokenizer, letters[0])):
+            logps = generation.next_token_logprobs(model, prompts, ids, pad_id=pad,
+                                                   batch_size=self.cfg.batch_size)
+        else:
+            conts = [[tokenizer.encode(" " + x, add_special_tokens=False) for x in ls]
+                     for ls in letters]
+            logps = generation.continuation_logprobs(model, prompts, conts, pad_id=pad,
+                                                     batch_size=self.cfg.batch_size)
+        preds = [ls[max(range(len(lp)), key=lp.__getitem__)] for ls, lp in
+                 zip(letters, logps, strict=True)]
+        scores = [float(p == it["answer"]) for p, it in zip(preds, items, strict=True)]
+        return ItemScores(_mean(scores), scores, preds)
+
+
+@register_utility("exact_match")
+class ExactMatch:
+    """Greedy answer; numeric golds compare as numbers (GSM8K), others by containment."""
+
+    required_fields = ("question", "answer")
+
+    def __init__(self, cfg: UtilityConfig):
+        self.cfg = cfg
+
+    def score(self, model: Any, tokenizer: Any, items: list[dict]) -> ItemScores:
+        chat = uses_chat(tokenizer, self.cfg.chat_template)
+        prompts = [encode(tokenizer, render(tokenizer, qa_prompt(it, self.cfg.prompt), chat),
+                          chat) for it in items]
+        outs = generation.generate(model, prompts, max_new_tokens=self.cfg.max_new_tokens,
+                                   pad_id=_pad_id(tokenizer), eos_id=tokenizer.eos_token_id,
+                                   batch_size=self.cfg.batch_size)
+        preds, scores = [], []
+        for it, ids in zip(items, outs, strict=True):
+            text = tokenizer.decode(ids, skip_special_tokens=True)
+            gold = str(it["answer"])
+            if (number := normalize_number(gold)) is not None:
+                pred = extract_number(text) or ""
+                ok = pred == number
+            else:
+                pred = " ".join(text.split())
+                ok = " ".join(gold.lower().split()) in pred.lower()
+            preds.append(pred)
+            scores.append(float(ok))
+        return ItemScores(_mean(scores), scores, preds)
+
+
+@register_utility("python")
+class PythonUtility:
+    """`function: module:name`, called as fn(model, tokenizer, items) -> float, a list of
+    per-item floats, or ItemScores."""
+
+    required_fields: tuple[str, ...] = ()
+
+    def __init__(self, cfg: UtilityConfig):
+        if not cfg.function or ":" not in cfg.function:
+            raise ConfigError("utility.function: give 'module:function' for utility type python")
+        module, _, attr = cfg.function.partition(":")
+        try:
+            self.fn = getattr(importlib.import_module(module), attr)
+        except (ImportError, AttributeError) as err:
+            raise ConfigError(f"utility.function: cannot import {cfg.function} ({err})") from None
+        self.label = cfg.function
+
+    def score(self, model: Any, tokenizer: Any, items: list[dict]) -> ItemScores:
+        try:
+            out = self.fn(model, tokenizer, items)
+        except Exception as err:
+            raise UtilityError(f"utility {self.label} raised {type(err).__name__}: {err}") \
+                from err
+        if isinstance(out, ItemScores):
+            result = out
+        elif isinstance(out, list | tuple):
+            scores = [float(x) for x in out]
+            result = ItemScores(_mean(scores), scores, [repr(x) for x in scores])
+        else:
+            value = float(out)
+            result = ItemScores(value, [value] * len(items), [""] * len(items))
+        if not math.isfinite(result.value):
+            raise UtilityError(f"utility {self.label} returned {result.value}")
+        return result

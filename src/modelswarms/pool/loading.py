@@ -1,0 +1,150 @@
+"""Load a pool of experts from folders (or hub ids): safetensors only, never pickle."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file
+
+from ..errors import ExpertError
+from .validate import validate_pool
+
+PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl")
+ADAPTER_CONFIG, ADAPTER_WEIGHTS = "adapter_config.json", "adapter_model.safetensors"
+
+
+@dataclass(frozen=True)
+class Expert:
+    name: str
+    path: Path
+    tensors: dict[str, torch.Tensor] = field(repr=False)
+    config: dict[str, Any] = field(default_factory=dict, repr=False)  # adapter or model config
+
+
+@dataclass(frozen=True)
+class ExpertPool:
+    kind: Literal["lora", "full"]
+    experts: list[Expert]
+    base_model: str | None
+    template: Path
+    adapter_config: dict[str, Any] | None
+
+    @property
+    def names(self) -> list[str]:
+        return [e.name for e in self.experts]
+
+    @property
+    def tensor_names(self) -> list[str]:
+        return sorted(self.experts[0].tensors)
+
+
+def _fetch(source: str) -> Path:
+    """A local folder for `source`, downloading a hub id's safetensors and configs if needed."""
+    path = Path(source).expanduser()
+    if path.exists():
+        if not path.is_dir():
+            raise ExpertError(f"{path}: an expert must be a folder, not a file")
+        return path
+    if source.count("/") != 1 or source.startswith((".", "/", "~")):
+        raise ExpertError(f"{source}: expert folder not found")
+    try:
+        from huggingface_hub import snapshot_download
+
+        return Path(snapshot_download(source, allow_patterns=[
+            "*.safetensors", "*.json", "tokenizer*", "*.model", "*.txt", "*.jinja"]))
+    except Exception as err:  # offline, unknown repo, gated...
+        raise ExpertError(
+            f"{source}: neither a local folder nor downloadable from the hub ({type(err).__name__})"
+        ) from None
+
+
+def _read_json(path: Path) -> dict[str, Any]:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as err:
+        raise ExpertError(f"{path}: unreadable JSON ({err})") from None
+
+
+def _read_safetensors(path: Path) -> dict[str, torch.Tensor]:
+    try:
+        return load_file(str(path))
+    except (SafetensorError, OSError, ValueError) as err:
+        raise ExpertError(f"{path}: unreadable safetensors file, truncated or corrupt ({err})") \
+            from None
+
+
+def _weight_files(folder: Path) -> list[Path]:
+    index = folder / "model.safetensors.index.json"
+    if index.is_file():
+        shards = sorted(set(_read_json(index).get("weight_map", {}).values()))
+        missing = [s for s in shards if not (folder / s).is_file()]
+        if missing:
+            raise ExpertError(f"{folder}: shard {missing[0]} named in {index.name} is missing")
+        return [folder / s for s in shards]
+    return sorted(folder.glob("*.safetensors"))
+
+
+def _refuse_pickles(folder: Path) -> None:
+    pickles = [p.name for p in folder.iterdir() if p.suffix in PICKLE_SUFFIXES]
+    raise ExpertError(
+        f"{folder}: no safetensors weights" + (f", only {', '.join(sorted(pickles))}" if pickles
+                                               else "") +
+        ". Pickle files (.bin, .pt) are never loaded because unpickling can run arbitrary code;"
+        " convert the expert to safetensors first."
+    )
+
+
+def load_expert(source: str | Path, name: str | None = None) -> tuple[str, Expert]:
+    """(kind, expert) for one folder."""
+    folder = _fetch(str(source))
+    name = name or folder.name
+    if (folder / ADAPTER_CONFIG).is_file():
+        if not (folder / ADAPTER_WEIGHTS).is_file():
+            _refuse_pickles(folder)
+        config = _read_json(folder / ADAPTER_CONFIG)
+        return "lora", Expert(name, folder, _read_safetensors(folder / ADAPTER_WEIGHTS), config)
+    if (folder / "config.json").is_file():
+        files = _weight_files(folder)
+        if not files:
+            _refuse_pickles(folder)
+        tensors: dict[str, torch.Tensor] = {}
+        for f in files:
+            tensors.update(_read_safetensors(f))
+        return "full", Expert(name, folder, tensors, _read_json(folder / "config.json"))
+    if any(p.suffix in PICKLE_SUFFIXES for p in folder.iterdir()):
+        _refuse_pickles(folder)
+    raise ExpertError(
+        f"{folder}: not an expert: expected a PEFT adapter ({ADAPTER_CONFIG} + "
+        f"{ADAPTER_WEIGHTS}) or a model folder (config.json + *.safetensors)"
+    )
+
+
+def load_pool(sources: Sequence[str | Path], *, base_model: str | None = None,
+              names: Sequence[str] | None = None) -> ExpertPool:
+    """Load and validate a pool: every expert must match the first one exactly."""
+    if names is not None and len(names) != len(sources):
+        raise ExpertError(f"{len(names)} names given for {len(sources)} experts")
+    loaded = [load_expert(s, names[i] if names else None) for i, s in enumerate(sources)]
+    kinds = [k for k, _ in loaded]
+    experts = [e for _, e in loaded]
+    seen: dict[str, int] = {}
+    for i, e in enumerate(experts):  # folder names repeat across parents (a/expert, b/expert)
+        if e.name in seen:
+            experts[i] = Expert(f"{e.name}-{i}", e.path, e.tensors, e.config)
+        seen[e.name] = i
+    validate_pool(kinds, experts, base_model)
+    kind = kinds[0]
+    adapter_config = dict(experts[0].config) if kind == "lora" else None
+    base = base_model
+    if kind == "lora" and base is None:
+        base = experts[0].config.get("base_model_name_or_path")
+        if not base:
+            raise ExpertError(f"{experts[0].path}: adapter names no base model; set "
+                              "experts.base_model")
+    return ExpertPool(kind, experts, base, experts[0].path, adapter_config)  # type: ignore[arg-type]

@@ -1,0 +1,48 @@
+"""k particles in one forward give each particle's own logits and generations."""
+
+import pytest
+import torch
+
+from modelswarms.config import RunConfig
+
+
+def open_session(experts, data, include=()):
+    from modelswarms.runs.session import Session
+
+    cfg = RunConfig.model_validate({
+        "experts": {"paths": [str(p) for p in experts], "include": list(include)},
+        "data": {"path": str(data)},
+    })
+    return Session.open(cfg, need_test=False)
+
+
+@pytest.mark.parametrize("include", [(), ("*lora_B*",)])
+def test_batched_particles_match_one_at_a_time(lora_experts, mc_data, include):
+    from modelswarms.evaluation.multiplex import ParticleBatch
+
+    session = open_session(lora_experts, mc_data, include)
+    backend = session.backend
+    gen = torch.Generator().manual_seed(0)
+    particles = session.experts + 0.3 * torch.randn(session.experts.shape, generator=gen)
+    ids = torch.randint(4, 100, (2, 7), generator=gen)
+    with torch.no_grad():
+        expected = []
+        for row in particles:
+            backend.load(row)
+            expected.append(backend.model(input_ids=ids).logits)
+        batch = ParticleBatch(backend, k_max=4)
+        batch.load(particles)
+        with batch.active(3) as model:
+            got = model(input_ids=ids.repeat(3, 1)).logits
+            out = model.generate(input_ids=ids.repeat(3, 1), max_new_tokens=5, do_sample=False,
+                                 pad_token_id=0)
+        for i in range(3):
+            torch.testing.assert_close(got[2 * i : 2 * i + 2], expected[i], atol=1e-5, rtol=1e-5)
+        for i, row in enumerate(particles):
+            backend.load(row)
+            alone = backend.model.generate(input_ids=ids, max_new_tokens=5, do_sample=False,
+                                           pad_token_id=0)
+            assert torch.equal(out[2 * i : 2 * i + 2], alone)
+        # outside the block the model is the ordinary single-particle model again
+        backend.load(particles[0])
+        torch.testing.assert_close(backend.model(input_ids=ids).logits, expected[0])
