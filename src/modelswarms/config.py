@@ -40,7 +40,9 @@ class DataConfig(StrictModel):
 
 class UtilityConfig(StrictModel):
     type: str = Field("multiple_choice", description="a registered utility name")
-    batch_size: int = Field(16, ge=1)
+    batch_size: int = Field(16, ge=1, description="most items in one forward")
+    max_batch_tokens: int = Field(
+        4096, ge=1, description="most padded tokens in one forward (long items get small batches)")
     max_new_tokens: int = Field(16, ge=1)
     function: str | None = Field(None, description="'module:function' for type 'python'")
     chat_template: bool | None = Field(None, description="None: use it when the tokenizer has one")

@@ -38,7 +38,15 @@ def smollm2_path() -> Path:
 
     folder = Path(spec.origin).parent
     tok = AutoTokenizer.from_pretrained(folder, gguf_file=_GGUF)
-    model = AutoModelForCausalLM.from_pretrained(folder, gguf_file=_GGUF)
+    gguf = AutoModelForCausalLM.from_pretrained(folder, gguf_file=_GGUF)
+    # transformers marks a GGUF-loaded model as quantised and refuses to save it, although its
+    # weights are already dequantised: move them into a plain model of the same config.
+    config = gguf.config
+    if hasattr(config, "quantization_config"):
+        del config.quantization_config
+    model = AutoModelForCausalLM.from_config(config)
+    model.load_state_dict(gguf.state_dict())
+    model.generation_config = gguf.generation_config
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=".smollm2-"))
     model.save_pretrained(tmp)

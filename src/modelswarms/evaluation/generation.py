@@ -1,8 +1,10 @@
 """Batched scoring and greedy generation: the hot path of every search.
 
 Items are sorted by length so each batch holds sequences of similar size (little padding) and
-results are put back in input order. Scoring pads on the right (positions stay 0..n-1);
-generation pads on the left so every row's next token sits in the last column.
+results are put back in input order. Everything pads on the left with explicit position ids
+(so padding changes no result): the positions that matter then sit in the last columns of
+every row, and the model computes vocabulary logits for those columns only; over a 49k-token
+vocabulary the full logits cost more than the rest of the forward.
 """
 
 from __future__ import annotations
@@ -12,9 +14,23 @@ from collections.abc import Sequence
 import torch
 
 
-def _batches(lengths: Sequence[int], batch_size: int) -> list[list[int]]:
+def _batches(lengths: Sequence[int], batch_size: int,
+             max_tokens: int | None = None) -> list[list[int]]:
+    """Longest first; a batch closes at `batch_size` rows, at `max_tokens` padded tokens, or
+    when the next item would be more than a quarter padding, so one long item does not make
+    fifteen short ones pay for its length."""
     order = sorted(range(len(lengths)), key=lambda i: -lengths[i])
-    return [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
+    budget = max_tokens or batch_size * max(lengths)
+    batches: list[list[int]] = []
+    for i in order:
+        # the first item of a batch is its longest, so padding is rows x lengths[batch[0]]
+        if batches and len(batches[-1]) < batch_size and \
+                (len(batches[-1]) + 1) * lengths[batches[-1][0]] <= budget and \
+                4 * lengths[i] >= 3 * lengths[batches[-1][0]]:
+            batches[-1].append(i)
+        else:
+            batches.append([i])
+    return batches
 
 
 def _pad(rows: Sequence[Sequence[int]], pad_id: int, left: bool, device: torch.device):
@@ -32,19 +48,25 @@ def _device(model) -> torch.device:
     return next(model.parameters()).device
 
 
+def _forward(model, ids: torch.Tensor, mask: torch.Tensor, keep: int) -> torch.Tensor:
+    """Logits of the last `keep` columns, as float32 log-probabilities."""
+    positions = (mask.cumsum(-1) - 1).clamp(min=0)
+    logits = model(input_ids=ids, attention_mask=mask, position_ids=positions,
+                   logits_to_keep=keep).logits
+    return torch.log_softmax(logits.float(), dim=-1)
+
+
 @torch.inference_mode()
 def next_token_logprobs(model, prompts: Sequence[Sequence[int]], token_ids: Sequence[int],
-                        *, pad_id: int, batch_size: int) -> list[list[float]]:
+                        *, pad_id: int, batch_size: int,
+                        max_tokens: int | None = None) -> list[list[float]]:
     """log p(token | prompt) for each prompt and each of `token_ids`: one forward per batch."""
     device = _device(model)
     wanted = torch.tensor(list(token_ids), device=device)
     out: list[list[float]] = [[] for _ in prompts]
-    for batch in _batches([len(p) for p in prompts], batch_size):
-        ids, mask = _pad([prompts[i] for i in batch], pad_id, left=False, device=device)
-        logits = model(input_ids=ids, attention_mask=mask).logits
-        last = mask.sum(1) - 1
-        rows = logits[torch.arange(len(batch), device=device), last].float()
-        logp = torch.log_softmax(rows, dim=-1)[:, wanted].tolist()
+    for batch in _batches([len(p) for p in prompts], batch_size, max_tokens):
+        ids, mask = _pad([prompts[i] for i in batch], pad_id, left=True, device=device)
+        logp = _forward(model, ids, mask, keep=1)[:, -1, wanted].tolist()
         for i, values in zip(batch, logp, strict=True):
             out[i] = values
     return out
@@ -53,32 +75,35 @@ def next_token_logprobs(model, prompts: Sequence[Sequence[int]], token_ids: Sequ
 @torch.inference_mode()
 def continuation_logprobs(model, prompts: Sequence[Sequence[int]],
                           continuations: Sequence[Sequence[Sequence[int]]], *, pad_id: int,
-                          batch_size: int) -> list[list[float]]:
+                          batch_size: int, max_tokens: int | None = None) -> list[list[float]]:
     """log p(continuation | prompt), summed over its tokens, for every prompt's continuations."""
     device = _device(model)
     pairs = [(i, j) for i, conts in enumerate(continuations) for j in range(len(conts))]
     seqs = [list(prompts[i]) + list(continuations[i][j]) for i, j in pairs]
     out = [[0.0] * len(c) for c in continuations]
-    for batch in _batches([len(s) for s in seqs], batch_size):
-        ids, mask = _pad([seqs[k] for k in batch], pad_id, left=False, device=device)
-        logp = torch.log_softmax(model(input_ids=ids, attention_mask=mask).logits.float(), -1)
+    for batch in _batches([len(s) for s in seqs], batch_size, max_tokens):
+        ids, mask = _pad([seqs[k] for k in batch], pad_id, left=True, device=device)
+        span = max(len(continuations[pairs[k][0]][pairs[k][1]]) for k in batch)
+        # logits at column c predict the token at c + 1: keep the span's columns and one more
+        logp = _forward(model, ids, mask, keep=span + 1)
         for row, k in enumerate(batch):
             i, j = pairs[k]
-            start, end = len(prompts[i]), len(seqs[k])
-            # the token at position t is predicted by the logits at t - 1
-            targets = ids[row, start:end]
-            out[i][j] = float(logp[row, start - 1 : end - 1].gather(1, targets[:, None]).sum())
+            n = len(continuations[i][j])
+            targets = ids[row, ids.shape[1] - n :]
+            picked = logp[row, span - n : span].gather(1, targets[:, None])
+            out[i][j] = float(picked.sum())
     return out
 
 
 @torch.inference_mode()
 def generate(model, prompts: Sequence[Sequence[int]], *, max_new_tokens: int, pad_id: int,
-             eos_id: int | Sequence[int] | None, batch_size: int) -> list[list[int]]:
+             eos_id: int | Sequence[int] | None, batch_size: int,
+             max_tokens: int | None = None) -> list[list[int]]:
     """Greedy continuations (new tokens only, cut at the first end-of-sequence token)."""
     device = _device(model)
     eos = [] if eos_id is None else ([eos_id] if isinstance(eos_id, int) else list(eos_id))
     out: list[list[int]] = [[] for _ in prompts]
-    for batch in _batches([len(p) for p in prompts], batch_size):
+    for batch in _batches([len(p) for p in prompts], batch_size, max_tokens):
         ids, mask = _pad([prompts[i] for i in batch], pad_id, left=True, device=device)
         gen = model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=max_new_tokens,
                              do_sample=False, pad_token_id=pad_id, eos_token_id=eos or None)

@@ -90,12 +90,14 @@ class MultipleChoice:
         if all(ls == letters[0] for ls in letters) and (
                 ids := self._letter_ids(tokenizer, letters[0])):
             logps = generation.next_token_logprobs(model, prompts, ids, pad_id=pad,
-                                                   batch_size=self.cfg.batch_size)
+                                                   batch_size=self.cfg.batch_size,
+                                                   max_tokens=self.cfg.max_batch_tokens)
         else:
             conts = [[tokenizer.encode(" " + x, add_special_tokens=False) for x in ls]
                      for ls in letters]
             logps = generation.continuation_logprobs(model, prompts, conts, pad_id=pad,
-                                                     batch_size=self.cfg.batch_size)
+                                                     batch_size=self.cfg.batch_size,
+                                                   max_tokens=self.cfg.max_batch_tokens)
         preds = [ls[max(range(len(lp)), key=lp.__getitem__)] for ls, lp in
                  zip(letters, logps, strict=True)]
         scores = [float(p == it["answer"]) for p, it in zip(preds, items, strict=True)]
@@ -117,7 +119,8 @@ class ExactMatch:
                           chat) for it in items]
         outs = generation.generate(model, prompts, max_new_tokens=self.cfg.max_new_tokens,
                                    pad_id=_pad_id(tokenizer), eos_id=tokenizer.eos_token_id,
-                                   batch_size=self.cfg.batch_size)
+                                   batch_size=self.cfg.batch_size,
+                                                   max_tokens=self.cfg.max_batch_tokens)
         preds, scores = [], []
         for it, ids in zip(items, outs, strict=True):
             text = tokenizer.decode(ids, skip_special_tokens=True)
