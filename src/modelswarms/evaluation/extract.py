@@ -16,16 +16,19 @@ def extract_letter(text: str, letters: Sequence[str] = "ABCD") -> str | None:
     """The option letter a model chose, or None."""
     group = "".join(re.escape(x) for x in letters)
     patterns = (
-        rf"answer\s*(?:is|:)?\s*(?:option\s*)?[(\[]?([{group}])\b",  # "the answer is (C)"
-        rf"^\s*[(\[]?([{group}])(?:[)\].:,]|\s|$)",                   # "C: Paris", "(B) ..."
-        rf"(?:option|choice)\s*[(\[]?([{group}])\b",
-        rf"[(\[]([{group}])[)\]]",
-        rf"(?<![\w'])([{group}])(?![\w'])",                          # a lone capital letter
+        (rf"answer\s*(?:is|:)?\s*(?:option\s*)?[(\[]?([{group}])\b", re.IGNORECASE),
+        (rf"(?:option|choice)\s*[(\[]?([{group}])\b", re.IGNORECASE),  # "option b"
+        (rf"^\s*[(\[]?([{group}])(?:[)\].:,]|\s*$)", 0),                 # "C: Paris", "(B)"
+        (rf"[(\[]([{group}])[)\]]", 0),
     )
-    for pattern in patterns:
-        m = re.search(pattern, text, flags=re.IGNORECASE if pattern is patterns[0] else 0)
+    for pattern, flags in patterns:
+        m = re.search(pattern, text, flags=flags)
         if m:
             return m.group(1).upper()
+    for m in re.finditer(rf"(?<![\w'])([{group}])(?![\w'])", text):  # a lone capital letter
+        # ...that is not the article in "A good guess is C"
+        if not (m.group(1) == "A" and re.match(r"\s+[a-z]", text[m.end():])):
+            return m.group(1)
     return None
 
 
