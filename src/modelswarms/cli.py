@@ -9,11 +9,13 @@ from pathlib import Path
 
 import click
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from .errors import ModelSwarmsError
 
 console = Console()
+errors = Console(stderr=True, soft_wrap=True)  # an error stays one line, whatever the width
 
 
 def _quiet_libraries() -> None:
@@ -29,7 +31,7 @@ def _guard(debug: bool, fn, *args, **kwargs):
     except ModelSwarmsError as err:
         if debug:
             raise
-        console.print(f"[bold red]error:[/] {err}", highlight=False)
+        errors.print(f"[bold red]error:[/] {escape(str(err))}", highlight=False)
         sys.exit(2)
 
 
