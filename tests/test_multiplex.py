@@ -46,3 +46,26 @@ def test_batched_particles_match_one_at_a_time(lora_experts, mc_data, include):
         # outside the block the model is the ordinary single-particle model again
         backend.load(particles[0])
         torch.testing.assert_close(backend.model(input_ids=ids).logits, expected[0])
+
+
+@pytest.mark.parametrize("utility", ["multiple_choice", "exact_match"])
+def test_session_scores_several_particles_per_forward(lora_experts, mc_data, utility):
+    from modelswarms.runs.session import Session
+
+    def session(k):
+        cfg = RunConfig.model_validate({
+            "experts": {"paths": [str(p) for p in lora_experts]},
+            "data": {"path": str(mc_data), "max_dev": 6},
+            "utility": {"type": utility, "batch_size": 4, "max_new_tokens": 4},
+            "model": {"particles_per_forward": k},
+        })
+        return Session.open(cfg, need_test=False)
+
+    one, three = session(1), session(3)
+    gen = torch.Generator().manual_seed(1)
+    vectors = one.experts.repeat(2, 1)[:5] + 0.2 * torch.randn(5, one.space.dim, generator=gen)
+    a = one.score_many(vectors, one.dev)
+    b = three.score_many(vectors, three.dev)  # groups of 3 and 2 particles
+    assert three._batch is not None and one._batch is None
+    assert [r.predictions for r in a] == [r.predictions for r in b]
+    assert [r.value for r in a] == [r.value for r in b]

@@ -42,8 +42,8 @@ PROMPTS = [[1, 20, 30, 40, 50, 60, 70], [1, 25], [1, 33, 44, 55], [1, 9, 8, 7, 6
 def test_next_token_logprobs_batched_equals_hand_computation(tiny):
     model, _ = tiny
     ids = [5, 17, 42]
-    batched = generation.next_token_logprobs(model, PROMPTS, ids, pad_id=0, batch_size=3)
-    single = generation.next_token_logprobs(model, PROMPTS, ids, pad_id=0, batch_size=1)
+    batched = generation.next_token_logprobs(model, PROMPTS, ids, pad_id=0, batch_size=3)[0]
+    single = generation.next_token_logprobs(model, PROMPTS, ids, pad_id=0, batch_size=1)[0]
     for p, b, s in zip(PROMPTS, batched, single, strict=True):
         with torch.no_grad():
             logp = torch.log_softmax(model(input_ids=torch.tensor([p])).logits[0, -1], -1)
@@ -54,7 +54,7 @@ def test_next_token_logprobs_batched_equals_hand_computation(tiny):
 def test_continuation_logprobs_equals_hand_computation(tiny):
     model, _ = tiny
     conts = [[[3, 4], [5]], [[6, 7, 8]], [[9], [10, 11]], [[12, 13]]]
-    batched = generation.continuation_logprobs(model, PROMPTS, conts, pad_id=0, batch_size=4)
+    batched = generation.continuation_logprobs(model, PROMPTS, conts, pad_id=0, batch_size=4)[0]
     for p, cs, got in zip(PROMPTS, conts, batched, strict=True):
         for c, value in zip(cs, got, strict=True):
             with torch.no_grad():
@@ -66,7 +66,7 @@ def test_continuation_logprobs_equals_hand_computation(tiny):
 def test_generate_batched_equals_manual_greedy_loop(tiny):
     model, _ = tiny
     batched = generation.generate(model, PROMPTS, max_new_tokens=6, pad_id=0, eos_id=None,
-                                  batch_size=4)
+                                  batch_size=4)[0]
     for p, got in zip(PROMPTS, batched, strict=True):
         seq = list(p)
         with torch.no_grad():
@@ -124,9 +124,9 @@ def test_exact_match_against_greedy_output(tiny):
 
 def test_exact_match_compares_numbers(tiny, monkeypatch):
     model, tok = tiny
-    monkeypatch.setattr(generation, "generate", lambda *a, **k: [
+    monkeypatch.setattr(generation, "generate", lambda *a, **k: [[
         tok.encode("so the answer is 1,234.0 apples", add_special_tokens=False),
-        tok.encode("#### 7", add_special_tokens=False)])
+        tok.encode("#### 7", add_special_tokens=False)]])
     u = build_utility(UtilityConfig(type="exact_match"))
     r = u.score(model, tok, [{"question": "a", "answer": "1234"}, {"question": "b",
                                                                   "answer": "8"}])

@@ -79,6 +79,8 @@ class SwarmConfig(StrictModel):
 class ModelConfig(StrictModel):
     device: str = Field("auto", description="auto, cpu, cuda or cuda:N")
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
+    particles_per_forward: int | Literal["auto"] = Field(
+        "auto", description="LoRA particles sharing each forward pass; auto: 8 on GPU, 1 on CPU")
 
 
 class OutputConfig(StrictModel):

@@ -56,59 +56,80 @@ def _forward(model, ids: torch.Tensor, mask: torch.Tensor, keep: int) -> torch.T
     return torch.log_softmax(logits.float(), dim=-1)
 
 
+def _tile(ids: torch.Tensor, mask: torch.Tensor, particles: int):
+    # Particle-major rows: rows [p*b, (p+1)*b) are particle p's copy of the batch (multiplex.py).
+    return ids.repeat(particles, 1), mask.repeat(particles, 1)
+
+
 @torch.inference_mode()
 def next_token_logprobs(model, prompts: Sequence[Sequence[int]], token_ids: Sequence[int],
-                        *, pad_id: int, batch_size: int,
-                        max_tokens: int | None = None) -> list[list[float]]:
-    """log p(token | prompt) for each prompt and each of `token_ids`: one forward per batch."""
+                        *, pad_id: int, batch_size: int, max_tokens: int | None = None,
+                        particles: int = 1) -> list[list[list[float]]]:
+    """[particle][prompt][token]: log p(token | prompt), one forward per batch.
+
+    With particles > 1 the model must run that many particles on row blocks (multiplex.py);
+    batch limits are per forward, so each particle gets 1/particles of them.
+    """
     device = _device(model)
     wanted = torch.tensor(list(token_ids), device=device)
-    out: list[list[float]] = [[] for _ in prompts]
-    for batch in _batches([len(p) for p in prompts], batch_size, max_tokens):
+    out: list[list[list[float]]] = [[[] for _ in prompts] for _ in range(particles)]
+    for batch in _batches([len(p) for p in prompts], *_limits(batch_size, max_tokens, particles)):
         ids, mask = _pad([prompts[i] for i in batch], pad_id, left=True, device=device)
-        logp = _forward(model, ids, mask, keep=1)[:, -1, wanted].tolist()
-        for i, values in zip(batch, logp, strict=True):
-            out[i] = values
+        logp = _forward(model, *_tile(ids, mask, particles), keep=1)[:, -1, wanted]
+        for p, block in enumerate(logp.view(particles, len(batch), -1).tolist()):
+            for i, values in zip(batch, block, strict=True):
+                out[p][i] = values
     return out
 
 
 @torch.inference_mode()
 def continuation_logprobs(model, prompts: Sequence[Sequence[int]],
                           continuations: Sequence[Sequence[Sequence[int]]], *, pad_id: int,
-                          batch_size: int, max_tokens: int | None = None) -> list[list[float]]:
-    """log p(continuation | prompt), summed over its tokens, for every prompt's continuations."""
+                          batch_size: int, max_tokens: int | None = None,
+                          particles: int = 1) -> list[list[list[float]]]:
+    """[particle][prompt][continuation]: log p(continuation | prompt), summed over tokens."""
     device = _device(model)
     pairs = [(i, j) for i, conts in enumerate(continuations) for j in range(len(conts))]
     seqs = [list(prompts[i]) + list(continuations[i][j]) for i, j in pairs]
-    out = [[0.0] * len(c) for c in continuations]
-    for batch in _batches([len(s) for s in seqs], batch_size, max_tokens):
+    out = [[[0.0] * len(c) for c in continuations] for _ in range(particles)]
+    for batch in _batches([len(s) for s in seqs], *_limits(batch_size, max_tokens, particles)):
         ids, mask = _pad([seqs[k] for k in batch], pad_id, left=True, device=device)
         span = max(len(continuations[pairs[k][0]][pairs[k][1]]) for k in batch)
         # logits at column c predict the token at c + 1: keep the span's columns and one more
-        logp = _forward(model, ids, mask, keep=span + 1)
+        logp = _forward(model, *_tile(ids, mask, particles), keep=span + 1)
+        targets = ids[:, ids.shape[1] - span :].repeat(particles, 1)
+        picked = logp[:, :span].gather(2, targets[..., None])[..., 0]  # (rows, span)
+        picked = picked.view(particles, len(batch), span)
         for row, k in enumerate(batch):
             i, j = pairs[k]
             n = len(continuations[i][j])
-            targets = ids[row, ids.shape[1] - n :]
-            picked = logp[row, span - n : span].gather(1, targets[:, None])
-            out[i][j] = float(picked.sum())
+            for p in range(particles):
+                out[p][i][j] = float(picked[p, row, span - n :].sum())
     return out
 
 
 @torch.inference_mode()
 def generate(model, prompts: Sequence[Sequence[int]], *, max_new_tokens: int, pad_id: int,
              eos_id: int | Sequence[int] | None, batch_size: int,
-             max_tokens: int | None = None) -> list[list[int]]:
-    """Greedy continuations (new tokens only, cut at the first end-of-sequence token)."""
+             max_tokens: int | None = None, particles: int = 1) -> list[list[list[int]]]:
+    """[particle][prompt]: greedy new tokens, cut at the first end-of-sequence token."""
     device = _device(model)
     eos = [] if eos_id is None else ([eos_id] if isinstance(eos_id, int) else list(eos_id))
-    out: list[list[int]] = [[] for _ in prompts]
-    for batch in _batches([len(p) for p in prompts], batch_size, max_tokens):
+    out: list[list[list[int]]] = [[[] for _ in prompts] for _ in range(particles)]
+    for batch in _batches([len(p) for p in prompts], *_limits(batch_size, max_tokens, particles)):
         ids, mask = _pad([prompts[i] for i in batch], pad_id, left=True, device=device)
-        gen = model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=max_new_tokens,
+        tiled, tmask = _tile(ids, mask, particles)
+        gen = model.generate(input_ids=tiled, attention_mask=tmask, max_new_tokens=max_new_tokens,
                              do_sample=False, pad_token_id=pad_id, eos_token_id=eos or None)
-        for row, i in enumerate(batch):
-            new = gen[row, ids.shape[1]:].tolist()
-            cut = next((t for t, tok in enumerate(new) if tok in eos), len(new))
-            out[i] = new[:cut]
+        new_tokens = gen[:, ids.shape[1]:].tolist()
+        for p in range(particles):
+            for row, i in enumerate(batch):
+                new = new_tokens[p * len(batch) + row]
+                cut = next((t for t, tok in enumerate(new) if tok in eos), len(new))
+                out[p][i] = new[:cut]
     return out
+
+
+def _limits(batch_size: int, max_tokens: int | None, particles: int) -> tuple[int, int | None]:
+    return max(1, batch_size // particles), (max(1, max_tokens // particles) if max_tokens
+                                             else None)

@@ -33,6 +33,19 @@ class Utility(Protocol):
     def score(self, model: Any, tokenizer: Any, items: list[dict]) -> ItemScores: ...
 
 
+class BatchedUtility(Utility, Protocol):
+    def score_many(self, model: Any, tokenizer: Any, items: list[dict],
+                   particles: int) -> list[ItemScores]:
+        """One ItemScores per particle, for a model running `particles` particles on row
+        blocks of every batch (evaluation/multiplex.py)."""
+        ...
+
+
+class _ScoresEachParticle:
+    def score(self, model: Any, tokenizer: Any, items: list[dict]) -> ItemScores:
+        return self.score_many(model, tokenizer, items, 1)[0]  # type: ignore[attr-defined]
+
+
 UTILITIES: dict[str, Callable[[UtilityConfig], Utility]] = {}
 
 
@@ -62,7 +75,7 @@ def _mean(scores: list[float]) -> float:
 
 
 @register_utility("multiple_choice")
-class MultipleChoice:
+class MultipleChoice(_ScoresEachParticle):
     """Accuracy, choosing the option letter with the highest log-likelihood after the prompt.
 
     The letter is scored as " A" when that is one token (BPE vocabularies), else as "A".
@@ -80,7 +93,8 @@ class MultipleChoice:
                 return [i[0] for i in ids]
         return None
 
-    def score(self, model: Any, tokenizer: Any, items: list[dict]) -> ItemScores:
+    def score_many(self, model: Any, tokenizer: Any, items: list[dict],
+                   particles: int) -> list[ItemScores]:
         chat = uses_chat(tokenizer, self.cfg.chat_template)
         prompts = [encode(tokenizer, render(tokenizer, multiple_choice_prompt(
             it, self.cfg.prompt), chat) + ("The answer is" if chat else "\nThe answer is"),
@@ -89,23 +103,26 @@ class MultipleChoice:
         pad = _pad_id(tokenizer)
         if all(ls == letters[0] for ls in letters) and (
                 ids := self._letter_ids(tokenizer, letters[0])):
-            logps = generation.next_token_logprobs(model, prompts, ids, pad_id=pad,
-                                                   batch_size=self.cfg.batch_size,
-                                                   max_tokens=self.cfg.max_batch_tokens)
+            per_particle = generation.next_token_logprobs(
+                model, prompts, ids, pad_id=pad, batch_size=self.cfg.batch_size,
+                max_tokens=self.cfg.max_batch_tokens, particles=particles)
         else:
             conts = [[tokenizer.encode(" " + x, add_special_tokens=False) for x in ls]
                      for ls in letters]
-            logps = generation.continuation_logprobs(model, prompts, conts, pad_id=pad,
-                                                     batch_size=self.cfg.batch_size,
-                                                   max_tokens=self.cfg.max_batch_tokens)
-        preds = [ls[max(range(len(lp)), key=lp.__getitem__)] for ls, lp in
-                 zip(letters, logps, strict=True)]
-        scores = [float(p == it["answer"]) for p, it in zip(preds, items, strict=True)]
-        return ItemScores(_mean(scores), scores, preds)
+            per_particle = generation.continuation_logprobs(
+                model, prompts, conts, pad_id=pad, batch_size=self.cfg.batch_size,
+                max_tokens=self.cfg.max_batch_tokens, particles=particles)
+        results = []
+        for logps in per_particle:
+            preds = [ls[max(range(len(lp)), key=lp.__getitem__)] for ls, lp in
+                     zip(letters, logps, strict=True)]
+            scores = [float(p == it["answer"]) for p, it in zip(preds, items, strict=True)]
+            results.append(ItemScores(_mean(scores), scores, preds))
+        return results
 
 
 @register_utility("exact_match")
-class ExactMatch:
+class ExactMatch(_ScoresEachParticle):
     """Greedy answer; numeric golds compare as numbers (GSM8K), others by containment."""
 
     required_fields = ("question", "answer")
@@ -113,14 +130,18 @@ class ExactMatch:
     def __init__(self, cfg: UtilityConfig):
         self.cfg = cfg
 
-    def score(self, model: Any, tokenizer: Any, items: list[dict]) -> ItemScores:
+    def score_many(self, model: Any, tokenizer: Any, items: list[dict],
+                   particles: int) -> list[ItemScores]:
         chat = uses_chat(tokenizer, self.cfg.chat_template)
         prompts = [encode(tokenizer, render(tokenizer, qa_prompt(it, self.cfg.prompt), chat),
                           chat) for it in items]
-        outs = generation.generate(model, prompts, max_new_tokens=self.cfg.max_new_tokens,
-                                   pad_id=_pad_id(tokenizer), eos_id=tokenizer.eos_token_id,
-                                   batch_size=self.cfg.batch_size,
-                                                   max_tokens=self.cfg.max_batch_tokens)
+        per_particle = generation.generate(
+            model, prompts, max_new_tokens=self.cfg.max_new_tokens, pad_id=_pad_id(tokenizer),
+            eos_id=tokenizer.eos_token_id, batch_size=self.cfg.batch_size,
+            max_tokens=self.cfg.max_batch_tokens, particles=particles)
+        return [self._judge(tokenizer, items, outs) for outs in per_particle]
+
+    def _judge(self, tokenizer: Any, items: list[dict], outs: list[list[int]]) -> ItemScores:
         preds, scores = [], []
         for it, ids in zip(items, outs, strict=True):
             text = tokenizer.decode(ids, skip_special_tokens=True)

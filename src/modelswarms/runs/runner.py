@@ -107,7 +107,7 @@ def _run(cfg: RunConfig, run_dir: Path, show_progress: bool) -> dict[str, Any]:
             progress.update(rec)
         while not swarm.done:
             start = time.perf_counter()
-            utilities = [session.dev_utility(row) for row in swarm.ask()]
+            utilities = session.dev_utilities(swarm.ask())
             swarm.tell(utilities)
             elapsed = time.perf_counter() - start
             wall += elapsed

@@ -14,6 +14,7 @@ from ..config import RunConfig
 from ..errors import UtilityError
 from ..evaluation.backend import ResidentModel
 from ..evaluation.data import load_items
+from ..evaluation.multiplex import ParticleBatch
 from ..evaluation.utilities import ItemScores, Utility, build_utility
 from ..pool import ExpertPool, export_expert, load_pool
 from ..space import FlatSpace
@@ -30,6 +31,7 @@ class Session:
     test: list[dict] | None
     experts: torch.Tensor  # (experts x parameters), on the model's device
     evaluations: int = 0
+    _batch: ParticleBatch | None = None
 
     @classmethod
     def open(cls, cfg: RunConfig, *, need_test: bool = True) -> Session:
@@ -61,8 +63,38 @@ class Session:
             raise UtilityError(f"utility {self.utility.name} returned {result.value}")
         return result
 
-    def dev_utility(self, vector: torch.Tensor) -> float:
-        return self.score(vector, self.dev).value
+    def score_many(self, vectors: torch.Tensor, items: list[dict]) -> list[ItemScores]:
+        """Score rows of `vectors`, several per forward pass when the pool and utility allow."""
+        batch = self._particle_batch()
+        if batch is None:
+            return [self.score(v, items) for v in vectors]
+        results: list[ItemScores] = []
+        for start in range(0, len(vectors), batch.k):
+            group = vectors[start : start + batch.k]
+            batch.load(group)
+            with batch.active(len(group)) as model:
+                results += self.utility.score_many(  # type: ignore[attr-defined]
+                    model, self.backend.tokenizer, items, len(group))
+        self.evaluations += len(vectors)
+        for r in results:
+            if not math.isfinite(r.value):
+                raise UtilityError(f"utility {self.utility.name} returned {r.value}")
+        return results
+
+    def _particle_batch(self) -> ParticleBatch | None:
+        k = self.cfg.model.particles_per_forward
+        if k == "auto":
+            # On a CPU the forward is compute-bound either way; on a GPU small batches leave
+            # it idle, and several particles per forward fill it.
+            k = 8 if self.backend.device.type == "cuda" else 1
+        if k <= 1 or self.pool.kind != "lora" or not hasattr(self.utility, "score_many"):
+            return None
+        if self._batch is None or self._batch.k != k:
+            self._batch = ParticleBatch(self.backend, k)
+        return self._batch
+
+    def dev_utilities(self, vectors: torch.Tensor) -> list[float]:
+        return [r.value for r in self.score_many(vectors, self.dev)]
 
     def export(self, vector: torch.Tensor, folder, metadata: dict[str, str]) -> None:
         """Write `vector` as a standard adapter / model folder (frozen tensors: expert 0's)."""
