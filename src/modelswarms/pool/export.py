@@ -12,6 +12,8 @@ from typing import TYPE_CHECKING
 import torch
 from safetensors.torch import save_file
 
+from ..errors import ExpertError
+
 if TYPE_CHECKING:
     from .loading import ExpertPool
 
@@ -19,6 +21,27 @@ if TYPE_CHECKING:
 MODEL_FILES = ("config.json", "generation_config.json", "tokenizer.json", "tokenizer_config.json",
                "special_tokens_map.json", "tokenizer.model", "vocab.json", "merges.txt",
                "chat_template.jinja", "added_tokens.json")
+# Adapter folders sometimes carry the tokenizer (e.g. with added tokens); keep it with the export.
+ADAPTER_EXTRAS = tuple(n for n in MODEL_FILES if n not in ("config.json", "generation_config.json"))
+
+
+def _prepare(pool: ExpertPool, tensors: dict[str, torch.Tensor],
+             dtype: torch.dtype | None) -> dict[str, torch.Tensor]:
+    """CPU copies with the pool's names, shapes and (unless `dtype`) dtypes, or ExpertError."""
+    ref = pool.experts[0].tensors
+    missing, extra = sorted(set(ref) - set(tensors)), sorted(set(tensors) - set(ref))
+    if missing or extra:
+        which = f"lacks tensor {missing[0]}" if missing else f"has extra tensor {extra[0]}"
+        raise ExpertError(f"export: the state dict {which} (pool of {pool.experts[0].name}); "
+                          "a loadable folder needs exactly the pool's tensors")
+    out = {}
+    for name, t in tensors.items():
+        if tuple(t.shape) != tuple(ref[name].shape):
+            raise ExpertError(f"export: tensor {name} has shape {tuple(t.shape)} but the pool "
+                              f"({pool.experts[0].name}) has {tuple(ref[name].shape)}")
+        # clone every tensor: tied or sliced tensors share storage, which safetensors refuses
+        out[name] = t.detach().to("cpu", dtype or ref[name].dtype).contiguous().clone()
+    return out
 
 
 def export_expert(pool: ExpertPool, tensors: dict[str, torch.Tensor], folder: str | Path, *,
@@ -30,13 +53,16 @@ def export_expert(pool: ExpertPool, tensors: dict[str, torch.Tensor], folder: st
     never leaves a half-written folder where a complete one is expected.
     """
     folder = Path(folder)
+    inputs = {e.path.resolve(): e.name for e in pool.experts}
+    if folder.resolve() in inputs:  # replacing the folder would destroy an input expert
+        raise ExpertError(f"{folder}: is the folder of expert {inputs[folder.resolve()]}; "
+                          "export to a new folder, input experts are never overwritten")
+    out = _prepare(pool, tensors, dtype)
+    meta = {str(k): str(v) for k, v in (metadata or {}).items()} | {"format": "pt"}
     folder.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=folder.parent, prefix=f".{folder.name}."))
     try:
-        # clone: tied or sliced tensors share storage, which safetensors refuses to save
-        out = {k: (v.to(dtype) if dtype else v).detach().cpu().contiguous().clone()
-               for k, v in tensors.items()}
-        meta = {"format": "pt", **(metadata or {})}
+        tmp.chmod(0o755)  # mkdtemp makes it private; an export is an ordinary model folder
         if pool.kind == "lora":
             save_file(out, tmp / "adapter_model.safetensors", metadata=meta)
             config = dict(pool.adapter_config or {})
@@ -44,9 +70,9 @@ def export_expert(pool: ExpertPool, tensors: dict[str, torch.Tensor], folder: st
             (tmp / "adapter_config.json").write_text(json.dumps(config, indent=2))
         else:
             save_file(out, tmp / "model.safetensors", metadata=meta)
-            for name in MODEL_FILES:
-                if (pool.template / name).is_file():
-                    shutil.copy2(pool.template / name, tmp / name)
+        for name in ADAPTER_EXTRAS if pool.kind == "lora" else MODEL_FILES:
+            if (pool.template / name).is_file():
+                shutil.copy2(pool.template / name, tmp / name)
         old = None
         if folder.exists():
             old = folder.with_name(f".{folder.name}.old")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -15,12 +16,15 @@ from safetensors.torch import load_file
 from ..errors import ExpertError
 from .validate import validate_pool
 
+HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+")  # org/name, never a relative path like ./x
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl")
 ADAPTER_CONFIG, ADAPTER_WEIGHTS = "adapter_config.json", "adapter_model.safetensors"
 
 
 @dataclass(frozen=True)
 class Expert:
+    """One expert; `config` (an addition to the contract) is its adapter or model config."""
+
     name: str
     path: Path
     tensors: dict[str, torch.Tensor] = field(repr=False)
@@ -51,7 +55,7 @@ def _fetch(source: str) -> Path:
         if not path.is_dir():
             raise ExpertError(f"{path}: an expert must be a folder, not a file")
         return path
-    if source.count("/") != 1 or source.startswith((".", "/", "~")):
+    if not HUB_ID.fullmatch(source):
         raise ExpertError(f"{source}: expert folder not found")
     try:
         from huggingface_hub import snapshot_download
@@ -60,7 +64,8 @@ def _fetch(source: str) -> Path:
             "*.safetensors", "*.json", "tokenizer*", "*.model", "*.txt", "*.jinja"]))
     except Exception as err:  # offline, unknown repo, gated...
         raise ExpertError(
-            f"{source}: neither a local folder nor downloadable from the hub ({type(err).__name__})"
+            f"{source}: neither a local folder nor downloadable from the Hugging Face hub "
+            f"(machine offline or no such repository: {type(err).__name__})"
         ) from None
 
 
@@ -80,6 +85,10 @@ def _read_safetensors(path: Path) -> dict[str, torch.Tensor]:
 
 
 def _weight_files(folder: Path) -> list[Path]:
+    # A single model.safetensors or the index wins over a glob: hub repos may also carry
+    # other safetensors files (e.g. consolidated.safetensors) with different key names.
+    if (folder / "model.safetensors").is_file():
+        return [folder / "model.safetensors"]
     index = folder / "model.safetensors.index.json"
     if index.is_file():
         shards = sorted(set(_read_json(index).get("weight_map", {}).values()))
@@ -103,7 +112,10 @@ def _refuse_pickles(folder: Path) -> None:
 def load_expert(source: str | Path, name: str | None = None) -> tuple[str, Expert]:
     """(kind, expert) for one folder."""
     folder = _fetch(str(source))
-    name = name or folder.name
+    # a hub snapshot folder is named by its commit hash; the repo name says more
+    local = folder == Path(source).expanduser()
+    name = name or ((folder.name or folder.resolve().name) if local
+                    else str(source).rsplit("/", 1)[-1])
     if (folder / ADAPTER_CONFIG).is_file():
         if not (folder / ADAPTER_WEIGHTS).is_file():
             _refuse_pickles(folder)
@@ -125,26 +137,42 @@ def load_expert(source: str | Path, name: str | None = None) -> tuple[str, Exper
     )
 
 
+def _unique_names(experts: list[Expert], explicit: bool) -> list[Expert]:
+    """Experts with distinct names: folder names repeat across parents (a/expert, b/expert)."""
+    names = [e.name for e in experts]
+    dupes = sorted({n for n in names if names.count(n) > 1})
+    if dupes and explicit:
+        raise ExpertError(f"expert name {dupes[0]!r} is given twice; names must be unique")
+    taken, out = set(names), []
+    for i, e in enumerate(experts):
+        name = e.name
+        if name in dupes and names.index(name) != i:
+            k = i
+            while f"{e.name}-{k}" in taken:
+                k += 1
+            name = f"{e.name}-{k}"
+            taken.add(name)
+        out.append(Expert(name, e.path, e.tensors, e.config))
+    return out
+
+
 def load_pool(sources: Sequence[str | Path], *, base_model: str | None = None,
               names: Sequence[str] | None = None) -> ExpertPool:
     """Load and validate a pool: every expert must match the first one exactly."""
+    if isinstance(sources, str | Path):
+        sources = [sources]  # a lone path would otherwise be iterated character by character
     if names is not None and len(names) != len(sources):
         raise ExpertError(f"{len(names)} names given for {len(sources)} experts")
     loaded = [load_expert(s, names[i] if names else None) for i, s in enumerate(sources)]
     kinds = [k for k, _ in loaded]
-    experts = [e for _, e in loaded]
-    seen: dict[str, int] = {}
-    for i, e in enumerate(experts):  # folder names repeat across parents (a/expert, b/expert)
-        if e.name in seen:
-            experts[i] = Expert(f"{e.name}-{i}", e.path, e.tensors, e.config)
-        seen[e.name] = i
-    validate_pool(kinds, experts, base_model)
+    experts = _unique_names([e for _, e in loaded], explicit=names is not None)
+    validate_pool(kinds, experts)
     kind = kinds[0]
     adapter_config = dict(experts[0].config) if kind == "lora" else None
     base = base_model
     if kind == "lora" and base is None:
         base = experts[0].config.get("base_model_name_or_path")
         if not base:
-            raise ExpertError(f"{experts[0].path}: adapter names no base model; set "
-                              "experts.base_model")
+            raise ExpertError(f"{experts[0].path}: adapter {experts[0].name} names no base "
+                              "model; set experts.base_model")
     return ExpertPool(kind, experts, base, experts[0].path, adapter_config)  # type: ignore[arg-type]

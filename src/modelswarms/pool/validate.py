@@ -14,22 +14,26 @@ from ..errors import ExpertError
 if TYPE_CHECKING:
     from .loading import Expert
 
-# adapter_config keys that change what the A and B factors mean
-LORA_KEYS = ("r", "lora_alpha", "target_modules", "use_dora", "use_rslora", "fan_in_fan_out",
-             "modules_to_save", "rank_pattern", "alpha_pattern", "layers_to_transform")
+# adapter_config keys that change what the A and B factors mean. The base model is compared
+# even when the user overrides it: the override replaces a common value, it cannot reconcile
+# adapters trained on different bases.
+LORA_KEYS = ("base_model_name_or_path", "r", "lora_alpha", "target_modules", "use_dora",
+             "use_rslora", "fan_in_fan_out", "modules_to_save", "rank_pattern", "alpha_pattern",
+             "layers_to_transform", "lora_bias")
 FULL_KEYS = ("model_type", "architectures")
 
 
 def _norm(key: str, value: object) -> object:
-    if key == "target_modules" and isinstance(value, list):
-        return sorted(value)
+    # module lists are sets to peft; their order in the JSON depends on how they were given
+    if key in ("target_modules", "modules_to_save") and isinstance(value, list):
+        return sorted(set(value))
     return value
 
 
-def validate_pool(kinds: Sequence[str], experts: Sequence[Expert],
-                  base_model: str | None = None) -> None:
+def validate_pool(kinds: Sequence[str], experts: Sequence[Expert]) -> None:
+    """Raise ExpertError at the first way an expert differs from the first one."""
     if len(experts) < 2:
-        where = f" ({experts[0].path})" if experts else ""
+        where = f" ({experts[0].name} at {experts[0].path})" if experts else ""
         raise ExpertError(f"a pool needs at least 2 experts, got {len(experts)}{where}")
     first = experts[0]
     for kind, e in zip(kinds, experts, strict=True):
@@ -37,8 +41,6 @@ def validate_pool(kinds: Sequence[str], experts: Sequence[Expert],
             raise ExpertError(f"{e.path}: expert {e.name} is a {kind} checkpoint but "
                               f"{first.name} is a {kinds[0]} one; a pool holds one kind")
     keys = LORA_KEYS if kinds[0] == "lora" else FULL_KEYS
-    if kinds[0] == "lora" and base_model is None:
-        keys = ("base_model_name_or_path", *keys)
     for e in experts[1:]:
         for key in keys:
             a, b = _norm(key, first.config.get(key)), _norm(key, e.config.get(key))
