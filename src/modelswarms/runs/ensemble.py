@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 from ..evaluation.utilities import ItemScores
@@ -23,4 +24,7 @@ def majority_vote(results: Sequence[ItemScores], utilities: Sequence[float]) -> 
         winner = next(k for k in order if counts[results[k].predictions[j]] == top)
         predictions.append(results[winner].predictions[j])
         scores.append(results[winner].scores[j])
-    return ItemScores(value=sum(scores) / n_items, scores=scores, predictions=predictions)
+    # NaN marks an item the utility left out (a judge that failed under on_failure: exclude).
+    kept = [x for x in scores if not math.isnan(x)]
+    value = sum(kept) / len(kept) if kept else 0.0
+    return ItemScores(value=value, scores=scores, predictions=predictions)

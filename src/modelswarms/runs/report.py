@@ -63,12 +63,13 @@ def final_report(session: Session, swarm: ModelSwarm, history: list[dict[str, An
             if best_test.scores[j] > 0 and all(t.scores[j] <= 0 for t in expert_test)
         )
     report = {
-        "utility": cfg.utility.type, "dataset": cfg.data.path,
+        "utility": cfg.utility.type, "dataset": cfg.data.name,
         "dev_items": len(session.dev), "test_items": len(test) if test else 0,
         "experts": len(names), "particles": swarm.n, "iterations": swarm.iteration,
         "evaluations": swarm.evaluations, "search_seconds": history[-1]["wall_time"],
         "best_dev": swarm.g_util, "best_test": best_test.value if best_test else None,
         "correctness_emergence": emergence, "rows": rows, "exports": exports,
+        "events": dict(sorted(session.counts.items())),
     }
     atomic_write_text(run_dir / "report.json", json.dumps(report, indent=2))
     atomic_write_text(run_dir / "report.md", render_markdown(report))
@@ -94,6 +95,10 @@ def render_markdown(report: dict[str, Any]) -> str:
     if report["correctness_emergence"] is not None:
         lines += ["", f"Correctness emergence: {report['correctness_emergence']} test items that "
                   "every initial expert got wrong are right in the global best."]
+    if report.get("events"):
+        lines += ["", "Events: " + ", ".join(f"{k} {v}" for k, v in report["events"].items())
+                  + " (cache hits cost no forward pass; judge failures follow "
+                  "`judge.on_failure`)."]
     lines += ["", f"Global best exported to `{report['exports']['best']}`; top-k personal bests "
               f"to `{Path(report['exports']['best']).parent / 'top'}`.", ""]
     return "\n".join(lines)

@@ -85,7 +85,15 @@ def run(cfg: RunConfig | None = None, *, resume: str | Path | None = None,
         handler.close()
 
 
+def _remove_torn_writes(run_dir: Path) -> None:
+    """A kill during an atomic write leaves its temporary file (".NAME.*.tmp") behind; the
+    real file is untouched, so the leftover is only litter."""
+    for tmp in run_dir.rglob(".*.tmp"):
+        tmp.unlink(missing_ok=True)
+
+
 def _run(cfg: RunConfig, run_dir: Path, show_progress: bool) -> dict[str, Any]:
+    _remove_torn_writes(run_dir)
     session = Session.open(cfg, need_test=cfg.output.evaluate_test)
     swarm = ModelSwarm(session.experts, cfg.search, seed=cfg.seed, device=session.backend.device)
     wall = 0.0

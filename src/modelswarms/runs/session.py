@@ -5,19 +5,37 @@ Built once per process; the search loop then only moves vectors and calls the ut
 
 from __future__ import annotations
 
+import hashlib
+import json
+import logging
 import math
-from dataclasses import dataclass
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass, field
 
 import torch
 
 from ..config import RunConfig
 from ..errors import UtilityError
 from ..evaluation.backend import ResidentModel
-from ..evaluation.data import load_items
+from ..evaluation.data import load_split
 from ..evaluation.multiplex import ParticleBatch
 from ..evaluation.utilities import ItemScores, Utility, build_utility
 from ..pool import ExpertPool, export_expert, load_pool
 from ..space import FlatSpace
+
+log = logging.getLogger("modelswarms")
+
+
+def fingerprint(vector: torch.Tensor) -> bytes:
+    """A digest of a weight vector's exact bytes: equal digests, equal weights."""
+    raw = vector.detach().contiguous().cpu().view(torch.uint8).numpy()
+    return hashlib.blake2b(raw, digest_size=16).digest()
+
+
+def items_key(items: list[dict]) -> bytes:
+    text = json.dumps(items, sort_keys=True, default=str).encode()
+    return hashlib.blake2b(text, digest_size=16).digest()
 
 
 @dataclass
@@ -31,7 +49,13 @@ class Session:
     test: list[dict] | None
     experts: torch.Tensor  # (experts x parameters), on the model's device
     evaluations: int = 0
+    # Events a report shows: cache hits, out-of-memory back-offs, the utility's own counts.
+    counts: Counter = field(default_factory=Counter)
     _batch: ParticleBatch | None = None
+    # (weights, items) -> scores: a particle that did not move, a restart to a personal best,
+    # an expert scored again for the report, costs nothing the second time. Evaluation is
+    # deterministic, so a hit returns exactly what a new evaluation would.
+    _cache: dict[tuple[bytes, bytes], ItemScores] = field(default_factory=dict)
 
     @classmethod
     def open(cls, cfg: RunConfig, *, need_test: bool = True) -> Session:
@@ -42,44 +66,81 @@ class Session:
                                 trust_remote_code=e.trust_remote_code)
         utility = build_utility(cfg.utility)
         d = cfg.data
-        dev = load_items(d.path, d.dev_split, required=utility.required_fields, limit=d.max_dev)
+        dev = load_split(d, d.dev_split, required=utility.required_fields, limit=d.max_dev)
         test = None
         if need_test:
-            test = load_items(d.test_path or d.path, d.test_split,
-                              required=utility.required_fields, limit=d.max_test)
+            test = load_split(d, d.test_split, required=utility.required_fields,
+                              limit=d.max_test)
         experts = space.stack([x.tensors for x in pool.experts], device=backend.device)
         return cls(cfg, pool, space, backend, utility, dev, test, experts)
 
     def score(self, vector: torch.Tensor | None, items: list[dict]) -> ItemScores:
         """Score a point of the weight space (None: the base model without adapters)."""
-        if vector is None:
-            with self.backend.base_model() as model:
-                result = self.utility.score(model, self.backend.tokenizer, items)
-        else:
-            self.backend.load(vector)
-            result = self.utility.score(self.backend.model, self.backend.tokenizer, items)
-        self.evaluations += 1
-        if not math.isfinite(result.value):
-            raise UtilityError(f"utility {self.utility.name} returned {result.value}")
-        return result
+        return self.score_many(None if vector is None else vector[None], items)[0]
 
-    def score_many(self, vectors: torch.Tensor, items: list[dict]) -> list[ItemScores]:
-        """Score rows of `vectors`, several per forward pass when the pool and utility allow."""
+    def score_many(self, vectors: torch.Tensor | None, items: list[dict]) -> list[ItemScores]:
+        """Score rows of `vectors` (None: the base model), several per forward pass when the
+        pool and utility allow; rows scored before on these items come from the cache."""
+        ikey = items_key(items)
+        keys = ([(b"base", ikey)] if vectors is None
+                else [(fingerprint(v), ikey) for v in vectors])
+        todo = [i for i, k in enumerate(keys) if k not in self._cache]
+        self.counts["cache_hits"] += len(keys) - len(todo)
+        if todo:
+            fresh = self._with_backoff(lambda: self._evaluate(
+                None if vectors is None else vectors[todo], items))
+            for i, result in zip(todo, fresh, strict=True):
+                if not math.isfinite(result.value):
+                    raise UtilityError(f"utility {self.utility.name} returned {result.value}")
+                self.counts.update(result.counts)
+                self._cache[keys[i]] = result
+        self.evaluations += len(keys)
+        return [self._cache[k] for k in keys]
+
+    def _evaluate(self, vectors: torch.Tensor | None, items: list[dict]) -> list[ItemScores]:
+        tok = self.backend.tokenizer
+        if vectors is None:
+            with self.backend.base_model() as model:
+                return [self.utility.score(model, tok, items)]
         batch = self._particle_batch()
         if batch is None:
-            return [self.score(v, items) for v in vectors]
+            out = []
+            for v in vectors:
+                self.backend.load(v)
+                out.append(self.utility.score(self.backend.model, tok, items))
+            return out
         results: list[ItemScores] = []
         for start in range(0, len(vectors), batch.k):
             group = vectors[start : start + batch.k]
             batch.load(group)
             with batch.active(len(group)) as model:
                 results += self.utility.score_many(  # type: ignore[attr-defined]
-                    model, self.backend.tokenizer, items, len(group))
-        self.evaluations += len(vectors)
-        for r in results:
-            if not math.isfinite(r.value):
-                raise UtilityError(f"utility {self.utility.name} returned {r.value}")
+                    model, tok, items, len(group))
         return results
+
+    def _with_backoff(self, fn: Callable[[], list[ItemScores]]) -> list[ItemScores]:
+        """Run `fn`; on out-of-memory halve the utility's batch size and token budget and try
+        again, down to one item per batch. The smaller batch stays for the rest of the run."""
+        while True:
+            try:
+                return fn()
+            except torch.OutOfMemoryError:
+                cfg = getattr(self.utility, "cfg", None)
+                if cfg is None or cfg.batch_size <= 1:
+                    raise UtilityError(
+                        f"utility {self.utility.name}: out of memory even with one item per "
+                        "batch; use a smaller model dtype, fewer particles_per_forward, or a "
+                        "larger device") from None
+                if torch.cuda.is_available():
+                    torch.cuda.empty_cache()
+                smaller = cfg.model_copy(update={
+                    "batch_size": max(1, cfg.batch_size // 2),
+                    "max_batch_tokens": max(1, cfg.max_batch_tokens // 2)})
+                self.utility.cfg = smaller  # type: ignore[attr-defined]
+                self.counts["oom_backoffs"] += 1
+                log.warning("out of memory: batch size %d -> %d, token budget %d -> %d",
+                            cfg.batch_size, smaller.batch_size, cfg.max_batch_tokens,
+                            smaller.max_batch_tokens)
 
     def _particle_batch(self) -> ParticleBatch | None:
         k = self.cfg.model.particles_per_forward

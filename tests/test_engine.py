@@ -1,0 +1,86 @@
+"""The evaluation engine around utilities: the score cache and the out-of-memory back-off."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from modelswarms.config import parse_config
+from modelswarms.errors import UtilityError
+from modelswarms.runs.session import Session, fingerprint
+
+
+@pytest.fixture()
+def session(lora_experts, mc_data, tmp_path) -> Session:
+    cfg = parse_config({
+        "experts": {"paths": [str(p) for p in lora_experts]},
+        "data": {"path": str(mc_data), "max_dev": 8, "max_test": 8},
+        "utility": {"type": "multiple_choice", "batch_size": 8},
+        "output": {"dir": str(tmp_path / "run")},
+    })
+    return Session.open(cfg)
+
+
+class CountingUtility:
+    """Wraps a real utility, counting the calls that reach the model."""
+
+    def __init__(self, inner, fail_above: int | None = None):
+        self.inner, self.cfg, self.name = inner, inner.cfg, inner.name
+        self.required_fields = inner.required_fields
+        self.calls = 0
+        self.fail_above = fail_above
+        self.batch_sizes: list[int] = []
+
+    def score(self, model, tokenizer, items):
+        self.calls += 1
+        self.batch_sizes.append(self.cfg.batch_size)
+        if self.fail_above is not None and self.cfg.batch_size > self.fail_above:
+            raise torch.OutOfMemoryError("CUDA out of memory (simulated)")
+        self.inner.cfg = self.cfg
+        return self.inner.score(model, tokenizer, items)
+
+
+def test_fingerprint_sees_every_bit():
+    v = torch.randn(1000)
+    w = v.clone()
+    assert fingerprint(v) == fingerprint(w)
+    w[123] = torch.nextafter(w[123], torch.tensor(float("inf")))
+    assert fingerprint(v) != fingerprint(w)
+
+
+def test_an_unchanged_particle_is_never_scored_twice(session):
+    counting = CountingUtility(session.utility)
+    session.utility = counting
+    first = session.score_many(session.experts, session.dev)
+    assert counting.calls == len(session.experts)
+    again = session.score_many(session.experts.clone(), session.dev)  # same bytes, new tensor
+    assert counting.calls == len(session.experts) and again == first
+    assert session.counts["cache_hits"] == len(session.experts)
+    assert session.evaluations == 2 * len(session.experts)  # budgets count requests
+    moved = session.experts[0] + 1e-3
+    session.score(moved, session.dev)
+    assert counting.calls == len(session.experts) + 1
+    session.score(session.experts[0], session.test)  # other items: a new evaluation
+    assert counting.calls == len(session.experts) + 2
+    session.score(None, session.dev)
+    session.score(None, session.dev)
+    assert counting.calls == len(session.experts) + 3
+
+
+def test_out_of_memory_halves_the_batch_and_gives_the_same_scores(session):
+    clean = session.score(session.experts[1], session.dev)
+    session._cache.clear()
+    counting = CountingUtility(session.utility, fail_above=2)
+    session.utility = counting
+    after = session.score(session.experts[1], session.dev)
+    assert counting.batch_sizes == [8, 4, 2]
+    assert session.counts["oom_backoffs"] == 2
+    assert after.predictions == clean.predictions and after.value == clean.value
+    session.score(session.experts[2], session.dev)  # the smaller batch stays
+    assert counting.batch_sizes[-1] == 2
+
+
+def test_out_of_memory_at_batch_one_is_a_clear_error(session):
+    session.utility = CountingUtility(session.utility, fail_above=0)
+    with pytest.raises(UtilityError, match="out of memory even with one item"):
+        session.score(session.experts[0], session.dev)

@@ -1,0 +1,135 @@
+"""Killed runs: SIGKILL at random moments and in the middle of checkpoint writes, resumed each
+time; the end result equals an uninterrupted run and no checkpoint is ever unreadable."""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+from modelswarms.config import load_config
+from modelswarms.runs import runner
+from modelswarms.runs.checkpoint import load_checkpoint
+
+KILLS = int(os.environ.get("MODELSWARMS_KILLS", "20"))
+
+# The child: run or resume; with "write:N" it tears its own N-th checkpoint write in half and
+# dies inside it (SIGKILL), the worst moment for a crash.
+CHILD = r'''
+import os, signal, sys
+from modelswarms.config import load_config
+from modelswarms.runs import checkpoint, runner
+
+action, target, mode = sys.argv[1:4]
+if mode.startswith("write:"):
+    n, calls, real = int(mode[6:]), [0], checkpoint.save_file
+    def torn(tensors, filename, metadata=None):
+        calls[0] += 1
+        real(tensors, filename, metadata=metadata)
+        if calls[0] == n:
+            data = open(filename, "rb").read()
+            open(filename, "wb").write(data[: len(data) // 2])
+            os.kill(os.getpid(), signal.SIGKILL)
+    checkpoint.save_file = torn
+if action == "new":
+    runner.run(load_config(target), overwrite=True, show_progress=False)
+else:
+    runner.run(resume=target, show_progress=False)
+'''
+
+
+def _config(tmp_path: Path, experts, data, out: str) -> Path:
+    path = tmp_path / f"{out}.yaml"
+    path.write_text(yaml.safe_dump({
+        "experts": {"paths": [str(p) for p in experts]},
+        "data": {"path": str(data)},
+        "utility": {"type": "multiple_choice", "batch_size": 4},
+        "search": {"max_iterations": 25, "patience": 100, "particles": 5},
+        "output": {"dir": str(tmp_path / out), "top_k": 2},
+        "seed": 11,
+    }))
+    return path
+
+
+def test_twenty_kills_change_nothing(tmp_path, lora_experts, mc_data):
+    ref = runner.run(load_config(_config(tmp_path, lora_experts, mc_data, "ref")),
+                     show_progress=False)
+    cfg_path = _config(tmp_path, lora_experts, mc_data, "killed")
+    run_dir = tmp_path / "killed"
+    child = tmp_path / "child.py"
+    child.write_text(CHILD)
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+    rng = random.Random(1234)
+
+    def start(mode: str) -> subprocess.Popen:
+        action, target = (("resume", run_dir) if (run_dir / "config.yaml").exists()
+                          else ("new", cfg_path))
+        return subprocess.Popen([sys.executable, str(child), action, str(target), mode],
+                                env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+
+    # how long a whole run takes in a child, to spread the kills over it
+    t0 = time.perf_counter()
+    assert start("none").wait() == 0
+    full = time.perf_counter() - t0
+    shutil.rmtree(run_dir)  # start from scratch, now that we know the duration
+    kills = torn = checked = 0
+    iterations_seen = set()
+    while True:
+        mode = f"write:{rng.randint(1, 4)}" if kills < KILLS and kills % 4 == 3 else "none"
+        proc = start(mode)
+        if mode == "none" and kills < KILLS:
+            time.sleep(rng.uniform(0.2, 0.9 * full))
+            proc.kill()
+        rc = proc.wait()
+        err = proc.stderr.read().decode()
+        if rc == 0 and kills < KILLS:  # it finished before the kill came: start again
+            shutil.rmtree(run_dir)
+            continue
+        if rc == 0:
+            break
+        assert rc == -9, err[-2000:]
+        kills += 1
+        torn += mode != "none"
+        ckpt = run_dir / "checkpoint.safetensors"
+        if ckpt.exists():  # never unreadable, whatever the moment of the kill
+            _, meta = load_checkpoint(ckpt)
+            iterations_seen.add(meta["swarm"]["iteration"])
+            checked += 1
+        assert kills < 4 * KILLS, "the run never finished"
+    assert kills >= KILLS and torn >= KILLS // 4
+    assert len(iterations_seen) >= 3, f"kills fell at too few places: {iterations_seen}"
+    report = json.loads((run_dir / "report.json").read_text())
+    assert report["rows"] == ref["rows"] and report["best_dev"] == ref["best_dev"]
+    a, _ = load_checkpoint(run_dir / "checkpoint.safetensors")
+    b, _ = load_checkpoint(tmp_path / "ref" / "checkpoint.safetensors")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    history = [json.loads(x) for x in (run_dir / "history.jsonl").read_text().splitlines()]
+    assert [h["iteration"] for h in history] == list(range(26))
+    assert not list(run_dir.rglob(".*.tmp")), "torn writes left litter behind"
+    print(f"{kills} kills ({torn} inside checkpoint writes), {checked} checkpoints read")
+
+
+@pytest.mark.parametrize("n", [1])
+def test_kill_inside_the_first_checkpoint_write_restarts_cleanly(tmp_path, lora_experts,
+                                                                   mc_data, n):
+    cfg_path = _config(tmp_path, lora_experts, mc_data, "first")
+    child = tmp_path / "child.py"
+    child.write_text(CHILD)
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+    rc = subprocess.run([sys.executable, str(child), "new", str(cfg_path), f"write:{n}"],
+                        env=env, capture_output=True).returncode
+    assert rc == -9
+    run_dir = tmp_path / "first"
+    assert not (run_dir / "checkpoint.safetensors").exists()  # the torn file was never renamed
+    assert list(run_dir.glob(".checkpoint.safetensors.*.tmp"))
+    report = runner.run(resume=run_dir, show_progress=False)
+    assert report["iterations"] == 25
