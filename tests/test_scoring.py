@@ -133,6 +133,39 @@ def test_exact_match_compares_numbers(tiny, monkeypatch):
     assert r.scores == [1.0, 0.0] and r.predictions == ["1234", "7"]
 
 
+def test_multiple_choice_generate_and_parse(tiny, monkeypatch):
+    model, tok = tiny
+    items = [{"question": f"q{i}", "choices": {"A": "x", "B": "y", "C": "z", "D": "w"},
+              "answer": "C"} for i in range(4)]
+    said = ["Answer: C", " B: y", "(C) because", "no idea"]
+    seen = {}
+
+    def fake_generate(model, prompts, **kw):
+        seen["prompts"] = prompts
+        return [[tok.encode(t, add_special_tokens=False) for t in said]]
+
+    monkeypatch.setattr(generation, "generate", fake_generate)
+    u = build_utility(UtilityConfig(type="multiple_choice", scoring="generate"))
+    r = u.score(model, tok, items)
+    assert r.predictions == ["C", "B", "C", ""] and r.scores == [1.0, 0.0, 1.0, 0.0]
+    assert r.counts == {"mc_unparsed": 1}
+    assert tok.decode(seen["prompts"][0]).endswith("The answer is")
+
+
+def test_multiple_choice_generate_mode_runs_for_real(tiny):
+    model, tok = tiny
+    items = [{"question": f"q{i}", "choices": {"A": "x", "B": "y"}, "answer": "A"}
+             for i in range(3)]
+    u = build_utility(UtilityConfig(type="multiple_choice", scoring="generate",
+                                    max_new_tokens=4, batch_size=2))
+    r = u.score(model, tok, items)
+    texts = [tok.decode(o) for o in generation.generate(
+        model, [tok(multiple_choice_prompt(it) + "\nThe answer is")["input_ids"]
+                for it in items], max_new_tokens=4, pad_id=tok.pad_token_id,
+        eos_id=tok.eos_token_id, batch_size=1)[0]]
+    assert r.predictions == [extract_letter(t, "AB") or "" for t in texts]
+
+
 @pytest.mark.parametrize("text,letter", [
     ("Answer: C", "C"), ("The answer is (B).", "B"), ("D: Paris", "D"), ("(A) because", "A"),
     ("I think option b is right", "B"), ("A good guess is C", "C"), ("nothing here", None),

@@ -19,7 +19,13 @@ errors = Console(stderr=True, soft_wrap=True)  # an error stays one line, whatev
 
 
 def _quiet_libraries() -> None:
+    import warnings
+
     import transformers
+
+    # peft still asks transformers 5 for the deprecated attribute; users can do nothing about it
+    warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*",
+                            category=FutureWarning)
 
     transformers.utils.logging.set_verbosity_error()
     transformers.utils.logging.disable_progress_bar()
@@ -110,20 +116,21 @@ def _evaluate(model_path, config, data, split, utility_type, base_model, max_ite
     from .config import UtilityConfig, load_config
     from .errors import ConfigError
     from .evaluation.backend import load_standalone
-    from .evaluation.data import load_items
+    from .evaluation.data import load_items, load_split
     from .evaluation.utilities import build_utility
 
     cfg = load_config(config) if config else None
     ucfg = cfg.utility if cfg else UtilityConfig()
     updates = {k: v for k, v in (("type", utility_type), ("batch_size", batch_size)) if v}
     ucfg = ucfg.model_copy(update=updates)
-    data = data or (cfg.data.path if cfg else None)
-    if not data:
+    if not data and not cfg:
         raise ConfigError("eval: give --data or --config")
-    if cfg and split == cfg.data.test_split and cfg.data.test_path:
-        data = cfg.data.test_path
     utility = build_utility(ucfg)
-    items = load_items(data, split, required=utility.required_fields, limit=max_items)
+    if data:
+        items = load_items(data, split, required=utility.required_fields, limit=max_items)
+    else:
+        items = load_split(cfg.data, split, required=utility.required_fields)[:max_items]
+        data = cfg.data.name
     base = base_model or (cfg.experts.base_model if cfg else None)
     model, tok = load_standalone(model_path, base, device=device or (
         cfg.model.device if cfg else "auto"), dtype=cfg.model.dtype if cfg else "auto")
@@ -132,3 +139,92 @@ def _evaluate(model_path, config, data, split, utility_type, base_model, max_ite
     return {"model": model_path, "utility": utility.name, "data": data, "split": split,
             "items": len(items), "value": scores.value,
             "seconds": time.perf_counter() - start}
+
+
+@main.group()
+def experts() -> None:
+    """Make LoRA experts: fine-tune one, or rebuild the shipped starter pool."""
+
+
+@experts.command("train")
+@click.option("--data", required=True, type=click.Path(dir_okay=False),
+              help="Training items (JSON with splits, or JSONL) in the evaluation formats.")
+@click.option("--split", default="train", show_default=True)
+@click.option("--out", required=True, type=click.Path(file_okay=False),
+              help="Adapter folder to write (refused if it exists and is not empty).")
+@click.option("--base", "base_model", default="smollm2", show_default=True,
+              help="Base model: a folder, a hub id, or smollm2.")
+@click.option("--rank", default=8, show_default=True)
+@click.option("--alpha", default=16, show_default=True)
+@click.option("--target-modules", default="q_proj,k_proj,v_proj,o_proj", show_default=True)
+@click.option("--layers", help="Adapt only these layer indices, e.g. 14-29 or 0,1,2.")
+@click.option("--steps", default=100, show_default=True)
+@click.option("--lr", default=1e-3, show_default=True)
+@click.option("--batch-size", default=8, show_default=True)
+@click.option("--max-length", default=192, show_default=True)
+@click.option("--max-items", type=int, help="Train on the first N items only.")
+@click.option("--seed", default=0, show_default=True)
+@click.option("--source", help="Where the data comes from (for the data card).")
+@click.option("--licence", default="unknown", show_default=True,
+              help="The data's licence (for the data card).")
+@click.option("--description", default="")
+@click.option("--threads", type=int, help="torch CPU threads.")
+@click.option("--overwrite", is_flag=True)
+@click.option("--debug", is_flag=True, help="Show tracebacks.")
+def experts_train(data: str, split: str, out: str, base_model: str, rank: int, alpha: int,
+                  target_modules: str, layers: str | None, steps: int, lr: float,
+                  batch_size: int, max_length: int, max_items: int | None, seed: int,
+                  source: str | None, licence: str, description: str, threads: int | None,
+                  overwrite: bool, debug: bool) -> None:
+    """Fine-tune a LoRA expert on DATA; writes an adapter folder and its data card."""
+    from .evaluation.data import load_items
+    from .experts import train_lora
+
+    _quiet_libraries()
+    items = _guard(debug, load_items, data, split, limit=max_items)
+    path = _guard(debug, train_lora, base_model, items, out, rank=rank, alpha=alpha,
+                  target_modules=tuple(m.strip() for m in target_modules.split(",")),
+                  layers=_guard(debug, _parse_layers, layers), steps=steps, lr=lr,
+                  batch_size=batch_size, max_length=max_length, seed=seed,
+                  source=source or f"{data} [{split}]", licence=licence,
+                  description=description, overwrite=overwrite, threads=threads,
+                  log=console.print)
+    card = json.loads((Path(path) / "data_card.json").read_text())
+    console.print(f"expert written to {path}: loss {card['first_loss']:.4f} -> "
+                  f"{card['final_loss']:.4f} in {card['wall_seconds']:.0f} s")
+
+
+def _parse_layers(text: str | None) -> list[int] | None:
+    from .errors import ConfigError
+
+    if not text:
+        return None
+    out: list[int] = []
+    try:
+        for part in text.split(","):
+            lo, _, hi = part.partition("-")
+            out.extend(range(int(lo), int(hi or lo) + 1))
+    except ValueError:
+        raise ConfigError(f"--layers {text!r}: expected e.g. 14-29 or 0,1,2") from None
+    return out
+
+
+@experts.command("build-pool")
+@click.option("--out", default="experts/smollm2", show_default=True,
+              type=click.Path(file_okay=False))
+@click.option("--only", multiple=True, help="Build only these sources (repeatable).")
+@click.option("--shared", type=click.Path(file_okay=False),
+              help="The shared/data/eval folder (default: ../shared/data/eval).")
+@click.option("--steps", type=int, help="Override the recipe's training steps.")
+@click.option("--threads", type=int, help="torch CPU threads.")
+@click.option("--debug", is_flag=True, help="Show tracebacks.")
+def experts_build_pool(out: str, only: tuple[str, ...], shared: str | None, steps: int | None,
+                       threads: int | None, debug: bool) -> None:
+    """Rebuild the starter pool of SmolLM2 experts, one per data source."""
+    from .experts.sources import build_pool
+
+    _quiet_libraries()
+    recipe = {"steps": steps} if steps else {}
+    _guard(debug, build_pool, out, names=list(only) or None,
+           shared=Path(shared) if shared else None, threads=threads, log=console.print,
+           **recipe)

@@ -30,12 +30,81 @@ class ExpertsConfig(StrictModel):
 
 
 class DataConfig(StrictModel):
-    path: str = Field(description="JSON with dev/test lists, or JSONL")
+    path: str | None = Field(None, description="JSON with dev/test lists, or JSONL")
+    tasks: dict[str, str] = Field(
+        default_factory=dict, description="multi_task: task name -> its file, instead of path")
+    preset: Literal["legal", "medical", "science", "culture"] | None = Field(
+        None, description="multi_task: a domain of the paper, built from the files in `root`")
+    root: str | None = Field(None, description="folder of the preset's files (the Model "
+                             "Swarms data: mmlu.json, medqa.json, ...)")
     test_path: str | None = Field(None, description="JSONL test file when `path` holds dev only")
     dev_split: str = "dev"
     test_split: str = "test"
     max_dev: int | None = Field(None, ge=1)
     max_test: int | None = Field(None, ge=1)
+
+    @model_validator(mode="after")
+    def _one_source(self) -> DataConfig:
+        given = [k for k in ("path", "tasks", "preset") if getattr(self, k)]
+        if len(given) != 1:
+            raise ValueError(f"give exactly one of data.path, data.tasks, data.preset "
+                             f"(given: {', '.join(given) or 'none'})")
+        if self.preset and not self.root:
+            raise ValueError("data.preset needs data.root, the folder holding its files")
+        return self
+
+    @property
+    def name(self) -> str:
+        return self.path or (f"preset {self.preset}" if self.preset else " + ".join(self.tasks))
+
+
+class JudgeConfig(StrictModel):
+    """An LLM that rates answers 1-10: a local Hugging Face chat model or any
+    OpenAI-compatible chat-completions endpoint. The API key is never part of the config:
+    `api_key_env` names the environment variable that holds it."""
+
+    kind: Literal["endpoint", "local"] = "endpoint"
+    model: str = Field(description="endpoint model name, or a local folder / hub id / smollm2")
+    base_url: str | None = Field(None, description="endpoint base URL, e.g. http://host:8000/v1")
+    api_key_env: str | None = Field(None, description="environment variable holding the key")
+    concurrency: int = Field(8, ge=1, description="requests in flight at once")
+    timeout: float = Field(60.0, gt=0, description="seconds per request")
+    retries: int = Field(3, ge=0, description="retries after a failed or timed-out request")
+    backoff: float = Field(1.0, ge=0, description="first retry delay in seconds; doubles")
+    max_tokens: int = Field(64, ge=1, description="tokens the judge may write")
+    cache_dir: str | None = Field(
+        None, description="on-disk rating cache; default $MODELSWARMS_CACHE/judge")
+    on_failure: Literal["exclude", "lowest", "error"] = Field(
+        "exclude", description="a failed, timed-out or unparseable rating: left out of the "
+        "mean, counted as the lowest rating, or stops the run; always counted in the report")
+    template: str | None = Field(
+        None, description="judge prompt with {topic}, {prompt}, {answer}")
+
+    @model_validator(mode="after")
+    def _endpoint_needs_url(self) -> JudgeConfig:
+        if self.kind == "endpoint" and not self.base_url:
+            raise ValueError("judge.base_url is required for an endpoint judge")
+        return self
+
+
+class RewardConfig(StrictModel):
+    """A local Hugging Face sequence-classification reward model; its raw score r becomes
+    clip((r - low) / (high - low), 0, 1). The variants mix in the answer's length
+    l = new tokens / max_new_tokens: concise (1-w)*reward + w*(1 - l), verbose
+    (1-w)*reward + w*l, reverse 1 - reward."""
+
+    model: str = Field(description="folder or hub id of the reward model")
+    variant: Literal["plain", "concise", "verbose", "reverse"] = "plain"
+    low: float = Field(-5.0, description="raw reward mapped to 0")
+    high: float = Field(5.0, description="raw reward mapped to 1")
+    length_weight: float = Field(0.5, ge=0, le=1, description="w of concise / verbose")
+    batch_size: int = Field(8, ge=1)
+
+    @model_validator(mode="after")
+    def _range(self) -> RewardConfig:
+        if self.high <= self.low:
+            raise ValueError("reward.high must be greater than reward.low")
+        return self
 
 
 class UtilityConfig(StrictModel):
@@ -44,9 +113,16 @@ class UtilityConfig(StrictModel):
     max_batch_tokens: int = Field(
         4096, ge=1, description="most padded tokens in one forward (long items get small batches)")
     max_new_tokens: int = Field(16, ge=1)
+    scoring: Literal["loglik", "generate"] = Field(
+        "loglik", description="multiple_choice: the option letter's log-likelihood, or "
+        "greedy generation parsed for a letter (the paper's way)")
     function: str | None = Field(None, description="'module:function' for type 'python'")
     chat_template: bool | None = Field(None, description="None: use it when the tokenizer has one")
     prompt: str | None = Field(None, description="prompt template override")
+    judge: JudgeConfig | None = Field(None, description="the rater of judged utilities")
+    reward: RewardConfig | None = Field(None, description="reward_model: the reward model")
+    topic: str | None = Field(
+        None, description="human_interest: the interest the judge rates for, e.g. 'finance'")
 
 
 class SwarmConfig(StrictModel):
@@ -147,7 +223,9 @@ def resolve_paths(cfg: RunConfig, root: Path) -> RunConfig:
         "base_model": _resolve(cfg.experts.base_model, root) if cfg.experts.base_model else None,
     })
     data = cfg.data.model_copy(update={
-        "path": _resolve(cfg.data.path, root),
+        "path": _resolve(cfg.data.path, root) if cfg.data.path else None,
+        "tasks": {k: _resolve(v, root) for k, v in cfg.data.tasks.items()},
+        "root": _resolve(cfg.data.root, root) if cfg.data.root else None,
         "test_path": _resolve(cfg.data.test_path, root) if cfg.data.test_path else None,
     })
     output = cfg.output.model_copy(update={"dir": _resolve(cfg.output.dir, root)})

@@ -123,3 +123,20 @@ def make_tiny_full_pool(
         tok.save_pretrained(out)
         paths.append(out)
     return paths
+
+
+def make_tiny_reward_model(folder: str | Path, *, seed: int = 0, hidden_size: int = 32) -> Path:
+    """Save a random tiny LlamaForSequenceClassification with one output (a reward model)."""
+    from transformers import LlamaConfig, LlamaForSequenceClassification
+
+    folder = Path(folder)
+    tok = make_char_tokenizer()
+    config = LlamaConfig(
+        vocab_size=len(tok), hidden_size=hidden_size, intermediate_size=hidden_size * 2,
+        num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+        max_position_embeddings=512, pad_token_id=tok.pad_token_id, num_labels=1,
+    )
+    torch.manual_seed(seed)
+    LlamaForSequenceClassification(config).save_pretrained(folder)
+    tok.save_pretrained(folder)
+    return folder

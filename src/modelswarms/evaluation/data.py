@@ -61,3 +61,29 @@ def load_items(path: str | Path, split: str, *, required: Sequence[str] = (),
                 ident = f" (id {item['id']!r})" if "id" in item else ""
                 raise DataError(f"{path}: item {i}{ident} of {split!r} has no field {key!r}")
     return items
+
+
+def load_split(data: Any, split: str, *, required: Sequence[str] = (),
+               limit: int | None = None) -> list[dict[str, Any]]:
+    """The items of `split` for a DataConfig: its file, or every task's items tagged with
+    `task` (data.tasks, data.preset), `limit` items per task."""
+    is_test = split == data.test_split
+    if not data.tasks and not data.preset:
+        path = data.test_path if is_test and data.test_path else data.path
+        return load_items(path, split, required=required, limit=limit)
+    if data.preset:
+        from .multitask import PRESETS
+
+        specs = {name: (Path(data.root) / file, subjects)
+                 for name, (file, subjects) in PRESETS[data.preset].items()}
+    else:
+        specs = {name: (Path(path), None) for name, path in data.tasks.items()}
+    items: list[dict[str, Any]] = []
+    for name, (path, subjects) in specs.items():
+        part = load_items(path, split, required=[k for k in required if k != "task"])
+        if subjects:
+            part = [it for it in part if it.get("domain") in subjects]
+            if not part:
+                raise DataError(f"{path}: no {split!r} items of the subjects of task {name!r}")
+        items += [{**it, "task": name} for it in part[:limit]]
+    return items

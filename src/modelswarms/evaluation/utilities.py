@@ -9,13 +9,13 @@ from __future__ import annotations
 import importlib
 import math
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from ..config import UtilityConfig
 from ..errors import ConfigError, UtilityError
 from . import generation
-from .extract import extract_number, normalize_number
+from .extract import extract_letter, extract_number, normalize_number
 from .prompts import encode, multiple_choice_prompt, qa_prompt, render, uses_chat
 
 
@@ -24,6 +24,8 @@ class ItemScores:
     value: float            # the utility
     scores: list[float]     # per item (accuracy: 0.0 or 1.0)
     predictions: list[str]  # the answer given per item, for majority votes
+    # Events the report counts, e.g. {"judge_timeout": 2}: nothing degrades silently.
+    counts: dict[str, int] = field(default_factory=dict)
 
 
 class Utility(Protocol):
@@ -58,7 +60,24 @@ def register_utility(name: str):
     return deco
 
 
+BUILTIN_MODULES = ("multitask", "reward", "abstain", "judges")
+
+
 def build_utility(cfg: UtilityConfig) -> Utility:
+    """The utility `cfg.type` names: a registered name, or 'module:Class' for a class (or
+    factory) of the user's own, called with the UtilityConfig."""
+    for module in BUILTIN_MODULES:  # they register themselves on import
+        importlib.import_module(f"{__package__}.{module}")
+    if ":" in cfg.type:
+        module, _, attr = cfg.type.partition(":")
+        try:
+            factory = getattr(importlib.import_module(module), attr)
+        except (ImportError, AttributeError) as err:
+            raise ConfigError(f"utility.type: cannot import {cfg.type} ({err})") from None
+        utility = factory(cfg)
+        if not hasattr(utility, "name"):
+            utility.name = cfg.type
+        return utility
     if cfg.type not in UTILITIES:
         raise ConfigError(f"utility.type: unknown utility {cfg.type!r}; registered: "
                           f"{', '.join(sorted(UTILITIES))}")
@@ -101,6 +120,8 @@ class MultipleChoice(_ScoresEachParticle):
             chat) for it in items]
         letters = [list(it["choices"]) for it in items]
         pad = _pad_id(tokenizer)
+        if self.cfg.scoring == "generate":
+            return self._generate_and_parse(model, tokenizer, items, prompts, letters, particles)
         if all(ls == letters[0] for ls in letters) and (
                 ids := self._letter_ids(tokenizer, letters[0])):
             per_particle = generation.next_token_logprobs(
@@ -118,6 +139,24 @@ class MultipleChoice(_ScoresEachParticle):
                      zip(letters, logps, strict=True)]
             scores = [float(p == it["answer"]) for p, it in zip(preds, items, strict=True)]
             results.append(ItemScores(_mean(scores), scores, preds))
+        return results
+
+
+    def _generate_and_parse(self, model: Any, tokenizer: Any, items: list[dict],
+                            prompts: list[list[int]], letters: list[list[str]],
+                            particles: int) -> list[ItemScores]:
+        per_particle = generation.generate(
+            model, prompts, max_new_tokens=self.cfg.max_new_tokens, pad_id=_pad_id(tokenizer),
+            eos_id=tokenizer.eos_token_id, batch_size=self.cfg.batch_size,
+            max_tokens=self.cfg.max_batch_tokens, particles=particles)
+        results = []
+        for outs in per_particle:
+            texts = [tokenizer.decode(ids, skip_special_tokens=True) for ids in outs]
+            preds = [extract_letter(t, ls) or "" for t, ls in zip(texts, letters, strict=True)]
+            scores = [float(p == it["answer"]) for p, it in zip(preds, items, strict=True)]
+            # No letter found is a wrong answer, as in the paper, but the report counts it.
+            results.append(ItemScores(_mean(scores), scores, preds,
+                                      {"mc_unparsed": preds.count("")}))
         return results
 
 
@@ -191,3 +230,64 @@ class PythonUtility:
         if not math.isfinite(result.value):
             raise UtilityError(f"utility {self.label} returned {result.value}")
         return result
+
+
+@register_utility("human_interest")
+class HumanInterest(_ScoresEachParticle):
+    """The paper's human-interest objective: the model answers each prompt, an LLM judge rates
+    how well the answer serves someone interested in `topic` (1-10); utility = mean rating / 10.
+
+    `judge.on_failure` decides what a failed, timed-out or unparseable rating does: "exclude"
+    leaves the item out of the mean (its per-item score is NaN), "lowest" counts it as 1/10,
+    "error" raises. Every outcome is counted in ItemScores.counts either way.
+    """
+
+    required_fields = ("prompt",)
+
+    def __init__(self, cfg: UtilityConfig):
+        if cfg.judge is None:
+            raise ConfigError("utility.judge: human_interest needs a judge (kind, model, ...)")
+        if not cfg.topic:
+            raise ConfigError("utility.topic: human_interest needs the interest to rate for, "
+                              "e.g. topic: finance")
+        from .judges import build_judge
+
+        self.cfg = cfg
+        self.judge = build_judge(cfg.judge)  # once: a local judge loads its model once
+
+    def score_many(self, model: Any, tokenizer: Any, items: list[dict],
+                   particles: int) -> list[ItemScores]:
+        chat = uses_chat(tokenizer, self.cfg.chat_template)
+        texts = [(self.cfg.prompt or "{prompt}").format(**it) for it in items]
+        prompts = [encode(tokenizer, render(tokenizer, t, chat), chat) for t in texts]
+        per_particle = generation.generate(
+            model, prompts, max_new_tokens=self.cfg.max_new_tokens, pad_id=_pad_id(tokenizer),
+            eos_id=tokenizer.eos_token_id, batch_size=self.cfg.batch_size,
+            max_tokens=self.cfg.max_batch_tokens, particles=particles)
+        answers = [[tokenizer.decode(ids, skip_special_tokens=True).strip() for ids in outs]
+                   for outs in per_particle]
+        # All particles in one call: the judge's requests overlap and repeated answers are
+        # asked once.
+        ratings = self.judge.rate_all([it["prompt"] for it in items] * particles,
+                                      [a for outs in answers for a in outs], self.cfg.topic)
+        n = len(items)
+        return [self._combine(items, answers[p], ratings[p * n : (p + 1) * n])
+                for p in range(particles)]
+
+    def _combine(self, items: list[dict], answers: list[str], ratings: list) -> ItemScores:
+        policy = self.cfg.judge.on_failure  # type: ignore[union-attr]
+        counts = dict.fromkeys(("judge_ok", "judge_cached", "judge_failed", "judge_timeout",
+                                "judge_unparseable"), 0)
+        scores: list[float] = []
+        for i, (it, r) in enumerate(zip(items, ratings, strict=True)):
+            counts[f"judge_{r.status}"] += 1
+            if r.value is not None:
+                scores.append(r.value / 10)
+            elif policy == "error":
+                raise UtilityError(f"human_interest: item {it.get('id', f'#{i}')}: the judge's "
+                                   f"rating is {r.status} ({r.detail})")
+            else:
+                scores.append(0.1 if policy == "lowest" else math.nan)
+        rated = [s for s in scores if not math.isnan(s)]
+        value = _mean(rated) if rated else 0.0
+        return ItemScores(value, scores, answers, counts)

@@ -1,0 +1,83 @@
+"""Multi-task utility: the harmonic mean of per-task accuracies, so no task can be traded away.
+
+Items carry a `task` field (set by `data.tasks` or `data.preset`, see evaluation/data.py); each
+task is scored by multiple choice when its items have choices, else by exact match, with the
+run's utility settings. The presets approximate the paper's four multi-task domains from the
+Model Swarms data files (`data.root`); MMLU subsets are picked by subject.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ..config import UtilityConfig
+from ..errors import DataError
+from .utilities import ItemScores, _ScoresEachParticle, build_utility, register_utility
+
+_MEDICAL = ("anatomy", "clinical_knowledge", "college_medicine", "medical_genetics",
+            "nutrition", "professional_medicine", "virology")
+_SCIENCE = ("astronomy", "college_biology", "college_chemistry", "college_physics",
+            "conceptual_physics", "high_school_biology", "high_school_chemistry",
+            "high_school_physics")
+_CULTURE = ("global_facts", "high_school_geography", "high_school_world_history", "prehistory",
+            "sociology", "world_religions")
+
+# preset -> task -> (file in data.root, MMLU subjects to keep or None for all items)
+PRESETS: dict[str, dict[str, tuple[str, tuple[str, ...] | None]]] = {
+    "legal": {"hearsay": ("hearsay.json", None),
+              "citation": ("citation_prediction_classification.json", None)},
+    "medical": {"medqa": ("medqa.json", None), "mmlu_medical": ("mmlu.json", _MEDICAL)},
+    "science": {"scifact": ("scifact.json", None), "mmlu_science": ("mmlu.json", _SCIENCE)},
+    "culture": {"truthfulqa": ("truthfulqa.json", None),
+                "mmlu_culture": ("mmlu.json", _CULTURE)},
+}
+
+
+def harmonic_mean(values: list[float]) -> float:
+    if any(v <= 0 for v in values):
+        return 0.0
+    return len(values) / sum(1 / v for v in values)
+
+
+@register_utility("multi_task")
+class MultiTask(_ScoresEachParticle):
+    """Harmonic mean over tasks; per item the task utility's score."""
+
+    required_fields = ("task",)
+
+    def __init__(self, cfg: UtilityConfig):
+        self.cfg = cfg
+        self._subs: dict[str, Any] = {}
+
+    def _sub(self, kind: str):
+        # Rebuilt when the engine shrinks cfg's batch after an out-of-memory error.
+        sub = self._subs.get(kind)
+        if sub is None or sub.cfg != self.cfg:
+            sub = self._subs[kind] = build_utility(self.cfg.model_copy(update={"type": kind}))
+        return sub
+
+    def score_many(self, model: Any, tokenizer: Any, items: list[dict],
+                   particles: int) -> list[ItemScores]:
+        groups: dict[str, list[int]] = {}
+        for i, it in enumerate(items):
+            groups.setdefault(str(it["task"]), []).append(i)
+        if len(groups) < 2:
+            raise DataError(f"multi_task needs items of at least two tasks, got "
+                            f"{', '.join(groups) or 'none'}")
+        scores = [[0.0] * len(items) for _ in range(particles)]
+        preds = [[""] * len(items) for _ in range(particles)]
+        per_task: list[list[float]] = [[] for _ in range(particles)]
+        counts: list[dict[str, int]] = [{} for _ in range(particles)]
+        for idx in groups.values():
+            sub_items = [items[i] for i in idx]
+            kind = "multiple_choice" if all("choices" in it for it in sub_items) \
+                else "exact_match"
+            for p, r in enumerate(self._sub(kind).score_many(model, tokenizer, sub_items,
+                                                              particles)):
+                per_task[p].append(r.value)
+                for k, v in r.counts.items():
+                    counts[p][k] = counts[p].get(k, 0) + v
+                for j, i in enumerate(idx):
+                    scores[p][i], preds[p][i] = r.scores[j], r.predictions[j]
+        return [ItemScores(harmonic_mean(per_task[p]), scores[p], preds[p], counts[p])
+                for p in range(particles)]

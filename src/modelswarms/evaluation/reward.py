@@ -1,0 +1,112 @@
+"""Reward-model utility: the particle answers each prompt, a reward model scores the answers.
+
+The reward model is a local Hugging Face sequence-classification model with one output
+(e.g. a Skywork / ArmoRM-style RM), loaded once on the policy model's device and kept
+resident. It sees (prompt, answer) as a chat when its tokenizer has a template, else as
+"prompt\\n\\nanswer". Normalisation and variants: see RewardConfig in config.py.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from ..config import UtilityConfig
+from ..errors import ConfigError
+from . import generation
+from .prompts import encode, render, uses_chat
+from .utilities import ItemScores, _mean, _pad_id, _ScoresEachParticle, register_utility
+
+
+def normalise(raw: float, low: float, high: float) -> float:
+    return min(1.0, max(0.0, (raw - low) / (high - low)))
+
+
+def combine(reward: float, length: float, variant: str, weight: float) -> float:
+    """Utility of one answer from its normalised reward and relative length in [0, 1]."""
+    if variant == "concise":
+        return (1 - weight) * reward + weight * (1 - length)
+    if variant == "verbose":
+        return (1 - weight) * reward + weight * length
+    if variant == "reverse":
+        return 1 - reward
+    return reward
+
+
+@register_utility("reward_model")
+class RewardModel(_ScoresEachParticle):
+    required_fields = ("prompt",)
+
+    def __init__(self, cfg: UtilityConfig):
+        if cfg.reward is None:
+            raise ConfigError("utility.reward: give the reward model (reward.model) for "
+                              "utility type reward_model")
+        self.cfg = cfg
+        self._rm: Any = None
+        self._rm_tok: Any = None
+
+    def _load(self, device: torch.device) -> None:
+        from transformers import AutoModelForSequenceClassification
+
+        from ..models import resolve_model
+        from .backend import load_tokenizer
+
+        path = resolve_model(self.cfg.reward.model)
+        try:
+            rm = AutoModelForSequenceClassification.from_pretrained(path, use_safetensors=True)
+        except OSError as err:
+            raise ConfigError(f"utility.reward.model: cannot load {path}: {err}") from None
+        if rm.config.num_labels != 1:
+            raise ConfigError(f"utility.reward.model: {path} has {rm.config.num_labels} "
+                              "outputs; a reward model has one")
+        self._rm_tok = load_tokenizer(path)
+        if rm.config.pad_token_id is None:  # needed to find each row's last token
+            rm.config.pad_token_id = self._rm_tok.pad_token_id
+        self._rm = rm.to(device).eval()
+
+    @torch.inference_mode()
+    def rewards(self, prompts: list[str], answers: list[str], device: torch.device) -> list[float]:
+        """Raw rewards, batched by length (right padding: the RM reads each row's last token)."""
+        if self._rm is None:
+            self._load(device)
+        tok = self._rm_tok
+        chat = getattr(tok, "chat_template", None) is not None
+        rows = []
+        for p, a in zip(prompts, answers, strict=True):
+            if chat:
+                text = tok.apply_chat_template([{"role": "user", "content": p},
+                                                {"role": "assistant", "content": a}],
+                                               tokenize=False)
+                rows.append(tok(text, add_special_tokens=False)["input_ids"])
+            else:
+                rows.append(tok(f"{p}\n\n{a}")["input_ids"])
+        out = [0.0] * len(rows)
+        for batch in generation._batches([len(r) for r in rows], self.cfg.reward.batch_size):
+            ids, mask = generation._pad([rows[i] for i in batch], tok.pad_token_id, left=False,
+                                        device=device)
+            scores = self._rm(input_ids=ids, attention_mask=mask).logits[:, 0].float()
+            for row, i in enumerate(batch):
+                out[i] = float(scores[row])
+        return out
+
+    def score_many(self, model: Any, tokenizer: Any, items: list[dict],
+                   particles: int) -> list[ItemScores]:
+        chat = uses_chat(tokenizer, self.cfg.chat_template)
+        prompts = [encode(tokenizer, render(tokenizer, str(it["prompt"]), chat), chat)
+                   for it in items]
+        per_particle = generation.generate(
+            model, prompts, max_new_tokens=self.cfg.max_new_tokens, pad_id=_pad_id(tokenizer),
+            eos_id=tokenizer.eos_token_id, batch_size=self.cfg.batch_size,
+            max_tokens=self.cfg.max_batch_tokens, particles=particles)
+        device = next(model.parameters()).device
+        r = self.cfg.reward
+        results = []
+        for outs in per_particle:
+            answers = [tokenizer.decode(ids, skip_special_tokens=True) for ids in outs]
+            raw = self.rewards([str(it["prompt"]) for it in items], answers, device)
+            scores = [combine(normalise(x, r.low, r.high),
+                              min(1.0, len(ids) / self.cfg.max_new_tokens), r.variant,
+                              r.length_weight) for x, ids in zip(raw, outs, strict=True)]
+            results.append(ItemScores(_mean(scores), scores, answers))
+        return results
