@@ -69,3 +69,30 @@ def test_session_scores_several_particles_per_forward(lora_experts, mc_data, uti
     assert three._batch is not None and one._batch is None
     assert [r.predictions for r in a] == [r.predictions for r in b]
     assert [r.value for r in a] == [r.value for r in b]
+
+
+def test_shared_prefix_with_several_particles_per_forward(lora_experts, mc_data):
+    from modelswarms.evaluation import generation
+    from modelswarms.evaluation.multiplex import ParticleBatch
+
+    session = open_session(lora_experts, mc_data)
+    backend = session.backend
+    gen = torch.Generator().manual_seed(2)
+    particles = session.experts + 0.3 * torch.randn(session.experts.shape, generator=gen)
+    head = list(range(30, 50))
+    prompts = [head + [5, 6, 7], head + [8], head + [9, 10, 11, 12]]
+    alone = []
+    for row in particles:
+        backend.load(row)
+        alone.append(generation.next_token_logprobs(
+            backend.model, prompts, [5, 17, 42], pad_id=0, batch_size=2,
+            share_prefix=False)[0])
+    batch = ParticleBatch(backend, k_max=3)
+    batch.load(particles)
+    with batch.active(3) as model:
+        assert generation.SharedPrefix(model, prompts, 100, 3).length == 20
+        together = generation.next_token_logprobs(model, prompts, [5, 17, 42], pad_id=0,
+                                                  batch_size=6, particles=3)
+    for p in range(3):
+        for a, b in zip(alone[p], together[p], strict=True):
+            assert a == pytest.approx(b, abs=1e-4)

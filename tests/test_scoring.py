@@ -63,6 +63,40 @@ def test_continuation_logprobs_equals_hand_computation(tiny):
             assert value == pytest.approx(hand, abs=1e-4)
 
 
+HEAD = list(range(20, 40))  # a 20-token head shared by every prompt: computed once
+SHARED = [HEAD + tail for tail in ([5, 6, 7], [8], [9, 10, 11, 12, 13], [14, 15])]
+
+
+def test_shared_prefix_changes_no_log_probability(tiny):
+    model, _ = tiny
+    prefix = generation.SharedPrefix(model, SHARED, 100, 1)
+    assert prefix.length == len(HEAD) + 0  # the tails differ at their first token
+    ids = [5, 17, 42]
+    shared = generation.next_token_logprobs(model, SHARED, ids, pad_id=0, batch_size=3)[0]
+    plain = generation.next_token_logprobs(model, SHARED, ids, pad_id=0, batch_size=3,
+                                           share_prefix=False)[0]
+    for p, a, b in zip(SHARED, shared, plain, strict=True):
+        with torch.no_grad():
+            logp = torch.log_softmax(model(input_ids=torch.tensor([p])).logits[0, -1], -1)
+        assert a == pytest.approx(logp[ids].tolist(), abs=1e-4)
+        assert a == pytest.approx(b, abs=1e-4)
+    conts = [[[3, 4], [5]], [[6, 7, 8]], [[9], [10, 11]], [[12, 13]]]
+    shared = generation.continuation_logprobs(model, SHARED, conts, pad_id=0, batch_size=2)[0]
+    for p, cs, got in zip(SHARED, conts, shared, strict=True):
+        for c, value in zip(cs, got, strict=True):
+            with torch.no_grad():
+                logp = torch.log_softmax(model(input_ids=torch.tensor([p + c])).logits[0], -1)
+            assert value == pytest.approx(
+                sum(float(logp[len(p) - 1 + t, tok]) for t, tok in enumerate(c)), abs=1e-4)
+
+
+def test_shared_prefix_needs_a_long_common_head(tiny):
+    model, _ = tiny
+    assert generation.SharedPrefix(model, PROMPTS, 100, 1).length == 0  # heads of 1 token
+    assert generation.SharedPrefix(model, [HEAD + [1], HEAD + [2]], 5, 1).length == 0  # limit
+    assert generation.SharedPrefix(model, [HEAD, HEAD], len(HEAD) - 1, 1).length == 19
+
+
 def test_generate_batched_equals_manual_greedy_loop(tiny):
     model, _ = tiny
     batched = generation.generate(model, PROMPTS, max_new_tokens=6, pad_id=0, eos_id=None,

@@ -9,6 +9,7 @@ vocabulary the full logits cost more than the rest of the forward.
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Sequence
 
 import torch
@@ -48,11 +49,68 @@ def _device(model) -> torch.device:
     return next(model.parameters()).device
 
 
-def _forward(model, ids: torch.Tensor, mask: torch.Tensor, keep: int) -> torch.Tensor:
+# A prompt head shared by every item (system prompt, instruction, "Question:") is run once and
+# its keys and values reused by every row; below this many tokens it is not worth a pass.
+MIN_SHARED_PREFIX = 8
+
+
+def _cache_kwarg(model) -> str:
+    # transformers 5.x renamed `past_key_values` to `cache`; accept either release.
+    inner = model.get_base_model() if hasattr(model, "get_base_model") else model
+    return "cache" if "cache" in inspect.signature(inner.forward).parameters else \
+        "past_key_values"
+
+
+class SharedPrefix:
+    """Keys and values of the first `length` tokens common to every sequence, one row per
+    particle, computed once and expanded for each batch."""
+
+    def __init__(self, model, rows: Sequence[Sequence[int]], limit: int, particles: int):
+        self.length = 0
+        n = min(_common_prefix(rows), limit)
+        if n < MIN_SHARED_PREFIX or len(rows) < 2:
+            return
+        device = _device(model)
+        ids = torch.tensor([list(rows[0][:n])], device=device).repeat(particles, 1)
+        out = model(input_ids=ids, use_cache=True, logits_to_keep=1)
+        cache = getattr(out, "cache", None) or out.past_key_values
+        self.kv = [(layer.keys, layer.values) for layer in cache.layers]
+        self.length, self.kwarg, self.config = n, _cache_kwarg(model), model.config
+
+    def inputs(self, ids: torch.Tensor, mask: torch.Tensor, particles: int) -> dict:
+        """Forward arguments for tiled suffix rows (particle-major, `particles` blocks)."""
+        from transformers import DynamicCache
+
+        rows = ids.shape[0] // particles
+        cache = DynamicCache(ddp_cache_data=[(k.repeat_interleave(rows, 0),
+                                              v.repeat_interleave(rows, 0))
+                                             for k, v in self.kv], config=self.config)
+        ones = torch.ones(ids.shape[0], self.length, dtype=mask.dtype, device=mask.device)
+        return {"input_ids": ids, "attention_mask": torch.cat([ones, mask], dim=1),
+                "position_ids": self.length + (mask.cumsum(-1) - 1).clamp(min=0),
+                self.kwarg: cache}
+
+
+def _common_prefix(rows: Sequence[Sequence[int]]) -> int:
+    first = rows[0]
+    n = min(len(r) for r in rows)
+    for r in rows[1:]:
+        i = 0
+        while i < n and r[i] == first[i]:
+            i += 1
+        n = i
+    return n
+
+
+def _forward(model, ids: torch.Tensor, mask: torch.Tensor, keep: int,
+             prefix: SharedPrefix | None = None, particles: int = 1) -> torch.Tensor:
     """Logits of the last `keep` columns, as float32 log-probabilities."""
-    positions = (mask.cumsum(-1) - 1).clamp(min=0)
-    logits = model(input_ids=ids, attention_mask=mask, position_ids=positions,
-                   logits_to_keep=keep).logits
+    if prefix is not None and prefix.length:
+        logits = model(**prefix.inputs(ids, mask, particles), logits_to_keep=keep).logits
+    else:
+        positions = (mask.cumsum(-1) - 1).clamp(min=0)
+        logits = model(input_ids=ids, attention_mask=mask, position_ids=positions,
+                       logits_to_keep=keep).logits
     return torch.log_softmax(logits.float(), dim=-1)
 
 
@@ -64,7 +122,8 @@ def _tile(ids: torch.Tensor, mask: torch.Tensor, particles: int):
 @torch.inference_mode()
 def next_token_logprobs(model, prompts: Sequence[Sequence[int]], token_ids: Sequence[int],
                         *, pad_id: int, batch_size: int, max_tokens: int | None = None,
-                        particles: int = 1) -> list[list[list[float]]]:
+                        particles: int = 1, share_prefix: bool = True
+                        ) -> list[list[list[float]]]:
     """[particle][prompt][token]: log p(token | prompt), one forward per batch.
 
     With particles > 1 the model must run that many particles on row blocks (multiplex.py);
@@ -73,9 +132,14 @@ def next_token_logprobs(model, prompts: Sequence[Sequence[int]], token_ids: Sequ
     device = _device(model)
     wanted = torch.tensor(list(token_ids), device=device)
     out: list[list[list[float]]] = [[[] for _ in prompts] for _ in range(particles)]
-    for batch in _batches([len(p) for p in prompts], *_limits(batch_size, max_tokens, particles)):
-        ids, mask = _pad([prompts[i] for i in batch], pad_id, left=True, device=device)
-        logp = _forward(model, *_tile(ids, mask, particles), keep=1)[:, -1, wanted]
+    prefix = SharedPrefix(model, prompts, min(len(p) for p in prompts) - 1, particles) \
+        if share_prefix else None
+    cut = prefix.length if prefix else 0
+    for batch in _batches([len(p) - cut for p in prompts],
+                          *_limits(batch_size, max_tokens, particles)):
+        ids, mask = _pad([prompts[i][cut:] for i in batch], pad_id, left=True, device=device)
+        logp = _forward(model, *_tile(ids, mask, particles), keep=1, prefix=prefix,
+                        particles=particles)[:, -1, wanted]
         for p, block in enumerate(logp.view(particles, len(batch), -1).tolist()):
             for i, values in zip(batch, block, strict=True):
                 out[p][i] = values
@@ -86,17 +150,25 @@ def next_token_logprobs(model, prompts: Sequence[Sequence[int]], token_ids: Sequ
 def continuation_logprobs(model, prompts: Sequence[Sequence[int]],
                           continuations: Sequence[Sequence[Sequence[int]]], *, pad_id: int,
                           batch_size: int, max_tokens: int | None = None,
-                          particles: int = 1) -> list[list[list[float]]]:
+                          particles: int = 1, share_prefix: bool = True
+                          ) -> list[list[list[float]]]:
     """[particle][prompt][continuation]: log p(continuation | prompt), summed over tokens."""
     device = _device(model)
     pairs = [(i, j) for i, conts in enumerate(continuations) for j in range(len(conts))]
     seqs = [list(prompts[i]) + list(continuations[i][j]) for i, j in pairs]
     out = [[[0.0] * len(c) for c in continuations] for _ in range(particles)]
-    for batch in _batches([len(s) for s in seqs], *_limits(batch_size, max_tokens, particles)):
-        ids, mask = _pad([seqs[k] for k in batch], pad_id, left=True, device=device)
+    longest = max(len(continuations[i][j]) for i, j in pairs)
+    # the prefix must stop before the first column whose logits are read
+    prefix = SharedPrefix(model, seqs, min(len(s) for s in seqs) - longest - 1, particles) \
+        if share_prefix else None
+    cut = prefix.length if prefix else 0
+    for batch in _batches([len(s) - cut for s in seqs],
+                          *_limits(batch_size, max_tokens, particles)):
+        ids, mask = _pad([seqs[k][cut:] for k in batch], pad_id, left=True, device=device)
         span = max(len(continuations[pairs[k][0]][pairs[k][1]]) for k in batch)
         # logits at column c predict the token at c + 1: keep the span's columns and one more
-        logp = _forward(model, *_tile(ids, mask, particles), keep=span + 1)
+        logp = _forward(model, *_tile(ids, mask, particles), keep=span + 1, prefix=prefix,
+                        particles=particles)
         targets = ids[:, ids.shape[1] - span :].repeat(particles, 1)
         picked = logp[:, :span].gather(2, targets[..., None])[..., 0]  # (rows, span)
         picked = picked.view(particles, len(batch), span)
