@@ -69,6 +69,54 @@ def run(config: str | None, resume_dir: str | None, overwrite: bool, quiet: bool
     print_report(report)
 
 
+@main.command()
+@click.argument("config", type=click.Path(dir_okay=False))
+@click.option("--overwrite", is_flag=True, help="Replace an existing output folder.")
+@click.option("--debug", is_flag=True, help="Show tracebacks.")
+def merge(config: str, overwrite: bool, debug: bool) -> None:
+    """Merge the pool with one classic method (the `merge:` section of CONFIG)."""
+    from .config import load_config
+    from .runs.merge import merge_to_folder
+
+    _quiet_libraries()
+    cfg = _guard(debug, load_config, config)
+    out = _guard(debug, merge_to_folder, cfg, overwrite=overwrite)
+    console.print(f"{cfg.merge.method} merge of {len(cfg.experts.paths)} experts written to "
+                  f"{out}")
+
+
+@main.command("compare")
+@click.argument("config", required=False, type=click.Path(dir_okay=False))
+@click.option("--resume", "resume_dir", type=click.Path(file_okay=False),
+              help="Continue the comparison in this folder.")
+@click.option("--overwrite", is_flag=True, help="Replace an existing output folder.")
+@click.option("--debug", is_flag=True, help="Show tracebacks.")
+def compare_cmd(config: str | None, resume_dir: str | None, overwrite: bool,
+                debug: bool) -> None:
+    """Compare Model Swarms with merges, ensembles and other searches (CONFIG's `compare:`)."""
+    from .config import load_config
+    from .runs.compare import compare
+
+    if (config is None) == (resume_dir is None):
+        raise click.UsageError("give a CONFIG file, or --resume FOLDER")
+    _quiet_libraries()
+    cfg = _guard(debug, load_config, config) if config else None
+    report = _guard(debug, compare, cfg, resume=resume_dir, overwrite=overwrite)
+    table = Table(title=f"{report['utility']} on {Path(report['dataset']).name}, budget "
+                        f"{report['budget']}, seeds {report['seeds']}")
+    for col in ("method", "dev", "test", "evals", "s"):
+        table.add_column(col, justify="left" if col == "method" else "right")
+    from .runs.compare import _pm
+
+    for row in report["rows"]:
+        if "skipped" in row:
+            table.add_row(row["name"], "skipped", "", "", "")
+        else:
+            table.add_row(row["name"], _pm(row, "dev"), _pm(row, "test"),
+                          f"{row['evaluations']:.0f}", f"{row['seconds']:.1f}")
+    console.print(table)
+
+
 def print_report(report: dict) -> None:
     table = Table(title=f"{report['utility']} on {Path(report['dataset']).name}")
     table.add_column("model")

@@ -152,6 +152,40 @@ class SwarmConfig(StrictModel):
         return self
 
 
+class CoefficientSearchConfig(StrictModel):
+    """CMA-ES and random search over merge coefficients: a candidate is sum_i c_i * expert_i
+    (one c per expert, or per expert and layer), started at the uniform soup c_i = 1/n."""
+
+    per_layer: bool = Field(False, description="one coefficient per expert and layer")
+    sigma: float = Field(0.5, gt=0, description="CMA-ES step size, in units of 1/n")
+    population: int | None = Field(None, ge=2, description="CMA-ES population (default: "
+                                   "cma's 4 + 3 ln(dimension))")
+    spread: float = Field(1.0, gt=0, description="random search: c_i ~ U(0, (1 + spread) / n)")
+    max_iterations: int = Field(200, ge=1, description="generations / rounds of 10 draws")
+
+
+class MergeSpec(StrictModel):
+    """One merge: a method of the registry (modelswarms.merge), its parameters, weights."""
+
+    method: str
+    params: dict[str, Any] = Field(default_factory=dict)
+    weights: list[float] | None = Field(None, description="per expert, in pool order")
+
+
+class CompareConfig(StrictModel):
+    methods: list[str] = Field(
+        default_factory=lambda: ["base", "experts", "best_expert", "linear",
+                                 "task_arithmetic", "ties", "dare_ties", "model_stock",
+                                 "greedy_soup", "expert_vote", "logit_average", "random",
+                                 "cmaes", "swarm"],
+        description="rows: base, experts, best_expert, expert_vote, logit_average, any merge "
+        "method, and the strategies swarm, cmaes, random, greedy_soup")
+    merge_params: dict[str, dict[str, Any]] = Field(
+        default_factory=dict, description="per merge method, its parameters")
+    seeds: list[int] = Field(default_factory=lambda: [0, 1, 2], min_length=1)
+    budget: int = Field(100, ge=1, description="utility evaluations for every search")
+
+
 class ModelConfig(StrictModel):
     device: str = Field("auto", description="auto, cpu, cuda or cuda:N")
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
@@ -169,9 +203,17 @@ class RunConfig(StrictModel):
     experts: ExpertsConfig
     data: DataConfig
     utility: UtilityConfig = UtilityConfig()
+    strategy: Literal["swarm", "cmaes", "random", "greedy_soup"] = Field(
+        "swarm", description="the search: Model Swarms, CMA-ES or random search over merge "
+        "coefficients, or a greedy soup")
     search: SwarmConfig = SwarmConfig()
+    coefficients: CoefficientSearchConfig = CoefficientSearchConfig()
+    budget: int | None = Field(None, ge=1, description="most utility evaluations a search may "
+                               "use (every strategy); None: each strategy's own stop rules")
     model: ModelConfig = ModelConfig()
     output: OutputConfig = OutputConfig()
+    merge: MergeSpec | None = Field(None, description="`modelswarms merge`: the merge to make")
+    compare: CompareConfig | None = Field(None, description="`modelswarms compare`: the rows")
     seed: int = 0
 
 

@@ -84,3 +84,36 @@ def _forward(a: torch.Tensor, b: torch.Tensor, scaling: float):
         return result + (delta * scaling).reshape(result.shape).to(result.dtype)
 
     return forward
+
+
+class LogitAverage(torch.nn.Module):
+    """Several LoRA particles acting as one causal LM whose next-token distribution is the
+    mean of theirs (an output ensemble). Wrap a model inside `ParticleBatch.active(k)`.
+
+    Rows are tiled k times on the way in and the k log-probability blocks averaged in
+    probability space on the way out. A cache built through this wrapper (the shared prompt
+    head) already holds k row blocks, so it passes through untiled.
+    """
+
+    def __init__(self, model: torch.nn.Module, k: int):
+        super().__init__()
+        self.inner, self.k, self.config = model, k, model.config
+
+    def get_base_model(self) -> torch.nn.Module:
+        inner = self.inner
+        return inner.get_base_model() if hasattr(inner, "get_base_model") else inner
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
+                position_ids: torch.Tensor | None = None, **kwargs):
+        import math
+
+        def tile(t):
+            return None if t is None else t.repeat(self.k, 1)
+
+        out = self.inner(input_ids=tile(input_ids), attention_mask=tile(attention_mask),
+                         position_ids=tile(position_ids), **kwargs)
+        logp = torch.log_softmax(out.logits.float(), dim=-1)
+        logp = logp.view(self.k, input_ids.shape[0], *logp.shape[1:])
+        avg = torch.logsumexp(logp, dim=0) - math.log(self.k)
+        return types.SimpleNamespace(logits=avg, cache=getattr(out, "cache", None),
+                                     past_key_values=getattr(out, "past_key_values", None))

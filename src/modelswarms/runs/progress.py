@@ -10,11 +10,11 @@ from rich.progress import Progress as RichProgress
 
 
 class Progress:
-    def __init__(self, max_iterations: int, enabled: bool = True):
+    def __init__(self, max_iterations: int, label: str = "swarm", enabled: bool = True):
         self.max_iterations = max_iterations
         self.enabled = enabled
         self._bar = RichProgress(
-            TextColumn("[bold]swarm"), BarColumn(), MofNCompleteColumn(),
+            TextColumn(f"[bold]{label}"), BarColumn(), MofNCompleteColumn(),
             TextColumn("{task.fields[stats]}"), TimeElapsedColumn(),
             console=Console(stderr=True), disable=not enabled, transient=False,
         )
@@ -32,9 +32,10 @@ class Progress:
         it = rec["iteration"]
         per_iter = rec["wall_time"] / (it + 1)
         eta = per_iter * max(self.max_iterations - it, 0)
+        step = f"step {rec['step']:.3f}  " if "step" in rec else ""
         stats = (
             f"best {rec['global_best']:.4f}  mean {sum(utilities) / len(utilities):.4f}  "
-            f"step {rec['step']:.3f}  evals {rec['evaluations']}  "
+            f"{step}evals {rec['evaluations']}  "
             f"{rec['seconds']:.1f} s/it  ETA ≤{eta / 60:.1f} min"
         )
         self._bar.update(self._task, completed=it, stats=stats)

@@ -7,9 +7,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-import torch
-
-from ..search import ModelSwarm
+from ..search import SearchStrategy
 from .checkpoint import atomic_write_text
 from .ensemble import majority_vote
 from .session import Session
@@ -19,25 +17,29 @@ def _row(name: str, dev: float | None, test: float | None, **extra: Any) -> dict
     return {"name": name, "dev": dev, "test": test, **extra}
 
 
-def final_report(session: Session, swarm: ModelSwarm, history: list[dict[str, Any]],
+def final_report(session: Session, swarm: SearchStrategy, history: list[dict[str, Any]],
                  run_dir: Path) -> dict[str, Any]:
     cfg = session.cfg
-    k = min(cfg.output.top_k, swarm.n)
-    top = torch.argsort(swarm.p_util, descending=True, stable=True)[:k].tolist()
+    best_vec, best_dev = swarm.best()
+    top = swarm.top(cfg.output.top_k)
+    k = len(top)
     exports = {"best": str(run_dir / "best"), "top": []}
-    meta = {"run": str(run_dir), "seed": str(cfg.seed)}
-    session.export(swarm.g, run_dir / "best",
-                   {**meta, "particle": "global best", "dev_utility": repr(swarm.g_util)})
-    for rank, i in enumerate(top, 1):
+    meta = {"run": str(run_dir), "seed": str(cfg.seed), "strategy": cfg.strategy}
+    session.export(best_vec, run_dir / "best",
+                   {**meta, "particle": "global best", "dev_utility": repr(best_dev)})
+    for rank, (vec, util) in enumerate(top, 1):
         folder = run_dir / "top" / f"rank_{rank}"
-        session.export(swarm.p[i], folder, {**meta, "particle": f"personal best of {i}",
-                                            "dev_utility": repr(float(swarm.p_util[i]))})
+        session.export(vec, folder, {**meta, "particle": f"rank {rank}",
+                                     "dev_utility": repr(util)})
         exports["top"].append(str(folder))
 
-    initial = history[0]["utilities"]
+    names = session.pool.names
+    if cfg.strategy == "swarm":  # the experts are the first particles of iteration 0
+        initial = history[0]["utilities"][: len(names)]
+    else:
+        initial = [r.value for r in session.score_many(session.experts, session.dev)]
     rows = []
     test = session.test
-    names = session.pool.names
     expert_test = []
     if session.pool.kind == "lora":
         base_dev = session.score(None, session.dev).value
@@ -50,14 +52,15 @@ def final_report(session: Session, swarm: ModelSwarm, history: list[dict[str, An
     best_expert = max(range(len(names)), key=lambda i: initial[i])
     rows.append(_row(f"best expert ({names[best_expert]})", initial[best_expert],
                      expert_test[best_expert].value if test else None))
-    best_test = session.score(swarm.g, test) if test else None
-    rows.append(_row("Model Swarms: global best", swarm.g_util,
+    best_test = session.score(best_vec, test) if test else None
+    rows.append(_row(f"{swarm.label}: global best", best_dev,
                      best_test.value if best_test else None))
     emergence = None
     if test:
-        voters = [session.score(swarm.p[i], test) for i in top]
-        vote = majority_vote(voters, [float(swarm.p_util[i]) for i in top])
-        rows.append(_row(f"Model Swarms: top-{k} majority vote", None, vote.value))
+        if k > 1:
+            voters = [session.score(vec, test) for vec, _ in top]
+            vote = majority_vote(voters, [u for _, u in top])
+            rows.append(_row(f"{swarm.label}: top-{k} majority vote", None, vote.value))
         emergence = sum(
             1 for j in range(len(test))
             if best_test.scores[j] > 0 and all(t.scores[j] <= 0 for t in expert_test)
@@ -65,9 +68,10 @@ def final_report(session: Session, swarm: ModelSwarm, history: list[dict[str, An
     report = {
         "utility": cfg.utility.type, "dataset": cfg.data.name,
         "dev_items": len(session.dev), "test_items": len(test) if test else 0,
-        "experts": len(names), "particles": swarm.n, "iterations": swarm.iteration,
+        "strategy": cfg.strategy, "experts": len(names),
+        "particles": getattr(swarm, "n", None), "iterations": swarm.iteration,
         "evaluations": swarm.evaluations, "search_seconds": history[-1]["wall_time"],
-        "best_dev": swarm.g_util, "best_test": best_test.value if best_test else None,
+        "best_dev": best_dev, "best_test": best_test.value if best_test else None,
         "correctness_emergence": emergence, "rows": rows, "exports": exports,
         "events": dict(sorted(session.counts.items())),
     }
@@ -86,8 +90,9 @@ def render_markdown(report: dict[str, Any]) -> str:
         "# Model Swarms run", "",
         f"Utility `{report['utility']}` on `{report['dataset']}` "
         f"({report['dev_items']} dev / {report['test_items']} test items). "
-        f"{report['experts']} experts, {report['particles']} particles, "
-        f"{report['iterations']} iterations, {report['evaluations']} evaluations, "
+        f"Strategy `{report['strategy']}`, {report['experts']} experts, "
+        + (f"{report['particles']} particles, " if report["particles"] else "")
+        + f"{report['iterations']} iterations, {report['evaluations']} evaluations, "
         f"{report['search_seconds']:.1f} s of search.", "",
         "| model | dev | test |", "| --- | ---: | ---: |",
     ]
@@ -112,12 +117,17 @@ def plot_history(history: list[dict[str, Any]], path: Path) -> None:
 
     its = [r["iteration"] for r in history]
     fig, ax = plt.subplots(figsize=(7, 4))
-    per_particle = list(zip(*[r["utilities"] for r in history], strict=True))
-    for series in per_particle:
-        ax.plot(its, series, color="0.8", linewidth=0.8)
+    if len({len(r["utilities"]) for r in history}) == 1:  # one line per particle
+        for series in zip(*[r["utilities"] for r in history], strict=True):
+            ax.plot(its, series, color="0.8", linewidth=0.8)
+    else:  # candidates change every round: show them as points
+        for it, r in zip(its, history, strict=True):
+            ax.scatter([it] * len(r["utilities"]), r["utilities"], color="0.7", s=6)
     ax.plot(its, [sum(r["utilities"]) / len(r["utilities"]) for r in history], label="mean")
     ax.plot(its, [r["global_best"] for r in history], label="global best", linewidth=2)
-    ax.plot(its, [r["global_worst"] for r in history], label="global worst", linestyle="--")
+    if all("global_worst" in r for r in history):
+        ax.plot(its, [r["global_worst"] for r in history], label="global worst",
+                linestyle="--")
     ax.set_xlabel("iteration")
     ax.set_ylabel("dev utility")
     ax.legend()

@@ -17,7 +17,7 @@ from typing import Any
 
 from ..config import RunConfig, dump_config, load_config
 from ..errors import RunError
-from ..search import ModelSwarm
+from ..search import build_strategy
 from .checkpoint import atomic_write_text, load_checkpoint, save_checkpoint
 from .progress import Progress
 from .report import final_report
@@ -67,8 +67,10 @@ def _read_history(path: Path, upto: int) -> list[dict[str, Any]]:
 
 
 def run(cfg: RunConfig | None = None, *, resume: str | Path | None = None,
-        overwrite: bool = False, show_progress: bool = True) -> dict[str, Any]:
-    """Run (or resume) a Model Swarms search and return its report."""
+        overwrite: bool = False, show_progress: bool = True,
+        session: Session | None = None) -> dict[str, Any]:
+    """Run (or resume) a search and return its report. `session` reuses a resident model,
+    data and score cache opened for the same experts, data and utility (compare does)."""
     if resume is not None:
         run_dir = Path(resume)
         if not (run_dir / CONFIG).is_file():
@@ -79,7 +81,7 @@ def run(cfg: RunConfig | None = None, *, resume: str | Path | None = None,
         run_dir = prepare_run_dir(cfg, overwrite)
     handler = _attach_log(run_dir)
     try:
-        return _run(cfg, run_dir, show_progress)
+        return _run(cfg, run_dir, show_progress, session)
     finally:
         log.removeHandler(handler)
         handler.close()
@@ -92,10 +94,14 @@ def _remove_torn_writes(run_dir: Path) -> None:
         tmp.unlink(missing_ok=True)
 
 
-def _run(cfg: RunConfig, run_dir: Path, show_progress: bool) -> dict[str, Any]:
+def _run(cfg: RunConfig, run_dir: Path, show_progress: bool,
+         session: Session | None) -> dict[str, Any]:
     _remove_torn_writes(run_dir)
-    session = Session.open(cfg, need_test=cfg.output.evaluate_test)
-    swarm = ModelSwarm(session.experts, cfg.search, seed=cfg.seed, device=session.backend.device)
+    if session is None:
+        session = Session.open(cfg, need_test=cfg.output.evaluate_test)
+    else:
+        session.cfg = cfg
+    swarm = build_strategy(cfg, session.experts, session.space)
     wall = 0.0
     history: list[dict[str, Any]] = []
     ckpt = run_dir / CHECKPOINT
@@ -107,10 +113,10 @@ def _run(cfg: RunConfig, run_dir: Path, show_progress: bool) -> dict[str, Any]:
         log.info("resumed at iteration %d (%d evaluations)", swarm.iteration, swarm.evaluations)
     # Rewrite history so it ends exactly at the checkpoint (drops work a kill interrupted).
     atomic_write_text(run_dir / HISTORY, "".join(json.dumps(r) + "\n" for r in history))
-    log.info("pool: %d %s experts, %d searched values in %d tensors; %d particles; device %s",
+    log.info("pool: %d %s experts, %d searched values in %d tensors; %s; device %s",
              len(session.pool.experts), session.pool.kind, session.space.dim,
-             len(session.space.slots), swarm.n, session.backend.device)
-    with Progress(cfg.search.max_iterations, enabled=show_progress) as progress:
+             len(session.space.slots), swarm.label, session.backend.device)
+    with Progress(_iterations(cfg), swarm.label, enabled=show_progress) as progress:
         for rec in history:
             progress.update(rec)
         while not swarm.done:
@@ -119,22 +125,27 @@ def _run(cfg: RunConfig, run_dir: Path, show_progress: bool) -> dict[str, Any]:
             swarm.tell(utilities)
             elapsed = time.perf_counter() - start
             wall += elapsed
-            rec = {
-                "iteration": swarm.iteration, "global_best": swarm.g_util,
-                "global_worst": swarm.w_util, "utilities": utilities,
-                "personal_best": swarm.p_util.tolist(), "step": swarm.step,
-                "evaluations": swarm.evaluations, "restarted": swarm.restarted,
-                "seconds": round(elapsed, 4), "wall_time": round(wall, 4),
-            }
+            rec = {"iteration": swarm.iteration, **swarm.record(),
+                   "evaluations": swarm.evaluations, "seconds": round(elapsed, 4),
+                   "wall_time": round(wall, 4)}
             with open(run_dir / HISTORY, "a") as f:
                 f.write(json.dumps(rec) + "\n")
             tensors, meta = swarm.state_dict()
             save_checkpoint(ckpt, tensors, {"swarm": meta, "wall_time": wall})
             history.append(rec)
             progress.update(rec)
-            log.info("iteration %d: best %.4f mean %.4f step %.3f evaluations %d (%.2f s)",
-                     swarm.iteration, swarm.g_util, sum(utilities) / len(utilities),
-                     swarm.step, swarm.evaluations, elapsed)
+            log.info("iteration %d: best %.4f mean %.4f evaluations %d (%.2f s)",
+                     swarm.iteration, rec["global_best"], sum(utilities) / len(utilities),
+                     swarm.evaluations, elapsed)
     report = final_report(session, swarm, history, run_dir)
-    log.info("done: best dev utility %.4f; exported to %s", swarm.g_util, report["exports"]["best"])
+    log.info("done: best dev utility %.4f; exported to %s", report["best_dev"],
+             report["exports"]["best"])
     return report
+
+
+def _iterations(cfg: RunConfig) -> int:
+    if cfg.strategy == "swarm":
+        return cfg.search.max_iterations
+    if cfg.strategy == "greedy_soup":
+        return len(cfg.experts.paths)
+    return cfg.coefficients.max_iterations

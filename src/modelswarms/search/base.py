@@ -12,7 +12,9 @@ import torch
 
 
 class SearchStrategy(Protocol):
-    evaluations: int
+    label: str        # the name a report gives it
+    evaluations: int  # utility evaluations asked for so far (what budgets count)
+    iteration: int
 
     @property
     def done(self) -> bool: ...
@@ -26,6 +28,15 @@ class SearchStrategy(Protocol):
         ...
 
     def best(self) -> tuple[torch.Tensor, float]: ...
+
+    def top(self, k: int) -> list[tuple[torch.Tensor, float]]:
+        """Up to k best candidates seen, best first (exports and the ensemble vote)."""
+        ...
+
+    def record(self) -> dict[str, Any]:
+        """JSON-able figures of the last iteration for history.jsonl: at least
+        `global_best` and `utilities`."""
+        ...
 
     def state_dict(self) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
         """Tensors and JSON-able scalars that restore the strategy bit-exactly."""

@@ -38,13 +38,15 @@ def coefficients(
 class ModelSwarm:
     """Ask / tell PSO over the rows of `experts` (one row per expert, flattened weights)."""
 
+    label = "Model Swarms"
+
     def __init__(
         self, experts: torch.Tensor, cfg: SwarmConfig, seed: int = 0,
-        device: torch.device | str | None = None,
+        device: torch.device | str | None = None, budget: int | None = None,
     ):
         if experts.ndim != 2 or experts.shape[0] < 2:
             raise ValueError("a swarm needs at least 2 experts as rows of a 2-D tensor")
-        self.cfg = cfg
+        self.cfg, self.budget = cfg, budget
         self.n_experts = experts.shape[0]
         self.gen = torch.Generator().manual_seed(seed)
         dtype = _DTYPES[cfg.dtype]
@@ -87,6 +89,8 @@ class ModelSwarm:
 
     @property
     def done(self) -> bool:
+        if self.budget is not None and self.evaluations + self.n > self.budget:
+            return True  # a whole iteration no longer fits in the evaluation budget
         if not self.started:
             return False
         return self.iteration >= self.cfg.max_iterations or self.since_best >= self.cfg.patience
@@ -149,6 +153,16 @@ class ModelSwarm:
 
     def best(self) -> tuple[torch.Tensor, float]:
         return self.g, self.g_util
+
+    def top(self, k: int) -> list[tuple[torch.Tensor, float]]:
+        """The k best personal bests, best first."""
+        order = torch.argsort(self.p_util, descending=True, stable=True)[:k].tolist()
+        return [(self.p[i], float(self.p_util[i])) for i in order]
+
+    def record(self) -> dict[str, Any]:
+        return {"global_best": self.g_util, "global_worst": self.w_util,
+                "utilities": self.util.tolist(), "personal_best": self.p_util.tolist(),
+                "step": self.step, "restarted": self.restarted}
 
     def state_dict(self) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
         tensors = {

@@ -1,0 +1,47 @@
+"""`modelswarms merge`: one classic merge of a pool, written as a standard adapter / model
+folder. No model is loaded: a merge is arithmetic on the experts' tensors."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from ..config import RunConfig
+from ..errors import ConfigError, RunError
+from ..merge import MERGE_METHODS, merge_vectors
+from ..pool import export_expert, load_pool
+from ..space import FlatSpace
+
+
+def merge_to_folder(cfg: RunConfig, *, overwrite: bool = False) -> Path:
+    if cfg.merge is None:
+        raise ConfigError("merge: the config has no `merge:` section (method, params, weights)")
+    spec = cfg.merge
+    if spec.method not in MERGE_METHODS:
+        raise ConfigError(f"merge.method: unknown method {spec.method!r}; known: "
+                          f"{', '.join(sorted(MERGE_METHODS))}")
+    out = Path(cfg.output.dir)
+    if out.exists() and any(out.iterdir()) and not overwrite:
+        raise RunError(f"{out}: folder exists; pass --overwrite to replace it")
+    e = cfg.experts
+    pool = load_pool(e.paths, base_model=e.base_model)
+    if spec.weights is not None and len(spec.weights) != len(pool.experts):
+        raise ConfigError(f"merge.weights: {len(spec.weights)} weights for "
+                          f"{len(pool.experts)} experts")
+    space = FlatSpace.select(pool.experts[0].tensors, e.include, e.exclude)
+    experts = space.stack([x.tensors for x in pool.experts], device=torch.device("cpu"))
+    base = None
+    if MERGE_METHODS[spec.method].needs_base:
+        if pool.kind != "lora":
+            raise ConfigError(f"merge.method: {spec.method} needs the base model's weights, "
+                              "which full-weight pools do not load yet; use linear, slerp, "
+                              "karcher")
+        base = torch.zeros(space.dim, dtype=experts.dtype)  # LoRA: no adapter is the base
+    vec = merge_vectors(spec.method, experts.float(), base, space, params=spec.params,
+                        weights=spec.weights, seed=cfg.seed)
+    tensors = dict(pool.experts[0].tensors)
+    for name, value in space.unflatten(vec).items():
+        tensors[name] = value.to(tensors[name].dtype)
+    return export_expert(pool, tensors, out, metadata={
+        "merge": spec.method, "params": str(spec.params), "seed": str(cfg.seed)})

@@ -1,0 +1,58 @@
+"""Merge coefficients as a search space: the ground of CMA-ES and random-search baselines.
+
+A candidate is x = sum_i c_i * expert_i, with one coefficient per expert, or one per expert
+and layer (`per_layer`: tensors are grouped by their "layers.N." index, everything else in one
+more group), as evolutionary model merging and mergekit-evolve search merge weights. For LoRA
+pools the experts' factors are combined, the same space the uniform soup lives in.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+import torch
+
+from ..space import FlatSpace
+
+_LAYER = re.compile(r"\.layers\.(\d+)\.")
+
+
+def layer_groups(space: FlatSpace, per_layer: bool) -> tuple[torch.Tensor, list[str]]:
+    """(group index of every flat position, group names)."""
+    if not per_layer:
+        return torch.zeros(space.dim, dtype=torch.long), ["all"]
+    names: list[str] = []
+    index = torch.empty(space.dim, dtype=torch.long)
+    for slot in space.slots:
+        m = _LAYER.search(slot.name)
+        name = f"layer {int(m.group(1))}" if m else "other"
+        if name not in names:
+            names.append(name)
+        index[slot.offset : slot.offset + slot.numel] = names.index(name)
+    return index, names
+
+
+class CoefficientMap:
+    """Maps coefficient vectors (experts x groups, flattened) to weight vectors."""
+
+    def __init__(self, experts: torch.Tensor, space: FlatSpace, per_layer: bool):
+        self.experts = experts
+        index, self.groups = layer_groups(space, per_layer)
+        self.index = index.to(experts.device)
+        self.n = experts.shape[0]
+        self.dim = self.n * len(self.groups)
+
+    def uniform(self) -> torch.Tensor:
+        return torch.full((self.dim,), 1.0 / self.n, dtype=torch.float64)
+
+    def weights(self, c: torch.Tensor) -> torch.Tensor:
+        coef = c.view(self.n, len(self.groups)).to(self.experts.device, self.experts.dtype)
+        out = torch.zeros_like(self.experts[0])
+        for i in range(self.n):  # one expert at a time: no (experts x parameters) temporary
+            out.add_(coef[i][self.index] * self.experts[i])
+        return out
+
+    def describe(self, c: torch.Tensor) -> dict[str, Any]:
+        coef = c.view(self.n, len(self.groups)).tolist()
+        return {"groups": self.groups, "coefficients": coef}
