@@ -4,10 +4,13 @@ SmolLM2-135M-Instruct, 10 rank-16 LoRA experts (random factors: only timing matt
 200 MMLU dev items, multiple-choice log-likelihood utility, on whatever device is present.
 
 - ours: one resident model; a particle is swapped in with one in-place copy; the swarm's
-  state is flat tensors; one atomic checkpoint per iteration.
+  state is flat tensors; one atomic checkpoint per iteration (score cache emptied first, so
+  every particle is really evaluated).
 - reference way: every particle's update is a round trip through safetensors files on disk
   (read x, v, p, g, w; write x, v), and every evaluation reloads the base model and the adapter
-  from disk, as the reference code does.
+  from disk, as the reference code does. It scores with our utility, so the difference is the
+  data flow alone; bench/engine_throughput.py compares the scoring itself with the
+  reference's `model.generate` in batches of 10.
 
 The share of an iteration that is not the forward passes of the evaluation is measured by
 timing every forward call of the model with hooks.
@@ -84,6 +87,8 @@ def make_experts(folder: Path, n: int) -> list[Path]:
 
 
 def ours(session: Session, swarm: ModelSwarm, ckpt: Path, timer: ForwardTimer) -> dict:
+    # The same iteration is measured twice: without this the second would be cache hits.
+    session._cache.clear()
     timer.seconds = 0.0
     start = time.perf_counter()
     utilities = session.dev_utilities(swarm.ask())

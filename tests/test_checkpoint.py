@@ -28,7 +28,7 @@ def test_failed_write_keeps_previous_checkpoint(tmp_path, monkeypatch):
         raise OSError(28, "No space left on device")
 
     monkeypatch.setattr(ck, "save_file", full_disk)
-    with pytest.raises(OSError):
+    with pytest.raises(RunError, match="No space left on device.*previous checkpoint is intact"):
         ck.save_checkpoint(path, {"x": torch.zeros(2)}, {"i": 2})
     assert path.read_bytes() == before
     assert [p.name for p in tmp_path.iterdir()] == ["c.safetensors"]  # no temp file left

@@ -84,3 +84,46 @@ def test_out_of_memory_at_batch_one_is_a_clear_error(session):
     session.utility = CountingUtility(session.utility, fail_above=0)
     with pytest.raises(UtilityError, match="out of memory even with one item"):
         session.score(session.experts[0], session.dev)
+
+
+def _flaky_module(tmp_path, monkeypatch):
+    (tmp_path / "flaky_utility.py").write_text(
+        "import math\n"
+        "calls = [0]\n"
+        "def score(model, tokenizer, items):\n"
+        "    calls[0] += 1\n"
+        "    if calls[0] % 3 == 0:\n"
+        "        return math.nan\n"
+        "    if calls[0] % 5 == 0:\n"
+        "        raise ValueError('the grader is down')\n"
+        "    return (calls[0] % 7) / 7\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+
+
+@pytest.mark.parametrize("policy", ["stop", "worst"])
+def test_a_nan_or_raising_utility_follows_the_policy(tmp_path, monkeypatch, lora_experts,
+                                                     mc_data, policy):
+    import sys
+
+    from modelswarms.runs import runner
+
+    sys.modules.pop("flaky_utility", None)
+    _flaky_module(tmp_path, monkeypatch)
+    cfg = parse_config({
+        "experts": {"paths": [str(p) for p in lora_experts]},
+        "data": {"path": str(mc_data), "max_dev": 4, "max_test": 4},
+        "utility": {"type": "python", "function": "flaky_utility:score",
+                    "on_invalid": policy},
+        "search": {"max_iterations": 4, "patience": 10},
+        "output": {"dir": str(tmp_path / "run")},
+    })
+    if policy == "stop":
+        with pytest.raises(UtilityError, match="flaky_utility:score returned nan.*on_invalid"):
+            runner.run(cfg, show_progress=False)
+        return
+    report = runner.run(cfg, show_progress=False)
+    assert report["events"]["invalid_utility"] >= 2
+    history = (tmp_path / "run" / "history.jsonl").read_text()
+    assert "-Infinity" in history  # the invalid candidates, as -inf
+    assert report["best_dev"] > 0 and report["best_dev"] != float("inf")
+    assert "invalid_utility" in (tmp_path / "run" / "report.md").read_text()

@@ -42,8 +42,14 @@ if mode.startswith("write:"):
     checkpoint.save_file = torn
 if action == "new":
     runner.run(load_config(target), overwrite=True, show_progress=False)
-else:
+elif action == "resume":
     runner.run(resume=target, show_progress=False)
+elif action == "compare-new":
+    from modelswarms.runs.compare import compare
+    compare(load_config(target), overwrite=True)
+else:
+    from modelswarms.runs.compare import compare
+    compare(resume=target)
 '''
 
 
@@ -133,3 +139,70 @@ def test_kill_inside_the_first_checkpoint_write_restarts_cleanly(tmp_path, lora_
     assert list(run_dir.glob(".checkpoint.safetensors.*.tmp"))
     report = runner.run(resume=run_dir, show_progress=False)
     assert report["iterations"] == 25
+
+
+def _strip(rows):
+    return [{k: v for k, v in r.items() if k != "seconds"} for r in rows]
+
+
+def test_twenty_kills_of_a_comparison_change_nothing(tmp_path, lora_experts, mc_data):
+    """compare runs every strategy (swarm, CMA-ES, random search, greedy soup) and the merges
+    in one process; kills land in all of them."""
+    from modelswarms.runs.compare import compare
+
+    def cfg_path(out: str) -> Path:
+        path = tmp_path / f"{out}.yaml"
+        path.write_text(yaml.safe_dump({
+            "experts": {"paths": [str(p) for p in lora_experts]},
+            "data": {"path": str(mc_data), "max_dev": 6, "max_test": 6},
+            "utility": {"batch_size": 6}, "search": {"particles": 4},
+            "coefficients": {"population": 4},
+            "compare": {"methods": ["base", "experts", "best_expert", "ties", "dare_ties",
+                                    "greedy_soup", "random", "cmaes", "swarm"],
+                        "seeds": [0, 1], "budget": 16},
+            "output": {"dir": str(tmp_path / out), "top_k": 2}, "seed": 5,
+        }))
+        return path
+
+    ref = compare(load_config(cfg_path("ref")))
+    out = tmp_path / "killed"
+    path = cfg_path("killed")
+    child = tmp_path / "child.py"
+    child.write_text(CHILD)
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+    rng = random.Random(99)
+
+    def start(mode: str) -> subprocess.Popen:
+        action, target = (("compare-resume", out) if (out / "config.yaml").exists()
+                          else ("compare-new", path))
+        return subprocess.Popen([sys.executable, str(child), action, str(target), mode],
+                                env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+
+    t0 = time.perf_counter()
+    assert start("none").wait() == 0
+    full = time.perf_counter() - t0
+    shutil.rmtree(out)
+    kills = torn = 0
+    while True:
+        mode = f"write:{rng.randint(1, 6)}" if kills < KILLS and kills % 4 == 3 else "none"
+        proc = start(mode)
+        if mode == "none" and kills < KILLS:
+            time.sleep(rng.uniform(0.2, 0.9 * full))
+            proc.kill()
+        rc = proc.wait()
+        err = proc.stderr.read().decode()
+        if rc == 0 and kills < KILLS:
+            shutil.rmtree(out)
+            continue
+        if rc == 0:
+            break
+        assert rc == -9, err[-2000:]
+        kills += 1
+        torn += mode != "none"
+        for ckpt in out.rglob("checkpoint.safetensors"):
+            load_checkpoint(ckpt)  # never unreadable
+        assert kills < 4 * KILLS, "the comparison never finished"
+    assert kills >= KILLS
+    got = json.loads((out / "compare.json").read_text())
+    assert _strip(got["rows"]) == _strip(ref["rows"])
+    print(f"compare: {kills} kills ({torn} inside checkpoint writes)")

@@ -119,6 +119,10 @@ class UtilityConfig(StrictModel):
     function: str | None = Field(None, description="'module:function' for type 'python'")
     chat_template: bool | None = Field(None, description="None: use it when the tokenizer has one")
     prompt: str | None = Field(None, description="prompt template override")
+    on_invalid: Literal["stop", "worst"] = Field(
+        "stop", description="a utility that returns NaN or infinity or raises: stop the run "
+        "with a message naming it, or score that candidate -inf (never a best, the worst seen) "
+        "and go on; counted as `invalid_utility` in the report either way")
     judge: JudgeConfig | None = Field(None, description="the rater of judged utilities")
     reward: RewardConfig | None = Field(None, description="reward_model: the reward model")
     topic: str | None = Field(
@@ -181,7 +185,12 @@ class CompareConfig(StrictModel):
         description="rows: base, experts, best_expert, expert_vote, logit_average, any merge "
         "method, and the strategies swarm, cmaes, random, greedy_soup")
     merge_params: dict[str, dict[str, Any]] = Field(
-        default_factory=dict, description="per merge method, its parameters")
+        # the papers' usual settings; mergekit's defaults (density 1) would not trim at all
+        default_factory=lambda: {"ties": {"density": 0.5}, "dare_ties": {"density": 0.5},
+                                 "dare_linear": {"density": 0.5},
+                                 "breadcrumbs": {"density": 0.9, "gamma": 0.01},
+                                 "breadcrumbs_ties": {"density": 0.9, "gamma": 0.01}},
+        description="per merge method, its parameters")
     seeds: list[int] = Field(default_factory=lambda: [0, 1, 2], min_length=1)
     budget: int = Field(100, ge=1, description="utility evaluations for every search")
 

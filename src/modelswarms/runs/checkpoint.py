@@ -64,6 +64,11 @@ def save_checkpoint(path: Path, tensors: dict[str, torch.Tensor], meta: dict[str
         with open(tmp, "rb+") as f:
             os.fsync(f.fileno())
         os.replace(tmp, path)
+    except OSError as err:  # disk full, quota, permissions: the last checkpoint is intact
+        Path(tmp).unlink(missing_ok=True)
+        kept = "the previous checkpoint is intact" if path.exists() else "no checkpoint yet"
+        raise RunError(f"{path}: cannot write the checkpoint ({err.strerror or err}); "
+                       f"{kept}; free space and resume with --resume") from err
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise

@@ -175,7 +175,8 @@ def _method_rows(cfg: RunConfig, session: Session, out: Path, method: str, seed:
         sub = cfg.model_copy(update={
             "strategy": method, "seed": seed, "budget": cfg.compare.budget, "compare": None,
             "output": cfg.output.model_copy(update={"dir": str(run_dir)})})
-        report = run(sub, show_progress=show_progress, session=session)
+        # a folder without config.yaml holds only what a kill left mid-start: start over
+        report = run(sub, show_progress=show_progress, session=session, overwrite=True)
     return [{"name": LABELS[method], "dev": report["best_dev"], "test": report["best_test"],
              "evaluations": report["evaluations"], "seconds": report["search_seconds"],
              "correctness_emergence": report["correctness_emergence"]}]

@@ -91,23 +91,38 @@ class Session:
                 None if vectors is None else vectors[todo], items))
             for i, result in zip(todo, fresh, strict=True):
                 if not math.isfinite(result.value):
-                    raise UtilityError(f"utility {self.utility.name} returned {result.value}")
+                    result = self._invalid(f"returned {result.value}", len(items))
                 self.counts.update(result.counts)
                 self._cache[keys[i]] = result
         self.evaluations += len(keys)
         return [self._cache[k] for k in keys]
 
+    def _invalid(self, what: str, n_items: int) -> ItemScores:
+        """The documented policy for a utility that failed (`utility.on_invalid`)."""
+        self.counts["invalid_utility"] += 1
+        if self.cfg.utility.on_invalid == "stop":
+            raise UtilityError(f"utility {self.utility.name} {what} (utility.on_invalid: "
+                               "stop; set it to worst to score such candidates -inf and go on)")
+        log.warning("utility %s %s: the candidate scores -inf", self.utility.name, what)
+        return ItemScores(-math.inf, [0.0] * n_items, [""] * n_items)
+
+    def _score_one(self, model, items: list[dict]) -> ItemScores:
+        try:
+            return self.utility.score(model, self.backend.tokenizer, items)
+        except UtilityError as err:  # a user's function raised; its message says how
+            return self._invalid(f"failed: {err}", len(items))
+
     def _evaluate(self, vectors: torch.Tensor | None, items: list[dict]) -> list[ItemScores]:
         tok = self.backend.tokenizer
         if vectors is None:
             with self.backend.base_model() as model:
-                return [self.utility.score(model, tok, items)]
+                return [self._score_one(model, items)]
         batch = self._particle_batch()
         if batch is None:
             out = []
             for v in vectors:
                 self.backend.load(v)
-                out.append(self.utility.score(self.backend.model, tok, items))
+                out.append(self._score_one(self.backend.model, items))
             return out
         results: list[ItemScores] = []
         for start in range(0, len(vectors), batch.k):
