@@ -142,3 +142,33 @@ def test_merge_config_is_read_from_yaml(tmp_path, lora_experts):
                                     "merge": {"method": "linear", "weights": [1.0]}}))
     assert load_config(path).merge.weights == [1.0]
     assert json.dumps(load_config(path).merge.params) == "{}"
+
+
+def test_full_weight_merges_measure_task_vectors_from_the_base(tmp_path, full_experts,
+                                                               tiny_base):
+    from safetensors.torch import load_file
+
+    def run(extra):
+        path = tmp_path / "full.yaml"
+        path.write_text(yaml.safe_dump({
+            "experts": {"paths": [str(p) for p in full_experts], **extra},
+            "data": {"path": "unused.json"},
+            "merge": {"method": "ties", "params": {"density": 0.5}},
+            "output": {"dir": str(tmp_path / "merged_full")},
+        }))
+        return CliRunner().invoke(main, ["merge", str(path), "--overwrite"])
+
+    res = run({})
+    assert res.exit_code == 2 and "set experts.base_model" in res.output
+    res = run({"base_model": str(tiny_base)})
+    assert res.exit_code == 0, res.output
+    pool = load_pool([str(p) for p in full_experts])
+    space = FlatSpace.select(pool.experts[0].tensors, [], [])
+    stack = space.stack([x.tensors for x in pool.experts], device=torch.device("cpu"))
+    base = space.flatten(load_file(tiny_base / "model.safetensors"))
+    expected = merge_vectors("ties", stack.float(), base, space, params={"density": 0.5})
+    merged = load_file(tmp_path / "merged_full" / "model.safetensors")
+    torch.testing.assert_close(space.flatten(merged), expected)
+    zero_base = merge_vectors("ties", stack.float(), torch.zeros(space.dim), space,
+                              params={"density": 0.5})
+    assert not torch.allclose(expected, zero_base)  # the base really was used

@@ -20,6 +20,7 @@ import torch
 from ..config import RunConfig, dump_config, load_config
 from ..errors import ConfigError, RunError
 from ..merge import MERGE_METHODS, merge_vectors
+from ..merge.base import base_vector, need_base
 from ..search import STRATEGIES
 from .checkpoint import atomic_write_text
 from .ensemble import majority_vote
@@ -159,10 +160,9 @@ def _method_rows(cfg: RunConfig, session: Session, out: Path, method: str, seed:
         spec = MERGE_METHODS[method]
         base = None
         if spec.needs_base:
-            if session.pool.kind != "lora":
-                raise ConfigError(f"{method} needs the base model's weights, which full-weight "
-                                  "pools do not load yet")
-            base = torch.zeros_like(session.experts[0])  # LoRA: no adapter is the base
+            base = need_base(method, base_vector(session.pool, session.space,
+                                                 session.experts.device,
+                                                 session.experts.dtype))
         vec = merge_vectors(method, session.experts, base, session.space,
                             params=cfg.compare.merge_params.get(method), seed=seed)
         dev, test = _scores(session, vec)

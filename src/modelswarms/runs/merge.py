@@ -10,6 +10,7 @@ import torch
 from ..config import RunConfig
 from ..errors import ConfigError, RunError
 from ..merge import MERGE_METHODS, merge_vectors
+from ..merge.base import base_vector, need_base
 from ..pool import export_expert, load_pool
 from ..space import FlatSpace
 
@@ -33,11 +34,7 @@ def merge_to_folder(cfg: RunConfig, *, overwrite: bool = False) -> Path:
     experts = space.stack([x.tensors for x in pool.experts], device=torch.device("cpu"))
     base = None
     if MERGE_METHODS[spec.method].needs_base:
-        if pool.kind != "lora":
-            raise ConfigError(f"merge.method: {spec.method} needs the base model's weights, "
-                              "which full-weight pools do not load yet; use linear, slerp, "
-                              "karcher")
-        base = torch.zeros(space.dim, dtype=experts.dtype)  # LoRA: no adapter is the base
+        base = need_base(spec.method, base_vector(pool, space))
     vec = merge_vectors(spec.method, experts.float(), base, space, params=spec.params,
                         weights=spec.weights, seed=cfg.seed)
     tensors = dict(pool.experts[0].tensors)
