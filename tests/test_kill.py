@@ -66,19 +66,19 @@ def _config(tmp_path: Path, experts, data, out: str) -> Path:
     return path
 
 
-def test_twenty_kills_change_nothing(tmp_path, lora_experts, mc_data):
-    ref = runner.run(load_config(_config(tmp_path, lora_experts, mc_data, "ref")),
-                     show_progress=False)
-    cfg_path = _config(tmp_path, lora_experts, mc_data, "killed")
-    run_dir = tmp_path / "killed"
+def kill_until_done(tmp_path: Path, out: Path, new: tuple[str, Path],
+                    resume: tuple[str, Path], seed: int, max_write: int,
+                    after_kill) -> tuple[int, int]:
+    """Run a child, SIGKILL it at a random moment (every fourth time: inside its own
+    checkpoint write), resume, until KILLS kills are done and a last resume finishes.
+    `after_kill()` checks the folder after each kill. Returns (kills, torn writes)."""
     child = tmp_path / "child.py"
     child.write_text(CHILD)
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
-    rng = random.Random(1234)
+    rng = random.Random(seed)
 
     def start(mode: str) -> subprocess.Popen:
-        action, target = (("resume", run_dir) if (run_dir / "config.yaml").exists()
-                          else ("new", cfg_path))
+        action, target = resume if (out / "config.yaml").exists() else new
         return subprocess.Popen([sys.executable, str(child), action, str(target), mode],
                                 env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
 
@@ -86,11 +86,11 @@ def test_twenty_kills_change_nothing(tmp_path, lora_experts, mc_data):
     t0 = time.perf_counter()
     assert start("none").wait() == 0
     full = time.perf_counter() - t0
-    shutil.rmtree(run_dir)  # start from scratch, now that we know the duration
-    kills = torn = checked = 0
-    iterations_seen = set()
+    shutil.rmtree(out)  # start from scratch, now that we know the duration
+    kills = torn = 0
     while True:
-        mode = f"write:{rng.randint(1, 4)}" if kills < KILLS and kills % 4 == 3 else "none"
+        mode = (f"write:{rng.randint(1, max_write)}" if kills < KILLS and kills % 4 == 3
+                else "none")
         proc = start(mode)
         if mode == "none" and kills < KILLS:
             time.sleep(rng.uniform(0.2, 0.9 * full))
@@ -98,19 +98,32 @@ def test_twenty_kills_change_nothing(tmp_path, lora_experts, mc_data):
         rc = proc.wait()
         err = proc.stderr.read().decode()
         if rc == 0 and kills < KILLS:  # it finished before the kill came: start again
-            shutil.rmtree(run_dir)
+            shutil.rmtree(out)
             continue
         if rc == 0:
-            break
+            return kills, torn
         assert rc == -9, err[-2000:]
         kills += 1
         torn += mode != "none"
+        after_kill()
+        assert kills < 4 * KILLS, "the run never finished"
+
+
+def test_twenty_kills_change_nothing(tmp_path, lora_experts, mc_data):
+    ref = runner.run(load_config(_config(tmp_path, lora_experts, mc_data, "ref")),
+                     show_progress=False)
+    cfg_path = _config(tmp_path, lora_experts, mc_data, "killed")
+    run_dir = tmp_path / "killed"
+    iterations_seen = set()
+
+    def after_kill() -> None:
         ckpt = run_dir / "checkpoint.safetensors"
         if ckpt.exists():  # never unreadable, whatever the moment of the kill
             _, meta = load_checkpoint(ckpt)
             iterations_seen.add(meta["swarm"]["iteration"])
-            checked += 1
-        assert kills < 4 * KILLS, "the run never finished"
+
+    kills, torn = kill_until_done(tmp_path, run_dir, ("new", cfg_path), ("resume", run_dir),
+                                  1234, 4, after_kill)
     assert kills >= KILLS and torn >= KILLS // 4
     assert len(iterations_seen) >= 3, f"kills fell at too few places: {iterations_seen}"
     report = json.loads((run_dir / "report.json").read_text())
@@ -121,7 +134,8 @@ def test_twenty_kills_change_nothing(tmp_path, lora_experts, mc_data):
     history = [json.loads(x) for x in (run_dir / "history.jsonl").read_text().splitlines()]
     assert [h["iteration"] for h in history] == list(range(26))
     assert not list(run_dir.rglob(".*.tmp")), "torn writes left litter behind"
-    print(f"{kills} kills ({torn} inside checkpoint writes), {checked} checkpoints read")
+    print(f"{kills} kills ({torn} inside checkpoint writes), checkpoints at iterations "
+          f"{sorted(iterations_seen)}")
 
 
 @pytest.mark.parametrize("n", [1])
@@ -167,41 +181,13 @@ def test_twenty_kills_of_a_comparison_change_nothing(tmp_path, lora_experts, mc_
     ref = compare(load_config(cfg_path("ref")))
     out = tmp_path / "killed"
     path = cfg_path("killed")
-    child = tmp_path / "child.py"
-    child.write_text(CHILD)
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
-    rng = random.Random(99)
 
-    def start(mode: str) -> subprocess.Popen:
-        action, target = (("compare-resume", out) if (out / "config.yaml").exists()
-                          else ("compare-new", path))
-        return subprocess.Popen([sys.executable, str(child), action, str(target), mode],
-                                env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-
-    t0 = time.perf_counter()
-    assert start("none").wait() == 0
-    full = time.perf_counter() - t0
-    shutil.rmtree(out)
-    kills = torn = 0
-    while True:
-        mode = f"write:{rng.randint(1, 6)}" if kills < KILLS and kills % 4 == 3 else "none"
-        proc = start(mode)
-        if mode == "none" and kills < KILLS:
-            time.sleep(rng.uniform(0.2, 0.9 * full))
-            proc.kill()
-        rc = proc.wait()
-        err = proc.stderr.read().decode()
-        if rc == 0 and kills < KILLS:
-            shutil.rmtree(out)
-            continue
-        if rc == 0:
-            break
-        assert rc == -9, err[-2000:]
-        kills += 1
-        torn += mode != "none"
+    def after_kill() -> None:
         for ckpt in out.rglob("checkpoint.safetensors"):
             load_checkpoint(ckpt)  # never unreadable
-        assert kills < 4 * KILLS, "the comparison never finished"
+
+    kills, torn = kill_until_done(tmp_path, out, ("compare-new", path),
+                                  ("compare-resume", out), 99, 6, after_kill)
     assert kills >= KILLS
     got = json.loads((out / "compare.json").read_text())
     assert _strip(got["rows"]) == _strip(ref["rows"])

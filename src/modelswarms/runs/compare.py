@@ -24,7 +24,7 @@ from ..merge.base import base_vector, need_base
 from ..search import STRATEGIES
 from .checkpoint import atomic_write_text
 from .ensemble import majority_vote
-from .runner import _attach_log, run
+from .runner import logging_to, read_jsonl, run
 from .session import Session
 
 log = logging.getLogger("modelswarms")
@@ -70,25 +70,15 @@ def compare(cfg: RunConfig | None = None, *, resume: str | Path | None = None,
     if cfg.compare is None:
         raise ConfigError("compare: the config has no `compare:` section")
     methods = _check_methods(cfg)
-    handler = _attach_log(out)
-    try:
+    with logging_to(out):
         return _compare(cfg, out, methods, show_progress)
-    finally:
-        log.removeHandler(handler)
-        handler.close()
 
 
 def _compare(cfg: RunConfig, out: Path, methods: list[str], show_progress: bool):
     session = Session.open(cfg)
-    done: dict[tuple[str, int], dict[str, Any]] = {}
     results_path = out / "results.jsonl"
-    if results_path.exists():
-        for line in results_path.read_text().splitlines():
-            try:
-                rec = json.loads(line)
-            except json.JSONDecodeError:
-                break  # a torn last line: that row runs again
-            done[(rec["method"], rec["seed"])] = rec
+    # a torn last line (a kill mid-write) is dropped: that row runs again
+    done = {(rec["method"], rec["seed"]): rec for rec in read_jsonl(results_path)}
     lines = [json.dumps(r) for r in done.values()]
     atomic_write_text(results_path, "".join(x + "\n" for x in lines))
 

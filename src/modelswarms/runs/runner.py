@@ -8,10 +8,13 @@ a resumed run ends exactly where an uninterrupted one does.
 
 from __future__ import annotations
 
+import contextlib
+import itertools
 import json
 import logging
 import shutil
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -43,27 +46,35 @@ def prepare_run_dir(cfg: RunConfig, overwrite: bool) -> Path:
     return run_dir
 
 
-def _attach_log(run_dir: Path) -> logging.Handler:
+@contextlib.contextmanager
+def logging_to(run_dir: Path) -> Iterator[None]:
+    """Within the block, the package's log also goes to `run_dir`/run.log."""
     handler = logging.FileHandler(run_dir / LOG)
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
     log.addHandler(handler)
     log.setLevel(logging.INFO)
-    return handler
+    try:
+        yield
+    finally:
+        log.removeHandler(handler)
+        handler.close()
 
 
-def _read_history(path: Path, upto: int) -> list[dict[str, Any]]:
-    """History records up to iteration `upto`; a torn last line (a kill mid-write) is dropped."""
+def read_jsonl(path: Path) -> list[dict[str, Any]]:
+    """The records of a JSON-lines file up to its first torn line (a kill mid-write)."""
     records = []
     if path.exists():
         for line in path.read_text().splitlines():
             try:
-                rec = json.loads(line)
+                records.append(json.loads(line))
             except json.JSONDecodeError:
                 break
-            if rec["iteration"] > upto:
-                break
-            records.append(rec)
     return records
+
+
+def _read_history(path: Path, upto: int) -> list[dict[str, Any]]:
+    """History records up to iteration `upto` (the checkpoint's)."""
+    return list(itertools.takewhile(lambda r: r["iteration"] <= upto, read_jsonl(path)))
 
 
 def run(cfg: RunConfig | None = None, *, resume: str | Path | None = None,
@@ -79,12 +90,8 @@ def run(cfg: RunConfig | None = None, *, resume: str | Path | None = None,
     else:
         assert cfg is not None
         run_dir = prepare_run_dir(cfg, overwrite)
-    handler = _attach_log(run_dir)
-    try:
+    with logging_to(run_dir):
         return _run(cfg, run_dir, show_progress, session)
-    finally:
-        log.removeHandler(handler)
-        handler.close()
 
 
 def _remove_torn_writes(run_dir: Path) -> None:
