@@ -8,14 +8,13 @@ checkpoint holds no pickle.
 
 from __future__ import annotations
 
-import math
 from typing import Any
 
 import numpy as np
 import torch
 
 from ..config import CoefficientSearchConfig
-from .coefficients import CoefficientMap
+from .coefficients import CoefficientArchive, CoefficientMap
 
 
 class CMAES:
@@ -39,9 +38,7 @@ class CMAES:
         self.told: list[list[float]] = []
         self.evaluations = 0
         self.iteration = 0
-        self.best_c = self.cmap.uniform()
-        self.best_util = -math.inf
-        self.seen: list[tuple[float, torch.Tensor]] = []  # (utility, coefficients), all asked
+        self.archive = CoefficientArchive(self.cmap)
         self._asked: np.ndarray | None = None
 
     @property
@@ -62,28 +59,26 @@ class CMAES:
         assert self._asked is not None and len(utilities) == len(self._asked)
         self.es.tell(list(self._asked), [-u for u in utilities])  # cma minimises
         self.told.append(list(utilities))
-        for c, u in zip(self._asked, utilities, strict=True):
-            self.seen.append((u, torch.from_numpy(c.copy())))
-            if u > self.best_util:
-                self.best_util, self.best_c = u, torch.from_numpy(c.copy())
+        self.archive.add(torch.from_numpy(self._asked.copy()), utilities)
         self.evaluations += len(utilities)
         self.iteration += 1
         self.last = list(utilities)
         self._asked = None
 
     def best(self) -> tuple[torch.Tensor, float]:
-        return self.cmap.weights(self.best_c), self.best_util
+        return self.archive.best()
 
     def top(self, k: int) -> list[tuple[torch.Tensor, float]]:
-        ranked = sorted(range(len(self.seen)), key=lambda i: -self.seen[i][0])[:k]
-        return [(self.cmap.weights(self.seen[i][1]), self.seen[i][0]) for i in ranked]
+        return self.archive.top(k)
 
     def record(self) -> dict[str, Any]:
-        return {"global_best": self.best_util, "utilities": self.last,
-                "sigma": float(self.es.sigma), "best": self.cmap.describe(self.best_c)}
+        return {"global_best": self.archive.best_util, "utilities": self.last,
+                "sigma": float(self.es.sigma),
+                "best": self.cmap.describe(self.archive.best_c)}
 
     def state_dict(self) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
-        return {"best_c": self.best_c}, {"seed": self.seed, "told": self.told}
+        # replaying the tells rebuilds the optimiser and the archive alike
+        return {}, {"seed": self.seed, "told": self.told}
 
     def load_state_dict(self, tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> None:
         self.seed = meta["seed"]

@@ -8,6 +8,7 @@ pools the experts' factors are combined, the same space the uniform soup lives i
 
 from __future__ import annotations
 
+import math
 import re
 from typing import Any
 
@@ -56,3 +57,37 @@ class CoefficientMap:
     def describe(self, c: torch.Tensor) -> dict[str, Any]:
         coef = c.view(self.n, len(self.groups)).tolist()
         return {"groups": self.groups, "coefficients": coef}
+
+
+class CoefficientArchive:
+    """Every coefficient vector told so far with its utility: the best (the first to reach
+    the highest utility) and the top k, for the coefficient searches."""
+
+    def __init__(self, cmap: CoefficientMap):
+        self.cmap = cmap
+        self.coefs = torch.empty(0, cmap.dim, dtype=torch.float64)
+        self.utils = torch.empty(0, dtype=torch.float64)
+        self.best_c, self.best_util = cmap.uniform(), -math.inf
+
+    def add(self, coefs: torch.Tensor, utilities: list[float]) -> None:
+        u = torch.tensor(utilities, dtype=torch.float64)
+        self.coefs = torch.cat([self.coefs, coefs.to(torch.float64)])
+        self.utils = torch.cat([self.utils, u])
+        i = int(torch.argmax(u))  # the first of equal maxima
+        if float(u[i]) > self.best_util:
+            self.best_util, self.best_c = float(u[i]), coefs[i].to(torch.float64).clone()
+
+    def best(self) -> tuple[torch.Tensor, float]:
+        return self.cmap.weights(self.best_c), self.best_util
+
+    def top(self, k: int) -> list[tuple[torch.Tensor, float]]:
+        order = torch.argsort(self.utils, descending=True, stable=True)[:k].tolist()
+        return [(self.cmap.weights(self.coefs[i]), float(self.utils[i])) for i in order]
+
+    def state(self) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+        return ({"best_c": self.best_c, "seen_c": self.coefs, "seen_u": self.utils},
+                {"best_util": self.best_util})
+
+    def load(self, tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> None:
+        self.best_c, self.coefs = tensors["best_c"].clone(), tensors["seen_c"].clone()
+        self.utils, self.best_util = tensors["seen_u"].clone(), meta["best_util"]

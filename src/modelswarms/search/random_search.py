@@ -6,13 +6,12 @@ is the mean draw) from a seeded generator whose state the checkpoint keeps.
 
 from __future__ import annotations
 
-import math
 from typing import Any
 
 import torch
 
 from ..config import CoefficientSearchConfig
-from .coefficients import CoefficientMap
+from .coefficients import CoefficientArchive, CoefficientMap
 
 ROUND = 10
 
@@ -25,9 +24,7 @@ class RandomSearch:
         self.cmap, self.cfg, self.budget = cmap, cfg, budget
         self.gen = torch.Generator().manual_seed(seed)
         self.evaluations = self.iteration = 0
-        self.best_c, self.best_util = cmap.uniform(), -math.inf
-        self.seen_c = torch.empty(0, cmap.dim, dtype=torch.float64)
-        self.seen_u = torch.empty(0, dtype=torch.float64)
+        self.archive = CoefficientArchive(cmap)
         self._asked: torch.Tensor | None = None
         self.last: list[float] = []
 
@@ -48,37 +45,30 @@ class RandomSearch:
 
     def tell(self, utilities: list[float]) -> None:
         assert self._asked is not None and len(utilities) == len(self._asked)
-        u = torch.tensor(utilities, dtype=torch.float64)
-        self.seen_c = torch.cat([self.seen_c, self._asked])
-        self.seen_u = torch.cat([self.seen_u, u])
-        i = int(torch.argmax(u))
-        if float(u[i]) > self.best_util:
-            self.best_util, self.best_c = float(u[i]), self._asked[i].clone()
+        self.archive.add(self._asked, utilities)
         self.evaluations += len(utilities)
         self.iteration += 1
         self.last = list(utilities)
         self._asked = None
 
     def best(self) -> tuple[torch.Tensor, float]:
-        return self.cmap.weights(self.best_c), self.best_util
+        return self.archive.best()
 
     def top(self, k: int) -> list[tuple[torch.Tensor, float]]:
-        order = torch.argsort(self.seen_u, descending=True, stable=True)[:k].tolist()
-        return [(self.cmap.weights(self.seen_c[i]), float(self.seen_u[i])) for i in order]
+        return self.archive.top(k)
 
     def record(self) -> dict[str, Any]:
-        return {"global_best": self.best_util, "utilities": self.last,
-                "best": self.cmap.describe(self.best_c)}
+        return {"global_best": self.archive.best_util, "utilities": self.last,
+                "best": self.cmap.describe(self.archive.best_c)}
 
     def state_dict(self) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
-        return ({"best_c": self.best_c, "seen_c": self.seen_c, "seen_u": self.seen_u,
-                 "rng": self.gen.get_state()},
-                {"best_util": self.best_util, "evaluations": self.evaluations,
-                 "iteration": self.iteration, "last": self.last})
+        tensors, meta = self.archive.state()
+        return ({**tensors, "rng": self.gen.get_state()},
+                {**meta, "evaluations": self.evaluations, "iteration": self.iteration,
+                 "last": self.last})
 
     def load_state_dict(self, tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> None:
-        self.best_c, self.seen_c = tensors["best_c"].clone(), tensors["seen_c"].clone()
-        self.seen_u = tensors["seen_u"].clone()
+        self.archive.load(tensors, meta)
         self.gen.set_state(tensors["rng"])
-        for key, value in meta.items():
-            setattr(self, key, value)
+        self.evaluations, self.iteration = meta["evaluations"], meta["iteration"]
+        self.last = meta["last"]
