@@ -5,10 +5,15 @@ For each task a comparison config is written to bench/out/<task>.yaml and run (r
 rerunning the script continues where it stopped); then the tables, correctness-emergence
 counts, wall times and a plot per task go into docs/BENCHMARKS.md.
 
-Run:  python bench/benchmark_table.py [--tasks mmlu truthfulqa hellaswag] [--max-dev 100]
-      [--max-test 200] [--budget 30] [--seeds 0 1 2]
-On 2 CPU cores one MMLU dev evaluation of 100 items takes ~15 s: budget 30 x 4 searches x 3
-seeds is ~360 evaluations, about 1.5 hours a task. A GPU makes it minutes.
+Then the Heterogeneous Swarms rows of each task (bench/hswarm_table.py) go beside it.
+The hand-written analysis at the end of docs/BENCHMARKS.md is kept when the tables are redone.
+
+Run:  python bench/benchmark_table.py [--tasks mmlu truthfulqa hellaswag] [--max-dev 32]
+      [--max-test 100] [--budget 30] [--seeds 0 1 2] [--hswarm-seeds 0] [--no-hswarm]
+On 2 CPU cores one MMLU dev evaluation of 32 items takes ~5 s: budget 30 x 3 searches x 3 seeds
+plus the greedy soup is ~300 evaluations; with the fixed rows (experts, merges, test sets) about
+40 minutes for MMLU, 30 for TruthfulQA and 70 for HellaSwag (longer items). A GPU makes it
+minutes.
 """
 
 from __future__ import annotations
@@ -16,9 +21,11 @@ from __future__ import annotations
 import argparse
 import json
 import platform
+import statistics
 import sys
 from pathlib import Path
 
+import hswarm_table
 import torch
 import yaml
 
@@ -46,13 +53,52 @@ def config(task: str, args: argparse.Namespace, out: Path) -> Path:
     return path
 
 
+ANALYSIS = "<!-- analysis: written by hand, kept when the tables are regenerated -->"
+
+
+def _mean_std(values: list[float]) -> str:
+    if len(values) == 1:
+        return f"{values[0]:.4f}"
+    return f"{statistics.mean(values):.4f} ± {statistics.stdev(values):.4f}"
+
+
+def hswarm_section(task: str, reports: list[dict]) -> list[str]:
+    """The Heterogeneous Swarms rows of one task: the search and its baselines, over seeds."""
+    first = reports[0]
+    experts = ", ".join(Path(r["name"].removeprefix("expert: ")).name for r in first["rows"]
+                        if r["name"].startswith("expert: "))
+    lines = [f"### {task}: Heterogeneous Swarms", "",
+             f"Experts: the {first['experts']} best of the pool by dev ({experts}); nodes pass "
+             "on the option they pick (`node_answers: choice`); budget "
+             f"{first['systems']} systems; seeds {len(reports)}; search "
+             f"{statistics.mean(r['search_seconds'] for r in reports):.0f} s a seed.", "",
+             "| system | dev | test |", "| --- | ---: | ---: |"]
+    for i, row in enumerate(first["rows"]):
+        if row["name"].startswith("expert: "):
+            continue
+        name = row["name"].split(" (")[0] if "random" not in row["name"] else row["name"]
+        dev = [r["rows"][i]["dev"] for r in reports]
+        test = [r["rows"][i]["test"] for r in reports]
+        lines.append(f"| {name} | {_mean_std(dev)} | {_mean_std(test)} |")
+    emergence = [r["correctness_emergence"] for r in reports]
+    lines += ["", f"Correctness emergence of the best system (test items every one of its "
+              f"experts got wrong): {emergence}.", "",
+              f"![{task} system](benchmark_{task}_system.png)", ""]
+    png = Path(first["export"]) / "graph.png"
+    if png.exists():
+        (ROOT / "docs" / f"benchmark_{task}_system.png").write_bytes(png.read_bytes())
+    return lines
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--tasks", nargs="+", default=["mmlu", "truthfulqa", "hellaswag"])
-    ap.add_argument("--max-dev", type=int, default=100)
-    ap.add_argument("--max-test", type=int, default=200)
+    ap.add_argument("--max-dev", type=int, default=32)
+    ap.add_argument("--max-test", type=int, default=100)
     ap.add_argument("--budget", type=int, default=30)
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    ap.add_argument("--no-hswarm", action="store_true", help="leave out Heterogeneous Swarms")
+    hswarm_table.add_arguments(ap)
     args = ap.parse_args()
     if not EVAL.exists():
         sys.exit(f"needs {EVAL} (the shared task data)")
@@ -77,17 +123,21 @@ def main() -> None:
                      f"Correctness emergence (test items every expert got wrong, right in "
                      f"the search's best, per seed): {json.dumps(emergence)}", "",
                      f"![{task}](benchmark_{task}.png)", ""]
+        if not args.no_hswarm:
+            sections += hswarm_section(task, hswarm_table.run_task(task, args))
     machine = (torch.cuda.get_device_name() if torch.cuda.is_available() else
                f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} "
                "CPU threads")
+    target = ROOT / "docs" / "BENCHMARKS.md"
+    kept = target.read_text().partition(ANALYSIS)[2] if target.exists() else ""
     text = "\n".join([
         "# Benchmarks", "",
         f"`python bench/benchmark_table.py --tasks {' '.join(args.tasks)} --max-dev "
         f"{args.max_dev} --max-test {args.max_test} --budget {args.budget} --seeds "
         f"{' '.join(map(str, args.seeds))}` on {machine}, torch {torch.__version__}. "
         "SmolLM2-135M-Instruct with the 10 experts of experts/smollm2, multiple choice by "
-        "log-likelihood.", "", *sections])
-    (ROOT / "docs" / "BENCHMARKS.md").write_text(text)
+        "log-likelihood.", "", *sections, ANALYSIS])
+    target.write_text(text + (kept or "\n"))
     print(text)
 
 

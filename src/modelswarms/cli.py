@@ -1,4 +1,4 @@
-"""`modelswarms run | eval`: the command line. Errors print as one line; --debug shows why."""
+"""The `modelswarms` command line. Errors print as one line; --debug shows why."""
 
 from __future__ import annotations
 
@@ -115,6 +115,39 @@ def compare_cmd(config: str | None, resume_dir: str | None, overwrite: bool,
             table.add_row(row["name"], _pm(row, "dev"), _pm(row, "test"),
                           f"{row['evaluations']:.0f}", f"{row['seconds']:.1f}")
     console.print(table)
+
+
+@main.command("hswarm")
+@click.argument("config", required=False, type=click.Path(dir_okay=False))
+@click.option("--resume", "resume_dir", type=click.Path(file_okay=False),
+              help="Continue the run in this folder (its config.yaml is used).")
+@click.option("--overwrite", is_flag=True, help="Replace an existing run folder.")
+@click.option("--quiet", is_flag=True, help="No progress display.")
+@click.option("--debug", is_flag=True, help="Show tracebacks.")
+def hswarm_cmd(config: str | None, resume_dir: str | None, overwrite: bool, quiet: bool,
+               debug: bool) -> None:
+    """Heterogeneous Swarms: search a multi-LLM system's graph and its experts' weights
+    (CONFIG's `hswarm:` section; defaults when it has none)."""
+    from .config import load_config
+    from .hetero import hswarm
+
+    if (config is None) == (resume_dir is None):
+        raise click.UsageError("give a CONFIG file, or --resume RUN_DIR")
+    _quiet_libraries()
+    cfg = _guard(debug, load_config, config) if config else None
+    report = _guard(debug, hswarm, cfg, resume=resume_dir, overwrite=overwrite,
+                    show_progress=not quiet)
+    table = Table(title=f"{report['utility']} on {Path(report['dataset']).name}: "
+                        f"{report['systems']} systems in {report['rounds']} rounds")
+    for col in ("system", "dev", "test"):
+        table.add_column(col, justify="left" if col == "system" else "right")
+    for row in report["rows"]:
+        table.add_row(row["name"], *("-" if row[k] is None else f"{row[k]:.4f}"
+                                     for k in ("dev", "test")))
+    console.print(table)
+    if report["correctness_emergence"] is not None:
+        console.print(f"correctness emergence: {report['correctness_emergence']} test items")
+    console.print(f"system: {report['export']} (python {report['export']}/answer.py --help)")
 
 
 def print_report(report: dict) -> None:

@@ -16,10 +16,10 @@ import torch
 
 
 def _batches(lengths: Sequence[int], batch_size: int,
-             max_tokens: int | None = None) -> list[list[int]]:
+             max_tokens: int | None = None, fill: float = 0.75) -> list[list[int]]:
     """Longest first; a batch closes at `batch_size` rows, at `max_tokens` padded tokens, or
-    when the next item would be more than a quarter padding, so one long item does not make
-    fifteen short ones pay for its length."""
+    when the next item would be shorter than `fill` of the batch's longest, so one long item
+    does not make fifteen short ones pay for its length."""
     order = sorted(range(len(lengths)), key=lambda i: -lengths[i])
     budget = max_tokens or batch_size * max(lengths)
     batches: list[list[int]] = []
@@ -27,7 +27,7 @@ def _batches(lengths: Sequence[int], batch_size: int,
         # the first item of a batch is its longest, so padding is rows x lengths[batch[0]]
         if batches and len(batches[-1]) < batch_size and \
                 (len(batches[-1]) + 1) * lengths[batches[-1][0]] <= budget and \
-                4 * lengths[i] >= 3 * lengths[batches[-1][0]]:
+                lengths[i] >= fill * lengths[batches[-1][0]]:
             batches[-1].append(i)
         else:
             batches.append([i])
@@ -188,7 +188,10 @@ def generate(model, prompts: Sequence[Sequence[int]], *, max_new_tokens: int, pa
     device = _device(model)
     eos = [] if eos_id is None else ([eos_id] if isinstance(eos_id, int) else list(eos_id))
     out: list[list[list[int]]] = [[[] for _ in prompts] for _ in range(particles)]
-    for batch in _batches([len(p) for p in prompts], *_limits(batch_size, max_tokens, particles)):
+    # Every batch pays one forward per new token, whatever its width: fewer, fuller batches
+    # (more padding) win here, where a scoring pass prefers little padding.
+    for batch in _batches([len(p) for p in prompts], *_limits(batch_size, max_tokens, particles),
+                          fill=0.4):
         ids, mask = _pad([prompts[i] for i in batch], pad_id, left=True, device=device)
         tiled, tmask = _tile(ids, mask, particles)
         gen = model.generate(input_ids=tiled, attention_mask=tmask, max_new_tokens=max_new_tokens,

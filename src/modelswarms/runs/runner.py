@@ -94,7 +94,7 @@ def run(cfg: RunConfig | None = None, *, resume: str | Path | None = None,
         return _run(cfg, run_dir, show_progress, session)
 
 
-def _remove_torn_writes(run_dir: Path) -> None:
+def remove_torn_writes(run_dir: Path) -> None:
     """A kill during an atomic write leaves its temporary file (".NAME.*.tmp") behind; the
     real file is untouched, so the leftover is only litter."""
     for tmp in run_dir.rglob(".*.tmp"):
@@ -103,7 +103,7 @@ def _remove_torn_writes(run_dir: Path) -> None:
 
 def _run(cfg: RunConfig, run_dir: Path, show_progress: bool,
          session: Session | None) -> dict[str, Any]:
-    _remove_torn_writes(run_dir)
+    remove_torn_writes(run_dir)
     if session is None:
         session = Session.open(cfg, need_test=cfg.output.evaluate_test)
     else:

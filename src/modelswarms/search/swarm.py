@@ -72,6 +72,9 @@ class ModelSwarm:
         self.since_best = 0
         self.evaluations = 0
         self.restarted: list[int] = []
+        # Particles told NaN (not scored this round, e.g. a model Heterogeneous Swarms never
+        # drew): they keep position, velocity and personal best through the next step.
+        self.skipped = torch.zeros(n, dtype=torch.bool)
         self.started = False
 
     @property
@@ -102,6 +105,8 @@ class ModelSwarm:
         r = (torch.rand(self.n, 4, generator=self.gen) if cfg.random_factors
              else torch.ones(self.n, 4))
         for i in range(self.n):
+            if self.skipped[i]:
+                continue
             a, b, c, d = coefficients(cfg, r[i])
             # v = a v + b (p - x) + c (g - x) + d (x - w), regrouped so no temporary is made
             self.v[i].mul_(a).add_(self.p[i], alpha=b).add_(self.g, alpha=c)
@@ -115,11 +120,15 @@ class ModelSwarm:
             raise ValueError(f"expected {self.n} utilities, got {len(utilities)}")
         self.evaluations += self.n
         self.util = u.clone()
-        improved = u > self.p_util
+        self.skipped = torch.isnan(u)
+        if bool(self.skipped.all()):
+            raise ValueError("every particle was told NaN: nothing was scored")
+        improved = u > self.p_util  # False for NaN
         self.p[improved] = self.x[improved]
         self.p_util = torch.where(improved, u, self.p_util)
-        self.stall = torch.where(improved, 0, self.stall + 1)
-        best, worst = int(torch.argmax(u)), int(torch.argmin(u))
+        self.stall = torch.where(improved, 0, self.stall + (~self.skipped).long())
+        best = int(torch.argmax(torch.where(self.skipped, -math.inf, u)))
+        worst = int(torch.argmin(torch.where(self.skipped, math.inf, u)))
         if float(u[best]) > self.g_util:
             self.g.copy_(self.x[best])
             self.g_util = float(u[best])
@@ -168,7 +177,7 @@ class ModelSwarm:
         tensors = {
             "x": self.x, "v": self.v, "p": self.p, "g": self.g, "w": self.w,
             "p_util": self.p_util, "util": self.util, "stall": self.stall,
-            "rng": self.gen.get_state(),
+            "skipped": self.skipped, "rng": self.gen.get_state(),
         }
         meta = {
             "g_util": self.g_util, "w_util": self.w_util, "step": self.step,
@@ -186,6 +195,7 @@ class ModelSwarm:
         self.p_util = tensors["p_util"].clone()
         self.util = tensors["util"].clone()
         self.stall = tensors["stall"].clone()
+        self.skipped = tensors["skipped"].clone()
         self.gen.set_state(tensors["rng"])
         for key, value in meta.items():
             setattr(self, key, value)

@@ -1,0 +1,10 @@
+"""Heterogeneous Swarms: multi-LLM systems (DAGs of experts) whose roles and weights are
+searched together (ALGORITHMS.md section 2)."""
+
+from .graph import Dag, chain, decode, star
+from .run import hswarm
+from .search import HeteroSwarm, jfk_scores
+from .system import SystemEvaluator
+
+__all__ = ["Dag", "HeteroSwarm", "SystemEvaluator", "chain", "decode", "hswarm", "jfk_scores",
+           "star"]

@@ -1,0 +1,237 @@
+"""Heterogeneous Swarms on tiny models: DAG decoding, message passing, JFK-scores, the loop,
+resume, export and the exported runner."""
+
+from __future__ import annotations
+
+import json
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+from click.testing import CliRunner
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from modelswarms.cli import main
+from modelswarms.config import SwarmConfig, load_config
+from modelswarms.hetero import Dag, chain, decode, hswarm, jfk_scores, star
+from modelswarms.hetero import run as hrun
+from modelswarms.hetero.graph import random_adjacency
+from modelswarms.hetero.system import SystemEvaluator
+from modelswarms.runs.session import Session
+from modelswarms.search.swarm import ModelSwarm
+
+
+def write_config(tmp_path: Path, experts, data, **hswarm_knobs) -> Path:
+    cfg = {
+        "experts": {"paths": [str(p) for p in experts]},
+        "data": {"path": str(data), "max_dev": 6, "max_test": 8},
+        "utility": {"type": "multiple_choice", "batch_size": 4},
+        "search": {"patience": 10},
+        "hswarm": {"graphs": 3, "trials": 3, "max_rounds": 3, "patience": 5,
+                   "max_new_tokens": 4, **hswarm_knobs},
+        "output": {"dir": str(tmp_path / "run")},
+        "model": {"device": "cpu"},
+        "seed": 3,
+    }
+    tmp_path.mkdir(parents=True, exist_ok=True)
+    path = tmp_path / "config.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    return path
+
+
+def check_in_tree(dag: Dag) -> None:
+    """Acyclic, one end node, every other node with exactly one outgoing edge."""
+    outgoing = [a for a, _ in dag.edges]
+    assert dag.end not in outgoing
+    assert sorted(outgoing) == [i for i in range(dag.n) if i != dag.end]
+    order = dag.order()
+    assert sorted(order) == list(range(dag.n)) and order[-1] == dag.end
+    position = {node: i for i, node in enumerate(order)}
+    assert all(position[a] < position[b] for a, b in dag.edges)  # so no cycle
+
+
+@settings(max_examples=200, deadline=None)
+@given(n=st.integers(1, 8), seed=st.integers(0, 10_000), sample=st.booleans(),
+       scale=st.sampled_from([1.0, 3.0]))
+def test_decoded_graphs_are_in_trees_and_deterministic(n, seed, sample, scale):
+    # scale 3: PSO moves entries out of [0, 1], negative ones included
+    a = (random_adjacency(1, n, torch.Generator().manual_seed(seed))[0] - 0.3) * scale
+    mode = "top_p" if sample else "argmax"
+    first = decode(a, mode, 0.8, torch.Generator().manual_seed(seed))
+    check_in_tree(first)
+    assert decode(a, mode, 0.8, torch.Generator().manual_seed(seed)) == first
+
+
+def test_argmax_decoding_by_hand():
+    # out-degrees 1.0, 0.4, 1.1: node 1 sends least, so it is the end node; of nodes 0 and 2
+    # node 2 has the larger row sum and goes next, to node 1 (the only one placed); node 0
+    # then prefers node 2 (0.7) over node 1 (0.3).
+    a = torch.tensor([[0.0, 0.3, 0.7], [0.2, 0.0, 0.2], [0.1, 1.0, 0.0]])
+    assert decode(a) == Dag(3, 1, ((0, 2), (2, 1)))
+    assert decode(a).order() == [0, 2, 1]
+
+
+def test_chain_and_star():
+    check_in_tree(chain(4))
+    check_in_tree(star(4, 2))
+    assert star(4, 2).predecessors(2) == [0, 1, 3]
+    with pytest.raises(ValueError, match="in-tree"):
+        Dag(3, 2, ((0, 1), (1, 0))).order()
+
+
+def test_jfk_scores_by_hand():
+    # trial 1 (utility 0.6): models 0, 0, 1; trial 2 (0.2): models 1, 0, 1; model 2 never drawn
+    scores = jfk_scores([[0, 0, 1], [1, 0, 1]], [0.6, 0.2], 3)
+    assert scores[0] == pytest.approx((0.6 + 0.6 + 0.2) / 3)
+    assert scores[1] == pytest.approx((0.6 + 0.2 + 0.2) / 3)
+    assert math.isnan(scores[2])
+
+
+def test_a_particle_told_nan_stays_put():
+    x = torch.randn(3, 5)
+    swarm = ModelSwarm(x, SwarmConfig(), seed=0)
+    swarm.tell([0.1, 0.5, 0.3])
+    before = swarm.ask().clone()
+    swarm.tell([0.2, math.nan, 0.4])
+    assert swarm.p_util[1] == 0.5 and swarm.stall[1] == 0
+    after = swarm.ask()
+    assert torch.equal(after[1], before[1])
+    assert not torch.equal(after[0], before[0])
+    with pytest.raises(ValueError, match="NaN"):
+        swarm.tell([math.nan] * 3)
+
+
+def test_messages_pass_in_topological_order(tmp_path, lora_experts, mc_data, monkeypatch):
+    cfg = load_config(write_config(tmp_path, lora_experts, mc_data))
+    session = Session.open(cfg, need_test=False)
+    ev = SystemEvaluator(session, cfg.hswarm)
+    seen = []
+    real_answers, real_score = ev.answers, session.score
+
+    def answers(weights, items):
+        out = real_answers(weights, items)
+        seen.append(("gen", [it["question"] for it in items], out))
+        return out
+
+    def score(weights, items):
+        seen.append(("end", [it["question"] for it in items], None))
+        return real_score(weights, items)
+
+    monkeypatch.setattr(ev, "answers", answers)
+    monkeypatch.setattr(session, "score", score)
+    dag = Dag(3, 2, ((0, 1), (1, 2)))  # 0 -> 1 -> 2
+    result = ev.evaluate(dag, [2, 0, 1], session.experts, session.dev)
+    assert [kind for kind, *_ in seen] == ["gen", "gen", "end"]
+    questions = [it["question"] for it in session.dev]
+    assert seen[0][1] == questions  # the source sees the question only
+    for (_, asked, _), (_, _, previous) in zip(seen[1:], seen[:-1], strict=True):
+        for q, text, answer in zip(questions, asked, previous, strict=True):
+            assert text.startswith(q) and f"Previous response 1: {answer}" in text
+            assert "Previous response 2" not in text
+    # the end node's result is the utility of its model on the augmented items
+    direct = real_score(session.experts[1], [{**it, "question": q} for it, q in
+                                              zip(session.dev, seen[2][1], strict=True)])
+    assert result.scores == direct.scores
+    # a source node with the same expert and inputs is answered from the cache
+    ev.evaluate(Dag(2, 1, ((0, 1),)), [2, 0], session.experts, session.dev)
+    assert session.counts["node_cache_hits"] == 1
+
+
+def test_hswarm_run_folder_report_and_exported_runner(tmp_path, lora_experts, mc_data):
+    config = write_config(tmp_path, lora_experts, mc_data,
+                          baselines=["best_expert", "chain", "star", "random_dags",
+                                     "role_only", "weight_only"])
+    result = CliRunner().invoke(main, ["hswarm", str(config), "--quiet"])
+    assert result.exit_code == 0, result.output
+    run_dir = tmp_path / "run"
+    report = json.loads((run_dir / "report.json").read_text())
+    names = [r["name"] for r in report["rows"]]
+    assert names[-1] == "Heterogeneous Swarms: best system"
+    for label in ("best single expert", "chain of all experts", "star of all experts",
+                  "random DAGs", "role-step only", "weight-step only"):
+        assert any(label in n for n in names), label
+    best = report["rows"][-1]
+    assert best["dev"] == report["best_dev"]
+    assert best["dev"] >= max(r["dev"] for r in report["rows"] if r["name"].startswith("expert"))
+    assert report["systems"] <= 3 * 6
+    history = [json.loads(x) for x in (run_dir / "history.jsonl").read_text().splitlines()]
+    assert [h["round"] for h in history] == [1, 2, 3]
+    assert all(len(h["graph_utilities"]) == 3 and len(h["trial_utilities"]) == 3
+               for h in history)
+    for ablation, key in (("role_only", "trial_utilities"), ("weight_only", "graph_utilities")):
+        sub = (run_dir / "baselines" / ablation / "history.jsonl").read_text().splitlines()
+        assert sub and all(key not in json.loads(x) for x in sub)
+    system = run_dir / "system"
+    spec = json.loads((system / "graph.json").read_text())
+    assert (system / "graph.png").stat().st_size > 0 and spec["end"] == report["graph"]["end"]
+    for node in spec["nodes"]:
+        assert (system / "experts" / node["model"] / "adapter_config.json").is_file()
+    # the exported runner, a plain script, answers the test items as the search scored them
+    cfg = load_config(config)
+    session = Session.open(cfg)
+    ev = SystemEvaluator(session, cfg.hswarm)
+    search = hrun.HeteroSwarm(session.experts, cfg)
+    from modelswarms.runs.checkpoint import load_checkpoint
+
+    tensors, meta = load_checkpoint(run_dir / "checkpoint.safetensors")
+    search.load_state_dict(tensors, meta["search"])
+    expected = ev.evaluate(search.best_dag, search.best_assignment, search.best_models,
+                           session.test)
+    items = tmp_path / "items.jsonl"
+    items.write_text("".join(json.dumps(it) + "\n" for it in session.test))
+    out = subprocess.run([sys.executable, str(system / "answer.py"), "--items", str(items),
+                          "--base", str(session.pool.base_model)],
+                         capture_output=True, text=True, check=True, timeout=300)
+    answers = [json.loads(line)["answer"] for line in out.stdout.splitlines()]
+    assert answers == expected.predictions
+
+
+def test_interrupted_hswarm_resumes_to_the_same_result(tmp_path, lora_experts, mc_data,
+                                                        monkeypatch):
+    ref = hswarm(load_config(write_config(tmp_path / "ref", lora_experts, mc_data)),
+                 show_progress=False)
+    cfg = load_config(write_config(tmp_path / "cut", lora_experts, mc_data))
+    original = hrun.save_checkpoint
+    calls = {"n": 0}
+
+    def dying_save(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 2:  # killed after round 2's history line, before its checkpoint
+            raise KeyboardInterrupt
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(hrun, "save_checkpoint", dying_save)
+    with pytest.raises(KeyboardInterrupt):
+        hswarm(cfg, show_progress=False)
+    monkeypatch.setattr(hrun, "save_checkpoint", original)
+    run_dir = tmp_path / "cut" / "run"
+    assert len((run_dir / "history.jsonl").read_text().splitlines()) == 2
+    resumed = hswarm(resume=run_dir, show_progress=False)
+    for key in ("rows", "best_dev", "best_test", "graph", "assignment", "systems"):
+        assert resumed[key] == ref[key], key
+    assert (run_dir / "history.jsonl").read_text().count("\n") == 3
+
+
+def test_budget_below_one_round_is_an_error(tmp_path, lora_experts, mc_data):
+    from modelswarms.errors import RunError
+
+    cfg = load_config(write_config(tmp_path, lora_experts, mc_data))
+    cfg = cfg.model_copy(update={"budget": 2})
+    with pytest.raises(RunError, match="below one round"):
+        hswarm(cfg, show_progress=False)
+
+
+def test_choice_nodes_pass_on_the_option_they_pick(tmp_path, lora_experts, mc_data):
+    cfg = load_config(write_config(tmp_path, lora_experts, mc_data, node_answers="choice"))
+    session = Session.open(cfg, need_test=False)
+    ev = SystemEvaluator(session, cfg.hswarm)
+    picks = session.score(session.experts[0], session.dev).predictions
+    texts = ev.answers(session.experts[0], session.dev)
+    assert texts == [f"{p}: {it['choices'][p]}" for p, it in zip(picks, session.dev, strict=True)]
+    with pytest.raises(Exception, match="multiple-choice"):
+        ev.answers(session.experts[0], [{"question": "2+2?", "answer": "4"}])
