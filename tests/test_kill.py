@@ -44,6 +44,12 @@ if action == "new":
     runner.run(load_config(target), overwrite=True, show_progress=False)
 elif action == "resume":
     runner.run(resume=target, show_progress=False)
+elif action == "hswarm-new":
+    from modelswarms.hetero import hswarm
+    hswarm(load_config(target), overwrite=True, show_progress=False)
+elif action == "hswarm-resume":
+    from modelswarms.hetero import hswarm
+    hswarm(resume=target, show_progress=False)
 elif action == "compare-new":
     from modelswarms.runs.compare import compare
     compare(load_config(target), overwrite=True)
@@ -68,9 +74,9 @@ def _config(tmp_path: Path, experts, data, out: str) -> Path:
 
 def kill_until_done(tmp_path: Path, out: Path, new: tuple[str, Path],
                     resume: tuple[str, Path], seed: int, max_write: int,
-                    after_kill) -> tuple[int, int]:
+                    after_kill, kills_wanted: int = KILLS) -> tuple[int, int]:
     """Run a child, SIGKILL it at a random moment (every fourth time: inside its own
-    checkpoint write), resume, until KILLS kills are done and a last resume finishes.
+    checkpoint write), resume, until `kills_wanted` kills are done and a last resume finishes.
     `after_kill()` checks the folder after each kill. Returns (kills, torn writes)."""
     child = tmp_path / "child.py"
     child.write_text(CHILD)
@@ -89,15 +95,15 @@ def kill_until_done(tmp_path: Path, out: Path, new: tuple[str, Path],
     shutil.rmtree(out)  # start from scratch, now that we know the duration
     kills = torn = 0
     while True:
-        mode = (f"write:{rng.randint(1, max_write)}" if kills < KILLS and kills % 4 == 3
+        mode = (f"write:{rng.randint(1, max_write)}" if kills < kills_wanted and kills % 4 == 3
                 else "none")
         proc = start(mode)
-        if mode == "none" and kills < KILLS:
+        if mode == "none" and kills < kills_wanted:
             time.sleep(rng.uniform(0.2, 0.9 * full))
             proc.kill()
         rc = proc.wait()
         err = proc.stderr.read().decode()
-        if rc == 0 and kills < KILLS:  # it finished before the kill came: start again
+        if rc == 0 and kills < kills_wanted:  # it finished before the kill came: start again
             shutil.rmtree(out)
             continue
         if rc == 0:
@@ -106,7 +112,7 @@ def kill_until_done(tmp_path: Path, out: Path, new: tuple[str, Path],
         kills += 1
         torn += mode != "none"
         after_kill()
-        assert kills < 4 * KILLS, "the run never finished"
+        assert kills < 4 * kills_wanted, "the run never finished"
 
 
 def test_twenty_kills_change_nothing(tmp_path, lora_experts, mc_data):
@@ -192,3 +198,39 @@ def test_twenty_kills_of_a_comparison_change_nothing(tmp_path, lora_experts, mc_
     got = json.loads((out / "compare.json").read_text())
     assert _strip(got["rows"]) == _strip(ref["rows"])
     print(f"compare: {kills} kills ({torn} inside checkpoint writes)")
+
+
+def test_killed_hswarm_runs_change_nothing(tmp_path, lora_experts, mc_data):
+    """Heterogeneous Swarms: kills land in the search, the baselines (one of them a whole
+    role-only search in its own folder) and the export."""
+    from modelswarms.hetero import hswarm
+
+    def cfg_path(out: str) -> Path:
+        path = tmp_path / f"{out}.yaml"
+        path.write_text(yaml.safe_dump({
+            "experts": {"paths": [str(p) for p in lora_experts]},
+            "data": {"path": str(mc_data), "max_dev": 6, "max_test": 6},
+            "utility": {"batch_size": 6},
+            "hswarm": {"graphs": 3, "trials": 3, "max_rounds": 4, "patience": 10,
+                       "max_new_tokens": 3, "baselines": ["chain", "random_dags", "role_only"]},
+            "output": {"dir": str(tmp_path / out)}, "seed": 2,
+        }))
+        return path
+
+    ref = hswarm(load_config(cfg_path("ref")), show_progress=False)
+    out = tmp_path / "killed"
+
+    def after_kill() -> None:
+        for ckpt in out.rglob("checkpoint.safetensors"):
+            load_checkpoint(ckpt)  # never unreadable
+
+    kills, torn = kill_until_done(tmp_path, out, ("hswarm-new", cfg_path("killed")),
+                                  ("hswarm-resume", out), 7, 8, after_kill,
+                                  kills_wanted=max(KILLS // 2, 1))
+    got = json.loads((out / "report.json").read_text())
+    for key in ("rows", "best_dev", "best_test", "graph", "assignment", "systems"):
+        assert got[key] == ref[key], key
+    assert json.loads((out / "system" / "graph.json").read_text())["edges"] == \
+        ref["graph"]["edges"]
+    assert not [p for p in out.rglob(".*") if p.name != ".hypothesis"], "litter left behind"
+    print(f"hswarm: {kills} kills ({torn} inside checkpoint writes)")

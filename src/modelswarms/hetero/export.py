@@ -24,6 +24,8 @@ def export_system(session: Session, dag: Dag, assignment: list[int], models: tor
     assert h is not None
     names = session.pool.names
     folder.parent.mkdir(parents=True, exist_ok=True)
+    for stale in folder.parent.glob(f".{folder.name}.*"):  # left by a kill mid-export
+        shutil.rmtree(stale, ignore_errors=True)
     tmp = Path(tempfile.mkdtemp(dir=folder.parent, prefix=f".{folder.name}."))
     tmp.chmod(0o755)
     used = sorted(set(assignment))

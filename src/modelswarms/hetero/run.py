@@ -119,7 +119,10 @@ def _baselines(run_dir: Path, cfg: RunConfig, session: Session, ev: SystemEvalua
     """The rows a user weighs the search against, each recorded in baselines.jsonl once done
     (a resumed run does not redo them)."""
     assert cfg.hswarm is not None
-    done = {r["key"]: r for r in read_jsonl(run_dir / BASELINES)}
+    records = read_jsonl(run_dir / BASELINES)
+    # rewritten whole: a line torn by a kill must not swallow the next record appended
+    atomic_write_text(run_dir / BASELINES, "".join(json.dumps(r) + "\n" for r in records))
+    done = {r["key"]: r for r in records}
     names, n, x0 = session.pool.names, len(session.pool.names), session.experts
     identity = list(range(n))
     best_single = max(range(n), key=singles.__getitem__)
