@@ -9,7 +9,8 @@ Then the Heterogeneous Swarms rows of each task (bench/hswarm_table.py) go besid
 The hand-written analysis at the end of docs/BENCHMARKS.md is kept when the tables are redone.
 
 Run:  python bench/benchmark_table.py [--tasks mmlu truthfulqa hellaswag] [--max-dev 32]
-      [--max-test 100] [--budget 30] [--seeds 0 1 2] [--hswarm-seeds 0] [--no-hswarm]
+      [--max-test 100] [--budget 30] [--seeds 0 1 2] [--hswarm-seeds 0] [--hswarm-tasks mmlu]
+      [--no-hswarm]
 On 2 CPU cores one MMLU dev evaluation of 32 items takes ~5 s: budget 30 x 3 searches x 3 seeds
 plus the greedy soup is ~300 evaluations; with the fixed rows (experts, merges, test sets) about
 40 minutes for MMLU, 30 for TruthfulQA and 70 for HellaSwag (longer items). A GPU makes it
@@ -98,6 +99,8 @@ def main() -> None:
     ap.add_argument("--budget", type=int, default=30)
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     ap.add_argument("--no-hswarm", action="store_true", help="leave out Heterogeneous Swarms")
+    ap.add_argument("--hswarm-tasks", nargs="+", help="tasks with Heterogeneous Swarms rows "
+                    "(default: all)")
     hswarm_table.add_arguments(ap)
     args = ap.parse_args()
     if not EVAL.exists():
@@ -123,7 +126,7 @@ def main() -> None:
                      f"Correctness emergence (test items every expert got wrong, right in "
                      f"the search's best, per seed): {json.dumps(emergence)}", "",
                      f"![{task}](benchmark_{task}.png)", ""]
-        if not args.no_hswarm:
+        if not args.no_hswarm and task in (args.hswarm_tasks or args.tasks):
             sections += hswarm_section(task, hswarm_table.run_task(task, args))
     machine = (torch.cuda.get_device_name() if torch.cuda.is_available() else
                f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} "

@@ -171,24 +171,43 @@ def test_hswarm_run_folder_report_and_exported_runner(tmp_path, lora_experts, mc
     assert (system / "graph.png").stat().st_size > 0 and spec["end"] == report["graph"]["end"]
     for node in spec["nodes"]:
         assert (system / "experts" / node["model"] / "adapter_config.json").is_file()
-    # the exported runner, a plain script, answers the test items as the search scored them
+    check_exported_runner(config, tmp_path)
+
+
+def check_exported_runner(config: Path, tmp_path: Path) -> None:
+    """The exported runner, a plain script, answers the test items as the search scored them."""
+    from modelswarms.runs.checkpoint import load_checkpoint
+
     cfg = load_config(config)
+    run_dir = Path(cfg.output.dir)
     session = Session.open(cfg)
     ev = SystemEvaluator(session, cfg.hswarm)
     search = hrun.HeteroSwarm(session.experts, cfg)
-    from modelswarms.runs.checkpoint import load_checkpoint
-
     tensors, meta = load_checkpoint(run_dir / "checkpoint.safetensors")
     search.load_state_dict(tensors, meta["search"])
     expected = ev.evaluate(search.best_dag, search.best_assignment, search.best_models,
                            session.test)
     items = tmp_path / "items.jsonl"
     items.write_text("".join(json.dumps(it) + "\n" for it in session.test))
-    out = subprocess.run([sys.executable, str(system / "answer.py"), "--items", str(items),
-                          "--base", str(session.pool.base_model)],
-                         capture_output=True, text=True, check=True, timeout=300)
+    extra = ["--base", str(session.pool.base_model)] if session.pool.base_model else []
+    out = subprocess.run([sys.executable, str(run_dir / "system" / "answer.py"), "--items",
+                          str(items), *extra], capture_output=True, text=True, check=True,
+                         timeout=300)
     answers = [json.loads(line)["answer"] for line in out.stdout.splitlines()]
     assert answers == expected.predictions
+
+
+def test_full_weight_experts_choice_nodes_and_their_runner(tmp_path, full_experts, mc_data):
+    config = write_config(tmp_path, full_experts, mc_data, node_answers="choice",
+                          max_rounds=2, baselines=["chain"])
+    report = hswarm(load_config(config), show_progress=False)
+    assert report["rows"][-1]["dev"] == report["best_dev"]
+    spec = json.loads((tmp_path / "run" / "system" / "graph.json").read_text())
+    assert spec["node_answers"] == "choice"
+    for node in spec["nodes"]:
+        assert (tmp_path / "run" / "system" / "experts" / node["model"] /
+                "model.safetensors").is_file()
+    check_exported_runner(config, tmp_path)
 
 
 def test_interrupted_hswarm_resumes_to_the_same_result(tmp_path, lora_experts, mc_data,
@@ -235,3 +254,20 @@ def test_choice_nodes_pass_on_the_option_they_pick(tmp_path, lora_experts, mc_da
     assert texts == [f"{p}: {it['choices'][p]}" for p, it in zip(picks, session.dev, strict=True)]
     with pytest.raises(Exception, match="multiple-choice"):
         ev.answers(session.experts[0], [{"question": "2+2?", "answer": "4"}])
+
+
+def test_config_errors_name_the_key(tmp_path, lora_experts, mc_data):
+    from modelswarms.errors import ConfigError
+
+    cfg = load_config(write_config(tmp_path, lora_experts, mc_data))
+    with pytest.raises(ConfigError, match="search.particles"):
+        hswarm(cfg.model_copy(update={"search": SwarmConfig(particles=5)}), show_progress=False)
+    with pytest.raises(ConfigError, match="at least 2 experts"):
+        hswarm(cfg.model_copy(update={"experts": cfg.experts.model_copy(
+            update={"paths": cfg.experts.paths[:1]})}), show_progress=False)
+    assert not (tmp_path / "run").exists()  # refused before any folder is made
+    bad = yaml.safe_load((tmp_path / "config.yaml").read_text())
+    bad["hswarm"]["graph"] = 3
+    (tmp_path / "bad.yaml").write_text(yaml.safe_dump(bad))
+    with pytest.raises(ConfigError, match="hswarm.graph: unknown key"):
+        load_config(tmp_path / "bad.yaml")

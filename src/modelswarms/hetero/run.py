@@ -45,13 +45,16 @@ def hswarm(cfg: RunConfig | None = None, *, resume: str | Path | None = None,
         if not (run_dir / CONFIG).is_file():
             raise RunError(f"{run_dir}: not a run folder (no {CONFIG})")
         cfg = load_config(run_dir / CONFIG)
-    else:
-        assert cfg is not None
-        if cfg.hswarm is None:  # the defaults of every hswarm knob
-            cfg = cfg.model_copy(update={"hswarm": HSwarmConfig()})
-        run_dir = prepare_run_dir(cfg, overwrite)
+    assert cfg is not None
+    if cfg.hswarm is None:  # the defaults of every hswarm knob
+        cfg = cfg.model_copy(update={"hswarm": HSwarmConfig()})
     if len(cfg.experts.paths) < 2:
         raise ConfigError("hswarm: a multi-LLM system needs at least 2 experts")
+    if cfg.search.particles not in (None, len(cfg.experts.paths)):
+        raise ConfigError("search.particles: the weight-step's particles are the experts (the "
+                          "nodes' models); leave it unset for hswarm")
+    if resume is None:
+        run_dir = prepare_run_dir(cfg, overwrite)
     with logging_to(run_dir):
         remove_torn_writes(run_dir)
         session = Session.open(cfg, need_test=cfg.output.evaluate_test)
