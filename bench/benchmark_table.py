@@ -9,7 +9,8 @@ Then the Heterogeneous Swarms rows of each task (bench/hswarm_table.py) go besid
 The hand-written analysis at the end of docs/BENCHMARKS.md is kept when the tables are redone.
 
 Run:  python bench/benchmark_table.py [--tasks mmlu truthfulqa hellaswag] [--max-dev 32]
-      [--max-test 100] [--budget 30] [--seeds 0 1 2] [--hswarm-seeds 0] [--hswarm-tasks mmlu]
+      [--max-test 100] [--budget 30] [--seeds 0 1 2] [--sizes hellaswag=16:60] [--hswarm-seeds 0]
+      [--hswarm-tasks mmlu]
       [--no-hswarm]
 On 2 CPU cores one MMLU dev evaluation of 32 items takes ~5 s: budget 30 x 3 searches x 3 seeds
 plus the greedy soup is ~300 evaluations; with the fixed rows (experts, merges, test sets) about
@@ -38,12 +39,23 @@ METHODS = ["base", "experts", "best_expert", "expert_vote", "logit_average", "li
            "greedy_soup", "random", "cmaes", "swarm"]
 
 
+def sizes(task: str, args: argparse.Namespace) -> tuple[int, int]:
+    """(dev items, test items) of `task`: --sizes TASK=DEV:TEST, else --max-dev / --max-test."""
+    for spec in args.sizes:
+        name, _, dims = spec.partition("=")
+        if name == task:
+            dev, _, test = dims.partition(":")
+            return int(dev), int(test)
+    return args.max_dev, args.max_test
+
+
 def config(task: str, args: argparse.Namespace, out: Path) -> Path:
+    max_dev, max_test = sizes(task, args)
     cfg = {
         "experts": {"base_model": "smollm2",
                     "paths": [str(p) for p in sorted(POOL.iterdir()) if p.is_dir()]},
-        "data": {"path": str(EVAL / f"{task}.json"), "max_dev": args.max_dev,
-                 "max_test": args.max_test},
+        "data": {"path": str(EVAL / f"{task}.json"), "max_dev": max_dev,
+                 "max_test": max_test},
         "utility": {"type": "multiple_choice", "batch_size": 32},
         "search": {"patience": 10},
         "compare": {"methods": METHODS, "seeds": args.seeds, "budget": args.budget},
@@ -98,6 +110,8 @@ def main() -> None:
     ap.add_argument("--max-test", type=int, default=100)
     ap.add_argument("--budget", type=int, default=30)
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    ap.add_argument("--sizes", nargs="+", default=[], metavar="TASK=DEV:TEST",
+                    help="dev / test items of one task, e.g. hellaswag=16:60")
     ap.add_argument("--no-hswarm", action="store_true", help="leave out Heterogeneous Swarms")
     ap.add_argument("--hswarm-tasks", nargs="+", help="tasks with Heterogeneous Swarms rows "
                     "(default: all)")
@@ -137,7 +151,9 @@ def main() -> None:
         "# Benchmarks", "",
         f"`python bench/benchmark_table.py --tasks {' '.join(args.tasks)} --max-dev "
         f"{args.max_dev} --max-test {args.max_test} --budget {args.budget} --seeds "
-        f"{' '.join(map(str, args.seeds))}` on {machine}, torch {torch.__version__}. "
+        f"{' '.join(map(str, args.seeds))}"
+        + (f" --sizes {' '.join(args.sizes)}" if args.sizes else "")
+        + f"` on {machine}, torch {torch.__version__}. "
         "SmolLM2-135M-Instruct with the 10 experts of experts/smollm2, multiple choice by "
         "log-likelihood.", "", *sections, ANALYSIS])
     target.write_text(text + (kept or "\n"))
