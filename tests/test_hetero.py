@@ -271,3 +271,13 @@ def test_config_errors_name_the_key(tmp_path, lora_experts, mc_data):
     (tmp_path / "bad.yaml").write_text(yaml.safe_dump(bad))
     with pytest.raises(ConfigError, match="hswarm.graph: unknown key"):
         load_config(tmp_path / "bad.yaml")
+
+
+def test_templates_must_hold_their_fields(tmp_path, lora_experts, mc_data):
+    from modelswarms.errors import ConfigError
+
+    data = yaml.safe_load(write_config(tmp_path, lora_experts, mc_data).read_text())
+    data["hswarm"]["context_template"] = "{question} (others said nothing)"
+    (tmp_path / "bad.yaml").write_text(yaml.safe_dump(data))
+    with pytest.raises(ConfigError, match="context_template must contain {responses}"):
+        load_config(tmp_path / "bad.yaml")

@@ -231,6 +231,16 @@ class HSwarmConfig(StrictModel):
         description="rows of the report beside the search (role_only / weight_only are whole "
         "searches at the same budget)")
 
+    @model_validator(mode="after")
+    def _templates(self) -> HSwarmConfig:
+        for key, fields in (("node_prompt", ["{question}"]),
+                            ("context_template", ["{question}", "{responses}"]),
+                            ("response_template", ["{response}"])):
+            missing = [f for f in fields if f not in getattr(self, key)]
+            if missing:
+                raise ValueError(f"{key} must contain {' and '.join(missing)}")
+        return self
+
 
 class ModelConfig(StrictModel):
     device: str = Field("auto", description="auto, cpu, cuda or cuda:N")
