@@ -42,7 +42,7 @@ def config(name: str, seed: int) -> dict:
         "utility": {"type": "multiple_choice", "batch_size": 32},
         "search": {"patience": 10},
         "budget": 30,
-        "output": {"dir": str(OUT / name), "top_k": 3},
+        "output": {"dir": str(OUT / name), "top_k": 1},
         "seed": seed,
     }
     for key, value in VARIANTS[name][1].items():
