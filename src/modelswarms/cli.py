@@ -41,6 +41,20 @@ def _guard(debug: bool, fn, *args, **kwargs):
         sys.exit(2)
 
 
+def _run_options(fn):
+    """CONFIG | --resume DIR, --overwrite, --quiet, --debug: what every search command takes."""
+    for deco in reversed([
+        click.argument("config", required=False, type=click.Path(dir_okay=False)),
+        click.option("--resume", "resume_dir", type=click.Path(file_okay=False),
+                     help="Continue the run in this folder (its config.yaml is used)."),
+        click.option("--overwrite", is_flag=True, help="Replace an existing run folder."),
+        click.option("--quiet", is_flag=True, help="No progress display."),
+        click.option("--debug", is_flag=True, help="Show tracebacks."),
+    ]):
+        fn = deco(fn)
+    return fn
+
+
 @click.group()
 @click.version_option(package_name="modelswarms")
 def main() -> None:
@@ -48,12 +62,7 @@ def main() -> None:
 
 
 @main.command()
-@click.argument("config", required=False, type=click.Path(dir_okay=False))
-@click.option("--resume", "resume_dir", type=click.Path(file_okay=False),
-              help="Continue the run in this folder (its config.yaml is used).")
-@click.option("--overwrite", is_flag=True, help="Replace an existing run folder.")
-@click.option("--quiet", is_flag=True, help="No progress display.")
-@click.option("--debug", is_flag=True, help="Show tracebacks.")
+@_run_options
 def run(config: str | None, resume_dir: str | None, overwrite: bool, quiet: bool,
         debug: bool) -> None:
     """Run a Model Swarms search described by CONFIG (YAML)."""
@@ -118,12 +127,7 @@ def compare_cmd(config: str | None, resume_dir: str | None, overwrite: bool,
 
 
 @main.command("hswarm")
-@click.argument("config", required=False, type=click.Path(dir_okay=False))
-@click.option("--resume", "resume_dir", type=click.Path(file_okay=False),
-              help="Continue the run in this folder (its config.yaml is used).")
-@click.option("--overwrite", is_flag=True, help="Replace an existing run folder.")
-@click.option("--quiet", is_flag=True, help="No progress display.")
-@click.option("--debug", is_flag=True, help="Show tracebacks.")
+@_run_options
 def hswarm_cmd(config: str | None, resume_dir: str | None, overwrite: bool, quiet: bool,
                debug: bool) -> None:
     """Heterogeneous Swarms: search a multi-LLM system's graph and its experts' weights
