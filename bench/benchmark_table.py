@@ -75,15 +75,16 @@ def _mean_std(values: list[float]) -> str:
     return f"{statistics.mean(values):.4f} ± {statistics.stdev(values):.4f}"
 
 
-def hswarm_section(task: str, reports: list[dict]) -> list[str]:
+def hswarm_section(task: str, reports: list[dict], args: argparse.Namespace) -> list[str]:
     """The Heterogeneous Swarms rows of one task: the search and its baselines, over seeds."""
     first = reports[0]
     experts = ", ".join(Path(r["name"].removeprefix("expert: ")).name for r in first["rows"]
                         if r["name"].startswith("expert: "))
     lines = [f"### {task}: Heterogeneous Swarms", "",
              f"Experts: the {first['experts']} best of the pool by dev ({experts}); nodes pass "
-             "on the option they pick (`node_answers: choice`); budget "
-             f"{first['systems']} systems; seeds {len(reports)}; search "
+             "on the option they pick (`node_answers: choice`); "
+             f"{first['systems']} systems evaluated (budget {args.budget}); seeds "
+             f"{len(reports)}; search "
              f"{statistics.mean(r['search_seconds'] for r in reports):.0f} s a seed.", "",
              "| system | dev | test |", "| --- | ---: | ---: |"]
     for i, row in enumerate(first["rows"]):
@@ -136,12 +137,12 @@ def main() -> None:
                      if "correctness_emergence" in r}
         png = ROOT / "docs" / f"benchmark_{task}.png"
         png.write_bytes((folder / "compare.png").read_bytes())
-        sections += [render_markdown(report).replace("# Comparison", f"## {task}:"),
+        sections += [render_markdown(report).replace("# Comparison:", f"## {task}:"),
                      f"Correctness emergence (test items every expert got wrong, right in "
                      f"the search's best, per seed): {json.dumps(emergence)}", "",
                      f"![{task}](benchmark_{task}.png)", ""]
         if not args.no_hswarm and task in (args.hswarm_tasks or args.tasks):
-            sections += hswarm_section(task, hswarm_table.run_task(task, args))
+            sections += hswarm_section(task, hswarm_table.run_task(task, args), args)
     machine = (torch.cuda.get_device_name() if torch.cuda.is_available() else
                f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} "
                "CPU threads")
@@ -153,6 +154,8 @@ def main() -> None:
         f"{args.max_dev} --max-test {args.max_test} --budget {args.budget} --seeds "
         f"{' '.join(map(str, args.seeds))}"
         + (f" --sizes {' '.join(args.sizes)}" if args.sizes else "")
+        + (f" --hswarm-tasks {' '.join(args.hswarm_tasks)}" if args.hswarm_tasks else "")
+        + (" --no-hswarm" if args.no_hswarm else "")
         + f"` on {machine}, torch {torch.__version__}. "
         "SmolLM2-135M-Instruct with the 10 experts of experts/smollm2, multiple choice by "
         "log-likelihood.", "", *sections, ANALYSIS])
