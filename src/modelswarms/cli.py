@@ -141,22 +141,14 @@ def hswarm_cmd(config: str | None, resume_dir: str | None, overwrite: bool, quie
     cfg = _guard(debug, load_config, config) if config else None
     report = _guard(debug, hswarm, cfg, resume=resume_dir, overwrite=overwrite,
                     show_progress=not quiet)
-    table = Table(title=f"{report['utility']} on {Path(report['dataset']).name}: "
-                        f"{report['systems']} systems in {report['rounds']} rounds")
-    for col in ("system", "dev", "test"):
-        table.add_column(col, justify="left" if col == "system" else "right")
-    for row in report["rows"]:
-        table.add_row(row["name"], *("-" if row[k] is None else f"{row[k]:.4f}"
-                                     for k in ("dev", "test")))
-    console.print(table)
-    if report["correctness_emergence"] is not None:
-        console.print(f"correctness emergence: {report['correctness_emergence']} test items")
+    _print_rows(report, "system", f": {report['systems']} systems in {report['rounds']} rounds")
     console.print(f"system: {report['export']} (python {report['export']}/answer.py --help)")
 
 
-def print_report(report: dict) -> None:
-    table = Table(title=f"{report['utility']} on {Path(report['dataset']).name}")
-    table.add_column("model")
+def _print_rows(report: dict, first: str, title_tail: str = "") -> None:
+    """A run report's dev / test table and its correctness emergence."""
+    table = Table(title=f"{report['utility']} on {Path(report['dataset']).name}{title_tail}")
+    table.add_column(first)
     table.add_column("dev", justify="right")
     table.add_column("test", justify="right")
     for row in report["rows"]:
@@ -165,6 +157,10 @@ def print_report(report: dict) -> None:
     console.print(table)
     if report["correctness_emergence"] is not None:
         console.print(f"correctness emergence: {report['correctness_emergence']} test items")
+
+
+def print_report(report: dict) -> None:
+    _print_rows(report, "model")
     console.print(f"adapted model: {report['exports']['best']}")
 
 
