@@ -134,6 +134,27 @@ def test_multiple_choice_matches_direct_argmax(tiny):
     assert result.value == pytest.approx(sum(result.scores) / 10)
 
 
+def test_multiple_choice_with_different_option_sets(tiny, monkeypatch):
+    """TruthfulQA-like items (2 to 6 options) are read from one forward each, and each item's
+    prediction is the argmax over its own letters only."""
+    model, tok = tiny
+    items = make_mc_items(8, 6)
+    for n, item in zip([2, 3, 4, 5, 6, 2, 6, 3], items, strict=True):
+        item["choices"] = {x: f"option {x}" for x in "ABCDEF"[:n]}
+        item["answer"] = "ABCDEF"[n - 1]
+    monkeypatch.setattr(generation, "continuation_logprobs", None)  # must not be needed
+    result = build_utility(UtilityConfig(type="multiple_choice", batch_size=3)).score(
+        model, tok, items)
+    for item, pred in zip(items, result.predictions, strict=True):
+        letters = list(item["choices"])
+        ids = [tok.convert_tokens_to_ids(x) for x in letters]
+        text = multiple_choice_prompt(item) + "\nThe answer is"
+        with torch.no_grad():
+            logits = model(input_ids=torch.tensor([tok(text)["input_ids"]])).logits[0, -1]
+        assert pred == letters[int(logits[ids].argmax())]
+    assert {len(item["choices"]) for item in items} == {2, 3, 4, 5, 6}
+
+
 def test_multiple_choice_uses_the_chat_template(tiny_chat):
     model, tok = tiny_chat
     items = make_mc_items(4, 6)

@@ -122,11 +122,17 @@ class MultipleChoice(_ScoresEachParticle):
         pad = _pad_id(tokenizer)
         if self.cfg.scoring == "generate":
             return self._generate_and_parse(model, tokenizer, items, prompts, letters, particles)
-        if all(ls == letters[0] for ls in letters) and (
-                ids := self._letter_ids(tokenizer, letters[0])):
-            per_particle = generation.next_token_logprobs(
-                model, prompts, ids, pad_id=pad, batch_size=self.cfg.batch_size,
-                max_tokens=self.cfg.max_batch_tokens, particles=particles)
+        # Items with different option sets (TruthfulQA: 2 to 13 options) still need one
+        # forward each: read every letter any item uses at the prompt's end and keep each
+        # item's own, instead of one sequence per option (5-6x the work there).
+        union = sorted({x for ls in letters for x in ls})
+        if ids := self._letter_ids(tokenizer, union):
+            column = {x: i for i, x in enumerate(union)}
+            per_particle = [
+                [[lp[column[x]] for x in ls] for ls, lp in zip(letters, logps, strict=True)]
+                for logps in generation.next_token_logprobs(
+                    model, prompts, ids, pad_id=pad, batch_size=self.cfg.batch_size,
+                    max_tokens=self.cfg.max_batch_tokens, particles=particles)]
         else:
             conts = [[tokenizer.encode(" " + x, add_special_tokens=False) for x in ls]
                      for ls in letters]
