@@ -113,9 +113,12 @@ class UtilityConfig(StrictModel):
     max_batch_tokens: int = Field(
         4096, ge=1, description="most padded tokens in one forward (long items get small batches)")
     max_new_tokens: int = Field(16, ge=1)
-    scoring: Literal["loglik", "generate"] = Field(
-        "loglik", description="multiple_choice: the option letter's log-likelihood, or "
-        "greedy generation parsed for a letter (the paper's way)")
+    scoring: Literal["letter", "cloze", "cloze_norm", "permuted", "generate"] = Field(
+        "letter", description="multiple_choice: the option letter's log-likelihood after the "
+        "lettered list (letter); the option text's log-likelihood after the question, summed "
+        "(cloze, lm-eval's acc) or per character (cloze_norm, lm-eval's acc_norm); letter "
+        "scoring averaged over the cyclic rotations of the options (permuted: cancels a "
+        "letter prior); or greedy generation parsed for a letter (generate, the paper's way)")
     function: str | None = Field(None, description="'module:function' for type 'python'")
     chat_template: bool | None = Field(None, description="None: use it when the tokenizer has one")
     prompt: str | None = Field(None, description="prompt template override")
@@ -127,6 +130,14 @@ class UtilityConfig(StrictModel):
     reward: RewardConfig | None = Field(None, description="reward_model: the reward model")
     topic: str | None = Field(
         None, description="human_interest: the interest the judge rates for, e.g. 'finance'")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _old_scoring_name(cls, data: Any) -> Any:
+        # "loglik" named the letter mode before the cloze modes existed
+        if isinstance(data, dict) and data.get("scoring") == "loglik":
+            data = {**data, "scoring": "letter"}
+        return data
 
 
 class SwarmConfig(StrictModel):

@@ -10,6 +10,7 @@ vocabulary the full logits cost more than the rest of the forward.
 from __future__ import annotations
 
 import inspect
+import math
 from collections.abc import Sequence
 
 import torch
@@ -177,6 +178,85 @@ def continuation_logprobs(model, prompts: Sequence[Sequence[int]],
             n = len(continuations[i][j])
             for p in range(particles):
                 out[p][i][j] = float(picked[p, row, span - n :].sum())
+    return out
+
+
+def _cache_of(out):
+    return getattr(out, "cache", None) or out.past_key_values
+
+
+@torch.inference_mode()
+def option_logprobs(model, prompts: Sequence[Sequence[int]],
+                    options: Sequence[Sequence[Sequence[int]]], *, pad_id: int,
+                    batch_size: int, max_tokens: int | None = None, particles: int = 1,
+                    share_prefix: bool = True) -> list[list[list[float]]]:
+    """[particle][prompt][option]: log p(option | prompt), summed over the option's tokens.
+
+    Each prompt is run once, for all of its options: a first pass over the (left-padded)
+    prompts gives their keys and values and the distribution of every option's first token;
+    a second pass runs the options' other tokens on top of a copy of their prompt's keys and
+    values. The shared prompt head, when there is one, is computed once below both. Batch
+    limits count an item once per option (the second pass holds that many rows).
+    """
+    from transformers import DynamicCache
+
+    device = _device(model)
+    out = [[[0.0] * len(o) for o in options] for _ in range(particles)]
+    prefix = SharedPrefix(model, prompts, min(len(p) for p in prompts) - 1, particles) \
+        if share_prefix else None
+    cut = prefix.length if prefix else 0
+    # pass two holds one row per option: size batches by the mean option count, so one
+    # item with 13 options (TruthfulQA) does not shrink every batch
+    width = math.ceil(sum(len(o) for o in options) / len(options))
+    longest = [max(len(c) for c in o) for o in options]
+    kwarg = _cache_kwarg(model)
+    rows_cap, tokens_cap = _limits(batch_size, max_tokens, particles * width)
+    for batch in _batches([len(p) - cut + longest[i] for i, p in enumerate(prompts)],
+                          rows_cap, tokens_cap):
+        b = len(batch)
+        ids, mask = _pad([prompts[i][cut:] for i in batch], pad_id, left=True, device=device)
+        tiled, tmask = _tile(ids, mask, particles)
+        if prefix is not None and prefix.length:
+            args = prefix.inputs(tiled, tmask, particles)
+        else:
+            args = {"input_ids": tiled, "attention_mask": tmask,
+                    "position_ids": (tmask.cumsum(-1) - 1).clamp(min=0)}
+        first = model(**args, use_cache=True, logits_to_keep=1)
+        first_logp = torch.log_softmax(first.logits[:, -1].float(), dim=-1)  # (particles*b, V)
+        cache = _cache_of(first)
+        full_mask = args["attention_mask"]  # prefix ones + prompt mask, (particles*b, T)
+        ends = args["position_ids"][:, -1]  # position of each row's last prompt token
+        # (item row r, option j) pairs of this batch, particle-major as multiplex.py expects
+        pairs = [(r, j) for r, i in enumerate(batch) for j in range(len(options[i]))]
+        heads = torch.tensor([[options[batch[r]][j][0] for r, j in pairs]], device=device)
+        src = torch.tensor([p * b + r for p in range(particles) for r, _ in pairs],
+                           device=device)
+        scores = first_logp[src].gather(1, heads.repeat(1, particles).T)[:, 0]
+        # pass two reads o_0 .. o_{n-2}; its column c predicts o_{c+1}
+        inputs = [list(options[batch[r]][j][:-1]) for r, j in pairs]
+        targets = [list(options[batch[r]][j][1:]) for r, j in pairs]
+        span = max(len(t) for t in targets)
+        if span:
+            # The cache may hold several blocks of these rows (LogitAverage tiles its input
+            # inside the model): copy each block's rows in the same order.
+            blocks = cache.layers[0].keys.shape[0] // (particles * b)
+            rows = torch.cat([src + m * particles * b for m in range(blocks)])
+            kv = [(layer.keys[rows], layer.values[rows]) for layer in cache.layers]
+            tail_ids, tail_mask = _tile(*_pad(inputs, pad_id, left=False, device=device),
+                                        particles)
+            goal, _ = _tile(*_pad(targets, pad_id, left=False, device=device), particles)
+            positions = ends[src][:, None] + 1 + torch.arange(span, device=device)
+            logits = model(input_ids=tail_ids,
+                           attention_mask=torch.cat([full_mask[src], tail_mask], dim=1),
+                           position_ids=positions, logits_to_keep=span,
+                           **{kwarg: DynamicCache(ddp_cache_data=kv, config=model.config)}
+                           ).logits.float()
+            picked = logits.gather(2, goal[..., None])[..., 0] - torch.logsumexp(logits, -1)
+            scores = scores + (picked * tail_mask).sum(1)
+        values = scores.view(particles, len(pairs)).tolist()
+        for p in range(particles):
+            for q, (r, j) in enumerate(pairs):
+                out[p][batch[r]][j] = values[p][q]
     return out
 
 

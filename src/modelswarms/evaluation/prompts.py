@@ -6,6 +6,10 @@ from typing import Any
 
 MC_INSTRUCTION = "Please choose an option that best answers the question."
 QA_TEMPLATE = "Please answer the following question.\nQuestion: {question}\nAnswer:"
+# Cloze scoring reads an option's text as the continuation of the question, with no lettered
+# list (lm-evaluation-harness's `acc` / `acc_norm`); HellaSwag-like items whose question is the
+# start of a sentence take the template "{question}".
+CLOZE_TEMPLATE = "Question: {question}\nAnswer:"
 
 
 def multiple_choice_prompt(item: dict[str, Any], template: str | None = None) -> str:
@@ -14,6 +18,17 @@ def multiple_choice_prompt(item: dict[str, Any], template: str | None = None) ->
     if template:
         return template.format(question=item["question"], choices=choices)
     return f"{MC_INSTRUCTION}\nQuestion: {item['question']}\n{choices}"
+
+
+def cloze_prompt(item: dict[str, Any], template: str | None = None) -> str:
+    """The context an option's text continues; `template` may use {question}."""
+    return (template or CLOZE_TEMPLATE).format(question=item["question"])
+
+
+def cloze_continuation(text: str) -> str:
+    """An option as scored after the context: one space, then its text (lm-eval's target
+    delimiter), so BPE vocabularies see the word boundary they saw in training."""
+    return " " + str(text).strip()
 
 
 def qa_prompt(item: dict[str, Any], template: str | None = None) -> str:

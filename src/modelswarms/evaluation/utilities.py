@@ -16,7 +16,15 @@ from ..config import UtilityConfig
 from ..errors import ConfigError, UtilityError
 from . import generation
 from .extract import extract_letter, extract_number, normalize_number
-from .prompts import encode, multiple_choice_prompt, qa_prompt, render, uses_chat
+from .prompts import (
+    cloze_continuation,
+    cloze_prompt,
+    encode,
+    multiple_choice_prompt,
+    qa_prompt,
+    render,
+    uses_chat,
+)
 
 
 @dataclass(frozen=True)
@@ -95,9 +103,16 @@ def _mean(scores: list[float]) -> float:
 
 @register_utility("multiple_choice")
 class MultipleChoice(_ScoresEachParticle):
-    """Accuracy, choosing the option letter with the highest log-likelihood after the prompt.
+    """Accuracy on multiple-choice items; `scoring` says how an option is chosen.
 
-    The letter is scored as " A" when that is one token (BPE vocabularies), else as "A".
+    - letter: the option letter with the highest log-likelihood after the paper's prompt
+      (the lettered list, then "The answer is"); " A" when that is one token, else "A".
+    - cloze / cloze_norm: the option whose text is most likely as the continuation of the
+      question (no list shown), summed over its tokens (lm-eval's acc) or divided by its
+      length in characters (acc_norm). The question runs once for all of its options.
+    - permuted: letter scoring averaged over the cyclic rotations of the option order, so a
+      model's preference for a letter is cancelled; costs one prompt per option.
+    - generate: greedy generation parsed for a letter (the paper's way).
     """
 
     required_fields = ("question", "choices", "answer")
@@ -114,31 +129,19 @@ class MultipleChoice(_ScoresEachParticle):
 
     def score_many(self, model: Any, tokenizer: Any, items: list[dict],
                    particles: int) -> list[ItemScores]:
-        chat = uses_chat(tokenizer, self.cfg.chat_template)
-        prompts = [encode(tokenizer, render(tokenizer, multiple_choice_prompt(
-            it, self.cfg.prompt), chat) + ("The answer is" if chat else "\nThe answer is"),
-            chat) for it in items]
         letters = [list(it["choices"]) for it in items]
-        pad = _pad_id(tokenizer)
-        if self.cfg.scoring == "generate":
-            return self._generate_and_parse(model, tokenizer, items, prompts, letters, particles)
-        # Items with different option sets (TruthfulQA: 2 to 13 options) still need one
-        # forward each: read every letter any item uses at the prompt's end and keep each
-        # item's own, instead of one sequence per option (5-6x the work there).
-        union = sorted({x for ls in letters for x in ls})
-        if ids := self._letter_ids(tokenizer, union):
-            column = {x: i for i, x in enumerate(union)}
-            per_particle = [
-                [[lp[column[x]] for x in ls] for ls, lp in zip(letters, logps, strict=True)]
-                for logps in generation.next_token_logprobs(
-                    model, prompts, ids, pad_id=pad, batch_size=self.cfg.batch_size,
-                    max_tokens=self.cfg.max_batch_tokens, particles=particles)]
+        mode = self.cfg.scoring
+        if mode in ("cloze", "cloze_norm"):
+            per_particle = self._cloze(model, tokenizer, items, particles, mode == "cloze_norm")
+        elif mode == "permuted":
+            per_particle = self._permuted(model, tokenizer, items, particles)
         else:
-            conts = [[tokenizer.encode(" " + x, add_special_tokens=False) for x in ls]
-                     for ls in letters]
-            per_particle = generation.continuation_logprobs(
-                model, prompts, conts, pad_id=pad, batch_size=self.cfg.batch_size,
-                max_tokens=self.cfg.max_batch_tokens, particles=particles)
+            chat = uses_chat(tokenizer, self.cfg.chat_template)
+            prompts = [self._letter_prompt(tokenizer, it, chat) for it in items]
+            if mode == "generate":
+                return self._generate_and_parse(model, tokenizer, items, prompts, letters,
+                                                particles)
+            per_particle = self._letter_logprobs(model, tokenizer, prompts, letters, particles)
         results = []
         for logps in per_particle:
             preds = [ls[max(range(len(lp)), key=lp.__getitem__)] for ls, lp in
@@ -147,6 +150,75 @@ class MultipleChoice(_ScoresEachParticle):
             results.append(ItemScores(_mean(scores), scores, preds))
         return results
 
+    def _letter_prompt(self, tokenizer: Any, item: dict, chat: bool) -> list[int]:
+        text = render(tokenizer, multiple_choice_prompt(item, self.cfg.prompt), chat)
+        return encode(tokenizer, text + ("The answer is" if chat else "\nThe answer is"), chat)
+
+    def _letter_logprobs(self, model: Any, tokenizer: Any, prompts: list[list[int]],
+                         letters: list[list[str]], particles: int) -> list[list[list[float]]]:
+        """[particle][item][option]: log p(letter | prompt)."""
+        pad = _pad_id(tokenizer)
+        # Items with different option sets (TruthfulQA: 2 to 13 options) still need one
+        # forward each: read every letter any item uses at the prompt's end and keep each
+        # item's own, instead of one sequence per option (5-6x the work there).
+        union = sorted({x for ls in letters for x in ls})
+        if ids := self._letter_ids(tokenizer, union):
+            column = {x: i for i, x in enumerate(union)}
+            return [
+                [[lp[column[x]] for x in ls] for ls, lp in zip(letters, logps, strict=True)]
+                for logps in generation.next_token_logprobs(
+                    model, prompts, ids, pad_id=pad, batch_size=self.cfg.batch_size,
+                    max_tokens=self.cfg.max_batch_tokens, particles=particles)]
+        conts = [[tokenizer.encode(" " + x, add_special_tokens=False) for x in ls]
+                 for ls in letters]
+        return generation.continuation_logprobs(
+            model, prompts, conts, pad_id=pad, batch_size=self.cfg.batch_size,
+            max_tokens=self.cfg.max_batch_tokens, particles=particles)
+
+    def _cloze(self, model: Any, tokenizer: Any, items: list[dict], particles: int,
+               per_char: bool) -> list[list[list[float]]]:
+        # lm-eval scores continuations of the raw text; a chat turn is used only when asked
+        chat = bool(self.cfg.chat_template)
+        prompts = [encode(tokenizer, render(tokenizer, cloze_prompt(it, self.cfg.prompt), chat),
+                          chat) for it in items]
+        texts = [[str(v) for v in it["choices"].values()] for it in items]
+        options = [[tokenizer.encode(cloze_continuation(t), add_special_tokens=False)
+                    for t in ts] for ts in texts]
+        per_particle = generation.option_logprobs(
+            model, prompts, options, pad_id=_pad_id(tokenizer), batch_size=self.cfg.batch_size,
+            max_tokens=self.cfg.max_batch_tokens, particles=particles)
+        if not per_char:
+            return per_particle
+        # acc_norm divides by the option's length in characters, without the delimiter
+        lengths = [[max(1, len(t.strip())) for t in ts] for ts in texts]
+        return [[[v / n for v, n in zip(lp, ns, strict=True)]
+                 for lp, ns in zip(logps, lengths, strict=True)] for logps in per_particle]
+
+    def _permuted(self, model: Any, tokenizer: Any, items: list[dict],
+                  particles: int) -> list[list[list[float]]]:
+        """Mean over rotations r of log p(letter showing option s in rotation r)."""
+        chat = uses_chat(tokenizer, self.cfg.chat_template)
+        shown, where = [], []  # rotated items; (item, rotation) of each
+        for i, it in enumerate(items):
+            keys, values = list(it["choices"]), list(it["choices"].values())
+            n = len(keys)
+            for r in range(n):
+                # rotation r shows option (t + r) mod n under letter t
+                shown.append({**it, "choices": {keys[t]: values[(t + r) % n]
+                                                for t in range(n)}})
+                where.append((i, r))
+        prompts = [self._letter_prompt(tokenizer, it, chat) for it in shown]
+        rotated = self._letter_logprobs(model, tokenizer, prompts,
+                                        [list(it["choices"]) for it in shown], particles)
+        out = []
+        for logps in rotated:
+            sums = [[0.0] * len(it["choices"]) for it in items]
+            for (i, r), lp in zip(where, logps, strict=True):
+                n = len(lp)
+                for t in range(n):
+                    sums[i][(t + r) % n] += lp[t]
+            out.append([[v / len(s) for v in s] for s in sums])
+        return out
 
     def _generate_and_parse(self, model: Any, tokenizer: Any, items: list[dict],
                             prompts: list[list[int]], letters: list[list[str]],
