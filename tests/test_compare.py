@@ -172,3 +172,157 @@ def test_full_weight_merges_measure_task_vectors_from_the_base(tmp_path, full_ex
     zero_base = merge_vectors("ties", stack.float(), torch.zeros(space.dim), space,
                               params={"density": 0.5})
     assert not torch.allclose(expected, zero_base)  # the base really was used
+
+
+# --- intervals, references chosen by dev, weak-to-strong, old result lines ---------------
+
+STAT_METHODS = ["experts", "best_expert", "linear", "ties", "dare_ties", "random", "swarm"]
+
+
+@pytest.fixture(scope="module")
+def stat_compare(tmp_path_factory, lora_experts, mc_data):
+    out = tmp_path_factory.mktemp("stats") / "cmp"
+    cfg = parse_config({
+        "experts": {"paths": [str(p) for p in lora_experts]},
+        "data": {"path": str(mc_data), "max_dev": 8, "max_test": 8},
+        "utility": {"batch_size": 8},
+        "search": {"particles": 4},
+        "coefficients": {"population": 4},
+        "compare": {"methods": STAT_METHODS, "seeds": [0, 1], "budget": 12},
+        "output": {"dir": str(out), "top_k": 3},
+    })
+    return out, compare(cfg)
+
+
+def _results(out) -> dict:
+    return {(r["method"], r["seed"]): r for r in
+            (json.loads(line) for line in (out / "results.jsonl").read_text().splitlines())}
+
+
+def test_compare_table_has_interval_columns_and_item_counts(stat_compare):
+    out, report = stat_compare
+    md = (out / "compare.md").read_text()
+    assert "| Δ test vs best expert [95% CI] | Δ test vs best merge [95% CI] |" in md
+    assert "8 dev items, 8 test items" in md and report["items"] == {"dev": 8, "test": 8}
+    swarm_line = next(x for x in md.splitlines() if x.startswith("| Model Swarms |"))
+    assert swarm_line.count("[") == 2
+    assert any(word in swarm_line for word in ("tie", "**wins**", "**loses**"))
+    assert json.loads((out / "compare.json").read_text())["rows"] == report["rows"]
+
+
+def test_search_intervals_are_the_paired_bootstrap_of_the_stored_scores(stat_compare):
+    from modelswarms.runs.stats import paired_bootstrap, seed_averaged_gain, unpack_scores
+
+    out, report = stat_compare
+    res = _results(out)
+    experts = res[("experts", 0)]["rows"]
+    assert all(isinstance(r["test_scores"], str) and len(r["test_scores"]) == 8
+               for r in experts)  # accuracy: one "0"/"1" per test item
+    best = max(experts, key=lambda r: r["dev"])  # by dev, first on a tie
+    expert_ref = unpack_scores(best["test_scores"])
+    merges = {m: [res[(m, s)]["rows"][0] for s in ((0, 1) if m == "dare_ties" else (0,))]
+              for m in ("linear", "ties", "dare_ties")}
+    merge = max(merges, key=lambda m: sum(r["dev"] for r in merges[m]) / len(merges[m]))
+    per_seed = [unpack_scores(r["test_scores"]) for r in merges[merge]]
+    merge_ref = [sum(col) / len(col) for col in zip(*per_seed, strict=True)]
+    assert report["references"]["best_expert"]["name"] == best["name"]
+    assert report["references"]["best_merge"]["name"] == merge
+    rows = {r["name"]: r for r in report["rows"]}
+    for method, name in (("swarm", "Model Swarms"), ("random", "random search")):
+        seeds = [unpack_scores(res[(method, s)]["rows"][0]["test_scores"]) for s in (0, 1)]
+        row = rows[name]
+        for key, ref in (("vs_best_expert", expert_ref), ("vs_best_merge", merge_ref)):
+            assert row[key] == seed_averaged_gain(seeds, ref)
+            for entry, scores in zip(row["per_seed"], seeds, strict=True):
+                assert entry[key] == paired_bootstrap(scores, ref)
+        # the stored scores are the row's test accuracy
+        assert [sum(s) / len(s) for s in seeds] == pytest.approx(row["test"])
+
+
+def test_weak_to_strong_ranks_follow_the_experts_dev_order(stat_compare, lora_experts):
+    out, report = stat_compare
+    experts = [r for r in report["rows"] if r["method"] == "experts"]
+    names = [p.name for p in lora_experts]
+    dev = {r["name"].removeprefix("expert: "): r["dev_mean"] for r in experts}
+    order = sorted(names, key=lambda n: -dev[n])
+    swarm = next(r for r in report["rows"] if r["name"] == "Model Swarms")
+    for entry in swarm["per_seed"]:
+        w2s = entry["weak_to_strong"]
+        assert [w["final_rank"] for w in w2s] == [1, 2, 3]
+        assert w2s[0]["dev"] == entry["dev"]  # the best personal best is the global best
+        assert [w["dev"] for w in w2s] == sorted((w["dev"] for w in w2s), reverse=True)
+        for w in w2s:
+            if w["particle"] < len(names):
+                assert w["started_as"] == names[w["particle"]]
+                assert w["start_rank"] == 1 + sum(dev[n] > dev[w["started_as"]] for n in order)
+            else:
+                assert (w["started_as"], w["start_rank"]) == ("grown", None)
+    run_report = json.loads((out / "runs" / "swarm" / "seed_0" / "report.json").read_text())
+    assert run_report["weak_to_strong"] == swarm["per_seed"][0]["weak_to_strong"]
+    md = (out / "compare.md").read_text()
+    assert "Weak-to-strong (Model Swarms)" in md and "correctness emergence |" in md
+
+
+def test_old_result_lines_without_per_item_scores_still_render(stat_compare, tmp_path):
+    import shutil
+
+    out, _ = stat_compare
+    old = tmp_path / "old"
+    old.mkdir()
+    shutil.copyfile(out / "config.yaml", old / "config.yaml")
+    lines = []
+    for line in (out / "results.jsonl").read_text().splitlines():
+        rec = json.loads(line)
+        for row in rec["rows"]:
+            row.pop("test_scores", None)
+            row.pop("weak_to_strong", None)
+        lines.append(json.dumps(rec))
+    (old / "results.jsonl").write_text("\n".join(lines) + "\n")
+    report = compare(resume=old)  # every row is done: nothing runs again
+    swarm = next(r for r in report["rows"] if r["name"] == "Model Swarms")
+    assert swarm["vs_best_expert"] is None and swarm["vs_best_merge"] is None
+    assert all(e["vs_best_expert"] is None for e in swarm["per_seed"])
+    md = (old / "compare.md").read_text()
+    line = next(x for x in md.splitlines() if x.startswith("| Model Swarms |"))
+    assert line.split(" | ")[3:5] == ["-", "-"]
+    assert "Weak-to-strong" not in md
+
+
+def test_benchmark_page_rebuilds_from_docs_folders(stat_compare, tmp_path):
+    import importlib.util
+    import shutil
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "bench" / "benchmark_table.py"
+    spec = importlib.util.spec_from_file_location("benchmark_table", path)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    out, report = stat_compare
+    docs = tmp_path / "docs"
+    docs.mkdir()
+    (docs / "BENCHMARKS.md").write_text(f"old tables\n{bench.ANALYSIS}\n\nMy analysis.\n")
+    target = bench.save_to_docs("arith", out, {"command": "python bench/benchmark_table.py",
+                                               "machine": "test machine"}, docs)
+    assert {p.name for p in target.iterdir()} >= {"results.jsonl", "compare.json",
+                                                   "compare.md", "config.yaml", "meta.json"}
+    text = bench.write_page(docs)
+    page = (docs / "BENCHMARKS.md").read_text()
+    assert page.startswith(text) and page.endswith("\n\nMy analysis.\n")
+    assert "old tables" not in page and "## arith:" in page and "test machine" in page
+    assert "Δ test vs best expert [95% CI]" in page and "Weak-to-strong" in page
+    # a config written for a run of the default task set
+    args = bench.parser().parse_args(["--device", "cpu", "--prompt", "mmlu=Q: {question}",
+                                      "--particles-per-forward", "2", "--max-test", "5000"])
+    cfg = bench.config_dict("hellaswag", args, tmp_path / "out")
+    assert args.tasks == ["hellaswag"] and cfg["utility"]["scoring"] == "cloze_norm"
+    assert cfg["utility"]["prompt"] == "{question}" and cfg["search"]["particles"] == 10
+    assert cfg["model"] == {"device": "cpu", "particles_per_forward": 2}
+    assert cfg["compare"]["budget"] == 100 and cfg["compare"]["seeds"] == [0, 1, 2]
+    if bench.task_file("hellaswag").is_file():
+        assert cfg["data"]["max_test"] <= 1000
+    assert bench.config_dict("mmlu", args, tmp_path)["utility"]["prompt"] == "Q: {question}"
+    assert bench.config_dict("capitals", args, tmp_path)["data"] == {
+        "path": str(bench.task_file("capitals")), "max_dev": 60, "max_test": 100}
+    parse_config(cfg)  # a valid config
+    shutil.rmtree(docs / "bench")
+    assert "No task has finished yet" in bench.render_page(docs)

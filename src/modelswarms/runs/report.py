@@ -11,6 +11,7 @@ from ..search import SearchStrategy
 from .checkpoint import atomic_write_text
 from .ensemble import majority_vote
 from .session import Session
+from .stats import pack_scores, weak_to_strong
 
 
 def _row(name: str, dev: float | None, test: float | None, **extra: Any) -> dict[str, Any]:
@@ -65,6 +66,10 @@ def final_report(session: Session, swarm: SearchStrategy, history: list[dict[str
             1 for j in range(len(test))
             if best_test.scores[j] > 0 and all(t.scores[j] <= 0 for t in expert_test)
         )
+    w2s = None
+    if cfg.strategy == "swarm" and hasattr(swarm, "top_indices"):
+        w2s = weak_to_strong(swarm.top_indices(cfg.output.top_k), [u for _, u in top],
+                             names, initial)
     report = {
         "utility": cfg.utility.type, "dataset": cfg.data.name,
         "dev_items": len(session.dev), "test_items": len(test) if test else 0,
@@ -72,7 +77,10 @@ def final_report(session: Session, swarm: SearchStrategy, history: list[dict[str
         "particles": getattr(swarm, "n", None), "iterations": swarm.iteration,
         "evaluations": swarm.evaluations, "search_seconds": history[-1]["wall_time"],
         "best_dev": best_dev, "best_test": best_test.value if best_test else None,
-        "correctness_emergence": emergence, "rows": rows, "exports": exports,
+        "correctness_emergence": emergence, "weak_to_strong": w2s,
+        # per test item, so a comparison can put intervals on differences (stats.py)
+        "best_test_scores": pack_scores(best_test.scores) if best_test else None,
+        "rows": rows, "exports": exports,
         "events": dict(sorted(session.counts.items())),
     }
     atomic_write_text(run_dir / "report.json", json.dumps(report, indent=2))
@@ -100,6 +108,14 @@ def render_markdown(report: dict[str, Any]) -> str:
     if report["correctness_emergence"] is not None:
         lines += ["", f"Correctness emergence: {report['correctness_emergence']} test items that "
                   "every initial expert got wrong are right in the global best."]
+    if report.get("weak_to_strong"):
+        lines += ["", "Weak-to-strong: the top personal bests at the end, the expert each "
+                  "started as and that expert's dev rank among the experts (1 = best):", "",
+                  "| final rank | dev | started as | start rank |",
+                  "| ---: | ---: | --- | ---: |"]
+        lines += [f"| {w['final_rank']} | {_fmt(w['dev'])} | {w['started_as']} | "
+                  f"{'-' if w['start_rank'] is None else w['start_rank']} |"
+                  for w in report["weak_to_strong"]]
     if report.get("events"):
         lines += ["", "Events: " + ", ".join(f"{k} {v}" for k, v in report["events"].items())
                   + " (cache hits cost no forward pass; judge failures follow "

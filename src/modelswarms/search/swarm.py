@@ -165,8 +165,12 @@ class ModelSwarm:
 
     def top(self, k: int) -> list[tuple[torch.Tensor, float]]:
         """The k best personal bests, best first."""
-        order = torch.argsort(self.p_util, descending=True, stable=True)[:k].tolist()
-        return [(self.p[i], float(self.p_util[i])) for i in order]
+        return [(self.p[i], float(self.p_util[i])) for i in self.top_indices(k)]
+
+    def top_indices(self, k: int) -> list[int]:
+        """Particle indices of `top(k)`, in its order: index i < n_experts started as expert
+        i, later ones were grown (weak-to-strong reports read this)."""
+        return torch.argsort(self.p_util, descending=True, stable=True)[:k].tolist()
 
     def record(self) -> dict[str, Any]:
         return {"global_best": self.g_util, "global_worst": self.w_util,
