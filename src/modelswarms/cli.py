@@ -240,6 +240,14 @@ def experts() -> None:
 @click.option("--target-modules", default="q_proj,k_proj,v_proj,o_proj", show_default=True)
 @click.option("--layers", help="Adapt only these layer indices, e.g. 14-29 or 0,1,2.")
 @click.option("--steps", default=100, show_default=True)
+@click.option("--epochs", type=float,
+              help="Passes over the data; sets steps = ceil(epochs * items / batch size).")
+@click.option("--format", "train_format", type=click.Choice(["cloze", "letter"]),
+              default="cloze", show_default=True,
+              help="cloze: loss on ' ' + the right option's text + EOS after 'Question: ...\\n"
+              "Answer:'; letter: the paper's lettered prompt and ' A: text'.")
+@click.option("--device", default="auto", show_default=True,
+              help="auto (cuda when available, else cpu) | cpu | cuda | cuda:N")
 @click.option("--lr", default=1e-3, show_default=True)
 @click.option("--batch-size", default=8, show_default=True)
 @click.option("--max-length", default=192, show_default=True)
@@ -253,7 +261,8 @@ def experts() -> None:
 @click.option("--overwrite", is_flag=True)
 @click.option("--debug", is_flag=True, help="Show tracebacks.")
 def experts_train(data: str, split: str, out: str, base_model: str, rank: int, alpha: int,
-                  target_modules: str, layers: str | None, steps: int, lr: float,
+                  target_modules: str, layers: str | None, steps: int, epochs: float | None,
+                  train_format: str, device: str, lr: float,
                   batch_size: int, max_length: int, max_items: int | None, seed: int,
                   source: str | None, licence: str, description: str, threads: int | None,
                   overwrite: bool, debug: bool) -> None:
@@ -269,7 +278,7 @@ def experts_train(data: str, split: str, out: str, base_model: str, rank: int, a
                   batch_size=batch_size, max_length=max_length, seed=seed,
                   source=source or f"{data} [{split}]", licence=licence,
                   description=description, overwrite=overwrite, threads=threads,
-                  log=console.print)
+                  log=console.print, format=train_format, epochs=epochs, device=device)
     card = json.loads((Path(path) / "data_card.json").read_text())
     console.print(f"expert written to {path}: loss {card['first_loss']:.4f} -> "
                   f"{card['final_loss']:.4f} in {card['wall_seconds']:.0f} s")
@@ -293,19 +302,34 @@ def _parse_layers(text: str | None) -> list[int] | None:
 @experts.command("build-pool")
 @click.option("--out", default="experts/smollm2", show_default=True,
               type=click.Path(file_okay=False))
-@click.option("--only", multiple=True, help="Build only these sources (repeatable).")
+@click.option("--only", multiple=True,
+              help="Build only these sources (repeatable; default: the 10 of the pool, "
+              "spare geography sources replacing forbidden ones).")
 @click.option("--shared", type=click.Path(file_okay=False),
               help="The shared/data/eval folder (default: ../shared/data/eval).")
-@click.option("--steps", type=int, help="Override the recipe's training steps.")
+@click.option("--steps", type=int,
+              help="Train this many steps instead of the recipe's epochs.")
+@click.option("--epochs", type=float, help="Override the recipe's epochs.")
+@click.option("--rank", type=int, help="Override the recipe's LoRA rank (alpha = 2 x rank).")
+@click.option("--lr", type=float, help="Override the recipe's learning rate.")
+@click.option("--format", "train_format", type=click.Choice(["cloze", "letter"]),
+              help="Override the recipe's training format (cloze).")
+@click.option("--device", default="auto", show_default=True,
+              help="auto (cuda when available, else cpu) | cpu | cuda | cuda:N")
+@click.option("--forbid", multiple=True,
+              help="A benchmark target whose source must not train an expert (repeatable; "
+              "mmlu, hellaswag, truthfulqa and capitals always are).")
 @click.option("--threads", type=int, help="torch CPU threads.")
 @click.option("--debug", is_flag=True, help="Show tracebacks.")
 def experts_build_pool(out: str, only: tuple[str, ...], shared: str | None, steps: int | None,
+                       epochs: float | None, rank: int | None, lr: float | None,
+                       train_format: str | None, device: str, forbid: tuple[str, ...],
                        threads: int | None, debug: bool) -> None:
     """Rebuild the starter pool of SmolLM2 experts, one per data source."""
-    from .experts.sources import build_pool
+    from .experts.sources import build_pool, recipe_overrides
 
     _quiet_libraries()
-    recipe = {"steps": steps} if steps else {}
+    recipe = recipe_overrides(steps=steps, epochs=epochs, rank=rank, lr=lr, format=train_format)
     _guard(debug, build_pool, out, names=list(only) or None,
            shared=Path(shared) if shared else None, threads=threads, log=console.print,
-           **recipe)
+           device=device, forbidden=list(forbid), **recipe)

