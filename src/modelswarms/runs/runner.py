@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from ..config import RunConfig, dump_config, load_config
-from ..errors import RunError
+from ..errors import ConfigError, RunError
 from ..search import build_strategy
 from .checkpoint import atomic_write_text, load_checkpoint, save_checkpoint
 from .progress import Progress
@@ -144,6 +144,11 @@ def _run(cfg: RunConfig, run_dir: Path, show_progress: bool,
             log.info("iteration %d: best %.4f mean %.4f evaluations %d (%.2f s)",
                      swarm.iteration, rec["global_best"], sum(utilities) / len(utilities),
                      swarm.evaluations, elapsed)
+    if not history:
+        # the budget did not fit even the first evaluation of the population
+        raise ConfigError(f"budget: {cfg.budget} evaluations do not cover one round of "
+                          f"{swarm.label} ({getattr(swarm, 'n', 'its first')} candidates); "
+                          "raise the budget")
     report = final_report(session, swarm, history, run_dir)
     log.info("done: best dev utility %.4f; exported to %s", report["best_dev"],
              report["exports"]["best"])
