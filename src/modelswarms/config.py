@@ -258,6 +258,9 @@ class ModelConfig(StrictModel):
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
     particles_per_forward: int | Literal["auto"] = Field(
         "auto", description="LoRA particles sharing each forward pass; auto: 8 on GPU, 1 on CPU")
+    reuse_frozen_layers: bool = Field(
+        True, description="compute the decoder layers below the first searched tensor once per "
+        "input and reuse them for every particle (exact)")
 
 
 class OutputConfig(StrictModel):

@@ -80,8 +80,10 @@ def make_tiny_lora_pool(
     target_modules: tuple[str, ...] = ("q_proj", "v_proj"),
     scale: float = 0.5,
     seed: int = 0,
+    layers_to_transform: tuple[int, ...] | None = None,
 ) -> list[Path]:
-    """Save `n` LoRA adapters of `base` with random (non-zero) A and B factors."""
+    """Save `n` LoRA adapters of `base` with random (non-zero) A and B factors; with
+    `layers_to_transform`, only those decoder layers are adapted (like the shipped pool)."""
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM
 
@@ -91,6 +93,7 @@ def make_tiny_lora_pool(
         cfg = LoraConfig(
             r=rank, lora_alpha=alpha, target_modules=list(target_modules), lora_dropout=0.0,
             task_type="CAUSAL_LM",
+            layers_to_transform=None if layers_to_transform is None else list(layers_to_transform),
         )
         peft_model = get_peft_model(model, cfg)
         gen = torch.Generator().manual_seed(seed * 1000 + i)

@@ -107,7 +107,10 @@ def _forward(model, ids: torch.Tensor, mask: torch.Tensor, keep: int,
              prefix: SharedPrefix | None = None, particles: int = 1) -> torch.Tensor:
     """Logits of the last `keep` columns, as float32 log-probabilities."""
     if prefix is not None and prefix.length:
-        logits = model(**prefix.inputs(ids, mask, particles), logits_to_keep=keep).logits
+        # nothing reads this batch's cache back: without use_cache=False the frozen-layer
+        # memo (trunk.py) would keep the lower layers' keys and values of every batch
+        logits = model(**prefix.inputs(ids, mask, particles), use_cache=False,
+                       logits_to_keep=keep).logits
     else:
         positions = (mask.cumsum(-1) - 1).clamp(min=0)
         logits = model(input_ids=ids, attention_mask=mask, position_ids=positions,

@@ -20,6 +20,7 @@ from ..errors import UtilityError
 from ..evaluation.backend import ResidentModel
 from ..evaluation.data import load_split
 from ..evaluation.multiplex import ParticleBatch
+from ..evaluation.trunk import FrozenTrunk, install_on
 from ..evaluation.utilities import ItemScores, Utility, build_utility
 from ..pool import ExpertPool, export_expert, load_pool
 from ..space import FlatSpace
@@ -52,6 +53,8 @@ class Session:
     # Events a report shows: cache hits, out-of-memory back-offs, the utility's own counts.
     counts: Counter = field(default_factory=Counter)
     _batch: ParticleBatch | None = None
+    # Layers below the first searched one, memoised per input (evaluation/trunk.py).
+    trunk: FrozenTrunk | None = None
     # (weights, items) -> scores: a particle that did not move, a restart to a personal best,
     # an expert scored again for the report, costs nothing the second time. Evaluation is
     # deterministic, so a hit returns exactly what a new evaluation would.
@@ -72,7 +75,10 @@ class Session:
             test = load_split(d, d.test_split, required=utility.required_fields,
                               limit=d.max_test)
         experts = space.stack([x.tensors for x in pool.experts], device=backend.device)
-        return cls(cfg, pool, space, backend, utility, dev, test, experts)
+        session = cls(cfg, pool, space, backend, utility, dev, test, experts)
+        if getattr(cfg.model, "reuse_frozen_layers", True):
+            session.trunk = install_on(backend, counts=session.counts)
+        return session
 
     def score(self, vector: torch.Tensor | None, items: list[dict]) -> ItemScores:
         """Score a point of the weight space (None: the base model without adapters)."""
@@ -146,6 +152,8 @@ class Session:
                         f"utility {self.utility.name}: out of memory even with one item per "
                         "batch; use a smaller model dtype, fewer particles_per_forward, or a "
                         "larger device") from None
+                if self.trunk is not None:
+                    self.trunk.clear()
                 if torch.cuda.is_available():
                     torch.cuda.empty_cache()
                 smaller = cfg.model_copy(update={
