@@ -155,6 +155,9 @@ def _print_rows(report: dict, first: str, title_tail: str = "") -> None:
         table.add_row(row["name"], *("-" if row[k] is None else f"{row[k]:.4f}"
                                      for k in ("dev", "test")))
     console.print(table)
+    for ref, g in (report.get("test_gains") or {}).items():
+        console.print(f"test gain over the {ref}: {g['mean']:+.4f}, 95% interval "
+                      f"[{g['low']:+.4f}, {g['high']:+.4f}] over {g['n']} items: {g['verdict']}")
     if report["correctness_emergence"] is not None:
         console.print(f"correctness emergence: {report['correctness_emergence']} test items")
 

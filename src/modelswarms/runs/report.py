@@ -11,7 +11,7 @@ from ..search import SearchStrategy
 from .checkpoint import atomic_write_text
 from .ensemble import majority_vote
 from .session import Session
-from .stats import pack_scores, weak_to_strong
+from .stats import pack_scores, paired_bootstrap, weak_to_strong
 
 
 def _row(name: str, dev: float | None, test: float | None, **extra: Any) -> dict[str, Any]:
@@ -66,6 +66,14 @@ def final_report(session: Session, swarm: SearchStrategy, history: list[dict[str
             1 for j in range(len(test))
             if best_test.scores[j] > 0 and all(t.scores[j] <= 0 for t in expert_test)
         )
+    gains = {}
+    if test:
+        # how sure the gain is: a paired bootstrap over the same test items
+        refs = {"best expert": expert_test[best_expert].scores}
+        if session.pool.kind == "lora":
+            refs["base model"] = session.score(None, test).scores
+        gains = {name: paired_bootstrap(best_test.scores, ref, seed=cfg.seed)
+                 for name, ref in refs.items()}
     w2s = None
     if cfg.strategy == "swarm" and hasattr(swarm, "top_indices"):
         w2s = weak_to_strong(swarm.top_indices(cfg.output.top_k), [u for _, u in top],
@@ -77,7 +85,7 @@ def final_report(session: Session, swarm: SearchStrategy, history: list[dict[str
         "particles": getattr(swarm, "n", None), "iterations": swarm.iteration,
         "evaluations": swarm.evaluations, "search_seconds": history[-1]["wall_time"],
         "best_dev": best_dev, "best_test": best_test.value if best_test else None,
-        "correctness_emergence": emergence, "weak_to_strong": w2s,
+        "correctness_emergence": emergence, "weak_to_strong": w2s, "test_gains": gains,
         # per test item, so a comparison can put intervals on differences (stats.py)
         "best_test_scores": pack_scores(best_test.scores) if best_test else None,
         "rows": rows, "exports": exports,
@@ -105,6 +113,10 @@ def render_markdown(report: dict[str, Any]) -> str:
         "| model | dev | test |", "| --- | ---: | ---: |",
     ]
     lines += [f"| {r['name']} | {_fmt(r['dev'])} | {_fmt(r['test'])} |" for r in report["rows"]]
+    for ref, g in (report.get("test_gains") or {}).items():
+        lines += ["", f"Test gain of the global best over the {ref}: {g['mean']:+.4f}, 95% "
+                  f"interval [{g['low']:+.4f}, {g['high']:+.4f}] (paired bootstrap over the "
+                  f"{g['n']} test items): {g['verdict']}."]
     if report["correctness_emergence"] is not None:
         lines += ["", f"Correctness emergence: {report['correctness_emergence']} test items that "
                   "every initial expert got wrong are right in the global best."]
