@@ -40,6 +40,8 @@ POOL = ROOT / "experts" / "smollm2"
 MC_TASKS = ["hellaswag", "mmlu", "truthfulqa", "scifact", "medqa", "hearsay",
             "citation_prediction_classification"]
 MODES = ["letter", "cloze", "cloze_norm", "permuted", "generate"]
+# cheap modes everywhere first, so a run stopped early has them for every task
+SWEEPS = [["letter", "cloze", "cloze_norm"], ["permuted"], ["generate"]]
 CHOSEN = "cloze_norm"
 # HellaSwag's question is a sentence start its options complete (bench/benchmark_table.py)
 PROMPTS = {"hellaswag": "{question}"}
@@ -83,8 +85,41 @@ def chance(items: list[dict]) -> float:
 
 # ---------------------------------------------------------------- stage 1: scoring modes
 
+def _mode_row(build_utility, UtilityConfig, model, tok, task: str, mode: str,
+              items: list[dict], batch_size: int, max_tokens: int,
+              shared: dict) -> dict[str, Any]:
+    cloze = mode.startswith("cloze")
+    cfg = UtilityConfig(scoring=mode, batch_size=batch_size, max_batch_tokens=max_tokens,
+                        prompt=PROMPTS.get(task) if cloze else None)
+    start = time.perf_counter()
+    if cloze:
+        # cloze and cloze_norm read the same option log-likelihoods: compute them once
+        utility = build_utility(cfg)
+        if task not in shared:
+            shared[task] = (utility._cloze(model, tok, items, 1, False)[0],
+                            time.perf_counter() - start)
+        logps, seconds = shared[task]
+        if mode == "cloze_norm":
+            texts = [[str(v) for v in it["choices"].values()] for it in items]
+            logps = [[v / max(1, len(t.strip())) for v, t in zip(lp, ts, strict=True)]
+                     for lp, ts in zip(logps, texts, strict=True)]
+        letters = [list(it["choices"]) for it in items]
+        preds = [ls[max(range(len(lp)), key=lp.__getitem__)] for ls, lp in zip(letters, logps,
+                                                                              strict=True)]
+        value = sum(p == it["answer"] for p, it in zip(preds, items, strict=True)) / len(items)
+    else:
+        value = build_utility(cfg).score(model, tok, items).value
+        seconds = time.perf_counter() - start
+    return {"task": task, "mode": mode, "items": len(items), "accuracy": value,
+            "se": math.sqrt(value * (1 - value) / len(items)), "chance": chance(items),
+            "seconds": round(seconds, 2), "prompt": cfg.prompt}
+
+
 def modes_table(base: str, tasks: dict[str, Path], n: int, device: str, out: Path,
-                batch_size: int, max_tokens: int) -> dict[str, Any]:
+                batch_size: int, max_tokens: int,
+                modes: list[list[str]] | None = None) -> dict[str, Any]:
+    """Rows of (task, mode); `modes` groups the modes into sweeps over all tasks (the cheap
+    ones first, so a stopped run has them everywhere)."""
     from modelswarms.config import UtilityConfig
     from modelswarms.evaluation.backend import (
         load_causal_lm,
@@ -97,29 +132,25 @@ def modes_table(base: str, tasks: dict[str, Path], n: int, device: str, out: Pat
 
     done = json.loads(out.read_text()) if out.exists() else {"rows": []}
     seen = {(r["task"], r["mode"]) for r in done["rows"]}
+    shared: dict[str, Any] = {}
     dev = pick_device(device)
     source = resolve_model(base)
     model = load_causal_lm(source, pick_dtype("auto", dev), dev)
     tok = load_tokenizer(source)
     done["machine"] = machine(device)
-    for task, path in tasks.items():
-        items = json.loads(path.read_text())["dev"][:n]
-        for mode in MODES:
-            if (task, mode) in seen:
-                continue
-            cloze = mode.startswith("cloze")
-            cfg = UtilityConfig(scoring=mode, batch_size=batch_size, max_batch_tokens=max_tokens,
-                                prompt=PROMPTS.get(task) if cloze else None)
-            start = time.perf_counter()
-            r = build_utility(cfg).score(model, tok, items)
-            row = {"task": task, "mode": mode, "items": len(items), "accuracy": r.value,
-                   "se": math.sqrt(r.value * (1 - r.value) / len(items)),
-                   "chance": chance(items), "seconds": round(time.perf_counter() - start, 2),
-                   "prompt": cfg.prompt}
-            done["rows"].append(row)
-            out.write_text(json.dumps(done, indent=1))
-            log(f"modes {task} {mode}: {r.value:.3f} ± {row['se']:.3f} "
-                f"(chance {row['chance']:.3f}, {row['seconds']} s)")
+    for mode_set in (modes or [MODES]):
+        for task, path in tasks.items():
+            items = json.loads(path.read_text())["dev"][:n]
+            for mode in mode_set:
+                if (task, mode) in seen:
+                    continue
+                row = _mode_row(build_utility, UtilityConfig, model, tok, task, mode, items,
+                                batch_size, max_tokens, shared)
+                done["rows"].append(row)
+                seen.add((task, mode))
+                out.write_text(json.dumps(done, indent=1))
+                log(f"modes {task} {mode}: {row['accuracy']:.3f} ± {row['se']:.3f} "
+                    f"(chance {row['chance']:.3f}, {row['seconds']} s)")
     out.with_suffix(".md").write_text(modes_markdown(done))
     return done
 
@@ -420,7 +451,7 @@ def main() -> None:
     table = json.loads(table_path.read_text()) if table_path.exists() else None
     if "modes" in args.stages:
         table = modes_table(args.base, tasks, args.dev, args.device, table_path,
-                            args.batch_size, args.max_batch_tokens)
+                            args.batch_size, args.max_batch_tokens, modes=SWEEPS)
     targets = args.targets or select_targets(table)
     log(f"targets: {targets}")
     (args.docs / "bench_targets.json").write_text(json.dumps({"targets": targets, "rule": (
