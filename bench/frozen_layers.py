@@ -3,18 +3,22 @@
 The shipped experts adapt layers 14-29 of SmolLM2-135M-Instruct's 30, so layers 0-13 are the
 same for every particle. Two sessions of one config side by side in one process, one with the
 trunk memo and one without; each round scores 3 particles (round 0: three shipped experts,
-later rounds: other points near them, as a swarm's later steps would) on the same MMLU dev
-items by letter log-likelihood. Round 0 fills the memo; later rounds reuse it. Both sessions
-must give identical scores.
+later rounds: other points near them, as a swarm's later steps would) on the same dev items.
+Round 0 fills the memo; later rounds reuse it. Both sessions must give identical scores.
 
-Run: python bench/frozen_layers.py [--items 64] [--rounds 3] [--threads N]
-Writes docs/bench_frozen_layers.md.
+Cases: `letter` (MMLU, letter log-likelihood: one forward per item) and `cloze` (HellaSwag,
+cloze_norm with the prompt "{question}": generation.option_logprobs, a pass over the
+questions, then one over every option's tokens on a row copy of the questions' cache).
+
+Run: python bench/frozen_layers.py [--case letter|cloze] [--items 64] [--rounds 3]
+[--threads N]. Rewrites that case's section of docs/bench_frozen_layers.md, keeps the others.
 """
 
 from __future__ import annotations
 
 import argparse
 import platform
+import re
 import time
 from pathlib import Path
 
@@ -26,6 +30,13 @@ from modelswarms.runs.session import Session
 ROOT = Path(__file__).resolve().parents[1]
 EVAL = ROOT.parent / "shared" / "data" / "eval"
 EXPERTS = ["citation_prediction_classification", "geo_continent", "medqa"]
+CASES = {
+    "letter": ("mmlu.json", {}, "MMLU dev items, letter log-likelihood"),
+    "cloze": ("hellaswag.json", {"scoring": "cloze_norm", "prompt": "{question}"},
+              'HellaSwag dev items, cloze_norm (prompt "{question}"; the options\' tokens run'
+              " on a row copy of the questions' cache)"),
+}
+TITLE = "# Frozen layers: the trunk memo on SmolLM2"
 
 
 def timed(fn):
@@ -40,6 +51,7 @@ def timed(fn):
 
 def main() -> None:
     ap = argparse.ArgumentParser()
+    ap.add_argument("--case", choices=sorted(CASES), default="letter")
     ap.add_argument("--items", type=int, default=64)
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--threads", type=int, default=None)
@@ -47,10 +59,11 @@ def main() -> None:
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
+    data, utility, what = CASES[args.case]
     cfg = RunConfig.model_validate({
         "experts": {"paths": [str(ROOT / "experts" / "smollm2" / e) for e in EXPERTS]},
-        "data": {"path": str(EVAL / "mmlu.json"), "max_dev": args.items},
-        "utility": {"type": "multiple_choice", "batch_size": 16},
+        "data": {"path": str(EVAL / data), "max_dev": args.items},
+        "utility": {"type": "multiple_choice", "batch_size": 16, **utility},
     })
     plain = Session.open(cfg, need_test=False)
     plain.trunk.remove()
@@ -83,14 +96,20 @@ def main() -> None:
     threads = torch.get_num_threads()
     where = (torch.cuda.get_device_name(backend.device) if backend.device.type == "cuda"
              else f"{platform.machine()} CPU, torch threads: {threads}")
+    counts = memo.counts
+    copies = (f" Of these, on the options' row copies (the second pass): "
+              f"{counts['frozen_layers_copy_hits']} hits, "
+              f"{counts['frozen_layers_copy_misses']} misses."
+              if counts["frozen_layers_copy_hits"] + counts["frozen_layers_copy_misses"] else "")
     lines = [
-        "# Frozen layers: the trunk memo on SmolLM2",
+        f"## {args.case}",
         "",
-        f"`python bench/frozen_layers.py --items {args.items} --rounds {args.rounds}"
+        f"`python bench/frozen_layers.py --case {args.case} --items {args.items}"
+        f" --rounds {args.rounds}"
         + (f" --threads {args.threads}" if args.threads else "") + "` on " + where
         + f", torch {torch.__version__}, {backend.dtype}; SmolLM2-135M-Instruct (30 layers),"
         f" experts {', '.join(EXPERTS)} (adapters on layers 14-29: the trunk is layers"
-        f" 0-{memo.trunk.k - 1}); {args.items} MMLU dev items, letter log-likelihood"
+        f" 0-{memo.trunk.k - 1}); {args.items} {what}"
         f" (utility batch size 16, particles per forward:"
         f" {memo._batch.k if memo._batch else 1}); 3 particles a round.",
         "",
@@ -98,8 +117,8 @@ def main() -> None:
         "| ---: | --- | ---: | ---: | ---: | --- |",
     ]
     for r, t0, t1, same, _ in rows:
-        what = "the 3 experts (memo filled)" if r == 0 else "3 new points (memo reused)"
-        lines.append(f"| {r} | {what} | {t0:.1f} | {t1:.1f} | {t0 / t1:.2f}x | "
+        label = "the 3 experts (memo filled)" if r == 0 else "3 new points (memo reused)"
+        lines.append(f"| {r} | {label} | {t0:.1f} | {t1:.1f} | {t0 / t1:.2f}x | "
                      f"{'yes' if same else 'NO'} |")
     lines += [
         "",
@@ -107,7 +126,7 @@ def main() -> None:
         f"**{ratio:.2f}x** (seconds without / seconds with). Memo: "
         f"{memo.counts['frozen_layers_hits']} hits, {memo.counts['frozen_layers_misses']} "
         f"misses (forward passes), {memo.trunk.nbytes / 2**20:.0f} MiB held "
-        f"(bound {memo.trunk.max_bytes / 2**20:.0f} MiB).",
+        f"(bound {memo.trunk.max_bytes / 2**20:.0f} MiB).{copies}",
         "",
         f"Layers 0-{memo.trunk.k - 1} are {memo.trunk.k} of 30, so a forward that skips them"
         f" does about {30 - memo.trunk.k}/30 of the layer work: about"
@@ -117,8 +136,33 @@ def main() -> None:
         " reuse the first one's trunk. Timings on a shared machine vary by about 10%.",
         "",
     ]
-    Path(args.out).write_text("\n".join(lines))
-    print("\n".join(lines))
+    if args.case == "cloze":
+        # every option token is a scored column: it pays the LM head, which no particle shares
+        c = backend.model.config
+        kv = c.num_key_value_heads * (c.hidden_size // c.num_attention_heads)
+        layer = c.hidden_size * (2 * c.hidden_size + 2 * kv + 3 * c.intermediate_size)
+        head = c.hidden_size * c.vocab_size
+        n, k = c.num_hidden_layers, memo.trunk.k
+        option = (n * layer + head) / ((n - k) * layer + head)
+        lines += [
+            "In the cloze case every option token is also a scored column and pays the LM"
+            f" head ({c.hidden_size} x {c.vocab_size} multiply-adds, against"
+            f" {layer / 1e6:.1f}M for each layer), which the trunk cannot skip: an option"
+            f" token gains about {option:.2f}x (({n} layers + head) / ({n - k} layers +"
+            f" head)), a question token about the {n / (n - k):.2f}x above, and the option"
+            " pass's padding, its attention over the question's keys and the log-softmax"
+            " over the vocabulary are paid in full.",
+            "",
+        ]
+    section = "\n".join(lines)
+    out = Path(args.out)
+    old = out.read_text() if out.exists() else ""
+    # one "## <case>" section per case, in CASES order; the others are kept as they are
+    parts = dict(re.findall(r"^## (\w+)\n(.*?)(?=^## |\Z)", old, flags=re.M | re.S))
+    parts[args.case] = section.split("\n", 1)[1]
+    body = [f"## {c}\n{parts[c].rstrip()}\n" for c in CASES if c in parts]
+    out.write_text(TITLE + "\n\n" + "\n".join(body))
+    print(section)
 
 
 if __name__ == "__main__":

@@ -292,3 +292,125 @@ def test_frozen_lora_below_the_searched_layers(lora_experts, mc_data, k):
     for _ in range(2):
         for base in (False, True):
             assert logprobs(plain, base) == logprobs(memo, base)
+
+
+# options of one to four tokens: pass two of option_logprobs runs all but the first token
+OPTIONS = [[[5, 6], [7, 8, 9]], [[8]], [[11, 12], [13, 14, 15, 16]], [[14, 15]],
+           [[16], [17, 18]]]
+
+
+def _options(model, share, particles=1):
+    return generation.option_logprobs(model, PROMPTS, OPTIONS, pad_id=0, batch_size=8,
+                                      particles=particles, share_prefix=share)
+
+
+@pytest.mark.parametrize("share", [True, False], ids=["shared head", "no shared head"])
+@pytest.mark.parametrize("k", [1, 3])
+def test_cloze_option_passes_reuse_the_trunk_exactly(upper_experts, mc_data, k, share):
+    """option_logprobs' second pass runs the options on a row copy of the questions' cache:
+    keyed by the first pass, the second particle's (or the second group's) options skip the
+    trunk, and every log-probability is bit for bit what it is without the trunk."""
+    plain = open_session(upper_experts, mc_data, trunk=False)
+    memo = open_session(upper_experts, mc_data)
+    vectors = particles(plain, n=2 * k, seed=7)
+
+    def run(session):
+        backend, out = session.backend, []
+        for group in range(2):
+            rows = vectors[group * k:(group + 1) * k]
+            if k == 1:
+                backend.load(rows[0])
+                out.append(_options(backend.model, share))
+            else:
+                batch = ParticleBatch(backend, k)
+                batch.load(rows)
+                with batch.active(k) as model:
+                    out.append(_options(model, share, particles=k))
+            if session is memo and group == 0:
+                copy_misses = memo.counts["frozen_layers_copy_misses"]
+                assert copy_misses > 0 and memo.counts["frozen_layers_copy_hits"] == 0
+        if session is memo:  # the second group's options came from the memo
+            assert memo.counts["frozen_layers_copy_misses"] == copy_misses
+            assert memo.counts["frozen_layers_copy_hits"] == copy_misses
+        with backend.base_model() as model:
+            out.append(_options(model, share))
+        return out
+
+    expected = run(plain)
+    assert expected[0] != expected[1]  # other particles, other scores
+    got = run(memo)
+    assert got == expected  # bitwise
+    if k == 1:  # the base model's batches are the particles' batches: nothing new
+        assert memo.counts["frozen_layers_copy_misses"] == \
+            memo.counts["frozen_layers_copy_hits"] // 2
+
+
+def test_cloze_options_through_a_logit_average(upper_experts, mc_data):
+    """multiplex.LogitAverage tiles its rows inside the model: the questions' cache holds
+    three blocks, the row copy takes each block's rows, and the trunk computes one."""
+    from modelswarms.evaluation.multiplex import LogitAverage
+
+    plain = open_session(upper_experts, mc_data, trunk=False)
+    memo = open_session(upper_experts, mc_data)
+
+    def run(session, share):
+        batch = ParticleBatch(session.backend, 3)
+        batch.load(session.experts)
+        with batch.active(3) as model:
+            return _options(LogitAverage(model, 3), share)
+
+    for share in (True, False):
+        expected = run(plain, share)
+        first = run(memo, share)
+        misses = memo.counts["frozen_layers_copy_misses"]
+        assert misses > 0
+        assert run(memo, share) == first == expected
+        assert memo.counts["frozen_layers_copy_misses"] == misses
+        assert memo.counts["frozen_layers_copy_hits"] >= misses
+
+
+def test_a_row_copy_is_keyed_only_while_its_source_is_unchanged(upper_experts, mc_data):
+    """A row copy of a cache the trunk filled is keyed by that fill's key; a copy of a
+    cache continued since, or one made before the memo was cleared, runs every layer."""
+    from modelswarms.evaluation.trunk import select_rows
+
+    plain = open_session(upper_experts, mc_data, trunk=False)
+    memo = open_session(upper_experts, mc_data)
+    ids = torch.tensor([[7, 8, 9, 10, 11], [0, 0, 12, 13, 14]])
+    mask = (ids != 0).long()
+    rows = torch.tensor([1, 0, 1])
+    more = torch.tensor([[20, 21], [22, 23], [24, 25]])
+
+    @torch.inference_mode()
+    def fill(session):
+        model = session.backend.model
+        first = model(input_ids=ids, attention_mask=mask,
+                      position_ids=(mask.cumsum(-1) - 1).clamp(min=0), use_cache=True)
+        return getattr(first, "cache", None) or first.past_key_values
+
+    @torch.inference_mode()
+    def options(session, cache):
+        model = session.backend.model
+        copy = select_rows(cache, rows, model.config)
+        full = torch.cat([mask[rows], torch.ones_like(more)], dim=1)
+        positions = mask[rows].sum(-1, keepdim=True) + torch.arange(2)
+        return model(input_ids=more, attention_mask=full, position_ids=positions,
+                     use_cache=False, **{generation._cache_kwarg(model): copy}).logits
+
+    for session in (plain, memo):
+        session.backend.load(session.experts[0])
+    expected = options(plain, fill(plain))
+    counts = memo.counts
+    for hits in (0, 1):  # a miss, then a hit
+        assert torch.equal(options(memo, fill(memo)), expected)
+        assert (counts["frozen_layers_copy_misses"], counts["frozen_layers_copy_hits"]) == \
+            (1, hits)
+    cache = fill(memo)
+    memo.trunk.clear()  # the fill's key may name an entry that is gone
+    assert torch.equal(options(memo, cache), expected)
+    cache = fill(memo)
+    with torch.inference_mode():  # a continuation: the copy is not what was tagged
+        for layer in cache.layers:
+            layer.keys, layer.values = layer.keys.clone(), layer.values.clone()
+    assert torch.equal(options(memo, cache), expected)
+    assert (counts["frozen_layers_copy_misses"], counts["frozen_layers_copy_hits"]) == (1, 1)

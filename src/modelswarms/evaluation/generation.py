@@ -199,9 +199,10 @@ def option_logprobs(model, prompts: Sequence[Sequence[int]],
     prompts gives their keys and values and the distribution of every option's first token;
     a second pass runs the options' other tokens on top of a copy of their prompt's keys and
     values. The shared prompt head, when there is one, is computed once below both. Batch
-    limits count an item once per option (the second pass holds that many rows).
+    limits count an item once per option (the second pass holds that many rows). The copy
+    is made by trunk.select_rows, so the frozen-layer memo serves the second pass too.
     """
-    from transformers import DynamicCache
+    from .trunk import select_rows
 
     device = _device(model)
     out = [[[0.0] * len(o) for o in options] for _ in range(particles)]
@@ -244,7 +245,9 @@ def option_logprobs(model, prompts: Sequence[Sequence[int]],
             # inside the model): copy each block's rows in the same order.
             blocks = cache.layers[0].keys.shape[0] // (particles * b)
             rows = torch.cat([src + m * particles * b for m in range(blocks)])
-            kv = [(layer.keys[rows], layer.values[rows]) for layer in cache.layers]
+            # a row copy the frozen-layer memo (trunk.py) recognises: the lower layers of the
+            # option tokens are then computed once for every particle
+            copy = select_rows(cache, rows, model.config)
             tail_ids, tail_mask = _tile(*_pad(inputs, pad_id, left=False, device=device),
                                         particles)
             goal, _ = _tile(*_pad(targets, pad_id, left=False, device=device), particles)
@@ -252,8 +255,8 @@ def option_logprobs(model, prompts: Sequence[Sequence[int]],
             logits = model(input_ids=tail_ids,
                            attention_mask=torch.cat([full_mask[src], tail_mask], dim=1),
                            position_ids=positions, logits_to_keep=span,
-                           **{kwarg: DynamicCache(ddp_cache_data=kv, config=model.config)}
-                           ).logits.float()
+                           # nothing reads this cache back: the memo keeps no keys/values
+                           use_cache=False, **{kwarg: copy}).logits.float()
             picked = logits.gather(2, goal[..., None])[..., 0] - torch.logsumexp(logits, -1)
             scores = scores + (picked * tail_mask).sum(1)
         values = scores.view(particles, len(pairs)).tolist()

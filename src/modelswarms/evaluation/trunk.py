@@ -49,6 +49,20 @@ would cost more than the layers. Forwards with gradients, in training mode, from
 `inputs_embeds`, asking for hidden states or attentions, or with unknown tensor arguments
 also run normally.
 
+A question's options (generation.option_logprobs, cloze scoring). The first pass runs the
+questions and fills a cache; the second runs every option's tokens on a copy of its question's
+rows of that cache (`select_rows`), so that cache's rows differ and the rule above would run
+every layer. But the lower layers of those rows are a function of the first pass's inputs:
+the trunk tags the cache it fills with the first pass's key, `select_rows` tags its copy with
+that key and the row map, and the second pass is keyed by (the first pass's key, which of its
+distinct rows each row copies, the option ids, mask and positions): a hit skips layers
+0..k-1 for the options too. The tags hold weak references to the lower layers' key and value
+tensors (and their version counters, outside inference mode): a cache changed since (a
+continuation; an in-place write, where it is counted), or a memo cleared since, is not keyed
+by its tag. Particle-major tiling works here as above (the rows of every particle copy the
+same question rows), and so does a cache of several blocks (multiplex.LogitAverage). The
+option pass passes `use_cache=False`, so its entries hold hidden states only.
+
 Memory: entries are kept least-recently-used first out within `max_bytes` (default: about
 1000 items of 256 tokens, hidden states plus lower keys/values, between 64 MiB and 8 GiB).
 """
@@ -58,6 +72,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import types
+import weakref
 from collections import Counter, OrderedDict
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
@@ -67,6 +82,7 @@ import torch
 
 _SEEN = "_modelswarms_trunk_seen"  # set on every cache object the trunk has handled
 _ATTR = "_modelswarms_trunk"  # the decoder model's installed trunk
+_ORIGIN = "_modelswarms_trunk_origin"  # on a cache the trunk filled / a row copy of one
 # layer arguments the key already covers (the 4-D mask and the rotary tables are functions of
 # the 2-D mask, the positions and the cache) or that the trunk handles itself
 _KNOWN = {"attention_mask", "position_ids", "position_embeddings", "cache", "past_key_values",
@@ -125,6 +141,75 @@ class _Call:
     mask: np.ndarray | None
     positions: np.ndarray | None
     wanted: bool
+
+
+class _Snapshot:
+    """The lower layers' key/value tensors of a cache as they are now: weak references and
+    version counters (DynamicLayer.update replaces its tensors, in-place writes bump the
+    counter; inference-mode tensors have none), so a later look can tell whether the cache
+    still holds what was tagged."""
+
+    def __init__(self, cache, k: int):
+        tensors = _lower_tensors(cache, k)
+        self.refs = [(weakref.ref(t), _version(t)) for t in tensors] if tensors else None
+
+    def holds(self, cache, k: int) -> bool:
+        tensors = _lower_tensors(cache, k)
+        return self.refs is not None and tensors is not None and \
+            len(tensors) == len(self.refs) and all(
+                ref() is t and _version(t) == version
+                for (ref, version), t in zip(self.refs, tensors, strict=True))
+
+
+def _version(t: torch.Tensor) -> int | None:
+    return None if t.is_inference() else t._version
+
+
+def _lower_tensors(cache, k: int) -> list[torch.Tensor] | None:
+    layers = getattr(cache, "layers", None)
+    if layers is None or len(layers) < k:
+        return None
+    tensors = [t for layer in layers[:k] for t in (getattr(layer, "keys", None),
+                                                   getattr(layer, "values", None))]
+    return tensors if all(torch.is_tensor(t) for t in tensors) else None
+
+
+@dataclass
+class _Origin:
+    """Tag of a cache the trunk filled: what its lower layers hold is a function of `key`
+    (the forward's memo key): row r holds the prefix, then the entry's row r mod `period`."""
+    trunk: object  # the trunk's token
+    epoch: int  # the memo's generation (clear() starts a new one)
+    key: bytes
+    period: int
+    rows: int
+    length: int  # prefix + new tokens
+    k: int
+    snapshot: _Snapshot
+
+
+@dataclass
+class _Derived:
+    """Tag of a row copy of a tagged cache (`select_rows`): row j copies row index[j]."""
+    origin: _Origin
+    index: np.ndarray
+    snapshot: _Snapshot
+
+
+def select_rows(cache, rows: torch.Tensor, config):
+    """A DynamicCache holding rows `rows` (a 1-D index) of every layer of `cache`. When the
+    frozen trunk filled `cache` the copy says so, and a forward on it can use the memo."""
+    from transformers import DynamicCache
+
+    out = DynamicCache(ddp_cache_data=[(layer.keys[rows], layer.values[rows])
+                                       for layer in cache.layers], config=config)
+    origin = getattr(cache, _ORIGIN, None)
+    if isinstance(origin, _Origin) and origin.snapshot.holds(cache, origin.k):
+        index = rows.detach().cpu().numpy().astype(np.int64)
+        if index.ndim == 1 and (index.size == 0 or (index.min() >= 0 and
+                                                    index.max() < origin.rows)):
+            setattr(out, _ORIGIN, _Derived(origin, index, _Snapshot(out, origin.k)))
+    return out
 
 
 def _bytes(t: torch.Tensor) -> bytes:
@@ -195,6 +280,8 @@ class FrozenTrunk:
                               else torch.float32)
         self.memo: OrderedDict[bytes, _Entry] = OrderedDict()
         self.nbytes = 0
+        self._token = object()  # names this trunk in the tags of the caches it fills
+        self._epoch = 0
         self._prefixes: list[tuple[list[torch.Tensor], bytes]] = []  # recent prompt heads
         self._tuners = self._lower_tuners()
         self._watched = self._frozen_tensors(layers)
@@ -257,6 +344,7 @@ class FrozenTrunk:
         self.memo.clear()
         self._prefixes.clear()
         self.nbytes = 0
+        self._epoch += 1  # tags of caches filled so far name entries that may be gone
 
     # ------------------------------------------------------------------------ the forward
 
@@ -307,25 +395,28 @@ class FrozenTrunk:
         extras = {n: v for n, v in kwargs.items() if n not in _KNOWN}
         if call.ids.shape != (rows, length) or any(_has_tensor(v) for v in extras.values()):
             return orig(hidden_states, *args, **kwargs)
-        prefix = self._prefix(cache, rows)
-        if cache is not None:
-            setattr(cache, _SEEN, True)
-        if prefix is None:
-            return orig(hidden_states, *args, **kwargs)
-        past, prefix_digest = prefix
         state = self._weights_state()
         if state != self._weights:  # a frozen weight changed in place: forget everything
             self.clear()
             self._weights = state
             self.counts["frozen_layers_cleared"] += 1
+        prefix = self._prefix(cache, rows)
+        if cache is not None:
+            setattr(cache, _SEEN, True)
+        if prefix is None:
+            return orig(hidden_states, *args, **kwargs)
+        past, prefix_digest, source = prefix
 
-        b = _period([call.ids, call.mask, call.positions], rows)
+        # source: which distinct row of a tagged first pass each cache row copies
+        b = _period([call.ids, call.mask, call.positions, source], rows)
         n = rows // b
         h = hashlib.blake2b(digest_size=16)
         h.update(repr((b, length, past, str(hidden_states.dtype), sorted(
-            (k, repr(v)) for k, v in extras.items()))).encode())
+            (k, repr(v)) for k, v in extras.items()), source is not None)).encode())
         h.update(self._adapter_state() if self._tuners else b"")
         h.update(prefix_digest)
+        if source is not None:
+            h.update(np.ascontiguousarray(source[:b]).tobytes())
         for name, a in (("ids", call.ids), ("mask", call.mask), ("pos", call.positions)):
             h.update(name.encode())
             if a is None:
@@ -340,6 +431,8 @@ class FrozenTrunk:
         entry = self.memo.get(key)
         if entry is None or (fill and entry.kv is None):
             self.counts["frozen_layers_misses"] += 1
+            if source is not None:  # of which on a row copy (an option pass)
+                self.counts["frozen_layers_copy_misses"] += 1
             entry = self._compute(hidden_states[:b], kwargs, rows, b, cache_name, cache,
                                   past, keep_kv=fill)
             if entry is None:  # a layer that is not Llama-like: give up for good
@@ -347,19 +440,26 @@ class FrozenTrunk:
             self._store(key, entry)
         else:
             self.counts["frozen_layers_hits"] += 1
+            if source is not None:
+                self.counts["frozen_layers_copy_hits"] += 1
             self.memo.move_to_end(key)
         if fill:
             for i, (keys, values) in enumerate(entry.kv or []):
                 cache.update(keys.repeat(n, 1, 1, 1) if n > 1 else keys,
                              values.repeat(n, 1, 1, 1) if n > 1 else values, i)
+            # a row copy of this cache (select_rows) can be keyed by this forward's key
+            setattr(cache, _ORIGIN, _Origin(self._token, self._epoch, key, b, rows,
+                                            past + length, self.k, _Snapshot(cache, self.k)))
         self._skip = True
         return entry.hidden.repeat(n, 1, 1) if n > 1 else entry.hidden.clone()
 
-    def _prefix(self, cache, rows: int) -> tuple[int, bytes] | None:
-        """(prefix length, digest of the lower layers' prefix keys/values) of a cache, or
-        None when the trunk cannot key it (other cache layouts, rows that differ)."""
+    def _prefix(self, cache, rows: int) -> tuple[int, bytes, np.ndarray | None] | None:
+        """(prefix length, digest of the lower layers' prefix keys/values, None) of a cache;
+        for a row copy of a cache the trunk filled (select_rows): (its length, that fill's
+        key, which distinct row of it each row holds); None when the trunk cannot key it
+        (other cache layouts, rows that differ)."""
         if cache is None:
-            return 0, b""
+            return 0, b"", None
         from transformers.cache_utils import DynamicLayer
 
         if getattr(cache, "offloading", False) or not hasattr(cache, "layers"):
@@ -374,7 +474,14 @@ class FrozenTrunk:
             return None
         past = lengths.pop()
         if past == 0:
-            return 0, b""
+            return 0, b"", None
+        derived = getattr(cache, _ORIGIN, None)
+        if isinstance(derived, _Derived):
+            origin = derived.origin
+            if origin.trunk is self._token and origin.epoch == self._epoch and \
+                    origin.k == self.k and origin.length == past and \
+                    derived.index.shape[0] == rows and derived.snapshot.holds(cache, self.k):
+                return past, b"rows" + origin.key, derived.index % origin.period
         tensors = [t for layer in cache.layers[: self.k] for t in (layer.keys, layer.values)]
         if any(t.shape[0] != rows for t in tensors):
             return None
@@ -388,14 +495,14 @@ class FrozenTrunk:
             if all(a.shape == b.shape for a, b in zip(known, heads, strict=True)) and bool(
                     torch.stack([(a == b).all() for a, b in zip(known, heads, strict=True)])
                     .all()):
-                return past, digest
+                return past, digest, None
         h = hashlib.blake2b(digest_size=16)
         for t in heads:
             h.update(repr((tuple(t.shape), str(t.dtype))).encode())
             h.update(_bytes(t))
         digest = h.digest()
         self._prefixes = [*self._prefixes[-7:], ([t.clone() for t in heads], digest)]
-        return past, digest
+        return past, digest, None
 
     def _compute(self, hidden: torch.Tensor, kwargs: dict, rows: int, b: int,
                  cache_name: str, cache, past: int, keep_kv: bool) -> _Entry | None:
