@@ -159,19 +159,19 @@ def modes_markdown(table: dict[str, Any]) -> str:
     rows = table["rows"]
     tasks = list(dict.fromkeys(r["task"] for r in rows))
     cell = {(r["task"], r["mode"]): r for r in rows}
-    n = rows[0]["items"] if rows else 0
-    lines = [f"Base model (SmolLM2-135M-Instruct) dev accuracy ± standard error, first {n} dev "
-             f"items of each task, on {table.get('machine', '?')}; chance is the larger of "
-             "uniform guessing and the most common right answer text.", "",
-             "| task | chance | " + " | ".join(MODES) + " |",
-             "| --- | ---: | " + " | ".join("---:" for _ in MODES) + " |"]
+    lines = [f"Base model (SmolLM2-135M-Instruct) dev accuracy ± standard error on the first "
+             f"dev items of each task (`items`), on {table.get('machine', '?')}; chance is the "
+             "larger of uniform guessing and the most common right answer text.", "",
+             "| task | items | chance | " + " | ".join(MODES) + " |",
+             "| --- | ---: | ---: | " + " | ".join("---:" for _ in MODES) + " |"]
     for t in tasks:
         first = next(r for r in rows if r["task"] == t)
         vals = []
         for m in MODES:
             r = cell.get((t, m))
             vals.append("-" if r is None else f"{r['accuracy']:.3f} ± {r['se']:.3f}")
-        lines.append(f"| {t} | {first['chance']:.3f} | " + " | ".join(vals) + " |")
+        lines.append(f"| {t} | {first['items']} | {first['chance']:.3f} | " + " | ".join(vals)
+                     + " |")
     return "\n".join(lines) + "\n"
 
 
