@@ -106,16 +106,20 @@ def _common_prefix(rows: Sequence[Sequence[int]]) -> int:
 def _forward(model, ids: torch.Tensor, mask: torch.Tensor, keep: int,
              prefix: SharedPrefix | None = None, particles: int = 1) -> torch.Tensor:
     """Logits of the last `keep` columns, as float32 log-probabilities."""
-    if prefix is not None and prefix.length:
-        # nothing reads this batch's cache back: without use_cache=False the frozen-layer
-        # memo (trunk.py) would keep the lower layers' keys and values of every batch
-        logits = model(**prefix.inputs(ids, mask, particles), use_cache=False,
-                       logits_to_keep=keep).logits
-    else:
-        positions = (mask.cumsum(-1) - 1).clamp(min=0)
-        logits = model(input_ids=ids, attention_mask=mask, position_ids=positions,
-                       logits_to_keep=keep).logits
+    # nothing reads this batch's cache back: without use_cache=False the frozen-layer memo
+    # (trunk.py) would keep the lower layers' keys and values of every batch
+    logits = model(**_inputs(ids, mask, prefix, particles), use_cache=False,
+                   logits_to_keep=keep).logits
     return torch.log_softmax(logits.float(), dim=-1)
+
+
+def _inputs(ids: torch.Tensor, mask: torch.Tensor, prefix: SharedPrefix | None,
+            particles: int) -> dict:
+    """Forward arguments of left-padded rows, on top of the shared prompt head if any."""
+    if prefix is not None and prefix.length:
+        return prefix.inputs(ids, mask, particles)
+    return {"input_ids": ids, "attention_mask": mask,
+            "position_ids": (mask.cumsum(-1) - 1).clamp(min=0)}
 
 
 def _tile(ids: torch.Tensor, mask: torch.Tensor, particles: int):
@@ -219,12 +223,7 @@ def option_logprobs(model, prompts: Sequence[Sequence[int]],
                           rows_cap, tokens_cap):
         b = len(batch)
         ids, mask = _pad([prompts[i][cut:] for i in batch], pad_id, left=True, device=device)
-        tiled, tmask = _tile(ids, mask, particles)
-        if prefix is not None and prefix.length:
-            args = prefix.inputs(tiled, tmask, particles)
-        else:
-            args = {"input_ids": tiled, "attention_mask": tmask,
-                    "position_ids": (tmask.cumsum(-1) - 1).clamp(min=0)}
+        args = _inputs(*_tile(ids, mask, particles), prefix, particles)
         first = model(**args, use_cache=True, logits_to_keep=1)
         first_logp = torch.log_softmax(first.logits[:, -1].float(), dim=-1)  # (particles*b, V)
         cache = _cache_of(first)
