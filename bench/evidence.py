@@ -88,6 +88,8 @@ def chance(items: list[dict]) -> float:
 def _mode_row(build_utility, UtilityConfig, model, tok, task: str, mode: str,
               items: list[dict], batch_size: int, max_tokens: int,
               shared: dict) -> dict[str, Any]:
+    from modelswarms.evaluation.utilities import per_character, pick_options
+
     cloze = mode.startswith("cloze")
     cfg = UtilityConfig(scoring=mode, batch_size=batch_size, max_batch_tokens=max_tokens,
                         prompt=PROMPTS.get(task) if cloze else None)
@@ -100,13 +102,8 @@ def _mode_row(build_utility, UtilityConfig, model, tok, task: str, mode: str,
                             time.perf_counter() - start)
         logps, seconds = shared[task]
         if mode == "cloze_norm":
-            texts = [[str(v) for v in it["choices"].values()] for it in items]
-            logps = [[v / max(1, len(t.strip())) for v, t in zip(lp, ts, strict=True)]
-                     for lp, ts in zip(logps, texts, strict=True)]
-        letters = [list(it["choices"]) for it in items]
-        preds = [ls[max(range(len(lp)), key=lp.__getitem__)] for ls, lp in zip(letters, logps,
-                                                                              strict=True)]
-        value = sum(p == it["answer"] for p, it in zip(preds, items, strict=True)) / len(items)
+            logps = per_character(items, logps)
+        value = pick_options(items, logps).value
     else:
         value = build_utility(cfg).score(model, tok, items).value
         seconds = time.perf_counter() - start

@@ -101,6 +101,23 @@ def _mean(scores: list[float]) -> float:
     return sum(scores) / len(scores)
 
 
+def per_character(items: list[dict], logps: list[list[float]]) -> list[list[float]]:
+    """Option log-likelihoods divided by the option's length in characters, without the
+    delimiter: lm-eval's acc_norm."""
+    return [[v / max(1, len(str(t).strip())) for v, t in zip(lp, it["choices"].values(),
+                                                             strict=True)]
+            for lp, it in zip(logps, items, strict=True)]
+
+
+def pick_options(items: list[dict], logps: list[list[float]]) -> ItemScores:
+    """Accuracy when each item answers its option of highest score (the first on a tie)."""
+    letters = [list(it["choices"]) for it in items]
+    preds = [ls[max(range(len(lp)), key=lp.__getitem__)] for ls, lp in
+             zip(letters, logps, strict=True)]
+    scores = [float(p == it["answer"]) for p, it in zip(preds, items, strict=True)]
+    return ItemScores(_mean(scores), scores, preds)
+
+
 @register_utility("multiple_choice")
 class MultipleChoice(_ScoresEachParticle):
     """Accuracy on multiple-choice items; `scoring` says how an option is chosen.
@@ -142,13 +159,7 @@ class MultipleChoice(_ScoresEachParticle):
                 return self._generate_and_parse(model, tokenizer, items, prompts, letters,
                                                 particles)
             per_particle = self._letter_logprobs(model, tokenizer, prompts, letters, particles)
-        results = []
-        for logps in per_particle:
-            preds = [ls[max(range(len(lp)), key=lp.__getitem__)] for ls, lp in
-                     zip(letters, logps, strict=True)]
-            scores = [float(p == it["answer"]) for p, it in zip(preds, items, strict=True)]
-            results.append(ItemScores(_mean(scores), scores, preds))
-        return results
+        return [pick_options(items, logps) for logps in per_particle]
 
     def _letter_prompt(self, tokenizer: Any, item: dict, chat: bool) -> list[int]:
         text = render(tokenizer, multiple_choice_prompt(item, self.cfg.prompt), chat)
@@ -189,10 +200,7 @@ class MultipleChoice(_ScoresEachParticle):
             max_tokens=self.cfg.max_batch_tokens, particles=particles)
         if not per_char:
             return per_particle
-        # acc_norm divides by the option's length in characters, without the delimiter
-        lengths = [[max(1, len(t.strip())) for t in ts] for ts in texts]
-        return [[[v / n for v, n in zip(lp, ns, strict=True)]
-                 for lp, ns in zip(logps, lengths, strict=True)] for logps in per_particle]
+        return [per_character(items, logps) for logps in per_particle]
 
     def _permuted(self, model: Any, tokenizer: Any, items: list[dict],
                   particles: int) -> list[list[list[float]]]:
