@@ -24,14 +24,13 @@ from pathlib import Path
 
 import torch
 
-from modelswarms.config import UtilityConfig
 from modelswarms.evaluation import generation
 from modelswarms.evaluation.backend import load_causal_lm, load_tokenizer, pick_device
 from modelswarms.evaluation.data import load_items
 from modelswarms.evaluation.extract import extract_letter, extract_number
 from modelswarms.evaluation.prompts import encode, multiple_choice_prompt, qa_prompt, render
-from modelswarms.evaluation.utilities import build_utility
 from modelswarms.models import smollm2_path
+from modelswarms.testing import make_utility
 
 ROOT = Path(__file__).resolve().parents[1]
 EVAL = ROOT.parent / "shared" / "data" / "eval"
@@ -106,11 +105,11 @@ def main() -> None:
     mmlu = load_items(EVAL / "mmlu.json", "dev", limit=args.mc_items)
     texts = [render(tok, multiple_choice_prompt(it), True) + "The answer is" for it in mmlu]
     prompt_tokens = sum(len(encode(tok, t, True)) for t in texts)
-    ll = build_utility(UtilityConfig(type="multiple_choice", batch_size=16))
+    ll = make_utility(type="multiple_choice", batch_size=16)
     r, s = timed(lambda: ll.score(model, tok, mmlu))
     rows.append(row("MMLU, ours, log-likelihood", s, prompt_tokens, len(mmlu), r.value))
-    gen = build_utility(UtilityConfig(type="multiple_choice", scoring="generate",
-                                      max_new_tokens=10, batch_size=16))
+    gen = make_utility(type="multiple_choice", scoring="generate",
+                                      max_new_tokens=10, batch_size=16)
     GENERATED["tokens"] = 0
     g, s = timed(lambda: gen.score(model, tok, mmlu))
     rows.append(row("MMLU, ours, generate-and-parse", s, prompt_tokens + GENERATED["tokens"],
@@ -127,8 +126,8 @@ def main() -> None:
     gsm = load_items(EVAL / "gsm8k.json", "dev", limit=args.gsm_items)
     qtexts = [render(tok, qa_prompt(it), True) for it in gsm]
     q_tokens = sum(len(encode(tok, t, True)) for t in qtexts)
-    em = build_utility(UtilityConfig(type="exact_match", max_new_tokens=args.gsm_tokens,
-                                     batch_size=16))
+    em = make_utility(type="exact_match", max_new_tokens=args.gsm_tokens,
+                                     batch_size=16)
     GENERATED["tokens"] = 0
     e, s = timed(lambda: em.score(model, tok, gsm))
     rows.append(row("GSM8K, ours, exact match", s, q_tokens + GENERATED["tokens"], len(gsm),

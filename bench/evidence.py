@@ -91,8 +91,7 @@ def _mode_row(build_utility, UtilityConfig, model, tok, task: str, mode: str,
     from modelswarms.evaluation.utilities import per_character, pick_options
 
     cloze = mode.startswith("cloze")
-    cfg = UtilityConfig(scoring=mode, batch_size=batch_size, max_batch_tokens=max_tokens,
-                        prompt=PROMPTS.get(task) if cloze else None)
+    cfg = UtilityConfig(scoring=mode, prompt=PROMPTS.get(task) if cloze else None)
     start = time.perf_counter()
     if cloze:
         # cloze and cloze_norm read the same option log-likelihoods: compute them once
@@ -117,13 +116,14 @@ def modes_table(base: str, tasks: dict[str, Path], n: int, device: str, out: Pat
                 modes: list[list[str]] | None = None) -> dict[str, Any]:
     """Rows of (task, mode); `modes` groups the modes into sweeps over all tasks (the cheap
     ones first, so a stopped run has them everywhere)."""
-    from modelswarms.config import UtilityConfig
+    from modelswarms.config import utility_config as UtilityConfig
     from modelswarms.evaluation.backend import (
         load_causal_lm,
         load_tokenizer,
         pick_device,
         pick_dtype,
     )
+    from modelswarms.evaluation.generation import Batching, batching
     from modelswarms.evaluation.utilities import build_utility
     from modelswarms.models import resolve_model
 
@@ -141,8 +141,9 @@ def modes_table(base: str, tasks: dict[str, Path], n: int, device: str, out: Pat
             for mode in mode_set:
                 if (task, mode) in seen:
                     continue
-                row = _mode_row(build_utility, UtilityConfig, model, tok, task, mode, items,
-                                batch_size, max_tokens, shared)
+                with batching(Batching(batch_size, max_tokens)):
+                    row = _mode_row(build_utility, UtilityConfig, model, tok, task, mode,
+                                    items, batch_size, max_tokens, shared)
                 done["rows"].append(row)
                 seen.add((task, mode))
                 out.write_text(json.dumps(done, indent=1))

@@ -111,7 +111,7 @@ def main() -> None:
         f" experts {', '.join(EXPERTS)} (adapters on layers 14-29: the trunk is layers"
         f" 0-{memo.trunk.k - 1}); {args.items} {what}"
         f" (utility batch size 16, particles per forward:"
-        f" {memo._batch.k if memo._batch else 1}); 3 particles a round.",
+        f" {memo.evaluator._batch.k if memo.evaluator._batch else 1}); 3 particles a round.",
         "",
         "| round | particles | seconds without | seconds with | speed-up | identical scores |",
         "| ---: | --- | ---: | ---: | ---: | --- |",

@@ -7,6 +7,7 @@ import torch
 
 from modelswarms.config import parse_config
 from modelswarms.errors import UtilityError
+from modelswarms.evaluation.generation import current_batching
 from modelswarms.runs.session import Session, fingerprint
 
 
@@ -15,7 +16,8 @@ def session(lora_experts, mc_data, tmp_path) -> Session:
     cfg = parse_config({
         "experts": {"paths": [str(p) for p in lora_experts]},
         "data": {"path": str(mc_data), "max_dev": 8, "max_test": 8},
-        "utility": {"type": "multiple_choice", "batch_size": 8},
+        "utility": {"type": "multiple_choice"},
+        "model": {"batch_size": 8},
         "output": {"dir": str(tmp_path / "run")},
     })
     return Session.open(cfg)
@@ -33,10 +35,10 @@ class CountingUtility:
 
     def score(self, model, tokenizer, items):
         self.calls += 1
-        self.batch_sizes.append(self.cfg.batch_size)
-        if self.fail_above is not None and self.cfg.batch_size > self.fail_above:
+        size = current_batching().batch_size  # the engine's limits, set around every call
+        self.batch_sizes.append(size)
+        if self.fail_above is not None and size > self.fail_above:
             raise torch.OutOfMemoryError("CUDA out of memory (simulated)")
-        self.inner.cfg = self.cfg
         return self.inner.score(model, tokenizer, items)
 
 
@@ -69,7 +71,8 @@ def test_an_unchanged_particle_is_never_scored_twice(session):
 
 def test_out_of_memory_halves_the_batch_and_gives_the_same_scores(session):
     clean = session.score(session.experts[1], session.dev)
-    session._cache.clear()
+    session.scorer._cache.clear()
+    config = session.cfg.model_dump()
     counting = CountingUtility(session.utility, fail_above=2)
     session.utility = counting
     after = session.score(session.experts[1], session.dev)
@@ -78,6 +81,9 @@ def test_out_of_memory_halves_the_batch_and_gives_the_same_scores(session):
     assert after.predictions == clean.predictions and after.value == clean.value
     session.score(session.experts[2], session.dev)  # the smaller batch stays
     assert counting.batch_sizes[-1] == 2
+    # the back-off lives in the evaluator: no config is rewritten
+    assert session.cfg.model_dump() == config and session.utility.cfg is counting.inner.cfg
+    assert session.evaluator.batching.batch_size == 2
 
 
 def test_out_of_memory_at_batch_one_is_a_clear_error(session):

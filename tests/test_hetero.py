@@ -18,10 +18,9 @@ from hypothesis import strategies as st
 
 from modelswarms.cli import main
 from modelswarms.config import SwarmConfig, load_config
-from modelswarms.hetero import Dag, chain, decode, hswarm, jfk_scores, star
-from modelswarms.hetero import run as hrun
+from modelswarms.hetero import Dag, HeteroSwarm, chain, decode, hswarm, jfk_scores, star
 from modelswarms.hetero.graph import random_adjacency
-from modelswarms.hetero.system import SystemEvaluator
+from modelswarms.hetero.system import SystemScorer
 from modelswarms.runs.session import Session
 from modelswarms.search.swarm import ModelSwarm
 
@@ -109,21 +108,22 @@ def test_a_particle_told_nan_stays_put():
 def test_messages_pass_in_topological_order(tmp_path, lora_experts, mc_data, monkeypatch):
     cfg = load_config(write_config(tmp_path, lora_experts, mc_data))
     session = Session.open(cfg, need_test=False)
-    ev = SystemEvaluator(session, cfg.hswarm)
+    ev = SystemScorer(session.scorer, cfg.hswarm, cfg.utility)
     seen = []
-    real_answers, real_score = ev.answers, session.score
+    real_answers, real_score = ev.answers, session.scorer.score
 
     def answers(weights, items):
         out = real_answers(weights, items)
         seen.append(("gen", [it["question"] for it in items], out))
         return out
 
-    def score(weights, items):
-        seen.append(("end", [it["question"] for it in items], None))
-        return real_score(weights, items)
+    def score(weights, items, utility=None):
+        if utility is None:  # the task's utility: the end node
+            seen.append(("end", [it["question"] for it in items], None))
+        return real_score(weights, items, utility)
 
     monkeypatch.setattr(ev, "answers", answers)
-    monkeypatch.setattr(session, "score", score)
+    monkeypatch.setattr(session.scorer, "score", score)
     dag = Dag(3, 2, ((0, 1), (1, 2)))  # 0 -> 1 -> 2
     result = ev.evaluate(dag, [2, 0, 1], session.experts, session.dev)
     assert [kind for kind, *_ in seen] == ["gen", "gen", "end"]
@@ -138,8 +138,9 @@ def test_messages_pass_in_topological_order(tmp_path, lora_experts, mc_data, mon
                                               zip(session.dev, seen[2][1], strict=True)])
     assert result.scores == direct.scores
     # a source node with the same expert and inputs is answered from the cache
+    generated = session.counts["node_generations"]
     ev.evaluate(Dag(2, 1, ((0, 1),)), [2, 0], session.experts, session.dev)
-    assert session.counts["node_cache_hits"] == 1
+    assert session.counts["node_generations"] == generated
 
 
 def test_hswarm_run_folder_report_and_exported_runner(tmp_path, lora_experts, mc_data):
@@ -181,8 +182,8 @@ def check_exported_runner(config: Path, tmp_path: Path) -> None:
     cfg = load_config(config)
     run_dir = Path(cfg.output.dir)
     session = Session.open(cfg)
-    ev = SystemEvaluator(session, cfg.hswarm)
-    search = hrun.HeteroSwarm(session.experts, cfg)
+    ev = SystemScorer(session.scorer, cfg.hswarm, cfg.utility)
+    search = HeteroSwarm(session.experts, cfg)
     tensors, meta = load_checkpoint(run_dir / "checkpoint.safetensors")
     search.load_state_dict(tensors, meta["search"])
     expected = ev.evaluate(search.best_dag, search.best_assignment, search.best_models,
@@ -210,26 +211,31 @@ def test_full_weight_experts_choice_nodes_and_their_runner(tmp_path, full_expert
     check_exported_runner(config, tmp_path)
 
 
+# A round is two tells (role-step, weight-step), each checkpointed: the 3rd save falls in the
+# middle of round 2 (its role-step done), the 4th after round 2's history line.
+@pytest.mark.parametrize(("die_at", "lines"), [(3, 1), (4, 2)])
 def test_interrupted_hswarm_resumes_to_the_same_result(tmp_path, lora_experts, mc_data,
-                                                        monkeypatch):
+                                                        monkeypatch, die_at, lines):
+    from modelswarms.runs import runner
+
     ref = hswarm(load_config(write_config(tmp_path / "ref", lora_experts, mc_data)),
                  show_progress=False)
     cfg = load_config(write_config(tmp_path / "cut", lora_experts, mc_data))
-    original = hrun.save_checkpoint
+    original = runner.save_checkpoint
     calls = {"n": 0}
 
     def dying_save(*args, **kwargs):
         calls["n"] += 1
-        if calls["n"] == 2:  # killed after round 2's history line, before its checkpoint
+        if calls["n"] == die_at:
             raise KeyboardInterrupt
         return original(*args, **kwargs)
 
-    monkeypatch.setattr(hrun, "save_checkpoint", dying_save)
+    monkeypatch.setattr(runner, "save_checkpoint", dying_save)
     with pytest.raises(KeyboardInterrupt):
         hswarm(cfg, show_progress=False)
-    monkeypatch.setattr(hrun, "save_checkpoint", original)
+    monkeypatch.setattr(runner, "save_checkpoint", original)
     run_dir = tmp_path / "cut" / "run"
-    assert len((run_dir / "history.jsonl").read_text().splitlines()) == 2
+    assert len((run_dir / "history.jsonl").read_text().splitlines()) == lines
     resumed = hswarm(resume=run_dir, show_progress=False)
     for key in ("rows", "best_dev", "best_test", "graph", "assignment", "systems"):
         assert resumed[key] == ref[key], key
@@ -237,18 +243,18 @@ def test_interrupted_hswarm_resumes_to_the_same_result(tmp_path, lora_experts, m
 
 
 def test_budget_below_one_round_is_an_error(tmp_path, lora_experts, mc_data):
-    from modelswarms.errors import RunError
+    from modelswarms.errors import ConfigError
 
     cfg = load_config(write_config(tmp_path, lora_experts, mc_data))
     cfg = cfg.model_copy(update={"budget": 2})
-    with pytest.raises(RunError, match="below one round"):
+    with pytest.raises(ConfigError, match="do not cover one round of Heterogeneous Swarms"):
         hswarm(cfg, show_progress=False)
 
 
 def test_choice_nodes_pass_on_the_option_they_pick(tmp_path, lora_experts, mc_data):
     cfg = load_config(write_config(tmp_path, lora_experts, mc_data, node_answers="choice"))
     session = Session.open(cfg, need_test=False)
-    ev = SystemEvaluator(session, cfg.hswarm)
+    ev = SystemScorer(session.scorer, cfg.hswarm, cfg.utility)
     picks = session.score(session.experts[0], session.dev).predictions
     texts = ev.answers(session.experts[0], session.dev)
     assert texts == [f"{p}: {it['choices'][p]}" for p, it in zip(picks, session.dev, strict=True)]

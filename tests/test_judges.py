@@ -14,7 +14,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
-from modelswarms.config import JudgeConfig, UtilityConfig
+from modelswarms.config import JudgeConfig, utility_config
 from modelswarms.errors import ConfigError, UtilityError
 from modelswarms.evaluation import generation
 from modelswarms.evaluation.judges import (
@@ -26,6 +26,7 @@ from modelswarms.evaluation.judges import (
     rate_all,
 )
 from modelswarms.evaluation.utilities import build_utility
+from modelswarms.testing import make_utility
 
 KEY_ENV = "MODELSWARMS_TEST_JUDGE_KEY"
 SECRET = "sk-test-S3CRET-4242"
@@ -355,8 +356,8 @@ ITEMS = [{"id": "a", "prompt": "item-2 How do bonds work?"},
          {"id": "c", "prompt": "item-6 Why diversify?"}]
 
 
-def hi_cfg(url: str, tmp_path, policy: str, **judge) -> UtilityConfig:
-    return UtilityConfig(type="human_interest", topic="finance", max_new_tokens=4,
+def hi_cfg(url: str, tmp_path, policy: str, **judge):
+    return utility_config(type="human_interest", topic="finance", max_new_tokens=4,
                          judge=judge_cfg(url, tmp_path, on_failure=policy, **judge))
 
 
@@ -421,7 +422,7 @@ def test_human_interest_score_many_slices_particles(server, tmp_path, tiny_model
 
 def test_human_interest_needs_judge_and_topic(server, tmp_path):
     with pytest.raises(ConfigError, match="utility.judge"):
-        build_utility(UtilityConfig(type="human_interest", topic="finance"))
+        make_utility(type="human_interest", topic="finance")
     with pytest.raises(ConfigError, match="utility.topic"):
-        build_utility(UtilityConfig(type="human_interest",
-                                    judge=judge_cfg(server.url, tmp_path)))
+        make_utility(type="human_interest",
+                                    judge=judge_cfg(server.url, tmp_path))

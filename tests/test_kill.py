@@ -126,7 +126,7 @@ def test_twenty_kills_change_nothing(tmp_path, lora_experts, mc_data):
         ckpt = run_dir / "checkpoint.safetensors"
         if ckpt.exists():  # never unreadable, whatever the moment of the kill
             _, meta = load_checkpoint(ckpt)
-            iterations_seen.add(meta["swarm"]["iteration"])
+            iterations_seen.add(meta["search"]["iteration"])
 
     kills, torn = kill_until_done(tmp_path, run_dir, ("new", cfg_path), ("resume", run_dir),
                                   1234, 4, after_kill)

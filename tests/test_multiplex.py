@@ -66,7 +66,7 @@ def test_session_scores_several_particles_per_forward(lora_experts, mc_data, uti
     vectors = one.experts.repeat(2, 1)[:5] + 0.2 * torch.randn(5, one.space.dim, generator=gen)
     a = one.score_many(vectors, one.dev)
     b = three.score_many(vectors, three.dev)  # groups of 3 and 2 particles
-    assert three._batch is not None and one._batch is None
+    assert three.evaluator._batch is not None and one.evaluator._batch is None
     assert [r.predictions for r in a] == [r.predictions for r in b]
     assert [r.value for r in a] == [r.value for r in b]
 

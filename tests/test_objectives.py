@@ -10,15 +10,14 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer
 
-from modelswarms.config import DataConfig, RewardConfig, UtilityConfig, parse_config
+from modelswarms.config import DataConfig, RewardConfig, parse_config
 from modelswarms.errors import ConfigError
 from modelswarms.evaluation import generation
 from modelswarms.evaluation.data import load_split
 from modelswarms.evaluation.multitask import PRESETS, harmonic_mean
 from modelswarms.evaluation.prompts import multiple_choice_prompt
 from modelswarms.evaluation.reward import combine, normalise
-from modelswarms.evaluation.utilities import build_utility
-from modelswarms.testing import make_tiny_llama, make_tiny_reward_model
+from modelswarms.testing import make_tiny_llama, make_tiny_reward_model, make_utility
 
 from .conftest import SHARED_EVAL, make_mc_items
 
@@ -53,9 +52,8 @@ def test_multi_task_is_the_harmonic_mean_of_the_task_utilities(tiny, tmp_path, m
     monkeypatch.setattr(generation, "generate", lambda m, prompts, **k: [[
         tok.encode("7" if i % 2 == 0 else "no", add_special_tokens=False)
         for i in range(len(prompts))]])
-    cfg = UtilityConfig(type="multi_task", batch_size=4)
-    r = build_utility(cfg).score(model, tok, items)
-    mc = build_utility(UtilityConfig(batch_size=4)).score(model, tok, items[:6])
+    r = make_utility(type="multi_task", batch_size=4).score(model, tok, items)
+    mc = make_utility(batch_size=4).score(model, tok, items[:6])
     qa_value = 3 / 5
     if mc.value > 0:
         assert r.value == pytest.approx(2 / (1 / mc.value + 1 / qa_value))
@@ -95,8 +93,8 @@ def test_reward_model_utility_matches_a_hand_computation(tiny, reward_model):
     model, tok = tiny
     items = [{"prompt": p} for p in ("Tell me a joke.", "Why is the sky blue?", "Hi")]
     rcfg = RewardConfig(model=str(reward_model), low=-1.0, high=1.0)
-    cfg = UtilityConfig(type="reward_model", max_new_tokens=6, batch_size=2, reward=rcfg)
-    r = build_utility(cfg).score(model, tok, items)
+    r = make_utility(type="reward_model", max_new_tokens=6, batch_size=2,
+                     reward=rcfg).score(model, tok, items)
     outs = generation.generate(model, [tok(it["prompt"])["input_ids"] for it in items],
                                max_new_tokens=6, pad_id=tok.pad_token_id,
                                eos_id=tok.eos_token_id, batch_size=1)[0]
@@ -110,8 +108,9 @@ def test_reward_model_utility_matches_a_hand_computation(tiny, reward_model):
         expected.append(normalise(float(raw), -1.0, 1.0))
     assert r.scores == pytest.approx(expected, abs=1e-5)
     assert r.value == pytest.approx(sum(expected) / 3, abs=1e-5)
-    rev = build_utility(cfg.model_copy(update={"reward": rcfg.model_copy(
-        update={"variant": "reverse"})})).score(model, tok, items)
+    rev = make_utility(type="reward_model", max_new_tokens=6, batch_size=2,
+                       reward=rcfg.model_copy(update={"variant": "reverse"})).score(
+        model, tok, items)
     assert rev.scores == pytest.approx([1 - x for x in expected], abs=1e-5)
 
 
@@ -122,8 +121,8 @@ def test_reward_normalisation_and_length_variants():
     assert combine(0.8, 0.25, "verbose", 0.5) == pytest.approx(0.4 + 0.125)
     assert combine(0.8, 0.25, "reverse", 0.5) == pytest.approx(0.2)
     assert combine(0.8, 0.25, "plain", 0.5) == 0.8
-    with pytest.raises(ConfigError, match="reward.model"):
-        build_utility(UtilityConfig(type="reward_model"))
+    with pytest.raises(ConfigError, match="utility.reward: required for utility type reward"):
+        make_utility(type="reward_model")
     with pytest.raises(ValueError, match="greater than"):
         RewardConfig(model="x", low=1, high=1)
 
@@ -131,8 +130,8 @@ def test_reward_normalisation_and_length_variants():
 def test_abstain_qa_effective_reliability_by_hand(tiny):
     model, tok = tiny
     items = make_mc_items(8, 3)
-    r = build_utility(UtilityConfig(type="abstain_qa", batch_size=3)).score(model, tok, items)
-    mc = build_utility(UtilityConfig(batch_size=3)).score(model, tok, items)
+    r = make_utility(type="abstain_qa", batch_size=3).score(model, tok, items)
+    mc = make_utility(batch_size=3).score(model, tok, items)
     expected = []
 
     def logp(text: str, word: str) -> float:  # log p(word | text), token by token
@@ -166,9 +165,9 @@ def test_user_utility_class_by_module_path(tiny, tmp_path, monkeypatch):
         "        s = [float(len(it['question']) > 3) for it in items]\n"
         "        return ItemScores(sum(s) / len(s), s, [''] * len(s))\n")
     monkeypatch.syspath_prepend(str(tmp_path))
-    u = build_utility(UtilityConfig(type="my_objectives:Longest"))
+    u = make_utility(type="my_objectives:Longest")
     assert u.name == "my_objectives:Longest"
     assert u.score(model, tok, [{"question": "abcd"}, {"question": "a"}]).value == 0.5
     sys.modules.pop("my_objectives", None)
     with pytest.raises(ConfigError, match="cannot import my_objectives:Nope"):
-        build_utility(UtilityConfig(type="my_objectives:Nope"))
+        make_utility(type="my_objectives:Nope")

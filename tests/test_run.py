@@ -119,7 +119,7 @@ def test_sigkilled_run_resumes_to_the_same_result(tmp_path, lora_experts, mc_dat
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     tensors, meta = load_checkpoint(run_dir / "checkpoint.safetensors")
-    assert meta["swarm"]["iteration"] < 6, "the run finished before it could be killed"
+    assert meta["search"]["iteration"] < 6, "the run finished before it could be killed"
     resumed = runner.run(resume=run_dir, show_progress=False)
     assert resumed["rows"] == ref["rows"]
 
@@ -172,8 +172,17 @@ def test_config_errors_name_the_key(tmp_path):
         parse_config({**base, "search": {"inertai": 0.3}})
     with pytest.raises(ConfigError, match=r"search\.patience"):
         parse_config({**base, "search": {"patience": "soon"}})
-    with pytest.raises(ConfigError, match=r"^config: data: Field required"):
-        parse_config({"experts": {"paths": ["a"]}})
+    # data is optional in the file (merge never reads it); the commands that score need it
+    with pytest.raises(ConfigError, match=r"^data: .*no `data:` section"):
+        parse_config({"experts": {"paths": ["a"]}}).need_data("run")
+    with pytest.raises(ConfigError, match=r"utility\.topic: unknown key for utility type "
+                       "multiple_choice"):
+        parse_config({**base, "utility": {"type": "multiple_choice", "topic": "finance"}})
+    with pytest.raises(ConfigError, match=r"utility\.function: required for utility type "
+                       "python"):
+        parse_config({**base, "utility": {"type": "python"}})
+    moved = parse_config({**base, "utility": {"batch_size": 3}})  # an older config's place
+    assert moved.model.batch_size == 3
     path = tmp_path / "c.yaml"
     path.write_text("experts:\n  paths: [a, b]\ndata:\n  path: d.json\nbogus: 1\n")
     with pytest.raises(ConfigError, match=r"c\.yaml: bogus: unknown key"):

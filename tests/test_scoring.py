@@ -10,14 +10,13 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from modelswarms.config import UtilityConfig
 from modelswarms.errors import ConfigError, DataError, UtilityError
 from modelswarms.evaluation import generation
 from modelswarms.evaluation.data import load_items
 from modelswarms.evaluation.extract import extract_letter, extract_number
 from modelswarms.evaluation.prompts import multiple_choice_prompt
-from modelswarms.evaluation.utilities import ItemScores, build_utility, register_utility
-from modelswarms.testing import make_tiny_llama
+from modelswarms.evaluation.utilities import ItemScores, register_utility
+from modelswarms.testing import make_tiny_llama, make_utility
 
 from .conftest import make_mc_items
 
@@ -122,7 +121,7 @@ def test_token_budget_batches_keep_every_item_once():
 def test_multiple_choice_matches_direct_argmax(tiny):
     model, tok = tiny
     items = make_mc_items(10, 5)
-    result = build_utility(UtilityConfig(type="multiple_choice", batch_size=3)).score(
+    result = make_utility(type="multiple_choice", batch_size=3).score(
         model, tok, items)
     letter_ids = [tok.convert_tokens_to_ids(x) for x in "ABCD"]  # " A" is two characters here
     for item, pred, score in zip(items, result.predictions, result.scores, strict=True):
@@ -143,7 +142,7 @@ def test_multiple_choice_with_different_option_sets(tiny, monkeypatch):
         item["choices"] = {x: f"option {x}" for x in "ABCDEF"[:n]}
         item["answer"] = "ABCDEF"[n - 1]
     monkeypatch.setattr(generation, "continuation_logprobs", None)  # must not be needed
-    result = build_utility(UtilityConfig(type="multiple_choice", batch_size=3)).score(
+    result = make_utility(type="multiple_choice", batch_size=3).score(
         model, tok, items)
     for item, pred in zip(items, result.predictions, strict=True):
         letters = list(item["choices"])
@@ -158,8 +157,8 @@ def test_multiple_choice_with_different_option_sets(tiny, monkeypatch):
 def test_multiple_choice_uses_the_chat_template(tiny_chat):
     model, tok = tiny_chat
     items = make_mc_items(4, 6)
-    u = build_utility(UtilityConfig(type="multiple_choice"))
-    plain = build_utility(UtilityConfig(type="multiple_choice", chat_template=False))
+    u = make_utility(type="multiple_choice")
+    plain = make_utility(type="multiple_choice", chat_template=False)
     a, b = u.score(model, tok, items), plain.score(model, tok, items)
     assert len(a.predictions) == 4 and set(a.predictions) <= set("ABCD")
     assert a.predictions != b.predictions or a.value == b.value  # both valid; runs both paths
@@ -167,7 +166,7 @@ def test_multiple_choice_uses_the_chat_template(tiny_chat):
 
 def test_exact_match_against_greedy_output(tiny):
     model, tok = tiny
-    u = build_utility(UtilityConfig(type="exact_match", max_new_tokens=5, batch_size=2))
+    u = make_utility(type="exact_match", max_new_tokens=5, batch_size=2)
     items = [{"question": q, "answer": "zzz"} for q in ("one", "two", "three", "four")]
     first = u.score(model, tok, items)
     # make the gold of half the items what greedy decoding says: those and only those score
@@ -182,7 +181,7 @@ def test_exact_match_compares_numbers(tiny, monkeypatch):
     monkeypatch.setattr(generation, "generate", lambda *a, **k: [[
         tok.encode("so the answer is 1,234.0 apples", add_special_tokens=False),
         tok.encode("#### 7", add_special_tokens=False)]])
-    u = build_utility(UtilityConfig(type="exact_match"))
+    u = make_utility(type="exact_match")
     r = u.score(model, tok, [{"question": "a", "answer": "1234"}, {"question": "b",
                                                                   "answer": "8"}])
     assert r.scores == [1.0, 0.0] and r.predictions == ["1234", "7"]
@@ -200,7 +199,7 @@ def test_multiple_choice_generate_and_parse(tiny, monkeypatch):
         return [[tok.encode(t, add_special_tokens=False) for t in said]]
 
     monkeypatch.setattr(generation, "generate", fake_generate)
-    u = build_utility(UtilityConfig(type="multiple_choice", scoring="generate"))
+    u = make_utility(type="multiple_choice", scoring="generate")
     r = u.score(model, tok, items)
     assert r.predictions == ["C", "B", "C", ""] and r.scores == [1.0, 0.0, 1.0, 0.0]
     assert r.counts == {"mc_unparsed": 1}
@@ -211,8 +210,8 @@ def test_multiple_choice_generate_mode_runs_for_real(tiny):
     model, tok = tiny
     items = [{"question": f"q{i}", "choices": {"A": "x", "B": "y"}, "answer": "A"}
              for i in range(3)]
-    u = build_utility(UtilityConfig(type="multiple_choice", scoring="generate",
-                                    max_new_tokens=4, batch_size=2))
+    u = make_utility(type="multiple_choice", scoring="generate",
+                                    max_new_tokens=4, batch_size=2)
     r = u.score(model, tok, items)
     texts = [tok.decode(o) for o in generation.generate(
         model, [tok(multiple_choice_prompt(it) + "\nThe answer is")["input_ids"]
@@ -247,16 +246,16 @@ def test_python_utility(tmp_path, tiny, monkeypatch):
         "def boom(model, tokenizer, items):\n    raise RuntimeError('judge offline')\n")
     monkeypatch.syspath_prepend(str(tmp_path))
     items = [{"q": "abc"}, {"q": "abcde"}]
-    r = build_utility(UtilityConfig(type="python", function="myutil:length")).score(
+    r = make_utility(type="python", function="myutil:length").score(
         model, tok, items)
     assert r.scores == [0.3, 0.5] and math.isclose(r.value, 0.4)
     with pytest.raises(UtilityError, match="myutil:bad returned nan"):
-        build_utility(UtilityConfig(type="python", function="myutil:bad")).score(model, tok, items)
+        make_utility(type="python", function="myutil:bad").score(model, tok, items)
     with pytest.raises(UtilityError, match="judge offline"):
-        build_utility(UtilityConfig(type="python", function="myutil:boom")).score(
+        make_utility(type="python", function="myutil:boom").score(
             model, tok, items)
     with pytest.raises(ConfigError, match="cannot import myutil:nope"):
-        build_utility(UtilityConfig(type="python", function="myutil:nope"))
+        make_utility(type="python", function="myutil:nope")
     sys.modules.pop("myutil", None)
 
 
@@ -271,9 +270,9 @@ def test_registry_takes_user_utilities_and_names_the_known_ones():
         def score(self, model, tokenizer, items):
             return ItemScores(0.5, [0.5] * len(items), [""] * len(items))
 
-    assert build_utility(UtilityConfig(type="always_half")).score(None, None, [{}]).value == 0.5
+    assert make_utility(type="always_half").score(None, None, [{}]).value == 0.5
     with pytest.raises(ConfigError, match="registered: .*multiple_choice"):
-        build_utility(UtilityConfig(type="nope"))
+        make_utility(type="nope")
 
 
 def test_load_items_formats_and_errors(tmp_path):

@@ -7,11 +7,10 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from modelswarms.config import RunConfig, UtilityConfig
+from modelswarms.config import RunConfig, utility_config
 from modelswarms.evaluation import generation
 from modelswarms.evaluation.prompts import cloze_continuation, cloze_prompt
-from modelswarms.evaluation.utilities import build_utility
-from modelswarms.testing import make_tiny_llama
+from modelswarms.testing import make_tiny_llama, make_utility
 
 from .conftest import make_mc_items
 
@@ -69,7 +68,7 @@ def test_cloze_scoring_matches_hand_computation(tiny, norm):
     model, tok = tiny
     items = _items()
     mode = "cloze_norm" if norm else "cloze"
-    result = build_utility(UtilityConfig(scoring=mode, batch_size=5)).score(model, tok, items)
+    result = make_utility(scoring=mode, batch_size=5).score(model, tok, items)
     for it, pred, score in zip(items, result.predictions, result.scores, strict=True):
         prompt = tok(cloze_prompt(it))["input_ids"]
         values = {}
@@ -84,8 +83,8 @@ def test_cloze_scoring_matches_hand_computation(tiny, norm):
 def test_cloze_prompt_template_is_used(tiny):
     model, tok = tiny
     items = _items()
-    cfg = UtilityConfig(scoring="cloze", prompt="{question}", batch_size=8)
-    result = build_utility(cfg).score(model, tok, items)
+    result = make_utility(scoring="cloze", prompt="{question}", batch_size=8).score(
+        model, tok, items)
     for it, pred in zip(items, result.predictions, strict=True):
         prompt = tok(it["question"])["input_ids"]
         values = {k: hand_logprob(model, prompt, tok.encode(" " + v, add_special_tokens=False))
@@ -96,9 +95,9 @@ def test_cloze_prompt_template_is_used(tiny):
 def test_permuted_scoring_averages_every_rotation(tiny):
     model, tok = tiny
     items = _items()
-    result = build_utility(UtilityConfig(scoring="permuted", batch_size=4)).score(
+    result = make_utility(scoring="permuted", batch_size=4).score(
         model, tok, items)
-    letter = build_utility(UtilityConfig(scoring="letter", batch_size=4))
+    letter = make_utility(scoring="letter", batch_size=4)
     for it, pred in zip(items, result.predictions, strict=True):
         keys, texts = list(it["choices"]), list(it["choices"].values())
         n = len(keys)
@@ -130,7 +129,7 @@ def test_permuted_scoring_does_not_depend_on_where_the_answer_is_shown(tiny):
         return {**it, "choices": dict(zip(keys, order, strict=True)), "answer": answer}
 
     def by_shift(mode):
-        util = build_utility(UtilityConfig(scoring=mode, batch_size=16))
+        util = make_utility(scoring=mode, batch_size=16)
         return [util.score(model, tok, [shifted(it, k) for it in items]).value
                 for k in range(4)]
 
@@ -162,4 +161,4 @@ def test_scoring_modes_with_several_particles_per_forward(lora_experts, mc_data)
 
 
 def test_old_scoring_name_still_loads():
-    assert UtilityConfig.model_validate({"scoring": "loglik"}).scoring == "letter"
+    assert utility_config(scoring="loglik").scoring == "letter"

@@ -9,6 +9,7 @@ import torch
 
 from modelswarms.config import RunConfig
 from modelswarms.runs import runner
+from modelswarms.testing import make_utility
 
 from .conftest import SHARED_EVAL
 
@@ -76,16 +77,14 @@ def test_swarm_on_smollm2_end_to_end(tmp_path, smollm_experts, mc_data):
 @pytest.mark.skipif(not (SHARED_EVAL / "mmlu.json").exists(),
                     reason="../shared/data/eval is not here (only developers' machines have it)")
 def test_mmlu_scoring_on_smollm2_is_batch_invariant():
-    from modelswarms.config import UtilityConfig
     from modelswarms.evaluation.backend import load_causal_lm, load_tokenizer
     from modelswarms.evaluation.data import load_items
-    from modelswarms.evaluation.utilities import build_utility
     from modelswarms.models import smollm2_path
 
     path = str(smollm2_path())
     model = load_causal_lm(path, torch.float32, torch.device("cpu"))
     tok = load_tokenizer(path)
     items = load_items(SHARED_EVAL / "mmlu.json", "dev", limit=12)
-    one = build_utility(UtilityConfig(batch_size=1)).score(model, tok, items)
-    many = build_utility(UtilityConfig(batch_size=8)).score(model, tok, items)
+    one = make_utility(batch_size=1).score(model, tok, items)
+    many = make_utility(batch_size=8).score(model, tok, items)
     assert one.predictions == many.predictions and set(one.predictions) <= set("ABCD")

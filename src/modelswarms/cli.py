@@ -197,31 +197,33 @@ def eval_cmd(model_path: str, config: str | None, data: str | None, split: str,
 
 def _evaluate(model_path, config, data, split, utility_type, base_model, max_items,
               batch_size, device) -> dict:
-    from .config import UtilityConfig, load_config
+    from .api import evaluate
+    from .config import as_utility, load_config, utility_config
     from .errors import ConfigError
-    from .evaluation.backend import load_standalone
-    from .evaluation.data import load_items, load_split
-    from .evaluation.utilities import build_utility
+    from .evaluation.data import load_split
 
     cfg = load_config(config) if config else None
-    ucfg = cfg.utility if cfg else UtilityConfig()
-    updates = {k: v for k, v in (("type", utility_type), ("batch_size", batch_size)) if v}
-    ucfg = ucfg.model_copy(update=updates)
     if not data and not cfg:
         raise ConfigError("eval: give --data or --config")
-    utility = build_utility(ucfg)
-    if data:
-        items = load_items(data, split, required=utility.required_fields, limit=max_items)
-    else:
-        items = load_split(cfg.data, split, required=utility.required_fields)[:max_items]
-        data = cfg.data.name
-    base = base_model or (cfg.experts.base_model if cfg else None)
-    model, tok = load_standalone(model_path, base, device=device or (
-        cfg.model.device if cfg else "auto"), dtype=cfg.model.dtype if cfg else "auto")
+    ucfg = cfg.utility if cfg else utility_config()
+    if utility_type:
+        ucfg = as_utility(ucfg, utility_type)
+    items = data
+    if not data:
+        data_cfg = cfg.need_data("eval")
+        items = load_split(data_cfg, split)[:max_items]
+        data = data_cfg.name
+    engine = cfg.model if cfg else None
     start = time.perf_counter()
-    scores = utility.score(model, tok, items)
-    return {"model": model_path, "utility": utility.name, "data": data, "split": split,
-            "items": len(items), "value": scores.value,
+    scores = evaluate(model_path, items, utility=ucfg.model_dump(), split=split,
+                      base_model=base_model or (cfg.experts.base_model if cfg else None),
+                      device=device or (engine.device if engine else "auto"),
+                      dtype=engine.dtype if engine else "auto",
+                      batch_size=batch_size or (engine.batch_size if engine else 16),
+                      max_batch_tokens=engine.max_batch_tokens if engine else 4096,
+                      max_items=max_items)
+    return {"model": model_path, "utility": ucfg.type, "data": data, "split": split,
+            "items": len(scores.scores), "value": scores.value,
             "seconds": time.perf_counter() - start}
 
 

@@ -7,10 +7,19 @@ paths are resolved against the config file's folder, so a config can travel with
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Discriminator,
+    Field,
+    Tag,
+    TypeAdapter,
+    ValidationError,
+    model_validator,
+)
 
 from .errors import ConfigError
 
@@ -107,29 +116,32 @@ class RewardConfig(StrictModel):
         return self
 
 
-class UtilityConfig(StrictModel):
-    type: str = Field("multiple_choice", description="a registered utility name")
-    batch_size: int = Field(16, ge=1, description="most items in one forward")
-    max_batch_tokens: int = Field(
-        4096, ge=1, description="most padded tokens in one forward (long items get small batches)")
-    max_new_tokens: int = Field(16, ge=1)
-    scoring: Literal["letter", "cloze", "cloze_norm", "permuted", "generate"] = Field(
-        "letter", description="multiple_choice: the option letter's log-likelihood after the "
-        "lettered list (letter); the option text's log-likelihood after the question, summed "
-        "(cloze, lm-eval's acc) or per character (cloze_norm, lm-eval's acc_norm); letter "
-        "scoring averaged over the cyclic rotations of the options (permuted: cancels a "
-        "letter prior); or greedy generation parsed for a letter (generate, the paper's way)")
-    function: str | None = Field(None, description="'module:function' for type 'python'")
-    chat_template: bool | None = Field(None, description="None: use it when the tokenizer has one")
-    prompt: str | None = Field(None, description="prompt template override")
+class _UtilityBase(StrictModel):
     on_invalid: Literal["stop", "worst"] = Field(
         "stop", description="a utility that returns NaN or infinity or raises: stop the run "
         "with a message naming it, or score that candidate -inf (never a best, the worst seen) "
         "and go on; counted as `invalid_utility` in the report either way")
-    judge: JudgeConfig | None = Field(None, description="the rater of judged utilities")
-    reward: RewardConfig | None = Field(None, description="reward_model: the reward model")
-    topic: str | None = Field(
-        None, description="human_interest: the interest the judge rates for, e.g. 'finance'")
+
+
+class _PromptedUtility(_UtilityBase):
+    """A utility that prompts the model: its template, chat turn and answer length."""
+
+    chat_template: bool | None = Field(None, description="None: use it when the tokenizer has one")
+    prompt: str | None = Field(None, description="prompt template override")
+    max_new_tokens: int = Field(16, ge=1, description="length of a generated answer")
+
+
+Scoring = Literal["letter", "cloze", "cloze_norm", "permuted", "generate"]
+SCORING_HELP = (
+    "multiple choice: the option letter's log-likelihood after the lettered list (letter); the "
+    "option text's log-likelihood after the question, summed (cloze, lm-eval's acc) or per "
+    "character (cloze_norm, lm-eval's acc_norm); letter scoring averaged over the cyclic "
+    "rotations of the options (permuted: cancels a letter prior); or greedy generation parsed "
+    "for a letter (generate, the paper's way)")
+
+
+class _ChoiceScoring(_PromptedUtility):
+    scoring: Scoring = Field("letter", description=SCORING_HELP)
 
     @model_validator(mode="before")
     @classmethod
@@ -138,6 +150,97 @@ class UtilityConfig(StrictModel):
         if isinstance(data, dict) and data.get("scoring") == "loglik":
             data = {**data, "scoring": "letter"}
         return data
+
+
+class MultipleChoiceConfig(_ChoiceScoring):
+    type: Literal["multiple_choice"] = "multiple_choice"
+
+
+class ExactMatchConfig(_PromptedUtility):
+    type: Literal["exact_match"]
+
+
+class MultiTaskConfig(_ChoiceScoring):
+    """The harmonic mean over tasks: multiple choice where items have choices, else exact
+    match; `scoring` is the multiple-choice tasks'."""
+
+    type: Literal["multi_task"]
+
+
+class AbstainQAConfig(_ChoiceScoring):
+    type: Literal["abstain_qa"]
+
+
+class PythonUtilityConfig(_UtilityBase):
+    type: Literal["python"]
+    function: str = Field(pattern=r"^[^:\s]+:[^:\s]+$",
+                          description="'module:function', called as fn(model, tokenizer, items)")
+
+
+class HumanInterestConfig(_PromptedUtility):
+    type: Literal["human_interest"]
+    judge: JudgeConfig = Field(description="the LLM that rates the answers")
+    topic: str = Field(min_length=1, description="the interest the judge rates for, e.g. "
+                       "'finance'")
+
+
+class RewardModelConfig(_PromptedUtility):
+    type: Literal["reward_model"]
+    reward: RewardConfig = Field(description="the reward model")
+
+
+class CustomUtilityConfig(_PromptedUtility):
+    """A utility of the user's: a name given to `register_utility`, or 'module:Class' (a class
+    or factory called with this config). Its own settings go under `params`."""
+
+    type: str = Field(min_length=1)
+    params: dict[str, Any] = Field(default_factory=dict, description="the utility's settings")
+    judge: JudgeConfig | None = Field(None, description="a rater, for judged utilities")
+
+
+UTILITY_CONFIGS: dict[str, type[StrictModel]] = {
+    "multiple_choice": MultipleChoiceConfig, "exact_match": ExactMatchConfig,
+    "multi_task": MultiTaskConfig, "abstain_qa": AbstainQAConfig,
+    "python": PythonUtilityConfig, "human_interest": HumanInterestConfig,
+    "reward_model": RewardModelConfig,
+}
+
+
+def _utility_tag(value: Any) -> str:
+    kind = value.get("type", "multiple_choice") if isinstance(value, dict) else \
+        getattr(value, "type", "multiple_choice")
+    return kind if kind in UTILITY_CONFIGS else "custom"
+
+
+# `utility:` is one of these, chosen by its `type`: a key that belongs to another utility
+# (say `topic` on multiple_choice) is an unknown key, not silently ignored.
+UtilityConfig = Annotated[
+    Annotated[MultipleChoiceConfig, Tag("multiple_choice")]
+    | Annotated[ExactMatchConfig, Tag("exact_match")]
+    | Annotated[MultiTaskConfig, Tag("multi_task")]
+    | Annotated[AbstainQAConfig, Tag("abstain_qa")]
+    | Annotated[PythonUtilityConfig, Tag("python")]
+    | Annotated[HumanInterestConfig, Tag("human_interest")]
+    | Annotated[RewardModelConfig, Tag("reward_model")]
+    | Annotated[CustomUtilityConfig, Tag("custom")],
+    Discriminator(_utility_tag),
+]
+_UTILITY_ADAPTER: TypeAdapter[Any] = TypeAdapter(UtilityConfig)
+
+
+def utility_config(**fields: Any) -> Any:
+    """A utility config from keyword fields (`type` picks the kind; multiple_choice if none)."""
+    try:
+        return _UTILITY_ADAPTER.validate_python(fields)
+    except ValidationError as err:
+        raise ConfigError(_format_errors(err, "utility config", prefix=("utility",))) from None
+
+
+def as_utility(cfg: Any, kind: str, **update: Any) -> Any:
+    """`cfg`'s shared settings under another utility type (a utility built from parts)."""
+    target = UTILITY_CONFIGS.get(kind, CustomUtilityConfig)
+    keep = {k: v for k, v in cfg.model_dump().items() if k in target.model_fields}
+    return utility_config(**{**keep, "type": kind, **update})
 
 
 class SwarmConfig(StrictModel):
@@ -254,8 +357,15 @@ class HSwarmConfig(StrictModel):
 
 
 class ModelConfig(StrictModel):
+    """How the resident model runs: device, precision and the engine's batch limits. Every
+    utility reads its batches from here; an out-of-memory back-off halves the limits of the
+    run in memory, never this config."""
+
     device: str = Field("auto", description="auto, cpu, cuda or cuda:N")
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
+    batch_size: int = Field(16, ge=1, description="most items in one forward")
+    max_batch_tokens: int = Field(
+        4096, ge=1, description="most padded tokens in one forward (long items get small batches)")
     particles_per_forward: int | Literal["auto"] = Field(
         "auto", description="LoRA particles sharing each forward pass; auto: 8 on GPU, 1 on CPU")
     reuse_frozen_layers: bool = Field(
@@ -269,13 +379,17 @@ class OutputConfig(StrictModel):
     evaluate_test: bool = True
 
 
+ENGINE_KEYS = ("batch_size", "max_batch_tokens")  # once utility keys, now model's
+
+
 class RunConfig(StrictModel):
     experts: ExpertsConfig
-    data: DataConfig
-    utility: UtilityConfig = UtilityConfig()
-    strategy: Literal["swarm", "cmaes", "random", "greedy_soup"] = Field(
-        "swarm", description="the search: Model Swarms, CMA-ES or random search over merge "
-        "coefficients, or a greedy soup")
+    data: DataConfig | None = Field(
+        None, description="the items a search scores (run, compare, hswarm; not merge)")
+    utility: UtilityConfig = MultipleChoiceConfig()
+    strategy: str = Field(
+        "swarm", description="the search, a registered strategy: swarm (Model Swarms), cmaes "
+        "or random (over merge coefficients), greedy_soup, hswarm (Heterogeneous Swarms)")
     search: SwarmConfig = SwarmConfig()
     coefficients: CoefficientSearchConfig = CoefficientSearchConfig()
     budget: int | None = Field(None, ge=1, description="most utility evaluations a search may "
@@ -287,6 +401,24 @@ class RunConfig(StrictModel):
     hswarm: HSwarmConfig | None = Field(
         None, description="`modelswarms hswarm`: Heterogeneous Swarms over the experts")
     seed: int = 0
+
+    @model_validator(mode="before")
+    @classmethod
+    def _engine_keys_moved(cls, data: Any) -> Any:
+        # Configs (and run folders) written before batch limits moved to `model:` still load.
+        if isinstance(data, dict) and isinstance(data.get("utility"), dict):
+            utility = dict(data["utility"])
+            moved = {k: utility.pop(k) for k in ENGINE_KEYS if k in utility}
+            if moved:
+                model = data.get("model") if isinstance(data.get("model"), dict) else {}
+                data = {**data, "utility": utility, "model": {**moved, **model}}
+        return data
+
+    def need_data(self, command: str) -> DataConfig:
+        if self.data is None:
+            raise ConfigError(f"data: {command} scores candidates on items; the config has no "
+                              "`data:` section (path, tasks or preset)")
+        return self.data
 
 
 def _resolve(value: str, root: Path) -> str:
@@ -300,11 +432,24 @@ def _resolve(value: str, root: Path) -> str:
     return value
 
 
-def _format_errors(err: ValidationError, source: str) -> str:
+def _format_errors(err: ValidationError, source: str, prefix: tuple[str, ...] = ()) -> str:
     lines = []
     for e in err.errors():
-        key = ".".join(str(x) for x in e["loc"]) or "(top level)"
-        msg = "unknown key" if e["type"] == "extra_forbidden" else e["msg"]
+        loc = [*prefix, *(str(x) for x in e["loc"])]
+        kind = ""
+        # a utility's location carries its union tag ("utility.multiple_choice.topic")
+        if len(loc) > 1 and loc[0] == "utility" and (
+                loc[1] in UTILITY_CONFIGS or loc[1] == "custom"):
+            kind = loc.pop(1)
+        key = ".".join(loc) or "(top level)"
+        if e["type"] == "extra_forbidden":
+            msg = f"unknown key for utility type {kind}" if kind else "unknown key"
+        elif e["type"] == "missing" and kind:
+            msg = f"required for utility type {kind}"
+        elif e["type"] == "string_pattern_mismatch" and key == "utility.function":
+            msg = "give 'module:function'"
+        else:
+            msg = e["msg"]
         lines.append(f"{source}: {key}: {msg}")
     return "\n".join(lines)
 
@@ -336,7 +481,7 @@ def resolve_paths(cfg: RunConfig, root: Path) -> RunConfig:
         "paths": [_resolve(p, root) for p in cfg.experts.paths],
         "base_model": _resolve(cfg.experts.base_model, root) if cfg.experts.base_model else None,
     })
-    data = cfg.data.model_copy(update={
+    data = cfg.data and cfg.data.model_copy(update={
         "path": _resolve(cfg.data.path, root) if cfg.data.path else None,
         "tasks": {k: _resolve(v, root) for k, v in cfg.data.tasks.items()},
         "root": _resolve(cfg.data.root, root) if cfg.data.root else None,

@@ -143,3 +143,39 @@ def make_tiny_reward_model(folder: str | Path, *, seed: int = 0, hidden_size: in
     LlamaForSequenceClassification(config).save_pretrained(folder)
     tok.save_pretrained(folder)
     return folder
+
+
+class _Batched:
+    """A utility called within fixed engine batch limits, as an evaluator calls it."""
+
+    def __init__(self, utility, limits):
+        self._utility, self._limits = utility, limits
+
+    def __getattr__(self, name):
+        return getattr(self._utility, name)
+
+    def score(self, *args, **kwargs):
+        from .evaluation.generation import batching
+
+        with batching(self._limits):
+            return self._utility.score(*args, **kwargs)
+
+    def score_many(self, *args, **kwargs):
+        from .evaluation.generation import batching
+
+        with batching(self._limits):
+            return self._utility.score_many(*args, **kwargs)
+
+
+def make_utility(*, batch_size: int | None = None, max_batch_tokens: int | None = None,
+                 **fields):
+    """A utility from config fields; batch limits (the engine's, not the utility's) given
+    here apply to its calls."""
+    from .config import utility_config
+    from .evaluation.generation import Batching
+    from .evaluation.utilities import build_utility
+
+    utility = build_utility(utility_config(**fields))
+    if batch_size is None and max_batch_tokens is None:
+        return utility
+    return _Batched(utility, Batching(batch_size or 16, max_batch_tokens or 4096))

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from ..config import UtilityConfig
+from ..config import UtilityConfig, as_utility
 from . import generation
 from .prompts import encode, multiple_choice_prompt, render, uses_chat
 from .utilities import ItemScores, _pad_id, build_utility, register_utility
@@ -36,7 +36,7 @@ class AbstainQA:
         return [tokenizer.encode(w, add_special_tokens=False) for w in (" true", " false")]
 
     def score(self, model: Any, tokenizer: Any, items: list[dict]) -> ItemScores:
-        mc = build_utility(self.cfg.model_copy(update={"type": "multiple_choice"}))
+        mc = build_utility(as_utility(self.cfg, "multiple_choice"))
         answered = mc.score(model, tokenizer, items)
         chat = uses_chat(tokenizer, self.cfg.chat_template)
         prompts = []
@@ -46,8 +46,7 @@ class AbstainQA:
             prompts.append(encode(tokenizer, render(tokenizer, text, chat) + (
                 "The proposed answer is" if chat else "\nThe proposed answer is"), chat))
         verdicts = self._verdicts(tokenizer)
-        limits = dict(pad_id=_pad_id(tokenizer), batch_size=self.cfg.batch_size,
-                      max_tokens=self.cfg.max_batch_tokens)
+        limits = dict(pad_id=_pad_id(tokenizer))
         if all(len(v) == 1 for v in verdicts):
             logps = generation.next_token_logprobs(
                 model, prompts, [v[0] for v in verdicts], **limits)[0]

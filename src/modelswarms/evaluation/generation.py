@@ -9,11 +9,45 @@ vocabulary the full logits cost more than the rest of the forward.
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import inspect
 import math
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 
 import torch
+
+
+@dataclass(frozen=True)
+class Batching:
+    """The engine's batch limits: most rows, and most padded tokens, in one forward."""
+
+    batch_size: int = 16
+    max_tokens: int | None = 4096
+
+    def halved(self) -> Batching:
+        return Batching(max(1, self.batch_size // 2),
+                        None if self.max_tokens is None else max(1, self.max_tokens // 2))
+
+
+# The limits are the engine's, not a utility's: whoever runs the model (an evaluator, `eval`)
+# sets them around a utility call, and every helper below reads them when not given.
+_BATCHING: contextvars.ContextVar[Batching | None] = contextvars.ContextVar(
+    "modelswarms_batching", default=None)
+
+
+@contextlib.contextmanager
+def batching(limits: Batching) -> Iterator[Batching]:
+    token = _BATCHING.set(limits)
+    try:
+        yield limits
+    finally:
+        _BATCHING.reset(token)
+
+
+def current_batching() -> Batching:
+    return _BATCHING.get() or Batching()
 
 
 def _batches(lengths: Sequence[int], batch_size: int,
@@ -129,8 +163,8 @@ def _tile(ids: torch.Tensor, mask: torch.Tensor, particles: int):
 
 @torch.inference_mode()
 def next_token_logprobs(model, prompts: Sequence[Sequence[int]], token_ids: Sequence[int],
-                        *, pad_id: int, batch_size: int, max_tokens: int | None = None,
-                        particles: int = 1, share_prefix: bool = True
+                        *, pad_id: int, batch_size: int | None = None,
+                        max_tokens: int | None = None, particles: int = 1, share_prefix: bool = True
                         ) -> list[list[list[float]]]:
     """[particle][prompt][token]: log p(token | prompt), one forward per batch.
 
@@ -157,7 +191,7 @@ def next_token_logprobs(model, prompts: Sequence[Sequence[int]], token_ids: Sequ
 @torch.inference_mode()
 def continuation_logprobs(model, prompts: Sequence[Sequence[int]],
                           continuations: Sequence[Sequence[Sequence[int]]], *, pad_id: int,
-                          batch_size: int, max_tokens: int | None = None,
+                          batch_size: int | None = None, max_tokens: int | None = None,
                           particles: int = 1, share_prefix: bool = True
                           ) -> list[list[list[float]]]:
     """[particle][prompt][continuation]: log p(continuation | prompt), summed over tokens."""
@@ -195,7 +229,8 @@ def _cache_of(out):
 @torch.inference_mode()
 def option_logprobs(model, prompts: Sequence[Sequence[int]],
                     options: Sequence[Sequence[Sequence[int]]], *, pad_id: int,
-                    batch_size: int, max_tokens: int | None = None, particles: int = 1,
+                    batch_size: int | None = None, max_tokens: int | None = None,
+                    particles: int = 1,
                     share_prefix: bool = True) -> list[list[list[float]]]:
     """[particle][prompt][option]: log p(option | prompt), summed over the option's tokens.
 
@@ -267,7 +302,7 @@ def option_logprobs(model, prompts: Sequence[Sequence[int]],
 
 @torch.inference_mode()
 def generate(model, prompts: Sequence[Sequence[int]], *, max_new_tokens: int, pad_id: int,
-             eos_id: int | Sequence[int] | None, batch_size: int,
+             eos_id: int | Sequence[int] | None, batch_size: int | None = None,
              max_tokens: int | None = None, particles: int = 1) -> list[list[list[int]]]:
     """[particle][prompt]: greedy new tokens, cut at the first end-of-sequence token."""
     device = _device(model)
@@ -290,6 +325,11 @@ def generate(model, prompts: Sequence[Sequence[int]], *, max_new_tokens: int, pa
     return out
 
 
-def _limits(batch_size: int, max_tokens: int | None, particles: int) -> tuple[int, int | None]:
+def _limits(batch_size: int | None, max_tokens: int | None, particles: int
+            ) -> tuple[int, int | None]:
+    """Per-particle limits; a limit not given is the current `batching`'s."""
+    if batch_size is None:
+        limits = current_batching()
+        batch_size, max_tokens = limits.batch_size, max_tokens or limits.max_tokens
     return max(1, batch_size // particles), (max(1, max_tokens // particles) if max_tokens
                                              else None)

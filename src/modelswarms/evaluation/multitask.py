@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from ..config import UtilityConfig
+from ..config import UtilityConfig, as_utility
 from ..errors import DataError
 from .utilities import ItemScores, _ScoresEachParticle, build_utility, register_utility
 
@@ -50,11 +50,9 @@ class MultiTask(_ScoresEachParticle):
         self._subs: dict[str, Any] = {}
 
     def _sub(self, kind: str):
-        # Rebuilt when the engine shrinks cfg's batch after an out-of-memory error.
-        sub = self._subs.get(kind)
-        if sub is None or sub.cfg != self.cfg:
-            sub = self._subs[kind] = build_utility(self.cfg.model_copy(update={"type": kind}))
-        return sub
+        if kind not in self._subs:
+            self._subs[kind] = build_utility(as_utility(self.cfg, kind))
+        return self._subs[kind]
 
     def score_many(self, model: Any, tokenizer: Any, items: list[dict],
                    particles: int) -> list[ItemScores]:

@@ -97,8 +97,7 @@ class RewardModel(_ScoresEachParticle):
                    for it in items]
         per_particle = generation.generate(
             model, prompts, max_new_tokens=self.cfg.max_new_tokens, pad_id=_pad_id(tokenizer),
-            eos_id=tokenizer.eos_token_id, batch_size=self.cfg.batch_size,
-            max_tokens=self.cfg.max_batch_tokens, particles=particles)
+            eos_id=tokenizer.eos_token_id, particles=particles)
         device = next(model.parameters()).device
         r = self.cfg.reward
         results = []

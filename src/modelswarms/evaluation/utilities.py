@@ -34,6 +34,9 @@ class ItemScores:
     predictions: list[str]  # the answer given per item, for majority votes
     # Events the report counts, e.g. {"judge_timeout": 2}: nothing degrades silently.
     counts: dict[str, int] = field(default_factory=dict)
+    # Why the utility could not score this candidate (a user's function raised); the
+    # caller's `utility.on_invalid` policy decides what that costs.
+    error: str | None = None
 
 
 class Utility(Protocol):
@@ -59,8 +62,20 @@ class _ScoresEachParticle:
 UTILITIES: dict[str, Callable[[UtilityConfig], Utility]] = {}
 
 
-def register_utility(name: str):
-    """Class decorator: `@register_utility("mine")` makes `utility.type: mine` available."""
+def register_utility(name: str, fn: Callable[..., Any] | None = None):
+    """`@register_utility("mine")` on a class makes `utility.type: mine` available (the class
+    is called with the utility's config). `register_utility("mine", fn)` does the same for a
+    plain function fn(model, tokenizer, items) returning a float, per-item floats or
+    ItemScores."""
+    if fn is not None:
+        def factory(cfg: Any) -> Utility:
+            utility = FunctionUtility(fn, name)
+            utility.name = name
+            return utility
+
+        UTILITIES[name] = factory  # type: ignore[assignment]
+        return fn
+
     def deco(cls):
         cls.name = name
         UTILITIES[name] = cls
@@ -76,7 +91,7 @@ def build_utility(cfg: UtilityConfig) -> Utility:
     factory) of the user's own, called with the UtilityConfig."""
     for module in BUILTIN_MODULES:  # they register themselves on import
         importlib.import_module(f"{__package__}.{module}")
-    if ":" in cfg.type:
+    if ":" in cfg.type and cfg.type not in UTILITIES:
         module, _, attr = cfg.type.partition(":")
         try:
             factory = getattr(importlib.import_module(module), attr)
@@ -178,13 +193,11 @@ class MultipleChoice(_ScoresEachParticle):
             return [
                 [[lp[column[x]] for x in ls] for ls, lp in zip(letters, logps, strict=True)]
                 for logps in generation.next_token_logprobs(
-                    model, prompts, ids, pad_id=pad, batch_size=self.cfg.batch_size,
-                    max_tokens=self.cfg.max_batch_tokens, particles=particles)]
+                    model, prompts, ids, pad_id=pad, particles=particles)]
         conts = [[tokenizer.encode(" " + x, add_special_tokens=False) for x in ls]
                  for ls in letters]
         return generation.continuation_logprobs(
-            model, prompts, conts, pad_id=pad, batch_size=self.cfg.batch_size,
-            max_tokens=self.cfg.max_batch_tokens, particles=particles)
+            model, prompts, conts, pad_id=pad, particles=particles)
 
     def _cloze(self, model: Any, tokenizer: Any, items: list[dict], particles: int,
                per_char: bool) -> list[list[list[float]]]:
@@ -196,8 +209,7 @@ class MultipleChoice(_ScoresEachParticle):
         options = [[tokenizer.encode(cloze_continuation(t), add_special_tokens=False)
                     for t in ts] for ts in texts]
         per_particle = generation.option_logprobs(
-            model, prompts, options, pad_id=_pad_id(tokenizer), batch_size=self.cfg.batch_size,
-            max_tokens=self.cfg.max_batch_tokens, particles=particles)
+            model, prompts, options, pad_id=_pad_id(tokenizer), particles=particles)
         if not per_char:
             return per_particle
         return [per_character(items, logps) for logps in per_particle]
@@ -233,8 +245,7 @@ class MultipleChoice(_ScoresEachParticle):
                             particles: int) -> list[ItemScores]:
         per_particle = generation.generate(
             model, prompts, max_new_tokens=self.cfg.max_new_tokens, pad_id=_pad_id(tokenizer),
-            eos_id=tokenizer.eos_token_id, batch_size=self.cfg.batch_size,
-            max_tokens=self.cfg.max_batch_tokens, particles=particles)
+            eos_id=tokenizer.eos_token_id, particles=particles)
         results = []
         for outs in per_particle:
             texts = [tokenizer.decode(ids, skip_special_tokens=True) for ids in outs]
@@ -262,8 +273,7 @@ class ExactMatch(_ScoresEachParticle):
                           chat) for it in items]
         per_particle = generation.generate(
             model, prompts, max_new_tokens=self.cfg.max_new_tokens, pad_id=_pad_id(tokenizer),
-            eos_id=tokenizer.eos_token_id, batch_size=self.cfg.batch_size,
-            max_tokens=self.cfg.max_batch_tokens, particles=particles)
+            eos_id=tokenizer.eos_token_id, particles=particles)
         return [self._judge(tokenizer, items, outs) for outs in per_particle]
 
     def _judge(self, tokenizer: Any, items: list[dict], outs: list[list[int]]) -> ItemScores:
@@ -282,22 +292,15 @@ class ExactMatch(_ScoresEachParticle):
         return ItemScores(_mean(scores), scores, preds)
 
 
-@register_utility("python")
-class PythonUtility:
-    """`function: module:name`, called as fn(model, tokenizer, items) -> float, a list of
+class FunctionUtility:
+    """A Python function as the utility: fn(model, tokenizer, items) -> a float, a list of
     per-item floats, or ItemScores."""
 
+    name = "function"
     required_fields: tuple[str, ...] = ()
 
-    def __init__(self, cfg: UtilityConfig):
-        if not cfg.function or ":" not in cfg.function:
-            raise ConfigError("utility.function: give 'module:function' for utility type python")
-        module, _, attr = cfg.function.partition(":")
-        try:
-            self.fn = getattr(importlib.import_module(module), attr)
-        except (ImportError, AttributeError) as err:
-            raise ConfigError(f"utility.function: cannot import {cfg.function} ({err})") from None
-        self.label = cfg.function
+    def __init__(self, fn: Callable[..., Any], label: str):
+        self.fn, self.label = fn, label
 
     def score(self, model: Any, tokenizer: Any, items: list[dict]) -> ItemScores:
         try:
@@ -318,6 +321,20 @@ class PythonUtility:
         return result
 
 
+@register_utility("python")
+class PythonUtility(FunctionUtility):
+    """`function: module:name`, called as fn(model, tokenizer, items)."""
+
+    def __init__(self, cfg: UtilityConfig):
+        module, _, attr = cfg.function.partition(":")
+        try:
+            fn = getattr(importlib.import_module(module), attr)
+        except (ImportError, AttributeError) as err:
+            raise ConfigError(f"utility.function: cannot import {cfg.function} ({err})") from None
+        super().__init__(fn, cfg.function)
+        self.cfg = cfg
+
+
 @register_utility("human_interest")
 class HumanInterest(_ScoresEachParticle):
     """The paper's human-interest objective: the model answers each prompt, an LLM judge rates
@@ -331,11 +348,6 @@ class HumanInterest(_ScoresEachParticle):
     required_fields = ("prompt",)
 
     def __init__(self, cfg: UtilityConfig):
-        if cfg.judge is None:
-            raise ConfigError("utility.judge: human_interest needs a judge (kind, model, ...)")
-        if not cfg.topic:
-            raise ConfigError("utility.topic: human_interest needs the interest to rate for, "
-                              "e.g. topic: finance")
         from .judges import build_judge
 
         self.cfg = cfg
@@ -348,8 +360,7 @@ class HumanInterest(_ScoresEachParticle):
         prompts = [encode(tokenizer, render(tokenizer, t, chat), chat) for t in texts]
         per_particle = generation.generate(
             model, prompts, max_new_tokens=self.cfg.max_new_tokens, pad_id=_pad_id(tokenizer),
-            eos_id=tokenizer.eos_token_id, batch_size=self.cfg.batch_size,
-            max_tokens=self.cfg.max_batch_tokens, particles=particles)
+            eos_id=tokenizer.eos_token_id, particles=particles)
         answers = [[tokenizer.decode(ids, skip_special_tokens=True).strip() for ids in outs]
                    for outs in per_particle]
         # All particles in one call: the judge's requests overlap and repeated answers are

@@ -4,7 +4,7 @@ searched together (ALGORITHMS.md section 2)."""
 from .graph import Dag, chain, decode, star
 from .run import hswarm
 from .search import HeteroSwarm, jfk_scores
-from .system import SystemEvaluator
+from .system import System, SystemScorer
 
-__all__ = ["Dag", "HeteroSwarm", "SystemEvaluator", "chain", "decode", "hswarm", "jfk_scores",
-           "star"]
+__all__ = ["Dag", "HeteroSwarm", "System", "SystemScorer", "chain", "decode", "hswarm",
+           "jfk_scores", "star"]

@@ -14,11 +14,11 @@ import torch
 
 from ..config import RunConfig
 from ..runs.checkpoint import atomic_write_text
-from ..runs.runner import read_jsonl
+from ..runs.runner import read_jsonl, search_loop
 from ..runs.session import Session
 from .graph import Dag, chain, decode, random_adjacency, star
 from .search import HeteroSwarm
-from .system import SystemEvaluator
+from .system import SystemScorer
 
 BASELINES = "baselines.jsonl"
 
@@ -27,7 +27,7 @@ def row(name: str, dev: float | None, test: float | None, **extra: Any) -> dict[
     return {"name": name, "dev": dev, "test": test, **extra}
 
 
-def baselines(run_dir: Path, cfg: RunConfig, session: Session, ev: SystemEvaluator,
+def baselines(run_dir: Path, cfg: RunConfig, session: Session, ev: SystemScorer,
                search: HeteroSwarm, singles: list[float]) -> list[dict[str, Any]]:
     """The rows a user weighs the search against, each recorded in baselines.jsonl once done
     (a resumed run does not redo them)."""
@@ -72,9 +72,8 @@ def baselines(run_dir: Path, cfg: RunConfig, session: Session, ev: SystemEvaluat
                 "hswarm": cfg.hswarm.model_copy(update={"steps": steps, "baselines": []})})
             folder = run_dir / "baselines" / key
             folder.mkdir(parents=True, exist_ok=True)
-            from .run import search_in  # run.py imports this module
-
-            s = search_in(folder, sub, ev)
+            s, _ = search_loop(sub, folder, session)
+            assert isinstance(s, HeteroSwarm)
             assert s.best_dag is not None
             label = "role-step only (weights frozen)" if steps == "role" else \
                 "weight-step only (chain graph)"

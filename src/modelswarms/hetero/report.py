@@ -16,24 +16,18 @@ from ..runs.session import Session
 from .baselines import baselines, row
 from .export import export_system
 from .search import HeteroSwarm
-from .system import SystemEvaluator
+from .system import SystemScorer
 
 log = logging.getLogger("modelswarms")
 
 
-def progress_view(rec: dict[str, Any]) -> dict[str, Any]:
-    utilities = rec.get("graph_utilities", []) + rec.get("trial_utilities", [])
-    return {"iteration": rec["round"], "utilities": utilities, "global_best": rec["best"],
-            "evaluations": rec["evaluations"], "seconds": rec["seconds"],
-            "wall_time": rec["wall_time"]}
-
-
-def final_report(run_dir: Path, cfg: RunConfig, session: Session, ev: SystemEvaluator,
-                 search: HeteroSwarm) -> dict[str, Any]:
+def final_report(run_dir: Path, cfg: RunConfig, session: Session, search: HeteroSwarm
+                 ) -> dict[str, Any]:
     names, test = session.pool.names, session.test
     if search.best_dag is None:
         raise RunError(f"{run_dir}: the search evaluated no system (budget {cfg.budget} is "
                        f"below one round's {search.round_cost} systems)")
+    ev = SystemScorer(session.scorer, cfg.hswarm, cfg.utility)
     singles = session.dev_utilities(session.experts)
     expert_test = session.score_many(session.experts, test) if test else None
     rows = [row(f"expert: {name}", u, expert_test[i].value if expert_test else None)
@@ -64,9 +58,7 @@ def final_report(run_dir: Path, cfg: RunConfig, session: Session, ev: SystemEval
     atomic_write_text(run_dir / "report.json", json.dumps(report, indent=2))
     atomic_write_text(run_dir / "report.md", render_markdown(report))
     if search.history:
-        plot_history([{"iteration": r["round"], "utilities": progress_view(r)["utilities"],
-                       "global_best": r["best"]} for r in search.history],
-                     run_dir / "utility_curves.png")
+        plot_history(search.history, run_dir / "utility_curves.png")
     log.info("done: best system dev %.4f; exported to %s", search.best_util, folder)
     return report
 

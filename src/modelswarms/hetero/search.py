@@ -15,9 +15,12 @@ from typing import Any
 
 import torch
 
-from ..config import RunConfig
+from ..config import HSwarmConfig, RunConfig
+from ..errors import ConfigError
+from ..search.registry import register_strategy
 from ..search.swarm import ModelSwarm
 from .graph import Dag, chain, decode, random_adjacency
+from .system import System
 
 
 def jfk_scores(assignments: list[list[int]], utilities: list[float], n_models: int
@@ -33,6 +36,11 @@ def jfk_scores(assignments: list[list[int]], utilities: list[float], n_models: i
 
 
 class HeteroSwarm:
+    """Ask / tell: a round asks twice, first for the role-step's systems (the K decoded
+    graphs, model i on node i), then for the weight-step's (T random assignments on the
+    round's best graph, the models after one PSO move). A checkpoint may fall between the
+    two; `record()` is None until a round is complete."""
+
     label = "Heterogeneous Swarms"
 
     def __init__(self, models: torch.Tensor, cfg: RunConfig):
@@ -52,7 +60,18 @@ class HeteroSwarm:
         self.best_dag: Dag | None = None
         self.best_assignment: list[int] = []
         self.best_models = models.detach().clone()
-        self.history: list[dict[str, Any]] = []  # the run's round records (runner fills it)
+        self.history: list[dict[str, Any]] = []  # the run's round records (the loop fills it)
+        # Within a round: which step asks next, what the round has so far, what was asked.
+        self.phase = "role"
+        self._rec: dict[str, Any] = {}
+        self._improved = False
+        self._graph: Dag | None = None
+        self._asked: list[System] = []
+        self._done_round: dict[str, Any] | None = None
+
+    @property
+    def iteration(self) -> int:
+        return self.round
 
     @property
     def round_cost(self) -> int:
@@ -61,13 +80,15 @@ class HeteroSwarm:
 
     @property
     def done(self) -> bool:
+        if self.phase != "role":
+            return False  # a round once begun is finished
         budget = self.cfg.budget
         if budget is not None and self.evaluations + self.round_cost > budget:
             return True
         return self.round >= self.h.max_rounds or self.since_best >= self.h.patience
 
-    def _consider(self, u: float, dag: Dag, assignment: list[int], models: torch.Tensor
-                  ) -> bool:
+    def _consider(self, u: float, dag: Dag, assignment: tuple[int, ...] | list[int],
+                  models: torch.Tensor) -> bool:
         if u > self.best_util:
             self.best_util, self.best_dag = u, dag
             self.best_assignment = list(assignment)
@@ -75,42 +96,73 @@ class HeteroSwarm:
             return True
         return False
 
-    def run_round(self, evaluate) -> dict[str, Any]:
-        """One role-step and one weight-step. `evaluate(dag, assignment, models)` returns a
-        system's utility."""
-        improved = False
-        identity = list(range(self.n))
-        rec: dict[str, Any] = {"round": self.round + 1}
-        models = self.weights.x
-        if self.h.steps == "weight":
-            graph = chain(self.n)
-        else:
+    def ask(self) -> list[System]:
+        """The systems to score next."""
+        self._done_round = None
+        if self.phase == "role" and self.h.steps == "weight":
+            self._begin_round(chain(self.n))
+        if self.phase == "role":
+            identity = tuple(range(self.n))
+            models = self.weights.x
             dags = [decode(a.view(self.n, self.n), self.h.decode, self.h.top_p, self.gen)
                     for a in self.roles.ask()]
-            utils = [evaluate(d, identity, models) for d in dags]
-            self.evaluations += len(dags)
-            self.roles.tell(utils)
-            for d, u in zip(dags, utils, strict=True):
-                improved |= self._consider(u, d, identity, models)
-            graph = dags[max(range(len(dags)), key=utils.__getitem__)]
-            rec.update(graph_utilities=utils, restarted_graphs=self.roles.restarted)
-        rec["graph"] = graph.to_json()
-        if self.h.steps != "role":
+            self._asked = [System(d, identity, models) for d in dags]
+        else:
             models = self.weights.ask()
-            trials = [torch.randint(self.n, (self.n,), generator=self.gen).tolist()
+            trials = [tuple(torch.randint(self.n, (self.n,), generator=self.gen).tolist())
                       for _ in range(self.h.trials)]
-            utils = [evaluate(graph, a, models) for a in trials]
-            self.evaluations += len(trials)
-            for a, u in zip(trials, utils, strict=True):
-                improved |= self._consider(u, graph, a, models)
-            jfk = jfk_scores(trials, utils, self.n)
-            self.weights.tell(jfk)
-            rec.update(trial_utilities=utils, jfk=[None if math.isnan(x) else x for x in jfk],
-                       step=self.weights.step)
+            assert self._graph is not None
+            self._asked = [System(self._graph, a, models) for a in trials]
+        return self._asked
+
+    def _begin_round(self, graph: Dag) -> None:
+        self._graph = graph
+        self._rec["graph"] = graph.to_json()
+        self.phase = "weight"
+
+    def tell(self, utilities: list[float]) -> None:
+        asked = self._asked
+        if len(utilities) != len(asked):
+            raise ValueError(f"expected {len(asked)} utilities, got {len(utilities)}")
+        self.evaluations += len(asked)
+        for system, u in zip(asked, utilities, strict=True):
+            self._improved |= self._consider(u, system.dag, system.assignment, system.models)
+        if self.phase == "role":
+            self.roles.tell(utilities)
+            best = max(range(len(asked)), key=utilities.__getitem__)
+            self._rec.update(graph_utilities=list(utilities),
+                             restarted_graphs=self.roles.restarted)
+            self._begin_round(asked[best].dag)
+            if self.h.steps == "role":
+                self._end_round()
+            return
+        jfk = jfk_scores([list(s.assignment) for s in asked], utilities, self.n)
+        self.weights.tell(jfk)
+        self._rec.update(trial_utilities=list(utilities),
+                         jfk=[None if math.isnan(x) else x for x in jfk],
+                         step=self.weights.step)
+        self._end_round()
+
+    def _end_round(self) -> None:
         self.round += 1
-        self.since_best = 0 if improved else self.since_best + 1
-        rec.update(best=self.best_util, evaluations=self.evaluations)
-        return rec
+        self.since_best = 0 if self._improved else self.since_best + 1
+        rec = {"round": self.round, **self._rec, "best": self.best_util,
+               "evaluations": self.evaluations}
+        # what every strategy's record carries (the progress display and curves read them)
+        rec.update(global_best=self.best_util,
+                   utilities=rec.get("graph_utilities", []) + rec.get("trial_utilities", []))
+        self._done_round = rec
+        self._rec, self._improved, self.phase = {}, False, "role"
+
+    def record(self) -> dict[str, Any] | None:
+        """The round just completed (None in the middle of a round)."""
+        return self._done_round
+
+    def best(self) -> tuple[torch.Tensor, float]:
+        return self.best_models, self.best_util
+
+    def top(self, k: int) -> list[tuple[torch.Tensor, float]]:
+        return [(self.best_models, self.best_util)][:k]
 
     def state_dict(self) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
         rt, rm = self.roles.state_dict()
@@ -121,7 +173,9 @@ class HeteroSwarm:
         meta = {"roles": rm, "weights": wm, "round": self.round,
                 "evaluations": self.evaluations, "since_best": self.since_best,
                 "best_util": self.best_util, "best_assignment": self.best_assignment,
-                "best_dag": self.best_dag.to_json() if self.best_dag else None}
+                "best_dag": self.best_dag.to_json() if self.best_dag else None,
+                "phase": self.phase, "round_record": self._rec, "improved": self._improved,
+                "graph": self._graph.to_json() if self._graph else None}
         return tensors, meta
 
     def load_state_dict(self, tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> None:
@@ -136,3 +190,40 @@ class HeteroSwarm:
         self.since_best, self.best_util = meta["since_best"], meta["best_util"]
         self.best_assignment = meta["best_assignment"]
         self.best_dag = Dag.from_json(meta["best_dag"]) if meta["best_dag"] else None
+        # checkpoints of older versions were taken between rounds only
+        self.phase = meta.get("phase", "role")
+        self._rec, self._improved = meta.get("round_record", {}), meta.get("improved", False)
+        self._graph = Dag.from_json(meta["graph"]) if meta.get("graph") else None
+
+
+def _prepare(cfg: RunConfig) -> RunConfig:
+    if cfg.hswarm is None:  # the defaults of every hswarm knob
+        cfg = cfg.model_copy(update={"hswarm": HSwarmConfig()})
+    if len(cfg.experts.paths) < 2:
+        raise ConfigError("hswarm: a multi-LLM system needs at least 2 experts")
+    if cfg.search.particles not in (None, len(cfg.experts.paths)):
+        raise ConfigError("search.particles: the weight-step's particles are the experts (the "
+                          "nodes' models); leave it unset for hswarm")
+    return cfg
+
+
+def _scorer(session: Any):
+    from .system import SystemScorer
+
+    systems = SystemScorer(session.scorer, session.cfg.hswarm, session.cfg.utility)
+    return lambda candidates: systems.utilities(candidates, session.dev)
+
+
+def _report(session: Any, search: HeteroSwarm, history: list[dict[str, Any]],
+            run_dir: Any) -> dict[str, Any]:
+    from .report import final_report
+
+    search.history = history
+    return final_report(run_dir, session.cfg, session, search)
+
+
+@register_strategy("hswarm", label=HeteroSwarm.label,
+                   iterations=lambda cfg: (cfg.hswarm or HSwarmConfig()).max_rounds,
+                   prepare=_prepare, scorer=_scorer, report=_report, weights=False)
+def build(cfg: RunConfig, experts: torch.Tensor, space: Any) -> HeteroSwarm:
+    return HeteroSwarm(experts, _prepare(cfg))

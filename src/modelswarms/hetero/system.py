@@ -12,14 +12,17 @@ graph it sits in.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from typing import Any
+
 import torch
 
-from ..config import HSwarmConfig
+from ..config import HSwarmConfig, UtilityConfig
 from ..errors import DataError
 from ..evaluation import generation
 from ..evaluation.prompts import encode, multiple_choice_prompt, render, uses_chat
 from ..evaluation.utilities import ItemScores
-from ..runs.session import Session, fingerprint, items_key
+from ..runs.scorer import Scorer
 from .graph import Dag
 
 
@@ -42,53 +45,77 @@ def with_responses(items: list[dict], responses: list[list[str]], cfg: HSwarmCon
     return out
 
 
-class SystemEvaluator:
-    def __init__(self, session: Session, cfg: HSwarmConfig):
-        self.session, self.cfg = session, cfg
-        self.systems = 0  # systems evaluated (what budgets count)
-        self._answers: dict[tuple[bytes, bytes], list[str]] = {}
+@dataclass(frozen=True)
+class System:
+    """A candidate of Heterogeneous Swarms: node i runs model `assignment[i]`, a row of
+    `models`."""
+
+    dag: Dag
+    assignment: tuple[int, ...]
+    models: torch.Tensor
+
+
+class NodeAnswers:
+    """A non-end node's job as a utility: its greedy answers to the node prompt are the
+    predictions (the value is 0). Scored through the evaluator seam like any utility, so node
+    answers get the score cache, the out-of-memory back-off and several particles per
+    forward."""
+
+    name = "hswarm_node_answers"
+    required_fields: tuple[str, ...] = ()
+
+    def __init__(self, cfg: HSwarmConfig, task: UtilityConfig):
+        self.cfg = cfg
+        self.chat_template = getattr(task, "chat_template", None)
+        self.template = getattr(task, "prompt", None)
+        self.cache_key = f"{cfg.model_dump_json()}|{self.chat_template}|{self.template}"
+
+    def score(self, model: Any, tokenizer: Any, items: list[dict]) -> ItemScores:
+        return self.score_many(model, tokenizer, items, 1)[0]
+
+    def score_many(self, model: Any, tokenizer: Any, items: list[dict],
+                   particles: int) -> list[ItemScores]:
+        chat = uses_chat(tokenizer, self.chat_template)
+        prompts = [encode(tokenizer, render(tokenizer, self.cfg.node_prompt.format(
+            question=task_text(it, self.template)), chat), chat) for it in items]
+        pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else \
+            tokenizer.eos_token_id
+        outs = generation.generate(model, prompts, max_new_tokens=self.cfg.max_new_tokens,
+                                   pad_id=pad, eos_id=tokenizer.eos_token_id,
+                                   particles=particles)
+        n = len(items)
+        return [ItemScores(0.0, [0.0] * n,
+                           [tokenizer.decode(ids, skip_special_tokens=True).strip()
+                            for ids in per], {"node_generations": 1}) for per in outs]
+
+
+class SystemScorer:
+    """Scores multi-LLM systems node by node through a run's scorer (runs/scorer.py)."""
+
+    def __init__(self, scorer: Scorer, cfg: HSwarmConfig, task: UtilityConfig):
+        self.scorer, self.cfg = scorer, cfg
+        self.node = NodeAnswers(cfg, task)
 
     def answers(self, weights: torch.Tensor, items: list[dict]) -> list[str]:
-        """A non-end node's answers to `items` with `weights` loaded (cached)."""
-        key = (fingerprint(weights), items_key(items))
-        if key in self._answers:
-            self.session.counts["node_cache_hits"] += 1
-            return self._answers[key]
-        s = self.session
+        """A non-end node's answers to `items` with `weights` loaded (cached by weights and
+        inputs: a source node answers once per weight state, whatever graph it sits in)."""
         if self.cfg.node_answers == "choice":
-            texts = self._choices(weights, items)
-            self._answers[key] = texts
-            return texts
-        tok, ucfg = s.backend.tokenizer, s.cfg.utility
-        chat = uses_chat(tok, ucfg.chat_template)
-        prompts = [encode(tok, render(tok, self.cfg.node_prompt.format(
-            question=task_text(it, ucfg.prompt)), chat), chat) for it in items]
-        s.backend.load(weights)
-        pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
-        outs = generation.generate(
-            s.backend.model, prompts, max_new_tokens=self.cfg.max_new_tokens, pad_id=pad,
-            eos_id=tok.eos_token_id, batch_size=ucfg.batch_size,
-            max_tokens=ucfg.max_batch_tokens)[0]
-        texts = [tok.decode(ids, skip_special_tokens=True).strip() for ids in outs]
-        s.counts["node_generations"] += 1
-        self._answers[key] = texts
-        return texts
+            missing = next((i for i, it in enumerate(items) if "choices" not in it), None)
+            if missing is not None:
+                raise DataError(f"item {items[missing].get('id', missing)}: "
+                                "hswarm.node_answers 'choice' needs multiple-choice items (a "
+                                "'choices' field)")
+            picks = self.scorer.score(weights, items).predictions
+            return [f"{p}: {it['choices'].get(p, '')}" for p, it in zip(picks, items,
+                                                                        strict=True)]
+        return self.scorer.score(weights, items, self.node).predictions
 
-    def _choices(self, weights: torch.Tensor, items: list[dict]) -> list[str]:
-        missing = next((i for i, it in enumerate(items) if "choices" not in it), None)
-        if missing is not None:
-            raise DataError(f"item {items[missing].get('id', missing)}: hswarm.node_answers "
-                            "'choice' needs multiple-choice items (a 'choices' field)")
-        picks = self.session.score(weights, items).predictions
-        return [f"{p}: {it['choices'].get(p, '')}" for p, it in zip(picks, items, strict=True)]
-
-    def evaluate(self, dag: Dag, assignment: list[int], models: torch.Tensor,
-                 items: list[dict]) -> ItemScores:
+    def evaluate(self, dag: Dag, assignment: list[int] | tuple[int, ...],
+                 models: torch.Tensor, items: list[dict]) -> ItemScores:
         """The system's utility on `items`: node i runs model `assignment[i]`, a row of
         `models`; nodes run in topological order and the end node's answer is scored."""
         if len(assignment) != dag.n:
             raise ValueError(f"{len(assignment)} models assigned to {dag.n} nodes")
-        self.systems += 1
         answers: dict[int, list[str]] = {}
         result = None
         for node in dag.order():
@@ -96,8 +123,19 @@ class SystemEvaluator:
                                     self.cfg)
             weights = models[assignment[node]]
             if node == dag.end:
-                result = self.session.score(weights, inputs)
+                result = self.scorer.score(weights, inputs)
             else:
                 answers[node] = self.answers(weights, inputs)
         assert result is not None
         return result
+
+    def utilities(self, systems: list[System], items: list[dict]) -> list[float]:
+        """Each system's utility. The source nodes of all systems see the same inputs, so
+        their models answer in one call first: several particles share its forwards."""
+        if self.cfg.node_answers == "generate":
+            sources = {(id(s.models), m): s.models[m] for s in systems
+                       for node, m in enumerate(s.assignment)
+                       if node != s.dag.end and not s.dag.predecessors(node)}
+            if sources:
+                self.scorer.score_many(torch.stack(list(sources.values())), items, self.node)
+        return [self.evaluate(s.dag, s.assignment, s.models, items).value for s in systems]

@@ -161,7 +161,7 @@ def ties(tensors, base, params, weights, generator):
 @merge_method(
     "dare_linear", params=DareParams, paper="https://arxiv.org/abs/2311.03099",
     description="DARE: drop task-vector entries with probability 1-density, rescale by "
-    "1/density, then task arithmetic.")
+    "1/density, then task arithmetic.", stochastic=True)
 def dare_linear(tensors, base, params, weights, generator):
     """Random drop and rescale per expert (in expert order, one generator), then a sum."""
     return _task_vectors(tensors, base, weights, params, False,
@@ -170,7 +170,7 @@ def dare_linear(tensors, base, params, weights, generator):
 
 @merge_method(
     "dare_ties", params=DareParams, paper="https://arxiv.org/abs/2311.03099",
-    description="DARE drop and rescale, then TIES sign election.")
+    description="DARE drop and rescale, then TIES sign election.", stochastic=True)
 def dare_ties(tensors, base, params, weights, generator):
     """As dare_linear, with TIES sign election on the rescaled deltas."""
     return _task_vectors(tensors, base, weights, params, True,

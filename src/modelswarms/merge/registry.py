@@ -34,6 +34,7 @@ class MergeMethod:
     min_experts: int = 2
     max_experts: int | None = None
     weighted: bool = True  # False: per-expert weights are meaningless and rejected
+    stochastic: bool = False  # draws from its generator: compare runs it once per seed
 
 
 MERGE_METHODS: dict[str, MergeMethod] = {}
@@ -49,6 +50,7 @@ def merge_method(
     min_experts: int = 2,
     max_experts: int | None = None,
     weighted: bool = True,
+    stochastic: bool = False,
 ) -> Callable[[MergeFn], MergeFn]:
     """Register the decorated per-tensor function under `name`."""
 
@@ -57,7 +59,7 @@ def merge_method(
             raise ValueError(f"merge method {name!r} is already registered")
         MERGE_METHODS[name] = MergeMethod(
             name, fn, params, paper, description, needs_base, min_experts, max_experts,
-            weighted,
+            weighted, stochastic,
         )
         return fn
 

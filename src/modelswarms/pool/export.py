@@ -15,6 +15,7 @@ from safetensors.torch import save_file
 from ..errors import ExpertError
 
 if TYPE_CHECKING:
+    from ..space import FlatSpace
     from .loading import ExpertPool
 
 # Non-weight files a model folder needs to load and to tokenise like the original.
@@ -85,3 +86,13 @@ def export_expert(pool: ExpertPool, tensors: dict[str, torch.Tensor], folder: st
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return folder
+
+
+def export_vector(pool: ExpertPool, space: FlatSpace, vector: torch.Tensor, folder: str | Path,
+                  metadata: dict[str, str] | None = None) -> Path:
+    """Write a point of `space` as a standard adapter / model folder: its searched tensors
+    from `vector`, every frozen tensor as expert 0 has it."""
+    tensors = dict(pool.experts[0].tensors)
+    for name, value in space.unflatten(vector.detach().cpu()).items():
+        tensors[name] = value.to(tensors[name].dtype)
+    return export_expert(pool, tensors, folder, metadata=metadata)

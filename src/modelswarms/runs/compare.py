@@ -19,36 +19,24 @@ import time
 from pathlib import Path
 from typing import Any
 
-import torch
-
 from ..config import RunConfig, dump_config, load_config
 from ..errors import ConfigError, RunError
-from ..merge import MERGE_METHODS, merge_vectors
-from ..merge.base import base_vector, need_base
-from ..search import STRATEGIES
+from ..merge import MERGE_METHODS
 from .checkpoint import atomic_write_text
-from .ensemble import majority_vote
-from .runner import logging_to, read_jsonl, run
+from .rows import RowContext, is_search, row_spec
+from .runner import logging_to, read_jsonl
 from .session import Session
-from .stats import pack_scores, paired_bootstrap, seed_averaged_gain, unpack_scores
+from .stats import paired_bootstrap, seed_averaged_gain, unpack_scores
 
 log = logging.getLogger("modelswarms")
-REFERENCES = ("base", "experts", "best_expert", "expert_vote", "logit_average")
-RANDOM_MERGES = ("dare_linear", "dare_ties")
-LABELS = {"swarm": "Model Swarms", "cmaes": "CMA-ES", "random": "random search",
-          "greedy_soup": "greedy soup", "best_expert": "best expert", "base": "base model",
-          "expert_vote": "top-k experts, majority vote", "logit_average": "experts, logit average"}
 LEVEL, RESAMPLES, BOOTSTRAP_SEED = 0.95, 10000, 0
 REFERENCE_LABELS = {"best_expert": "best expert", "best_merge": "best merge"}
 
 
 def _check_methods(cfg: RunConfig) -> list[str]:
     assert cfg.compare is not None
-    known = set(REFERENCES) | set(STRATEGIES) | set(MERGE_METHODS)
     for m in cfg.compare.methods:
-        if m not in known:
-            raise ConfigError(f"compare.methods: unknown method {m!r}; known: "
-                              f"{', '.join(sorted(known))}")
+        row_spec(m)  # an unknown method is an error that lists the known ones
     for m in cfg.compare.merge_params:
         if m not in MERGE_METHODS:
             raise ConfigError(f"compare.merge_params: {m!r} is not a merge method")
@@ -64,6 +52,11 @@ def compare(cfg: RunConfig | None = None, *, resume: str | Path | None = None,
         cfg = load_config(out / "config.yaml")
     else:
         assert cfg is not None
+        # what can be checked without loading anything, before a folder is made
+        if cfg.compare is None:
+            raise ConfigError("compare: the config has no `compare:` section")
+        cfg.need_data("compare")
+        _check_methods(cfg)
         out = Path(cfg.output.dir)
         if out.exists() and any(out.iterdir()):
             if not overwrite:
@@ -96,17 +89,18 @@ def _compare(cfg: RunConfig, out: Path, methods: list[str], show_progress: bool)
 
     expert_dev = [r.value for r in session.score_many(session.experts, session.dev)]
     for method in methods:
-        seeds = cfg.compare.seeds if (method in STRATEGIES or method in RANDOM_MERGES) else [0]
+        spec = row_spec(method)
+        seeds = cfg.compare.seeds if spec.seeded else [0]
         for seed in seeds:
             if (method, seed) in done:
                 continue
             start = time.perf_counter()
             before = session.evaluations
             try:
-                rows = _method_rows(cfg, session, out, method, seed, expert_dev, show_progress)
+                rows = spec.rows(RowContext(cfg, session, out, seed, expert_dev, show_progress))
             except ConfigError as err:  # e.g. slerp with more than two experts
                 log.warning("compare: %s skipped: %s", method, err)
-                rows = [{"name": LABELS.get(method, method), "skipped": str(err)}]
+                rows = [{"name": spec.label, "skipped": str(err)}]
             for row in rows:
                 row.setdefault("evaluations", session.evaluations - before)
                 row.setdefault("seconds", round(time.perf_counter() - start, 2))
@@ -118,97 +112,6 @@ def _compare(cfg: RunConfig, out: Path, methods: list[str], show_progress: bool)
     atomic_write_text(out / "compare.md", render_markdown(report))
     plot(report, out / "compare.png")
     return report
-
-
-def _test(session: Session, vec: torch.Tensor | None) -> dict[str, Any]:
-    if not session.test:
-        return {"test": None}
-    result = session.score(vec, session.test)
-    return {"test": result.value, "test_scores": pack_scores(result.scores)}
-
-
-def _scores(session: Session, vec: torch.Tensor | None) -> dict[str, Any]:
-    return {"dev": session.score(vec, session.dev).value, **_test(session, vec)}
-
-
-def _method_rows(cfg: RunConfig, session: Session, out: Path, method: str, seed: int,
-                 expert_dev: list[float], show_progress: bool) -> list[dict[str, Any]]:
-    names = session.pool.names
-    if method == "base":
-        if session.pool.kind != "lora":
-            raise ConfigError("the base model row needs a LoRA pool")
-        return [{"name": "base model", **_scores(session, None)}]
-    if method == "experts":
-        return [{"name": f"expert: {n}", "dev": d, **_test(session, session.experts[i])}
-                for i, (n, d) in enumerate(zip(names, expert_dev, strict=True))]
-    if method == "best_expert":
-        i = max(range(len(names)), key=lambda j: expert_dev[j])
-        return [{"name": f"best expert ({names[i]})", **_scores(session, session.experts[i])}]
-    if method == "expert_vote":
-        k = min(cfg.output.top_k, len(names))
-        top = sorted(range(len(names)), key=lambda j: -expert_dev[j])[:k]
-        row = {"name": f"top-{k} experts, majority vote"}
-        for split, items in (("dev", session.dev), ("test", session.test)):
-            if items:
-                voters = [session.score(session.experts[j], items) for j in top]
-                vote = majority_vote(voters, [expert_dev[j] for j in top])
-                row[split] = vote.value
-                if split == "test":
-                    row["test_scores"] = pack_scores(vote.scores)
-        return [row]
-    if method == "logit_average":
-        return [{"name": "experts, logit average", **_logit_average(session)}]
-    if method in MERGE_METHODS:
-        spec = MERGE_METHODS[method]
-        base = None
-        if spec.needs_base:
-            base = need_base(method, base_vector(session.pool, session.space,
-                                                 session.experts.device,
-                                                 session.experts.dtype))
-        vec = merge_vectors(method, session.experts, base, session.space,
-                            params=cfg.compare.merge_params.get(method), seed=seed)
-        return [{"name": method, **_scores(session, vec)}]
-    # a search strategy, in its own resumable run folder
-    run_dir = out / "runs" / method / f"seed_{seed}"
-    if (run_dir / "config.yaml").exists():
-        report = run(resume=run_dir, show_progress=show_progress, session=session)
-    else:
-        sub = cfg.model_copy(update={
-            "strategy": method, "seed": seed, "budget": cfg.compare.budget, "compare": None,
-            "output": cfg.output.model_copy(update={"dir": str(run_dir)})})
-        # a folder without config.yaml holds only what a kill left mid-start: start over
-        report = run(sub, show_progress=show_progress, session=session, overwrite=True)
-    row = {"name": LABELS[method], "dev": report["best_dev"], "test": report["best_test"],
-           "test_scores": report.get("best_test_scores"),
-           "evaluations": report["evaluations"], "seconds": report["search_seconds"],
-           "correctness_emergence": report["correctness_emergence"]}
-    if report.get("weak_to_strong") is not None:
-        row["weak_to_strong"] = report["weak_to_strong"]
-    return [row]
-
-
-def _logit_average(session: Session) -> dict[str, Any]:
-    from ..evaluation.multiplex import LogitAverage, ParticleBatch
-
-    if session.pool.kind != "lora":
-        raise ConfigError("logit averaging runs the experts side by side: LoRA pools only")
-    # every log-likelihood scoring reads the averaged distribution; generation does not
-    if not (session.cfg.utility.type == "multiple_choice"
-            and session.cfg.utility.scoring != "generate"):
-        raise ConfigError("logit averaging needs the log-likelihood multiple_choice utility")
-    n = len(session.pool.names)
-    batch = ParticleBatch(session.backend, n)
-    batch.load(session.experts)
-    result: dict[str, Any] = {"test": None}
-    with batch.active(n) as model:
-        ensemble = LogitAverage(model, n)
-        for split, items in (("dev", session.dev), ("test", session.test)):
-            if items:
-                scored = session.utility.score(ensemble, session.backend.tokenizer, items)
-                result[split] = scored.value
-                if split == "test":
-                    result["test_scores"] = pack_scores(scored.scores)
-    return result
 
 
 def _stats(values: list[float]) -> tuple[float, float]:
@@ -246,7 +149,7 @@ def _table(cfg: RunConfig, methods: list[str], done: dict,
                     (None, None)
             if runs[0].get("correctness_emergence") is not None:
                 row["correctness_emergence"] = [r["correctness_emergence"] for r in runs]
-            if method in STRATEGIES:
+            if is_search(method):
                 row["per_seed"] = [_seed_entry(seed, r) for seed, r in seeded]
             rows.append(row)
             per_item.append([unpack_scores(r.get("test_scores")) for r in runs])
@@ -256,7 +159,7 @@ def _table(cfg: RunConfig, methods: list[str], done: dict,
     references = {"best_expert": best_expert,
                   "best_merge": _best_by_dev(rows, per_item, tuple(MERGE_METHODS))}
     for row, seeds in zip(rows, per_item, strict=True):
-        if row["method"] in STRATEGIES and "skipped" not in row:
+        if is_search(row["method"]) and "skipped" not in row:
             _intervals(row, seeds, references)
     return {"utility": cfg.utility.type, "dataset": cfg.data.name,
             "budget": cfg.compare.budget, "seeds": cfg.compare.seeds, "items": items,
@@ -330,7 +233,7 @@ def _fmt(x: float | None) -> str:
 
 
 def _searches(report: dict[str, Any]) -> list[dict[str, Any]]:
-    return [r for r in report["rows"] if r["method"] in STRATEGIES and "skipped" not in r]
+    return [r for r in report["rows"] if is_search(r["method"]) and "skipped" not in r]
 
 
 def verdict_sentence(report: dict[str, Any]) -> str:
@@ -424,7 +327,7 @@ def render_markdown(report: dict[str, Any]) -> str:
         if "skipped" in row:
             lines.append(f"| {row['name']} | skipped: {row['skipped']} | | | | | |")
             continue
-        search = row.get("method") in STRATEGIES
+        search = is_search(row.get("method", ""))
         vs = [_ci(row.get(f"vs_{k}")) if search else "" for k in REFERENCE_LABELS]
         lines.append(f"| {row['name']} | {_pm(row, 'dev')} | {_pm(row, 'test')} | "
                      f"{vs[0]} | {vs[1]} | {row['evaluations']:.0f} | {row['seconds']:.1f} |")

@@ -11,7 +11,7 @@ from ..config import RunConfig
 from ..errors import ConfigError, RunError
 from ..merge import MERGE_METHODS, merge_vectors
 from ..merge.base import base_vector, need_base
-from ..pool import export_expert, load_pool
+from ..pool import export_vector, load_pool
 from ..space import FlatSpace
 
 
@@ -37,8 +37,5 @@ def merge_to_folder(cfg: RunConfig, *, overwrite: bool = False) -> Path:
         base = need_base(spec.method, base_vector(pool, space))
     vec = merge_vectors(spec.method, experts.float(), base, space, params=spec.params,
                         weights=spec.weights, seed=cfg.seed)
-    tensors = dict(pool.experts[0].tensors)
-    for name, value in space.unflatten(vec).items():
-        tensors[name] = value.to(tensors[name].dtype)
-    return export_expert(pool, tensors, out, metadata={
+    return export_vector(pool, space, vec, out, metadata={
         "merge": spec.method, "params": str(spec.params), "seed": str(cfg.seed)})

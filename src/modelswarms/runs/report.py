@@ -18,12 +18,13 @@ def _row(name: str, dev: float | None, test: float | None, **extra: Any) -> dict
     return {"name": name, "dev": dev, "test": test, **extra}
 
 
-def final_report(session: Session, swarm: SearchStrategy, history: list[dict[str, Any]],
+def final_report(session: Session, search: SearchStrategy, history: list[dict[str, Any]],
                  run_dir: Path) -> dict[str, Any]:
+    """Export the global best and the top-k to `run_dir`, then write report.json,
+    report.md and the utility curves there."""
     cfg = session.cfg
-    best_vec, best_dev = swarm.best()
-    top = swarm.top(cfg.output.top_k)
-    k = len(top)
+    best_vec, best_dev = search.best()
+    top = search.top(cfg.output.top_k)
     exports = {"best": str(run_dir / "best"), "top": []}
     meta = {"run": str(run_dir), "seed": str(cfg.seed), "strategy": cfg.strategy}
     session.export(best_vec, run_dir / "best",
@@ -33,9 +34,24 @@ def final_report(session: Session, swarm: SearchStrategy, history: list[dict[str
         session.export(vec, folder, {**meta, "particle": f"rank {rank}",
                                      "dev_utility": repr(util)})
         exports["top"].append(str(folder))
+    report = summarize(session, search, history)
+    report["exports"] = exports
+    atomic_write_text(run_dir / "report.json", json.dumps(report, indent=2))
+    atomic_write_text(run_dir / "report.md", render_markdown(report))
+    plot_history(history, run_dir / "utility_curves.png")
+    return report
 
+
+def summarize(session: Session, search: SearchStrategy, history: list[dict[str, Any]]
+              ) -> dict[str, Any]:
+    """The report of a finished search, computed in memory: dev and test scores beside the
+    base model and every expert, the top-k vote, intervals, emergence, weak-to-strong."""
+    cfg = session.cfg
+    best_vec, best_dev = search.best()
+    top = search.top(cfg.output.top_k)
+    k = len(top)
     names = session.pool.names
-    if cfg.strategy == "swarm":  # the experts are the first particles of iteration 0
+    if getattr(search, "starts_at_experts", False):  # iteration 0 scored the experts first
         initial = history[0]["utilities"][: len(names)]
     else:
         initial = [r.value for r in session.score_many(session.experts, session.dev)]
@@ -54,14 +70,14 @@ def final_report(session: Session, swarm: SearchStrategy, history: list[dict[str
     rows.append(_row(f"best expert ({names[best_expert]})", initial[best_expert],
                      expert_test[best_expert].value if test else None))
     best_test = session.score(best_vec, test) if test else None
-    rows.append(_row(f"{swarm.label}: global best", best_dev,
+    rows.append(_row(f"{search.label}: global best", best_dev,
                      best_test.value if best_test else None))
     emergence = None
     if test:
         if k > 1:
             voters = [session.score(vec, test) for vec, _ in top]
             vote = majority_vote(voters, [u for _, u in top])
-            rows.append(_row(f"{swarm.label}: top-{k} majority vote", None, vote.value))
+            rows.append(_row(f"{search.label}: top-{k} majority vote", None, vote.value))
         emergence = sum(
             1 for j in range(len(test))
             if best_test.scores[j] > 0 and all(t.scores[j] <= 0 for t in expert_test)
@@ -75,25 +91,21 @@ def final_report(session: Session, swarm: SearchStrategy, history: list[dict[str
         gains = {name: paired_bootstrap(best_test.scores, ref, seed=cfg.seed)
                  for name, ref in refs.items()}
     w2s = None
-    if cfg.strategy == "swarm" and hasattr(swarm, "top_indices"):
-        w2s = weak_to_strong(swarm.top_indices(cfg.output.top_k), [u for _, u in top],
+    if hasattr(search, "top_indices"):  # a population that started as the experts
+        w2s = weak_to_strong(search.top_indices(cfg.output.top_k), [u for _, u in top],
                              names, initial)
     report = {
         "utility": cfg.utility.type, "dataset": cfg.data.name,
         "dev_items": len(session.dev), "test_items": len(test) if test else 0,
         "strategy": cfg.strategy, "experts": len(names),
-        "particles": getattr(swarm, "n", None), "iterations": swarm.iteration,
-        "evaluations": swarm.evaluations, "search_seconds": history[-1]["wall_time"],
+        "particles": getattr(search, "n", None), "iterations": search.iteration,
+        "evaluations": search.evaluations, "search_seconds": history[-1]["wall_time"],
         "best_dev": best_dev, "best_test": best_test.value if best_test else None,
         "correctness_emergence": emergence, "weak_to_strong": w2s, "test_gains": gains,
         # per test item, so a comparison can put intervals on differences (stats.py)
         "best_test_scores": pack_scores(best_test.scores) if best_test else None,
-        "rows": rows, "exports": exports,
-        "events": dict(sorted(session.counts.items())),
+        "rows": rows, "events": dict(sorted(session.counts.items())),
     }
-    atomic_write_text(run_dir / "report.json", json.dumps(report, indent=2))
-    atomic_write_text(run_dir / "report.md", render_markdown(report))
-    plot_history(history, run_dir / "utility_curves.png")
     return report
 
 
@@ -132,8 +144,10 @@ def render_markdown(report: dict[str, Any]) -> str:
         lines += ["", "Events: " + ", ".join(f"{k} {v}" for k, v in report["events"].items())
                   + " (cache hits cost no forward pass; judge failures follow "
                   "`judge.on_failure`)."]
-    lines += ["", f"Global best exported to `{report['exports']['best']}`; top-k personal bests "
-              f"to `{Path(report['exports']['best']).parent / 'top'}`.", ""]
+    if report.get("exports"):
+        lines += ["", f"Global best exported to `{report['exports']['best']}`; top-k personal "
+                  f"bests to `{Path(report['exports']['best']).parent / 'top'}`."]
+    lines.append("")
     return "\n".join(lines)
 
 

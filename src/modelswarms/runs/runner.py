@@ -20,7 +20,7 @@ from typing import Any
 
 from ..config import RunConfig, dump_config, load_config
 from ..errors import ConfigError, RunError
-from ..search import build_strategy
+from ..search import SearchStrategy, strategy_spec
 from .checkpoint import atomic_write_text, load_checkpoint, save_checkpoint
 from .progress import Progress
 from .report import final_report
@@ -73,25 +73,42 @@ def read_jsonl(path: Path) -> list[dict[str, Any]]:
 
 
 def _read_history(path: Path, upto: int) -> list[dict[str, Any]]:
-    """History records up to iteration `upto` (the checkpoint's)."""
-    return list(itertools.takewhile(lambda r: r["iteration"] <= upto, read_jsonl(path)))
+    """History records up to iteration `upto` (the checkpoint's; older hswarm lines count
+    rounds)."""
+    return list(itertools.takewhile(lambda r: r.get("iteration", r.get("round", 0)) <= upto,
+                                    read_jsonl(path)))
 
 
 def run(cfg: RunConfig | None = None, *, resume: str | Path | None = None,
         overwrite: bool = False, show_progress: bool = True,
-        session: Session | None = None) -> dict[str, Any]:
+        session: Session | None = None, strategy: str | None = None) -> dict[str, Any]:
     """Run (or resume) a search and return its report. `session` reuses a resident model,
-    data and score cache opened for the same experts, data and utility (compare does)."""
+    data and score cache opened for the same experts, data and utility (compare does).
+    `strategy` overrides the config's (the `hswarm` command)."""
     if resume is not None:
         run_dir = Path(resume)
         if not (run_dir / CONFIG).is_file():
             raise RunError(f"{run_dir}: not a run folder (no {CONFIG})")
         cfg = load_config(run_dir / CONFIG)
-    else:
-        assert cfg is not None
+    assert cfg is not None
+    if strategy is not None:
+        cfg = cfg.model_copy(update={"strategy": strategy})
+    spec = strategy_spec(cfg.strategy)
+    if spec.prepare is not None:
+        cfg = spec.prepare(cfg)
+    cfg.need_data(f"strategy {cfg.strategy}")
+    if resume is None:
         run_dir = prepare_run_dir(cfg, overwrite)
     with logging_to(run_dir):
-        return _run(cfg, run_dir, show_progress, session)
+        remove_torn_writes(run_dir)
+        if session is None:
+            session = Session.open(cfg, need_test=cfg.output.evaluate_test)
+        else:
+            session.cfg = cfg
+        search, history = search_loop(cfg, run_dir, session, show_progress)
+        report = (spec.report or final_report)(session, search, history, run_dir)
+        log.info("done: best dev utility %.4f", report["best_dev"])
+        return report
 
 
 def remove_torn_writes(run_dir: Path) -> None:
@@ -101,63 +118,62 @@ def remove_torn_writes(run_dir: Path) -> None:
         tmp.unlink(missing_ok=True)
 
 
-def _run(cfg: RunConfig, run_dir: Path, show_progress: bool,
-         session: Session | None) -> dict[str, Any]:
-    remove_torn_writes(run_dir)
-    if session is None:
-        session = Session.open(cfg, need_test=cfg.output.evaluate_test)
-    else:
-        session.cfg = cfg
-    swarm = build_strategy(cfg, session.experts, session.space)
+def search_loop(cfg: RunConfig, run_dir: Path | None, session: Session,
+                show_progress: bool = False) -> tuple[SearchStrategy, list[dict[str, Any]]]:
+    """Every strategy's loop: ask, score, tell, checkpoint after every tell, a history line
+    after every completed iteration; resumes from `run_dir`'s checkpoint. Without a
+    `run_dir` the search runs in memory only (the Python API)."""
+    spec = strategy_spec(cfg.strategy)
+    search = spec.build(cfg, session.experts, session.space)
+    score = spec.scorer(session) if spec.scorer else session.dev_utilities
     wall = 0.0
     history: list[dict[str, Any]] = []
-    ckpt = run_dir / CHECKPOINT
-    if ckpt.exists():
+    ckpt = run_dir / CHECKPOINT if run_dir is not None else None
+    if ckpt is not None and ckpt.exists():
         tensors, meta = load_checkpoint(ckpt)
-        swarm.load_state_dict(tensors, meta["swarm"])
+        search.load_state_dict(tensors, meta.get("search", meta.get("swarm")))
         wall = meta["wall_time"]
-        history = _read_history(run_dir / HISTORY, swarm.iteration)
-        log.info("resumed at iteration %d (%d evaluations)", swarm.iteration, swarm.evaluations)
-    # Rewrite history so it ends exactly at the checkpoint (drops work a kill interrupted).
-    atomic_write_text(run_dir / HISTORY, "".join(json.dumps(r) + "\n" for r in history))
+        history = _read_history(run_dir / HISTORY, search.iteration)
+        log.info("resumed at iteration %d (%d evaluations)", search.iteration,
+                 search.evaluations)
+    if run_dir is not None:
+        # Rewrite history so it ends exactly at the checkpoint (drops work a kill interrupted).
+        atomic_write_text(run_dir / HISTORY, "".join(json.dumps(r) + "\n" for r in history))
     log.info("pool: %d %s experts, %d searched values in %d tensors; %s; device %s",
              len(session.pool.experts), session.pool.kind, session.space.dim,
-             len(session.space.slots), swarm.label, session.backend.device)
-    with Progress(_iterations(cfg), swarm.label, enabled=show_progress) as progress:
+             len(session.space.slots), search.label, session.evaluator.device)
+    with Progress(spec.iterations(cfg), search.label, enabled=show_progress) as progress:
         for rec in history:
             progress.update(rec)
-        while not swarm.done:
+        pending = 0.0  # seconds of the iteration in progress (a round may take two tells)
+        while not search.done:
             start = time.perf_counter()
-            utilities = session.dev_utilities(swarm.ask())
-            swarm.tell(utilities)
+            utilities = score(search.ask())
+            search.tell(utilities)
             elapsed = time.perf_counter() - start
             wall += elapsed
-            rec = {"iteration": swarm.iteration, **swarm.record(),
-                   "evaluations": swarm.evaluations, "seconds": round(elapsed, 4),
-                   "wall_time": round(wall, 4)}
-            with open(run_dir / HISTORY, "a") as f:
-                f.write(json.dumps(rec) + "\n")
-            tensors, meta = swarm.state_dict()
-            save_checkpoint(ckpt, tensors, {"swarm": meta, "wall_time": wall})
-            history.append(rec)
-            progress.update(rec)
-            log.info("iteration %d: best %.4f mean %.4f evaluations %d (%.2f s)",
-                     swarm.iteration, rec["global_best"], sum(utilities) / len(utilities),
-                     swarm.evaluations, elapsed)
+            pending += elapsed
+            done = search.record()
+            if done is not None:
+                rec = {"iteration": search.iteration, **done,
+                       "evaluations": search.evaluations, "seconds": round(pending, 4),
+                       "wall_time": round(wall, 4)}
+                if run_dir is not None:
+                    with open(run_dir / HISTORY, "a") as f:
+                        f.write(json.dumps(rec) + "\n")
+                history.append(rec)
+                progress.update(rec)
+                log.info("iteration %d: best %.4f mean %.4f evaluations %d (%.2f s)",
+                         search.iteration, rec["global_best"],
+                         sum(rec["utilities"]) / max(1, len(rec["utilities"])),
+                         search.evaluations, pending)
+                pending = 0.0
+            if ckpt is not None:
+                tensors, meta = search.state_dict()
+                save_checkpoint(ckpt, tensors, {"search": meta, "wall_time": wall})
     if not history:
         # the budget did not fit even the first evaluation of the population
+        cost = getattr(search, "round_cost", getattr(search, "n", "its first"))
         raise ConfigError(f"budget: {cfg.budget} evaluations do not cover one round of "
-                          f"{swarm.label} ({getattr(swarm, 'n', 'its first')} candidates); "
-                          "raise the budget")
-    report = final_report(session, swarm, history, run_dir)
-    log.info("done: best dev utility %.4f; exported to %s", report["best_dev"],
-             report["exports"]["best"])
-    return report
-
-
-def _iterations(cfg: RunConfig) -> int:
-    if cfg.strategy == "swarm":
-        return cfg.search.max_iterations
-    if cfg.strategy == "greedy_soup":
-        return len(cfg.experts.paths)
-    return cfg.coefficients.max_iterations
+                          f"{search.label} ({cost} candidates); raise the budget")
+    return search, history

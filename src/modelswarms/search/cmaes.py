@@ -13,8 +13,10 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..config import CoefficientSearchConfig
+from ..config import CoefficientSearchConfig, RunConfig
+from ..space import FlatSpace
 from .coefficients import CoefficientArchive, CoefficientMap
+from .registry import register_strategy
 
 
 class CMAES:
@@ -86,3 +88,10 @@ class CMAES:
         for utilities in meta["told"]:
             self.ask()
             self.tell(utilities)
+
+
+@register_strategy("cmaes", label=CMAES.label,
+                   iterations=lambda cfg: cfg.coefficients.max_iterations)
+def build(cfg: RunConfig, experts: torch.Tensor, space: FlatSpace) -> CMAES:
+    cmap = CoefficientMap(experts, space, cfg.coefficients.per_layer)
+    return CMAES(cmap, cfg.coefficients, seed=cfg.seed, budget=cfg.budget)

@@ -8,6 +8,10 @@ from typing import Any
 
 import torch
 
+from ..config import RunConfig
+from ..space import FlatSpace
+from .registry import register_strategy
+
 
 class GreedySoup:
     label = "greedy soup"
@@ -69,3 +73,9 @@ class GreedySoup:
     def load_state_dict(self, tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> None:
         for key, value in meta.items():
             setattr(self, key, value)
+
+
+@register_strategy("greedy_soup", label=GreedySoup.label,
+                   iterations=lambda cfg: len(cfg.experts.paths))
+def build(cfg: RunConfig, experts: torch.Tensor, space: FlatSpace) -> GreedySoup:
+    return GreedySoup(experts, budget=cfg.budget)

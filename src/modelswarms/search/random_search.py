@@ -10,8 +10,10 @@ from typing import Any
 
 import torch
 
-from ..config import CoefficientSearchConfig
+from ..config import CoefficientSearchConfig, RunConfig
+from ..space import FlatSpace
 from .coefficients import CoefficientArchive, CoefficientMap
+from .registry import register_strategy
 
 ROUND = 10
 
@@ -72,3 +74,10 @@ class RandomSearch:
         self.gen.set_state(tensors["rng"])
         self.evaluations, self.iteration = meta["evaluations"], meta["iteration"]
         self.last = meta["last"]
+
+
+@register_strategy("random", label=RandomSearch.label,
+                   iterations=lambda cfg: cfg.coefficients.max_iterations)
+def build(cfg: RunConfig, experts: torch.Tensor, space: FlatSpace) -> RandomSearch:
+    cmap = CoefficientMap(experts, space, cfg.coefficients.per_layer)
+    return RandomSearch(cmap, cfg.coefficients, seed=cfg.seed, budget=cfg.budget)

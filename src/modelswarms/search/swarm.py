@@ -12,7 +12,9 @@ from typing import Any
 
 import torch
 
-from ..config import SwarmConfig
+from ..config import RunConfig, SwarmConfig
+from ..space import FlatSpace
+from .registry import register_strategy
 
 _DTYPES = {
     "float32": torch.float32, "float64": torch.float64,
@@ -39,6 +41,7 @@ class ModelSwarm:
     """Ask / tell PSO over the rows of `experts` (one row per expert, flattened weights)."""
 
     label = "Model Swarms"
+    starts_at_experts = True  # its first particles are the rows it was given, scored first
 
     def __init__(
         self, experts: torch.Tensor, cfg: SwarmConfig, seed: int = 0,
@@ -203,3 +206,9 @@ class ModelSwarm:
         self.gen.set_state(tensors["rng"])
         for key, value in meta.items():
             setattr(self, key, value)
+
+
+@register_strategy("swarm", label=ModelSwarm.label,
+                   iterations=lambda cfg: cfg.search.max_iterations)
+def build(cfg: RunConfig, experts: torch.Tensor, space: FlatSpace) -> ModelSwarm:
+    return ModelSwarm(experts, cfg.search, seed=cfg.seed, budget=cfg.budget)

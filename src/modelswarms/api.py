@@ -1,0 +1,166 @@
+"""The Python API: what `import modelswarms` gives. Everything here is also a command; the
+commands are thin layers over these functions.
+
+    import modelswarms as ms
+
+    def brevity(model, tokenizer, items):          # any Python function is a utility
+        ...
+        return score
+
+    cfg = ms.config(experts=["adapters/a", "adapters/b", "adapters/c"],
+                    data="dev.json", utility=brevity, budget=60)
+    result = ms.search(cfg)                         # in memory: no run folder
+    print(result.best_dev, result.report["rows"])
+    result.save("adapted/")                         # a standard PEFT adapter folder
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .config import RunConfig, load_config, parse_config
+from .errors import ConfigError
+from .evaluation.utilities import ItemScores, register_utility
+
+
+def config(*, experts: list[str | Path] | dict[str, Any], data: str | Path | dict[str, Any]
+           | None = None, utility: str | Callable[..., Any] | dict[str, Any] = "multiple_choice",
+           **sections: Any) -> RunConfig:
+    """A run config built in code; the same keys as a YAML config, validated the same way.
+
+    `experts`: adapter or model folders (or the `experts:` mapping). `data`: a dataset file
+    (or the `data:` mapping). `utility`: a registered name, the `utility:` mapping, or a
+    Python function fn(model, tokenizer, items) -> float | per-item floats | ItemScores,
+    registered under its qualified name. Other keywords are the config's other sections
+    (strategy, budget, search, coefficients, model, output, compare, hswarm, seed).
+    """
+    if callable(utility):
+        name = f"{getattr(utility, '__module__', 'fn')}:{getattr(utility, '__qualname__', 'fn')}"
+        register_utility(name, utility)
+        utility = {"type": name}
+    elif isinstance(utility, str):
+        utility = {"type": utility}
+    raw: dict[str, Any] = {
+        "experts": experts if isinstance(experts, dict) else {"paths": [str(p) for p in experts]},
+        "utility": utility, **sections}
+    if data is not None:
+        raw["data"] = data if isinstance(data, dict) else {"path": str(data)}
+    return parse_config(raw, "modelswarms.config()")
+
+
+def _as_config(cfg: RunConfig | str | Path) -> RunConfig:
+    return cfg if isinstance(cfg, RunConfig) else load_config(cfg)
+
+
+@dataclass
+class SearchResult:
+    """A finished search: its best point of the weight space and its report."""
+
+    best: torch.Tensor            # the global best, a flat vector of the searched tensors
+    best_dev: float
+    report: dict[str, Any]        # what report.json holds (rows with dev / test, intervals)
+    history: list[dict[str, Any]]
+    session: Any = field(repr=False)  # the resident model, data and score cache
+
+    def save(self, folder: str | Path) -> Path:
+        """Write the best as a standard adapter / model folder (plain transformers / peft)."""
+        return self.session.export(self.best, folder, {"dev_utility": repr(self.best_dev)})
+
+    def score(self, items: list[dict]) -> ItemScores:
+        """The best's utility on other items."""
+        return self.session.score(self.best, items)
+
+
+def search(cfg: RunConfig | str | Path, *, run_dir: str | Path | None = None,
+           resume: bool = False, progress: bool = False) -> SearchResult | dict[str, Any]:
+    """Run the config's strategy. Without `run_dir`, in memory: nothing is written and a
+    SearchResult comes back. With `run_dir`, as `modelswarms run` does (checkpoints, report,
+    exports; `resume=True` continues the folder's run) and its report comes back."""
+    from .runs.report import summarize
+    from .runs.runner import run, search_loop
+    from .runs.session import Session
+    from .search import strategy_spec
+
+    cfg = _as_config(cfg)
+    if run_dir is not None:
+        if resume:
+            return run(resume=run_dir, show_progress=progress)
+        cfg = cfg.model_copy(update={"output": cfg.output.model_copy(
+            update={"dir": str(run_dir)})})
+        return run(cfg, show_progress=progress)
+    spec = strategy_spec(cfg.strategy)
+    if not spec.weights:
+        raise ConfigError(f"strategy {cfg.strategy}: searches of multi-LLM systems run in a "
+                          "run folder; pass run_dir")
+    session = Session.open(cfg, need_test=cfg.output.evaluate_test)
+    strategy, history = search_loop(cfg, None, session, show_progress=progress)
+    best, best_dev = strategy.best()
+    return SearchResult(best.detach().clone(), best_dev, summarize(session, strategy, history),
+                        history, session)
+
+
+def compare(cfg: RunConfig | str | Path, *, out: str | Path | None = None,
+            resume: bool = False) -> dict[str, Any]:
+    """`modelswarms compare`: every row of `compare.methods` at one budget, in a folder
+    (`out`, default output.dir) so that a killed comparison resumes."""
+    from .runs.compare import compare as run_compare
+
+    cfg = _as_config(cfg)
+    if out is not None and not resume:
+        cfg = cfg.model_copy(update={"output": cfg.output.model_copy(update={"dir": str(out)})})
+    if resume:
+        return run_compare(resume=out or cfg.output.dir)
+    return run_compare(cfg)
+
+
+def merge(cfg: RunConfig | str | Path, *, out: str | Path | None = None,
+          overwrite: bool = False) -> Path:
+    """`modelswarms merge`: the config's `merge:` written as an adapter / model folder (no
+    model is loaded; no data is read)."""
+    from .runs.merge import merge_to_folder
+
+    cfg = _as_config(cfg)
+    if out is not None:
+        cfg = cfg.model_copy(update={"output": cfg.output.model_copy(update={"dir": str(out)})})
+    return merge_to_folder(cfg, overwrite=overwrite)
+
+
+def evaluate(model: str | Path, items: list[dict] | str | Path, *,
+             utility: str | Callable[..., Any] | dict[str, Any] = "multiple_choice",
+             split: str = "test", base_model: str | None = None, device: str = "auto",
+             dtype: str = "auto", batch_size: int = 16, max_batch_tokens: int = 4096,
+             max_items: int | None = None) -> ItemScores:
+    """Score one adapter or model folder (say, a search's export) with a utility on items
+    (a list, or a dataset file and its split)."""
+    from .config import utility_config
+    from .evaluation.backend import load_standalone
+    from .evaluation.data import load_items
+    from .evaluation.generation import Batching, batching
+    from .evaluation.utilities import build_utility
+
+    if callable(utility):
+        name = f"{getattr(utility, '__module__', 'fn')}:{getattr(utility, '__qualname__', 'fn')}"
+        register_utility(name, utility)
+        utility = {"type": name}
+    elif isinstance(utility, str):
+        utility = {"type": utility}
+    scorer = build_utility(utility_config(**utility))
+    if isinstance(items, str | Path):
+        items = load_items(items, split, required=scorer.required_fields, limit=max_items)
+    elif max_items is not None:
+        items = items[:max_items]
+    loaded, tok = load_standalone(str(model), base_model, device=device, dtype=dtype)
+    with batching(Batching(batch_size, max_batch_tokens)):
+        return scorer.score(loaded, tok, items)
+
+
+def strategies() -> list[str]:
+    """The registered search strategies (`strategy:` values)."""
+    from .search import strategy_names
+
+    return strategy_names()

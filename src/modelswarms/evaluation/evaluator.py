@@ -1,0 +1,165 @@
+"""The evaluator seam: what turns candidates into per-item scores, behind one small protocol.
+
+The search loop, `compare` and Heterogeneous Swarms call `score_many(vectors, items,
+utility)` and nothing else of the model; the score cache, evaluation counts, the invalid-
+utility policy and the report's events live on the caller's side (runs/scorer.py). Another
+implementation (Ray actors holding one model each, a mixture of models of different
+architectures) plugs in here without touching the loop.
+
+`ResidentEvaluator` is the first: one model in memory, particle vectors swapped into its
+live weights in place, several LoRA particles per forward where the pool and utility allow,
+the frozen lower layers computed once per input, and an out-of-memory back-off that halves
+its own batch limits (the config is never rewritten).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections import Counter
+from typing import Any, Protocol
+
+import torch
+
+from ..config import ModelConfig
+from ..errors import ConfigError, UtilityError
+from ..pool import ExpertPool
+from ..space import FlatSpace
+from . import generation
+from .backend import ResidentModel
+from .generation import Batching
+from .multiplex import LogitAverage, ParticleBatch
+from .trunk import FrozenTrunk, install_on
+from .utilities import ItemScores, Utility
+
+log = logging.getLogger("modelswarms")
+
+
+class Evaluator(Protocol):
+    device: torch.device
+
+    def score_many(self, vectors: torch.Tensor | None, items: list[dict],
+                   utility: Utility) -> list[ItemScores]:
+        """One ItemScores per row of `vectors` (None: the pool's base model, one result).
+        A utility that raises for a candidate gives that candidate an ItemScores whose
+        `error` says why, not an exception: the caller's policy decides."""
+        ...
+
+    def drain_events(self) -> dict[str, int]:
+        """Counts of what happened inside since the last call (out-of-memory back-offs,
+        frozen-layer memo hits, ...), for the report's events."""
+        ...
+
+
+def failed(error: str, n_items: int) -> ItemScores:
+    return ItemScores(math.nan, [0.0] * n_items, [""] * n_items, error=error)
+
+
+class ResidentEvaluator:
+    """One resident model serving every candidate of a pool's weight space."""
+
+    def __init__(self, pool: ExpertPool, space: FlatSpace, model: ModelConfig | None = None,
+                 *, trust_remote_code: bool = False):
+        model = model or ModelConfig()
+        self.backend = ResidentModel(pool, space, device=model.device, dtype=model.dtype,
+                                     trust_remote_code=trust_remote_code)
+        self.pool, self.space = pool, space
+        self.device = self.backend.device
+        self.tokenizer = self.backend.tokenizer
+        self.batching = Batching(model.batch_size, model.max_batch_tokens)
+        self.particles_per_forward = model.particles_per_forward
+        self.events: Counter = Counter()
+        self.trunk: FrozenTrunk | None = (
+            install_on(self.backend, counts=self.events) if model.reuse_frozen_layers else None)
+        self._batch: ParticleBatch | None = None
+
+    def drain_events(self) -> dict[str, int]:
+        out = dict(self.events)
+        self.events.clear()
+        return out
+
+    def score_many(self, vectors: torch.Tensor | None, items: list[dict],
+                   utility: Utility) -> list[ItemScores]:
+        return self._with_backoff(utility, lambda: self._evaluate(vectors, items, utility))
+
+    def score_ensemble(self, vectors: torch.Tensor, items: list[dict],
+                       utility: Utility) -> ItemScores:
+        """The utility of the rows of `vectors` run side by side, their next-token
+        distributions averaged (log-likelihood utilities only)."""
+        if self.pool.kind != "lora":
+            raise ConfigError("logit averaging runs the experts side by side: LoRA pools only")
+        n = vectors.shape[0]
+
+        def run() -> list[ItemScores]:
+            batch = ParticleBatch(self.backend, n)
+            batch.load(vectors)
+            with batch.active(n) as model:
+                return [utility.score(LogitAverage(model, n), self.tokenizer, items)]
+
+        return self._with_backoff(utility, run)[0]
+
+    def _score_one(self, utility: Utility, model: Any, items: list[dict]) -> ItemScores:
+        try:
+            return utility.score(model, self.tokenizer, items)
+        except UtilityError as err:  # a user's function raised; its message says how
+            return failed(f"failed: {err}", len(items))
+
+    def _evaluate(self, vectors: torch.Tensor | None, items: list[dict],
+                  utility: Utility) -> list[ItemScores]:
+        if vectors is None:
+            with self.backend.base_model() as model:
+                return [self._score_one(utility, model, items)]
+        batch = self._particle_batch(utility)
+        if batch is None:
+            out = []
+            for v in vectors:
+                self.backend.load(v)
+                out.append(self._score_one(utility, self.backend.model, items))
+            return out
+        results: list[ItemScores] = []
+        for start in range(0, len(vectors), batch.k):
+            group = vectors[start : start + batch.k]
+            batch.load(group)
+            with batch.active(len(group)) as model:
+                try:
+                    results += utility.score_many(  # type: ignore[attr-defined]
+                        model, self.tokenizer, items, len(group))
+                except UtilityError as err:
+                    results += [failed(f"failed: {err}", len(items))] * len(group)
+        return results
+
+    def _with_backoff(self, utility: Utility, fn) -> list[ItemScores]:
+        """Run `fn` within this evaluator's batch limits; on out-of-memory halve them and try
+        again, down to one item per batch. The smaller limits stay for the rest of the run."""
+        while True:
+            try:
+                with generation.batching(self.batching):
+                    return fn()
+            except torch.OutOfMemoryError:
+                if self.batching.batch_size <= 1:
+                    raise UtilityError(
+                        f"utility {utility.name}: out of memory even with one item per "
+                        "batch; use a smaller model dtype, fewer particles_per_forward, or a "
+                        "larger device") from None
+                if self.trunk is not None:
+                    self.trunk.clear()
+                if torch.cuda.is_available():
+                    torch.cuda.empty_cache()
+                old, self.batching = self.batching, self.batching.halved()
+                self.events["oom_backoffs"] += 1
+                log.warning(
+                    "out of memory: batch size %d -> %d, token budget %s -> %s",
+                    old.batch_size, self.batching.batch_size, old.max_tokens,
+                    self.batching.max_tokens)
+
+    def _particle_batch(self, utility: Utility) -> ParticleBatch | None:
+        k = self.particles_per_forward
+        if k == "auto":
+            # On a CPU the forward is compute-bound either way; on a GPU small batches leave
+            # it idle, and several particles per forward fill it.
+            k = 8 if self.device.type == "cuda" else 1
+        if k <= 1 or self.pool.kind != "lora" or not hasattr(utility, "score_many"):
+            return None
+        if self._batch is None or self._batch.k != k:
+            self._batch = ParticleBatch(self.backend, k)
+        return self._batch

@@ -1,0 +1,106 @@
+"""The loop's side of the evaluator seam: a score cache, evaluation counts, the invalid-utility
+policy and the events a report shows. Whatever evaluates (evaluation/evaluator.py), this stays
+with the driver, so budgets, caches and reports do not depend on where forwards run.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import math
+from collections import Counter
+
+import torch
+
+from ..errors import UtilityError
+from ..evaluation.evaluator import Evaluator
+from ..evaluation.utilities import ItemScores, Utility
+
+log = logging.getLogger("modelswarms")
+
+
+def fingerprint(vector: torch.Tensor) -> bytes:
+    """A digest of a weight vector's exact bytes: equal digests, equal weights."""
+    raw = vector.detach().contiguous().cpu().view(torch.uint8).numpy()
+    return hashlib.blake2b(raw, digest_size=16).digest()
+
+
+def items_key(items: list[dict]) -> bytes:
+    text = json.dumps(items, sort_keys=True, default=str).encode()
+    return hashlib.blake2b(text, digest_size=16).digest()
+
+
+class Scorer:
+    """Scores points of a weight space with `utility` through `evaluator`, each (weights,
+    items, utility) once: a particle that did not move, a restart to a personal best, an
+    expert scored again for the report, costs nothing the second time. Evaluation is
+    deterministic, so a hit returns exactly what a new evaluation would."""
+
+    def __init__(self, evaluator: Evaluator, utility: Utility, on_invalid: str = "stop"):
+        self.evaluator, self.utility, self.on_invalid = evaluator, utility, on_invalid
+        self.evaluations = 0  # requests for the search utility (what budgets count)
+        self._counts: Counter = Counter()
+        self._cache: dict[tuple[bytes, bytes, str], ItemScores] = {}
+
+    @property
+    def counts(self) -> Counter:
+        """The report's events: this side's (cache hits, invalid utilities, the utility's own
+        counts) and whatever the evaluator reported since."""
+        self._counts.update(self.evaluator.drain_events())
+        return self._counts
+
+    def score(self, vector: torch.Tensor | None, items: list[dict],
+              utility: Utility | None = None) -> ItemScores:
+        """Score a point of the weight space (None: the base model without adapters)."""
+        return self.score_many(None if vector is None else vector[None], items, utility)[0]
+
+    def score_many(self, vectors: torch.Tensor | None, items: list[dict],
+                   utility: Utility | None = None) -> list[ItemScores]:
+        """Score rows of `vectors` (None: the base model) with `utility` (default: the
+        search's); rows scored before on these items come from the cache. Only requests for
+        the search's utility count as evaluations."""
+        utility = utility or self.utility
+        ikey, ukey = items_key(items), _utility_key(utility)
+        keys = ([(b"base", ikey, ukey)] if vectors is None
+                else [(fingerprint(v), ikey, ukey) for v in vectors])
+        todo: list[int] = []
+        seen: set[tuple[bytes, bytes, str]] = set()
+        for i, k in enumerate(keys):  # a row repeated within the call runs once
+            if k not in self._cache and k not in seen:
+                seen.add(k)
+                todo.append(i)
+        self.counts["cache_hits"] += len(keys) - len(todo)
+        if todo:
+            fresh = self.evaluator.score_many(
+                None if vectors is None else vectors[todo], items, utility)
+            for i, result in zip(todo, fresh, strict=True):
+                if result.error is not None or not math.isfinite(result.value):
+                    result = self._invalid(utility, result.error or f"returned {result.value}",
+                                           len(items))
+                self.counts.update(result.counts)
+                self._cache[keys[i]] = result
+        if utility is self.utility:
+            self.evaluations += len(keys)
+        return [self._cache[k] for k in keys]
+
+    def utilities(self, vectors: torch.Tensor, items: list[dict]) -> list[float]:
+        return [r.value for r in self.score_many(vectors, items)]
+
+    def _invalid(self, utility: Utility, what: str, n_items: int) -> ItemScores:
+        """The documented policy for a utility that failed (`utility.on_invalid`)."""
+        self.counts["invalid_utility"] += 1
+        if self.on_invalid == "stop":
+            raise UtilityError(f"utility {utility.name} {what} (utility.on_invalid: "
+                               "stop; set it to worst to score such candidates -inf and go on)")
+        log.warning("utility %s %s: the candidate scores -inf", utility.name, what)
+        return ItemScores(-math.inf, [0.0] * n_items, [""] * n_items)
+
+
+def _utility_key(utility: Utility) -> str:
+    # Two utilities share cached scores only when they are the same kind with the same config.
+    if (key := getattr(utility, "cache_key", None)) is not None:
+        return f"{type(utility).__qualname__}:{key}"
+    cfg = getattr(utility, "cfg", None)
+    dumped = cfg.model_dump_json() if hasattr(cfg, "model_dump_json") else repr(cfg)
+    return f"{type(utility).__module__}.{type(utility).__qualname__}:{utility.name}:{dumped}"

@@ -1,0 +1,61 @@
+"""The Python API: `import modelswarms` runs a search in memory with a function as utility."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import modelswarms as ms
+from modelswarms.errors import ConfigError
+
+PROMPT = torch.tensor([[1, 2, 3, 4]])
+
+
+def likes_token_5(model, tokenizer, items):
+    """A utility of the user's: how likely the model finds token 5 after a fixed prompt."""
+    with torch.no_grad():
+        logits = model(input_ids=PROMPT.to(model.device)).logits
+    return float(logits[0, -1].log_softmax(-1)[5])
+
+
+def test_the_package_exposes_a_small_api():
+    assert 8 <= len(ms.__all__) <= 14
+    assert {"swarm", "cmaes", "random", "greedy_soup", "hswarm"} <= set(ms.strategies())
+
+
+def test_a_swarm_over_adapters_with_a_function_utility_in_memory(tmp_path, lora_experts,
+                                                                  mc_data, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    cfg = ms.config(experts=lora_experts, data=mc_data, utility=likes_token_5, budget=24,
+                    search={"max_iterations": 4}, output={"evaluate_test": False})
+    result = ms.search(cfg)
+    assert list(tmp_path.iterdir()) == []  # no run folder, nothing written
+    experts = [r for r in result.report["rows"] if r["name"].startswith("expert:")]
+    assert len(experts) == len(lora_experts)
+    assert result.best_dev >= max(r["dev"] for r in experts)  # the experts were particles
+    assert len(result.history) >= 2 and result.report["evaluations"] <= 24
+    # the export is a plain adapter: loaded by transformers + peft it scores the same
+    folder = result.save(tmp_path / "adapted")
+    from modelswarms.evaluation.backend import load_standalone
+
+    model, tok = load_standalone(str(folder))
+    assert likes_token_5(model, tok, []) == pytest.approx(result.best_dev, abs=1e-5)
+    assert ms.evaluate(folder, mc_data, utility=likes_token_5).value == pytest.approx(
+        result.best_dev, abs=1e-5)
+
+
+def test_config_in_code_is_validated_like_a_file(lora_experts, mc_data):
+    with pytest.raises(ConfigError, match="utility.topic: unknown key for utility type"):
+        ms.config(experts=lora_experts, data=mc_data,
+                  utility={"type": "multiple_choice", "topic": "finance"})
+    with pytest.raises(ConfigError, match="strategy: unknown strategy 'pso'"):
+        ms.search(ms.config(experts=lora_experts, data=mc_data, strategy="pso"))
+
+
+def test_a_search_in_a_run_folder_and_a_merge_without_data(tmp_path, lora_experts, mc_data):
+    cfg = ms.config(experts=lora_experts, data=mc_data, strategy="random", budget=10)
+    report = ms.search(cfg, run_dir=tmp_path / "run")
+    assert (tmp_path / "run" / "report.json").is_file() and report["evaluations"] <= 10
+    merged = ms.merge(ms.config(experts=lora_experts, merge={"method": "linear"}),
+                      out=tmp_path / "merged")
+    assert (merged / "adapter_config.json").is_file()
