@@ -59,3 +59,75 @@ def test_a_search_in_a_run_folder_and_a_merge_without_data(tmp_path, lora_expert
     merged = ms.merge(ms.config(experts=lora_experts, merge={"method": "linear"}),
                       out=tmp_path / "merged")
     assert (merged / "adapter_config.json").is_file()
+
+
+class TopTwoMean:
+    """A strategy of the user's, in one place: the experts, then the mean of the best two."""
+
+    label = "top-two mean"
+
+    def __init__(self, experts: torch.Tensor):
+        self.experts, self.iteration, self.evaluations = experts, 0, 0
+        self.scored: list[tuple[torch.Tensor, float]] = []
+        self.asked: torch.Tensor | None = None
+        self.last: list[float] = []
+
+    @property
+    def done(self) -> bool:
+        return self.iteration >= 2
+
+    def ask(self) -> torch.Tensor:
+        if self.iteration == 0:
+            self.asked = self.experts
+        else:
+            best = sorted(self.scored, key=lambda x: -x[1])[:2]
+            self.asked = torch.stack([v for v, _ in best]).mean(0, keepdim=True)
+        return self.asked
+
+    def tell(self, utilities: list[float]) -> None:
+        assert self.asked is not None
+        self.scored += list(zip(self.asked.clone(), utilities, strict=True))
+        self.evaluations += len(utilities)
+        self.iteration += 1
+        self.last = list(utilities)
+
+    def best(self) -> tuple[torch.Tensor, float]:
+        return self.top(1)[0]
+
+    def top(self, k: int) -> list[tuple[torch.Tensor, float]]:
+        return sorted(self.scored, key=lambda x: -x[1])[:k]
+
+    def record(self) -> dict:
+        return {"global_best": self.best()[1], "utilities": self.last}
+
+    def state_dict(self):
+        return {"scored": torch.stack([v for v, _ in self.scored])}, {
+            "utilities": [u for _, u in self.scored], "iteration": self.iteration,
+            "evaluations": self.evaluations}
+
+    def load_state_dict(self, tensors, meta) -> None:
+        self.scored = list(zip(tensors["scored"], meta["utilities"], strict=True))
+        self.iteration, self.evaluations = meta["iteration"], meta["evaluations"]
+
+
+@ms.register_strategy("top_two_mean", label=TopTwoMean.label, iterations=lambda cfg: 2)
+def _build_top_two(cfg, experts, space):
+    return TopTwoMean(experts)
+
+
+def test_a_strategy_registered_in_one_place_runs_everywhere(tmp_path, lora_experts, mc_data):
+    """Registration is all it takes: `strategy:`, the run folder, resume and compare rows."""
+    assert "top_two_mean" in ms.strategies()
+    cfg = ms.config(experts=lora_experts, data=mc_data, strategy="top_two_mean")
+    result = ms.search(cfg)
+    assert result.report["evaluations"] == len(lora_experts) + 1
+    report = ms.search(cfg, run_dir=tmp_path / "run")
+    assert report["best_dev"] == result.best_dev
+    assert ms.search(cfg, run_dir=tmp_path / "run", resume=True)["best_dev"] == result.best_dev
+    table = ms.compare(ms.config(experts=lora_experts, data=mc_data,
+                                 compare={"methods": ["best_expert", "top_two_mean"],
+                                          "seeds": [0], "budget": 10}),
+                       out=tmp_path / "cmp")
+    row = next(r for r in table["rows"] if r["method"] == "top_two_mean")
+    assert row["name"] == "top-two mean" and row["dev_mean"] == result.best_dev
+    assert "vs_best_expert" in row  # a search: it gets its interval column

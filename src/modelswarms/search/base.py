@@ -33,9 +33,10 @@ class SearchStrategy(Protocol):
         """Up to k best candidates seen, best first (exports and the ensemble vote)."""
         ...
 
-    def record(self) -> dict[str, Any]:
-        """JSON-able figures of the last iteration for history.jsonl: at least
-        `global_best` and `utilities`."""
+    def record(self) -> dict[str, Any] | None:
+        """JSON-able figures of the iteration the last `tell` completed, for history.jsonl:
+        at least `global_best` and `utilities`; None when that tell completed none (a
+        Heterogeneous Swarms round takes two)."""
         ...
 
     def state_dict(self) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
