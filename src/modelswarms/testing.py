@@ -179,3 +179,41 @@ def make_utility(*, batch_size: int | None = None, max_batch_tokens: int | None 
     if batch_size is None and max_batch_tokens is None:
         return utility
     return _Batched(utility, Batching(batch_size or 16, max_batch_tokens or 4096))
+
+
+CORPUS = ("the quick brown fox jumps over the lazy dog. question: what is two plus two? "
+          "answer: four. the capital of france is paris. 0123456789 ") * 4
+
+
+def make_byte_bpe_tokenizer(vocab_size: int = 320):
+    """A byte-level BPE tokenizer (GPT-2's kind: 'Ġ' marks a space) trained in-process on a
+    few sentences; every byte is a token, so it can spell any text."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=["<|endoftext|>"],
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+                                  show_progress=False)
+    tok.train_from_iterator([CORPUS], trainer)
+    return PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<|endoftext|>",
+                                   pad_token="<|endoftext|>")
+
+
+def make_tiny_gpt2(folder: str | Path, *, seed: int = 1, hidden_size: int = 32,
+                   layers: int = 2) -> Path:
+    """Save a random tiny GPT2LMHeadModel with a byte-level BPE tokenizer: another
+    architecture and another vocabulary than make_tiny_llama's."""
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    folder = Path(folder)
+    tok = make_byte_bpe_tokenizer()
+    config = GPT2Config(vocab_size=len(tok), n_embd=hidden_size, n_layer=layers, n_head=4,
+                        n_positions=512, bos_token_id=tok.eos_token_id,
+                        eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)
+    torch.manual_seed(seed)
+    GPT2LMHeadModel(config).save_pretrained(folder)
+    tok.save_pretrained(folder)
+    return folder

@@ -171,6 +171,10 @@ def next_token_logprobs(model, prompts: Sequence[Sequence[int]], token_ids: Sequ
     With particles > 1 the model must run that many particles on row blocks (multiplex.py);
     batch limits are per forward, so each particle gets 1/particles of them.
     """
+    if getattr(model, "is_mixture", False):
+        probs = model.next_token_probs([_text(model, p) for p in prompts])
+        picked = probs[:, list(token_ids)].clamp_min(1e-300).log()
+        return [picked.tolist()]
     device = _device(model)
     wanted = torch.tensor(list(token_ids), device=device)
     out: list[list[list[float]]] = [[[] for _ in prompts] for _ in range(particles)]
@@ -195,6 +199,8 @@ def continuation_logprobs(model, prompts: Sequence[Sequence[int]],
                           particles: int = 1, share_prefix: bool = True
                           ) -> list[list[list[float]]]:
     """[particle][prompt][continuation]: log p(continuation | prompt), summed over tokens."""
+    if getattr(model, "is_mixture", False):
+        return [_mixture_continuations(model, prompts, continuations)]
     device = _device(model)
     pairs = [(i, j) for i, conts in enumerate(continuations) for j in range(len(conts))]
     seqs = [list(prompts[i]) + list(continuations[i][j]) for i, j in pairs]
@@ -243,6 +249,8 @@ def option_logprobs(model, prompts: Sequence[Sequence[int]],
     """
     from .trunk import select_rows
 
+    if getattr(model, "is_mixture", False):
+        return [_mixture_continuations(model, prompts, options)]
     device = _device(model)
     out = [[[0.0] * len(o) for o in options] for _ in range(particles)]
     prefix = SharedPrefix(model, prompts, min(len(p) for p in prompts) - 1, particles) \
@@ -305,6 +313,8 @@ def generate(model, prompts: Sequence[Sequence[int]], *, max_new_tokens: int, pa
              eos_id: int | Sequence[int] | None, batch_size: int | None = None,
              max_tokens: int | None = None, particles: int = 1) -> list[list[list[int]]]:
     """[particle][prompt]: greedy new tokens, cut at the first end-of-sequence token."""
+    if getattr(model, "is_mixture", False):
+        return [model.generate([_text(model, p) for p in prompts], max_new_tokens)]
     device = _device(model)
     eos = [] if eos_id is None else ([eos_id] if isinstance(eos_id, int) else list(eos_id))
     out: list[list[list[int]]] = [[[] for _ in prompts] for _ in range(particles)]
@@ -333,3 +343,16 @@ def _limits(batch_size: int | None, max_tokens: int | None, particles: int
         batch_size, max_tokens = limits.batch_size, max_tokens or limits.max_tokens
     return max(1, batch_size // particles), (max(1, max_tokens // particles) if max_tokens
                                              else None)
+
+
+# A mixture of experts with different tokenizers (mixture/) is given union ids; it works on
+# their bytes, each expert re-reading them with its own tokenizer.
+def _text(model, ids: Sequence[int]) -> bytes:
+    return model.vocab.text_bytes(list(ids))
+
+
+def _mixture_continuations(model, prompts: Sequence[Sequence[int]],
+                           continuations: Sequence[Sequence[Sequence[int]]]
+                           ) -> list[list[float]]:
+    return model.continuation_logprobs([_text(model, p) for p in prompts],
+                                       [[_text(model, c) for c in cs] for cs in continuations])

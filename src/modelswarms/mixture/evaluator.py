@@ -1,0 +1,59 @@
+"""The evaluator seam (evaluation/evaluator.py) for mixtures: a candidate is a vector of
+mixing weights, one per expert, and any utility scores the mixture it decodes to.
+
+Particles live in R^n, so every strategy (Model Swarms, CMA-ES, random search) searches them
+unchanged; `mixing_weights` decodes a row onto the simplex by clipping at zero and
+normalising (the experts' one-hot rows are exactly the experts; a row with no positive entry
+is the uniform mixture). Clipping keeps a one-hot start exact, which a softmax would not.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from typing import Any
+
+import torch
+
+from ..errors import UtilityError
+from ..evaluation import generation
+from ..evaluation.evaluator import failed
+from ..evaluation.generation import Batching
+from ..evaluation.utilities import ItemScores, Utility
+from .model import MixtureLM
+
+
+def mixing_weights(row: torch.Tensor) -> torch.Tensor:
+    w = row.detach().double().cpu().clamp(min=0)
+    return w / w.sum() if float(w.sum()) > 0 else torch.full_like(w, 1.0 / w.numel())
+
+
+class MixtureEvaluator:
+    """Scores rows of mixing weights over a resident MixtureLM."""
+
+    def __init__(self, mixture: MixtureLM, batching: Batching | None = None):
+        self.mixture, self.device = mixture, mixture.device
+        self.tokenizer = mixture.tokenizer
+        self.batching = batching or Batching()
+        self.events: Counter = Counter()
+
+    def drain_events(self) -> dict[str, int]:
+        out = dict(self.events)
+        self.events.clear()
+        return out
+
+    def score_many(self, vectors: torch.Tensor | None, items: list[dict],
+                   utility: Utility) -> list[ItemScores]:
+        rows = [torch.full((self.mixture.n,), 1.0)] if vectors is None else list(vectors)
+        out = []
+        with generation.batching(self.batching):
+            self.mixture.batch_size = self.batching.batch_size
+            for row in rows:
+                self.mixture.set_weights(mixing_weights(row))
+                out.append(self._score(utility, items))
+        return out
+
+    def _score(self, utility: Any, items: list[dict]) -> ItemScores:
+        try:
+            return utility.score(self.mixture, self.tokenizer, items)
+        except UtilityError as err:
+            return failed(f"failed: {err}", len(items))

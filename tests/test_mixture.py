@@ -1,0 +1,170 @@
+"""Mixtures of experts of different architectures and tokenizers (a Llama with a character
+vocabulary, a GPT-2 with a byte-level BPE one), all built in-process."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from modelswarms.errors import ConfigError, ExpertError
+from modelswarms.mixture import MixtureLM, align, token_keys
+from modelswarms.mixture.vocab import EOS
+from modelswarms.testing import (
+    make_byte_bpe_tokenizer,
+    make_char_tokenizer,
+    make_tiny_gpt2,
+    make_tiny_llama,
+    make_utility,
+)
+
+ITEMS = [
+    {"question": "what is two plus two?", "choices": {"A": "four", "B": "five", "C": "two"},
+     "answer": "A"},
+    {"question": "the capital of france is", "choices": {"A": "rome", "B": "paris"},
+     "answer": "B"},
+    {"question": "the quick brown fox", "choices": {"A": "jumps", "B": "sleeps", "C": "is",
+                                                    "D": "ran"}, "answer": "A"},
+]
+
+
+@pytest.fixture(scope="module")
+def experts(tmp_path_factory):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    root = tmp_path_factory.mktemp("mix")
+    out = []
+    for name, folder in (("llama", make_tiny_llama(root / "llama")),
+                         ("gpt2", make_tiny_gpt2(root / "gpt2"))):
+        model = AutoModelForCausalLM.from_pretrained(folder).eval()
+        out.append((name, model, AutoTokenizer.from_pretrained(folder)))
+    return out
+
+
+def _wordlevel(vocab: list[str], pre: str):
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    tok = Tokenizer(models.WordLevel(vocab={t: i for i, t in enumerate(vocab)},
+                                     unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.Metaspace() if pre == "sp" else \
+        pre_tokenizers.WhitespaceSplit()
+    return PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="</s>", pad_token="<pad>",
+                                   unk_token="<unk>")
+
+
+def test_vocabularies_align_on_the_bytes_their_tokens_stand_for():
+    # SentencePiece's space marker and byte-fallback tokens, by hand
+    sp = _wordlevel(["<pad>", "</s>", "<unk>", "▁the", "<0x41>", "▁", "cat"], "sp")
+    keys = token_keys(sp)
+    assert keys[:2] == ["<|pad|>", EOS]
+    assert keys[3] == b" the" and keys[4] == b"A" and keys[5] == b" " and keys[6] == b"cat"
+    # byte-level BPE: 'Ġ' is a space, 'Ċ' a newline
+    bpe = make_byte_bpe_tokenizer()
+    bkeys = token_keys(bpe)
+    ids = bpe.convert_tokens_to_ids(["Ġthe", "Ċ"])
+    assert bkeys[ids[0]] == b" the" and bkeys[ids[1]] == b"\n"
+    union = align([("sp", sp), ("bpe", bpe), ("chars", make_char_tokenizer())])
+    sp_v, bpe_v, ch_v = union.experts
+    # the same string is one union token whichever vocabulary it came from
+    assert sp_v.to_union[3] == union.index[b" the"]
+    assert bpe_v.to_union[ids[0]] == union.index[b" the"]
+    assert ch_v.to_union[make_char_tokenizer().convert_tokens_to_ids("c")] == union.index[b"c"]
+    # every end-of-sequence token is the one shared entry
+    assert {int(v.to_union[v.eos_id]) for v in union.experts} == {union.eos}
+    # a string that is one token for one expert is spelled in the other's tokens
+    assert ch_v.encode(b" the") == make_char_tokenizer().encode(" the",
+                                                               add_special_tokens=False)
+    assert b"".join(bytes(union.keys[int(bpe_v.to_union[t])]) for t in bpe_v.encode(
+        b"the cat")) == b"the cat"
+
+
+def test_a_vocabulary_sharing_nothing_or_lacking_an_end_is_refused():
+    words = _wordlevel(["<pad>", "</s>", "<unk>", "zzqx"], "ws")
+    other = _wordlevel(["<pad>", "</s>", "<unk>", "wvvy"], "ws")
+    with pytest.raises(ExpertError, match="shares no token"):
+        align([("a", words), ("b", other)])
+    words.eos_token = None
+    with pytest.raises(ExpertError, match="a: its tokenizer has no end-of-sequence"):
+        align([("a", words), ("b", other)])
+
+
+def test_mixture_probabilities_sum_to_one(experts):
+    mix = MixtureLM(experts)
+    mix.set_weights([0.3, 0.7])
+    probs = mix.next_token_probs([b"the capital of", b"two plus two is"])
+    assert torch.allclose(probs.sum(-1), torch.ones(2, dtype=torch.float64), atol=1e-9)
+    with pytest.raises(ValueError, match="non-negative"):
+        mix.set_weights([-1.0, 2.0])
+
+
+@pytest.mark.parametrize("which", [0, 1])
+def test_a_one_hot_mixture_scores_and_generates_as_its_expert(experts, which):
+    name, model, tok = experts[which]
+    mix = MixtureLM(experts)
+    mix.set_weights([1.0 if i == which else 0.0 for i in range(2)])
+    for mode in ("cloze", "letter"):
+        u = make_utility(scoring=mode, chat_template=False, batch_size=4)
+        alone, mixed = u.score(model, tok, ITEMS), u.score(mix, mix.tokenizer, ITEMS)
+        assert mixed.predictions == alone.predictions and mixed.scores == alone.scores, mode
+    em = make_utility(type="exact_match", max_new_tokens=6, chat_template=False, batch_size=4)
+    qa = [{"question": it["question"], "answer": "x"} for it in ITEMS]
+    assert em.score(mix, mix.tokenizer, qa).predictions == em.score(model, tok, qa).predictions
+
+
+def test_a_one_hot_sequence_score_is_the_experts_own(experts):
+    from modelswarms.evaluation import generation
+
+    _, model, tok = experts[1]
+    mix = MixtureLM(experts)
+    mix.set_weights([0.0, 1.0])
+    prompt, conts = "the capital of france is", [" paris", " rome"]
+    own = generation.continuation_logprobs(
+        model, [tok.encode(prompt)], [[tok.encode(prompt + c)[len(tok.encode(prompt)):]
+                                       for c in conts]], pad_id=tok.pad_token_id,
+        batch_size=4)[0][0]
+    mixed = mix.continuation_logprobs([prompt.encode()], [[c.encode() for c in conts]])[0]
+    assert mixed == pytest.approx(own, abs=1e-5)
+
+
+def test_mixed_generation_is_the_same_batched_or_alone(experts):
+    mix = MixtureLM(experts, batch_size=1)
+    mix.set_weights([0.5, 0.5])
+    prompts = [b"the quick brown", b"question: what is", b"0123"]
+    alone = mix.generate(prompts, max_new_tokens=5)
+    mix.batch_size = 3
+    assert mix.generate(prompts, max_new_tokens=5) == alone
+    # and a mixture of two is neither expert alone (the test would be empty if it were)
+    mix.set_weights([1.0, 0.0])
+    first = mix.generate(prompts, max_new_tokens=5)
+    mix.set_weights([0.0, 1.0])
+    assert alone != first or alone != mix.generate(prompts, max_new_tokens=5)
+
+
+def test_experts_without_one_chat_format_refuse_a_chat_prompt(experts):
+    mix = MixtureLM(experts)
+    assert mix.tokenizer.chat_template is None
+    with pytest.raises(ConfigError, match="chat template"):
+        mix.tokenizer.apply_chat_template([{"role": "user", "content": "hi"}])
+
+
+def test_a_token_swarm_searches_mixing_weights_through_the_evaluator_seam(experts):
+    """The loop's scorer and Model Swarms, unchanged, over a mixture evaluator: particles
+    start as the experts (one-hot rows) and the search can only improve on them."""
+    from modelswarms.config import SwarmConfig
+    from modelswarms.mixture.evaluator import MixtureEvaluator, mixing_weights
+    from modelswarms.runs.scorer import Scorer
+    from modelswarms.search import ModelSwarm
+
+    mix = MixtureLM(experts)
+    utility = make_utility(scoring="cloze", chat_template=False)
+    scorer = Scorer(MixtureEvaluator(mix), utility)
+    one_hot = torch.eye(2)
+    alone = [utility.score(m, t, ITEMS).value for _, m, t in experts]
+    assert scorer.utilities(one_hot, ITEMS) == alone
+    swarm = ModelSwarm(one_hot, SwarmConfig(particles=4, max_iterations=3), seed=0)
+    while not swarm.done:
+        swarm.tell(scorer.utilities(swarm.ask(), ITEMS))
+    best, value = swarm.best()
+    assert value >= max(alone) and mixing_weights(best).sum() == pytest.approx(1.0)
+    assert scorer.evaluations == len(one_hot) + swarm.evaluations
+    assert scorer.counts["cache_hits"] >= len(one_hot)  # the starting experts, scored before
