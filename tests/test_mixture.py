@@ -168,3 +168,39 @@ def test_a_token_swarm_searches_mixing_weights_through_the_evaluator_seam(expert
     assert value >= max(alone) and mixing_weights(best).sum() == pytest.approx(1.0)
     assert scorer.evaluations == len(one_hot) + swarm.evaluations
     assert scorer.counts["cache_hits"] >= len(one_hot)  # the starting experts, scored before
+
+
+def test_a_token_swarm_run_folder_and_compare_over_two_architectures(tmp_path, mc_data):
+    """`experts.compose: mixture`: a Llama and a GPT-2 searched as a token swarm by the run
+    command's loop, exported as mixture.json, and compared with each expert and the uniform
+    mixture; merges are skipped with the reason."""
+    import json
+
+    import modelswarms as ms
+
+    experts = [make_tiny_llama(tmp_path / "llama"), make_tiny_gpt2(tmp_path / "gpt2")]
+    cfg = ms.config(experts={"paths": [str(p) for p in experts], "compose": "mixture"},
+                    data=mc_data, utility={"scoring": "cloze", "chat_template": False},
+                    budget=12, search={"particles": 4})
+    report = ms.search(cfg, run_dir=tmp_path / "run")
+    names = [r["name"] for r in report["rows"]]
+    assert names[:2] == ["expert: llama", "expert: gpt2"] and "base model" not in names
+    assert report["best_dev"] >= max(r["dev"] for r in report["rows"][:2])
+    spec = json.loads((tmp_path / "run" / "best" / "mixture.json").read_text())
+    assert [e["name"] for e in spec["experts"]] == ["llama", "gpt2"]
+    assert sum(e["weight"] for e in spec["experts"]) == pytest.approx(1.0)
+    # the export scores as the search scored it
+    assert ms.evaluate(tmp_path / "run" / "best", mc_data, split="dev", utility={
+        "scoring": "cloze", "chat_template": False}).value == report["best_dev"]
+    assert ms.search(cfg, run_dir=tmp_path / "run", resume=True)["best_dev"] == \
+        report["best_dev"]
+    table = ms.compare(cfg.model_copy(update={"compare": ms.config(
+        experts=experts, compare={"methods": ["experts", "logit_average", "ties", "swarm",
+                                              "random"], "seeds": [0], "budget": 8}).compare}),
+        out=tmp_path / "cmp")
+    rows = {r["name"]: r for r in table["rows"]}
+    assert "experts, uniform mixture" in rows and "Model Swarms" in rows
+    assert "mixture" in rows["ties"]["skipped"]
+    with pytest.raises(ConfigError, match="compose"):
+        ms.merge(ms.config(experts={"paths": [str(p) for p in experts], "compose": "mixture"},
+                           merge={"method": "linear"}), out=tmp_path / "m")

@@ -154,7 +154,13 @@ def evaluate(model: str | Path, items: list[dict] | str | Path, *,
         items = load_items(items, split, required=scorer.required_fields, limit=max_items)
     elif max_items is not None:
         items = items[:max_items]
-    loaded, tok = load_standalone(str(model), base_model, device=device, dtype=dtype)
+    if (Path(model) / "mixture.json").is_file():  # a token swarm's export
+        from .mixture import load_mixture
+
+        loaded = load_mixture(model, device=device, dtype=dtype, batch_size=batch_size)
+        tok = loaded.tokenizer
+    else:
+        loaded, tok = load_standalone(str(model), base_model, device=device, dtype=dtype)
     with batching(Batching(batch_size, max_batch_tokens)):
         return scorer.score(loaded, tok, items)
 

@@ -36,6 +36,10 @@ class ExpertsConfig(StrictModel):
     include: list[str] = Field(default_factory=list, description="globs of searched tensors")
     exclude: list[str] = Field(default_factory=list, description="globs of frozen tensors")
     trust_remote_code: bool = False
+    compose: Literal["weights", "mixture"] = Field(
+        "weights", description="weights: one architecture, particles are weights; mixture: "
+        "experts of any architecture, particles are mixing weights of their next-token "
+        "distributions (a token swarm)")
 
 
 class DataConfig(StrictModel):

@@ -201,6 +201,9 @@ def _prepare(cfg: RunConfig) -> RunConfig:
         cfg = cfg.model_copy(update={"hswarm": HSwarmConfig()})
     if len(cfg.experts.paths) < 2:
         raise ConfigError("hswarm: a multi-LLM system needs at least 2 experts")
+    if cfg.experts.compose != "weights":
+        raise ConfigError("hswarm: experts.compose must be weights (its nodes are experts of "
+                          "one architecture)")
     if cfg.search.particles not in (None, len(cfg.experts.paths)):
         raise ConfigError("search.particles: the weight-step's particles are the experts (the "
                           "nodes' models); leave it unset for hswarm")

@@ -30,6 +30,16 @@ def mixing_weights(row: torch.Tensor) -> torch.Tensor:
 class MixtureEvaluator:
     """Scores rows of mixing weights over a resident MixtureLM."""
 
+    @classmethod
+    def open(cls, pool: Any, model: Any) -> MixtureEvaluator:
+        """Load every expert of a mixture pool (mixture/pool.py) as its own model."""
+        from ..evaluation.backend import load_standalone
+
+        experts = [(e.name, *load_standalone(str(e.path), device=model.device,
+                                              dtype=model.dtype)) for e in pool.experts]
+        mixture = MixtureLM(experts, batch_size=model.batch_size)
+        return cls(mixture, Batching(model.batch_size, model.max_batch_tokens))
+
     def __init__(self, mixture: MixtureLM, batching: Batching | None = None):
         self.mixture, self.device = mixture, mixture.device
         self.tokenizer = mixture.tokenizer

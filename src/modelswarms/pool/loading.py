@@ -33,7 +33,7 @@ class Expert:
 
 @dataclass(frozen=True)
 class ExpertPool:
-    kind: Literal["lora", "full"]
+    kind: Literal["lora", "full", "mixture"]  # mixture: mixture/pool.py
     experts: list[Expert]
     base_model: str | None
     template: Path

@@ -19,6 +19,9 @@ def merge_to_folder(cfg: RunConfig, *, overwrite: bool = False) -> Path:
     if cfg.merge is None:
         raise ConfigError("merge: the config has no `merge:` section (method, params, weights)")
     spec = cfg.merge
+    if cfg.experts.compose != "weights":
+        raise ConfigError("merge: experts.compose is mixture; a merge adds weights of one "
+                          "architecture")
     if spec.method not in MERGE_METHODS:
         raise ConfigError(f"merge.method: unknown method {spec.method!r}; known: "
                           f"{', '.join(sorted(MERGE_METHODS))}")

@@ -125,6 +125,9 @@ def expert_vote_row(ctx: RowContext) -> list[dict[str, Any]]:
 @reference_row("logit_average", "experts, logit average")
 def logit_average_row(ctx: RowContext) -> list[dict[str, Any]]:
     s = ctx.session
+    if s.pool.kind == "mixture":  # the uniform mixture: logit averaging generalised
+        return [{"name": "experts, uniform mixture",
+                 **_scores(s, torch.ones(len(s.pool.names), device=s.experts.device))}]
     # every log-likelihood scoring reads the averaged distribution; generation does not
     if not (s.cfg.utility.type == "multiple_choice" and s.cfg.utility.scoring != "generate"):
         raise ConfigError("logit averaging needs the log-likelihood multiple_choice utility")
@@ -143,6 +146,9 @@ def logit_average_row(ctx: RowContext) -> list[dict[str, Any]]:
 
 def merge_row(ctx: RowContext, method: str) -> list[dict[str, Any]]:
     s = ctx.session
+    if s.pool.kind == "mixture":
+        raise ConfigError("a merge adds weights of one architecture; this pool is a mixture "
+                          "(experts.compose: mixture)")
     base = None
     if MERGE_METHODS[method].needs_base:
         base = need_base(method, base_vector(s.pool, s.space, s.experts.device,

@@ -42,14 +42,23 @@ class Session:
         data a run of `cfg` scores on."""
         data = cfg.need_data("a search")
         e = cfg.experts
-        pool = load_pool(e.paths, base_model=e.base_model)
+        if e.compose == "mixture":
+            from ..mixture.pool import load_mixture_pool
+
+            pool = load_mixture_pool(e.paths)
+        else:
+            pool = load_pool(e.paths, base_model=e.base_model)
         space = FlatSpace.select(pool.experts[0].tensors, e.include, e.exclude)
         utility = build_utility(cfg.utility)
         dev = load_split(data, data.dev_split, required=utility.required_fields,
                          limit=data.max_dev)
         test = load_split(data, data.test_split, required=utility.required_fields,
                           limit=data.max_test) if need_test else None
-        if evaluator is None:
+        if evaluator is None and pool.kind == "mixture":
+            from ..mixture.evaluator import MixtureEvaluator
+
+            evaluator = MixtureEvaluator.open(pool, cfg.model)
+        elif evaluator is None:
             evaluator = ResidentEvaluator(pool, space, cfg.model,
                                           trust_remote_code=e.trust_remote_code)
         experts = space.stack([x.tensors for x in pool.experts], device=evaluator.device)
@@ -96,5 +105,10 @@ class Session:
         self.evaluator.trunk = value  # type: ignore[attr-defined]
 
     def export(self, vector: torch.Tensor, folder, metadata: dict[str, str]) -> Path:
-        """Write `vector` as a standard adapter / model folder (frozen tensors: expert 0's)."""
+        """Write `vector` as a standard adapter / model folder (frozen tensors: expert 0's);
+        a mixture's as mixture.json (its experts' folders and weights)."""
+        if self.pool.kind == "mixture":
+            from ..mixture.pool import write_mixture
+
+            return write_mixture(self.pool, vector, folder, metadata)
         return export_vector(self.pool, self.space, vector, folder, metadata)

@@ -1,0 +1,93 @@
+"""A pool of experts composed at their output (`experts.compose: mixture`).
+
+Experts may differ in architecture and tokenizer: each is a model folder, or an adapter folder
+over its own base. In the run's weight space an expert is its one-hot row of mixing weights
+(one tensor, `mixture_weights`), so the search loop, the strategies, the reports and compare
+treat a mixture pool as any other; the evaluator (evaluator.py) loads the models.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from pathlib import Path
+
+import torch
+
+from ..errors import ExpertError
+from ..pool import Expert, ExpertPool
+
+WEIGHTS = "mixture_weights"
+MIXTURE_FILE = "mixture.json"
+
+
+def _check(path: Path) -> dict:
+    if not path.exists():
+        raise ExpertError(f"{path}: expert folder not found")
+    if not path.is_dir():
+        raise ExpertError(f"{path}: an expert must be a folder, not a file")
+    for name in ("adapter_config.json", "config.json"):
+        if (path / name).is_file():
+            try:
+                return {"kind": "adapter" if name.startswith("adapter") else "model",
+                        **json.loads((path / name).read_text())}
+            except json.JSONDecodeError as err:
+                raise ExpertError(f"{path / name}: not valid JSON ({err})") from None
+    raise ExpertError(f"{path}: neither an adapter folder (adapter_config.json) nor a model "
+                      "folder (config.json)")
+
+
+def load_mixture_pool(sources: Sequence[str | Path]) -> ExpertPool:
+    """The experts of a mixture (checked, not loaded: the evaluator loads the models)."""
+    paths = [Path(s).expanduser() for s in sources]
+    seen: dict[str, int] = {}
+    experts = []
+    n = len(paths)
+    for i, path in enumerate(paths):
+        config = _check(path)
+        name = path.name or f"expert_{i}"
+        seen[name] = seen.get(name, 0) + 1
+        if seen[name] > 1:
+            name = f"{name}_{seen[name]}"
+        onehot = torch.zeros(n)
+        onehot[i] = 1.0
+        experts.append(Expert(name, path, {WEIGHTS: onehot}, config))
+    return ExpertPool("mixture", experts, None, paths[0], None)  # type: ignore[arg-type]
+
+
+def write_mixture(pool: ExpertPool, weights: torch.Tensor, folder: str | Path,
+                  metadata: dict[str, str] | None = None) -> Path:
+    """A mixture's export: mixture.json naming each expert's folder and its weight."""
+    from ..runs.checkpoint import atomic_write_text
+    from .evaluator import mixing_weights
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    w = mixing_weights(weights).tolist()
+    spec = {"experts": [{"name": e.name, "path": str(e.path), "weight": x}
+                        for e, x in zip(pool.experts, w, strict=True)],
+            "combination": "next-token distributions mixed in the union vocabulary; "
+                           "sequence likelihoods mixed for log-likelihood scoring",
+            **({"metadata": metadata} if metadata else {})}
+    atomic_write_text(folder / MIXTURE_FILE, json.dumps(spec, indent=2))
+    return folder
+
+
+def load_mixture(folder: str | Path, *, device: str = "auto", dtype: str = "auto",
+                 batch_size: int = 16):
+    """The MixtureLM a mixture.json describes (a token swarm's export), ready to score."""
+    from ..evaluation.backend import load_standalone
+    from .model import MixtureLM
+
+    path = Path(folder) / MIXTURE_FILE
+    try:
+        spec = json.loads(path.read_text())
+        experts = [(e["name"], Path(e["path"]), float(e["weight"])) for e in spec["experts"]]
+    except (OSError, json.JSONDecodeError, KeyError, TypeError, ValueError) as err:
+        raise ExpertError(f"{path}: not a mixture description ({err})") from None
+    for _, p, _ in experts:
+        _check(p)
+    mixture = MixtureLM([(name, *load_standalone(str(p), device=device, dtype=dtype))
+                         for name, p, _ in experts], batch_size=batch_size)
+    mixture.set_weights([w for _, _, w in experts])
+    return mixture
