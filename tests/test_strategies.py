@@ -144,3 +144,25 @@ def test_strategies_run_end_to_end_and_resume(tmp_path, lora_experts, mc_data, s
     path.write_text(yaml.safe_dump(data))
     resumed = runner.run(resume=tmp_path / "part", show_progress=False)
     assert resumed["rows"] == full["rows"] and resumed["best_dev"] == full["best_dev"]
+
+
+def test_layer_swarm_starts_at_the_experts_and_searches_per_layer_coefficients(
+        tmp_path, lora_experts, mc_data):
+    import modelswarms as ms
+    from modelswarms.runs.session import Session
+    from modelswarms.search import LayerSwarm
+
+    cfg = ms.config(experts=lora_experts, data=mc_data, strategy="layer_swarm", budget=16,
+                    search={"particles": 4})
+    session = Session.open(cfg, need_test=False)
+    search = LayerSwarm.over(session.experts, session.space, cfg)
+    first = search.ask()
+    assert torch.equal(first[: len(lora_experts)], session.experts.to(first.dtype))
+    groups = search.cmap.groups
+    assert len(groups) >= 2 and search.swarm.x.shape == (4, len(lora_experts) * len(groups))
+    report = ms.search(cfg, run_dir=tmp_path / "run")
+    coef = report["best_coefficients"]
+    assert coef["groups"] == groups and len(coef["coefficients"]) == len(lora_experts)
+    assert report["best_dev"] >= max(r["dev"] for r in report["rows"]
+                                     if r["name"].startswith("expert:"))
+    assert report["evaluations"] <= 16 and report["weak_to_strong"]

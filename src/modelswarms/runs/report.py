@@ -106,6 +106,8 @@ def summarize(session: Session, search: SearchStrategy, history: list[dict[str, 
         "best_test_scores": pack_scores(best_test.scores) if best_test else None,
         "rows": rows, "events": dict(sorted(session.counts.items())),
     }
+    if hasattr(search, "best_coefficients"):  # searches in a space of merge coefficients
+        report["best_coefficients"] = search.best_coefficients()
     return report
 
 

@@ -4,6 +4,7 @@ Each declares itself in the registry (registry.py); importing this package regis
 from .base import SearchStrategy
 from .cmaes import CMAES
 from .greedy_soup import GreedySoup
+from .layer_swarm import LayerSwarm
 from .random_search import RandomSearch
 from .registry import (
     STRATEGIES,
@@ -15,6 +16,6 @@ from .registry import (
 )
 from .swarm import ModelSwarm
 
-__all__ = ["CMAES", "STRATEGIES", "GreedySoup", "ModelSwarm", "RandomSearch",
+__all__ = ["CMAES", "STRATEGIES", "GreedySoup", "LayerSwarm", "ModelSwarm", "RandomSearch",
            "SearchStrategy", "StrategySpec", "build_strategy", "register_strategy",
            "strategy_names", "strategy_spec"]
