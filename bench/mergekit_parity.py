@@ -147,6 +147,32 @@ def main() -> None:
             rows.append((label, params, weights, diff, scale, moved, mk_seconds))
             print(f"{label:18s} {params!s:34s} {weights!s:17s} max|diff| {diff:.3g}", flush=True)
 
+        # a coefficient search's result (CMA-ES, random search, layer_swarm): per-layer
+        # coefficients, written by merge/mergekit.py
+        from modelswarms.merge.mergekit import coefficients_config
+        from modelswarms.search.coefficients import CoefficientMap
+
+        experts = torch.stack([flat[m] for m in E])
+        cmap = CoefficientMap(experts, space, per_layer=True)
+        coef = torch.Generator().manual_seed(0)
+        c = torch.rand(cmap.dim, generator=coef, dtype=torch.float64) * 1.5 - 0.25
+        cfg = coefficients_config([str(folder / m) for m in E], cmap.describe(c))
+        cfg_path, out = folder / "layerwise.yml", folder / "out_layerwise"
+        cfg_path.write_text(yaml.safe_dump(cfg))
+        started = time.perf_counter()
+        subprocess.run(
+            [str(args.mk_venv / "bin" / "mergekit-yaml"), str(cfg_path), str(out),
+             "--no-cuda", "--quiet", "-j", "1", "--no-copy-tokenizer",
+             "--no-write-model-card"], check=True, env=env, capture_output=True, text=True)
+        mk_seconds = time.perf_counter() - started
+        theirs = space.flatten(load_folder(out))
+        ours = cmap.weights(c)
+        diff = (ours - theirs).abs().max().item()
+        label = f"per-layer coefficients ({len(cmap.groups)} groups)"
+        rows.append((label, {}, None, diff, theirs.abs().max().item(),
+                     (theirs - flat["base"]).abs().max().item(), mk_seconds))
+        print(f"{label:18s} max|diff| {diff:.3g}", flush=True)
+
     lines = [
         "# Parity with mergekit",
         "",
@@ -177,7 +203,11 @@ def main() -> None:
         "order; ours: one generator seeded once, slot order), and mergekit 0.1.5 rescales the "
         "survivors to the delta's L1 norm where the DARE paper (and our default) divides by "
         "the density; `rescale: l1` gives mergekit's rescaling. Density 1 checks the rest of "
-        "the pipeline (no draw is made). Slerp: mergekit's base model is our first expert.",
+        "the pipeline (no draw is made). Slerp: mergekit's base model is our first expert. "
+        "Per-layer coefficients: random coefficients in [-0.25, 1.25] per expert and layer "
+        "group, as CMA-ES, random search and layer_swarm find them, written by "
+        "`modelswarms.merge.mergekit.coefficients_config` (the `mergekit.yaml` a run of "
+        "full models exports) and decoded by our CoefficientMap.",
         "",
     ]
     args.out.write_text("\n".join(lines))

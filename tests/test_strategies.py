@@ -166,3 +166,35 @@ def test_layer_swarm_starts_at_the_experts_and_searches_per_layer_coefficients(
     assert report["best_dev"] >= max(r["dev"] for r in report["rows"]
                                      if r["name"].startswith("expert:"))
     assert report["evaluations"] <= 16 and report["weak_to_strong"]
+
+
+@pytest.mark.parametrize("strategy", ["layer_swarm", "cmaes"])
+def test_coefficient_results_of_full_models_are_written_as_a_mergekit_config(
+        tmp_path, full_experts, mc_data, strategy):
+    """mergekit's linear merge with per-layer filters, read as mergekit reads it (the first
+    filter that is a substring of the tensor's name, else the fallback), gives the exported
+    best exactly. bench/mergekit_parity.py runs the same config through mergekit itself."""
+    import yaml
+    from safetensors.torch import load_file
+
+    import modelswarms as ms
+
+    cfg = ms.config(experts=full_experts, data=mc_data, strategy=strategy, budget=12,
+                    search={"particles": 4}, coefficients={"per_layer": True, "population": 4})
+    report = ms.search(cfg, run_dir=tmp_path / "run")
+    mk = yaml.safe_load((tmp_path / "run" / "best" / "mergekit.yaml").read_text())
+    assert mk["merge_method"] == "linear" and mk["parameters"] == {"normalize": False}
+    experts = [load_file(next((p).glob("*.safetensors"))) for p in full_experts]
+    best = load_file(tmp_path / "run" / "best" / "model.safetensors")
+
+    def weight(entry, name):
+        w = entry["parameters"]["weight"]
+        if not isinstance(w, list):
+            return w
+        return next(c["value"] for c in w if "filter" not in c or c["filter"] in name)
+
+    for name, value in best.items():
+        merged = sum(weight(e, name) * x[name].double()
+                     for e, x in zip(mk["models"], experts, strict=True))
+        torch.testing.assert_close(merged.to(value.dtype), value, rtol=1e-5, atol=1e-6)
+    assert report["exports"]["mergekit"].endswith("mergekit.yaml")

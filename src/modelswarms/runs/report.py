@@ -7,6 +7,9 @@ import json
 from pathlib import Path
 from typing import Any
 
+import yaml
+
+from ..merge.mergekit import coefficients_config
 from ..search import SearchStrategy
 from .checkpoint import atomic_write_text
 from .ensemble import majority_vote
@@ -35,11 +38,25 @@ def final_report(session: Session, search: SearchStrategy, history: list[dict[st
                                      "dev_utility": repr(util)})
         exports["top"].append(str(folder))
     report = summarize(session, search, history)
+    if (mk := _mergekit_config(session, report)) is not None:
+        path = run_dir / "best" / "mergekit.yaml"
+        atomic_write_text(path, yaml.safe_dump(mk, sort_keys=False))
+        exports["mergekit"] = str(path)
     report["exports"] = exports
     atomic_write_text(run_dir / "report.json", json.dumps(report, indent=2))
     atomic_write_text(run_dir / "report.md", render_markdown(report))
     plot_history(history, run_dir / "utility_curves.png")
     return report
+
+
+def _mergekit_config(session: Session, report: dict[str, Any]) -> dict[str, Any] | None:
+    """mergekit's config of the best, where mergekit computes the same point: coefficients
+    over full models whose every tensor is searched (merge/mergekit.py)."""
+    coef = report.get("best_coefficients")
+    pool, space = session.pool, session.space
+    if coef is None or pool.kind != "full" or len(space.slots) != len(pool.tensor_names):
+        return None
+    return coefficients_config([str(e.path) for e in pool.experts], coef)
 
 
 def summarize(session: Session, search: SearchStrategy, history: list[dict[str, Any]]

@@ -73,6 +73,10 @@ class CMAES:
     def top(self, k: int) -> list[tuple[torch.Tensor, float]]:
         return self.archive.top(k)
 
+    def best_coefficients(self) -> dict[str, Any]:
+        """The best's merge coefficients per expert and group (for exports)."""
+        return self.cmap.describe(self.archive.best_c)
+
     def record(self) -> dict[str, Any]:
         return {"global_best": self.archive.best_util, "utilities": self.last,
                 "sigma": float(self.es.sigma),
