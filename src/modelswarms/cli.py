@@ -145,6 +145,62 @@ def hswarm_cmd(config: str | None, resume_dir: str | None, overwrite: bool, quie
     console.print(f"system: {report['export']} (python {report['export']}/answer.py --help)")
 
 
+@main.command("distil")
+@click.argument("mixture", type=click.Path(file_okay=False))
+@click.option("--student", required=True, help="The expert (its name in mixture.json) whose "
+              "LoRA learns the mixture.")
+@click.option("--out", required=True, type=click.Path(file_okay=False))
+@click.option("--data", help="Dataset whose questions are the prompts (JSON with splits, or "
+              "JSONL).")
+@click.option("--split", default="dev", show_default=True)
+@click.option("--prompts", "prompt_file", type=click.Path(dir_okay=False),
+              help="A text file of prompts, one a line (instead of --data).")
+@click.option("--steps", default=100, show_default=True)
+@click.option("--lr", default=1e-3, show_default=True)
+@click.option("--rank", default=8, show_default=True)
+@click.option("--max-new-tokens", default=32, show_default=True)
+@click.option("--max-items", type=int, help="Use only the first N prompts.")
+@click.option("--debug", is_flag=True, help="Show tracebacks.")
+def distil_cmd(mixture: str, student: str, out: str, data: str | None, split: str,
+               prompt_file: str | None, steps: int, lr: float, rank: int, max_new_tokens: int,
+               max_items: int | None, debug: bool) -> None:
+    """Distil a token swarm's mixture (a folder with mixture.json) into one expert: a LoRA
+    trained to match the mixture's next-token distributions."""
+    _quiet_libraries()
+    result = _guard(debug, _distil, mixture, student, out, data, split, prompt_file, steps, lr,
+                    rank, max_new_tokens, max_items)
+    console.print(f"{result['student']} distilled on {result['prompts']} prompts: KL to the "
+                  f"mixture {result['kl_before']:.4f} -> {result['kl_after']:.4f}; adapter "
+                  f"written to {out}")
+
+
+def _distil(mixture, student, out, data, split, prompt_file, steps, lr, rank, max_new_tokens,
+            max_items) -> dict:
+    from .errors import ConfigError
+    from .evaluation.data import load_items
+    from .mixture import load_mixture
+    from .mixture.distil import distil
+    from .mixture.pool import MIXTURE_FILE
+
+    if (data is None) == (prompt_file is None):
+        raise ConfigError("distil: give --data (its questions are the prompts) or --prompts")
+    if prompt_file:
+        prompts = [line for line in Path(prompt_file).read_text().splitlines() if line.strip()]
+    else:
+        prompts = [str(it.get("question", it.get("prompt", "")))
+                   for it in load_items(data, split)]
+    prompts = prompts[:max_items]
+    mix = load_mixture(mixture)
+    spec = json.loads((Path(mixture) / MIXTURE_FILE).read_text())
+    names = [e["name"] for e in spec["experts"]]
+    if student not in names:
+        raise ConfigError(f"distil: --student {student!r} is not an expert of the mixture "
+                          f"({', '.join(names)})")
+    i = names.index(student)
+    return distil(mix, i, spec["experts"][i]["path"], prompts, out, rank=rank,
+                  alpha=2 * rank, steps=steps, lr=lr, max_new_tokens=max_new_tokens)
+
+
 def _print_rows(report: dict, first: str, title_tail: str = "") -> None:
     """A run report's dev / test table and its correctness emergence."""
     table = Table(title=f"{report['utility']} on {Path(report['dataset']).name}{title_tail}")

@@ -174,7 +174,10 @@ def search_row(ctx: RowContext, method: str) -> list[dict[str, Any]]:
             "compare": None, "output": cfg.output.model_copy(update={"dir": str(run_dir)})})
         # a folder without config.yaml holds only what a kill left mid-start: start over
         report = run(sub, show_progress=ctx.show_progress, session=ctx.session, overwrite=True)
-    row = {"name": strategy_spec(method).label, "dev": report["best_dev"],
+    label = strategy_spec(method).label
+    if ctx.session.pool.kind == "mixture":  # a token swarm: the particles are mixing weights
+        label += " over mixing weights"
+    row = {"name": label, "dev": report["best_dev"],
            "test": report["best_test"], "test_scores": report.get("best_test_scores"),
            "evaluations": report["evaluations"], "seconds": report["search_seconds"],
            "correctness_emergence": report["correctness_emergence"]}

@@ -1,0 +1,138 @@
+"""Distribution-level merging (Unconstrained Model Merging, seed 003, heterogeneous): distil a
+mixture into one deployable model.
+
+The student is one of the experts (or any model folder): a LoRA adapter on it (its own
+adapter, trained further, when the student is an adapter folder) is trained so that its
+next-token distribution matches the mixture's. The training text is each prompt followed by
+the mixture's greedy continuation; at every position of that continuation the target is the
+mixture's next-token distribution given the text so far (each expert reading it with its own
+tokenizer), restricted to the student's vocabulary through the union vocabulary and
+renormalised. The loss is KL(target || student), summed over positions. The result is a
+standard PEFT adapter folder.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ..errors import ConfigError
+from .model import MixtureLM
+
+
+def _student(path: Path, rank: int, alpha: int):
+    """(trainable PEFT model, tokenizer, base it names) for the student folder."""
+    from peft import LoraConfig, PeftModel, get_peft_model
+
+    from ..evaluation.backend import load_causal_lm, load_tokenizer
+    from ..models import resolve_model
+
+    adapter = path / "adapter_config.json"
+    if adapter.is_file():
+        base = json.loads(adapter.read_text()).get("base_model_name_or_path")
+        if not base:
+            raise ConfigError(f"{path}: the student adapter names no base model")
+        source = resolve_model(base)
+        model = load_causal_lm(source, torch.float32, torch.device("cpu"))
+        return PeftModel.from_pretrained(model, str(path), is_trainable=True), \
+            load_tokenizer(source), base
+    model = load_causal_lm(str(path), torch.float32, torch.device("cpu"))
+    config = LoraConfig(r=rank, lora_alpha=alpha, target_modules="all-linear",
+                        task_type="CAUSAL_LM")
+    return get_peft_model(model, config), load_tokenizer(str(path)), str(path)
+
+
+def distillation_targets(mixture: MixtureLM, student: int, prompts: Sequence[str],
+                         max_new_tokens: int) -> list[tuple[list[int], int, torch.Tensor]]:
+    """Per prompt: the student's tokens of prompt + the mixture's continuation, where the
+    continuation starts, and the target distributions (continuation tokens x the student's
+    vocabulary)."""
+    vocab = mixture.vocab
+    own = vocab.experts[student]
+    keys = [vocab.keys[int(u)] for u in own.to_union]
+    tok = mixture.tokenizers[student]
+    conts = mixture.generate([p.encode() for p in prompts], max_new_tokens)
+    out = []
+    for prompt, cont in zip(prompts, conts, strict=True):
+        head = tok.encode(prompt)
+        text = prompt.encode() + vocab.text_bytes(cont)
+        ids = tok.encode(text.decode("utf-8", errors="replace"))
+        if ids[: len(head)] != head or len(ids) <= len(head):
+            continue  # the continuation changed the prompt's tokens, or is empty
+        prefixes = [b"".join(k for k in (keys[t] for t in ids[:k]) if isinstance(k, bytes))
+                    for k in range(len(head), len(ids))]
+        probs = mixture.next_token_probs(prefixes)[:, own.to_union.to(mixture.device)]
+        probs = (probs / probs.sum(-1, keepdim=True).clamp_min(1e-30)).float().cpu()
+        out.append((ids, len(head), probs))
+    if not out:
+        raise ConfigError("distillation: no prompt gave a continuation to learn from")
+    return out
+
+
+def _kl(model, batch: list[tuple[list[int], int, torch.Tensor]], pad: int) -> torch.Tensor:
+    """Mean over continuation tokens of KL(target || student)."""
+    width = max(len(ids) for ids, _, _ in batch)
+    ids = torch.full((len(batch), width), pad, dtype=torch.long)
+    mask = torch.zeros((len(batch), width), dtype=torch.long)
+    for r, (row, _, _) in enumerate(batch):
+        ids[r, : len(row)] = torch.tensor(row)
+        mask[r, : len(row)] = 1
+    logits = model(input_ids=ids, attention_mask=mask).logits.float()
+    total, count = logits.new_zeros(()), 0
+    for r, (row, start, target) in enumerate(batch):
+        # logits at k - 1 predict token k: the continuation is tokens start .. len - 1
+        logq = torch.log_softmax(logits[r, start - 1 : len(row) - 1, : target.shape[1]], -1)
+        total = total + (target * (target.clamp_min(1e-30).log() - logq)).sum()
+        count += target.shape[0]
+    return total / max(1, count)
+
+
+def distil(mixture: MixtureLM, student: int, student_path: str | Path, prompts: Sequence[str],
+           out: str | Path, *, rank: int = 8, alpha: int = 16, steps: int = 50,
+           lr: float = 1e-3, batch_size: int = 4, max_new_tokens: int = 32, seed: int = 0,
+           log: Callable[[str], None] | None = None) -> dict[str, Any]:
+    """Train the student toward the mixture; write the adapter to `out`. Returns the mean
+    KL(target || student) per token before and after, on the training targets."""
+    torch.manual_seed(seed)
+    rng = random.Random(seed)
+    targets = distillation_targets(mixture, student, prompts, max_new_tokens)
+    model, tok, base = _student(Path(student_path), rank, alpha)
+    pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
+    model.train()
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimiser = torch.optim.AdamW(params, lr=lr)
+    with torch.no_grad():
+        before = float(_kl(model.eval(), targets, pad))
+    model.train()
+    for step in range(steps):
+        batch = rng.sample(targets, min(batch_size, len(targets)))
+        loss = _kl(model, batch, pad)
+        optimiser.zero_grad()
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        optimiser.step()
+        if log and (step % 10 == 0 or step == steps - 1):
+            log(f"distil step {step + 1}/{steps}: KL {loss.item():.4f}")
+    model.eval()
+    with torch.no_grad():
+        after = float(_kl(model, targets, pad))
+    out = Path(out)
+    model.save_pretrained(str(out), safe_serialization=True)
+    cfg_path = out / "adapter_config.json"
+    spec = json.loads(cfg_path.read_text())
+    spec["base_model_name_or_path"] = base  # what the student was loaded from, as given
+    cfg_path.write_text(json.dumps(spec, indent=2))
+    tok.save_pretrained(str(out))
+    result = {"student": mixture.names[student], "prompts": len(targets), "steps": steps,
+              "kl_before": before, "kl_after": after,
+              "weights": [float(w) for w in mixture.weights]}
+    if not math.isfinite(after):
+        raise ConfigError("distillation diverged (KL is not finite); lower the learning rate")
+    (out / "distillation.json").write_text(json.dumps(result, indent=2))
+    return result
