@@ -199,3 +199,20 @@ def test_config_paths_resolve_against_the_config_file(tmp_path):
     assert cfg.experts.base_model == "smollm2"
     assert cfg.data.path == str(tmp_path / "sub" / "d.json")
     assert parse_config(__import__("yaml").safe_load(dump_config(cfg))) == cfg
+
+
+def test_progress_is_a_plain_line_per_iteration_in_a_log(tmp_path, lora_experts, mc_data,
+                                                          capsys):
+    """Standard error is not a terminal here (pytest captures it): a CI log or `| tee` gets
+    one line per iteration with the figures, not a redrawn bar or nothing."""
+    from modelswarms.runs.runner import run as run_search
+
+    cfg = parse_config({"experts": {"paths": [str(p) for p in lora_experts]},
+                        "data": {"path": str(mc_data)}, "budget": 12,
+                        "search": {"max_iterations": 2},
+                        "output": {"dir": str(tmp_path / "run")}})
+    report = run_search(cfg, show_progress=True)
+    lines = [x for x in capsys.readouterr().err.splitlines() if "iteration" in x]
+    assert len(lines) == report["iterations"] + 1  # the experts' evaluation, then each move
+    assert lines[-1].startswith(f"Model Swarms: iteration {report['iterations']}/2")
+    assert "best" in lines[-1] and "evals" in lines[-1] and "ETA" in lines[-1]

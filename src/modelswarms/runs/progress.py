@@ -1,7 +1,9 @@
-"""The live view of a run: one bar over iterations plus the figures a user watches."""
+"""The live view of a run: one bar over iterations plus the figures a user watches; where no
+terminal or notebook shows a bar (a CI log, `| tee`, a file), one plain line per iteration."""
 
 from __future__ import annotations
 
+import sys
 from typing import Any
 
 from rich.console import Console
@@ -13,10 +15,14 @@ class Progress:
     def __init__(self, max_iterations: int, label: str = "swarm", enabled: bool = True):
         self.max_iterations = max_iterations
         self.enabled = enabled
+        self.label = label
+        console = Console(stderr=True)
+        # a bar redrawn in place is noise in a log: there, a line per iteration
+        self.lines = enabled and not (console.is_terminal or console.is_jupyter)
         self._bar = RichProgress(
             TextColumn(f"[bold]{label}"), BarColumn(), MofNCompleteColumn(),
             TextColumn("{task.fields[stats]}"), TimeElapsedColumn(),
-            console=Console(stderr=True), disable=not enabled, transient=False,
+            console=console, disable=not enabled or self.lines, transient=False,
         )
         self._task = self._bar.add_task("swarm", total=max_iterations, stats="evaluating experts")
 
@@ -39,3 +45,6 @@ class Progress:
             f"{rec['seconds']:.1f} s/it  ETA ≤{eta / 60:.1f} min"
         )
         self._bar.update(self._task, completed=it, stats=stats)
+        if self.lines:
+            print(f"{self.label}: iteration {it}/{self.max_iterations}  {stats}",
+                  file=sys.stderr, flush=True)
