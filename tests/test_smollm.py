@@ -3,11 +3,16 @@
 from __future__ import annotations
 
 import importlib.util
+import json
+import os
+import subprocess
+import sys
 
 import pytest
 import torch
 
 from modelswarms.config import RunConfig
+from modelswarms.models import BASE_NOTE, SMOLLM2_HUB
 from modelswarms.runs import runner
 from modelswarms.testing import make_utility
 
@@ -71,6 +76,34 @@ def test_swarm_on_smollm2_end_to_end(tmp_path, smollm_experts, mc_data):
         plain = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(smollm2_path()),
                                           str(tmp_path / "run" / "best")).eval()
         torch.testing.assert_close(plain(input_ids=ids).logits, ours, atol=1e-4, rtol=1e-4)
+    # The export names the hub id, so plain peft resolves its base in a fresh process: here
+    # from a Hugging Face cache that holds the model (as a user's does), offline.
+    best = tmp_path / "run" / "best"
+    assert json.loads((best / "adapter_config.json").read_text())[
+        "base_model_name_or_path"] == SMOLLM2_HUB
+    assert json.loads((best / BASE_NOTE).read_text())["base_model"] == "smollm2"
+    snapshot = (tmp_path / "hf" / "hub" / "models--HuggingFaceTB--SmolLM2-135M-Instruct" /
+                "snapshots" / ("0" * 40))
+    snapshot.mkdir(parents=True)
+    for f in smollm2_path().iterdir():
+        (snapshot / f.name).symlink_to(f)
+    (snapshot.parents[1] / "refs").mkdir()
+    (snapshot.parents[1] / "refs" / "main").write_text("0" * 40)
+    script = ("import sys, torch\n"
+              "from peft import PeftConfig, PeftModel\n"
+              "from transformers import AutoModelForCausalLM\n"
+              "cfg = PeftConfig.from_pretrained(sys.argv[1])\n"
+              "base = AutoModelForCausalLM.from_pretrained(cfg.base_model_name_or_path)\n"
+              "model = PeftModel.from_pretrained(base, sys.argv[1]).eval()\n"
+              "ids = torch.tensor([eval(sys.argv[2])])\n"
+              "with torch.no_grad():\n"
+              "    print(model(input_ids=ids).logits[0, -1, :8].tolist())\n")
+    env = {**os.environ, "HF_HOME": str(tmp_path / "hf"), "HF_HUB_OFFLINE": "1"}
+    out = subprocess.run([sys.executable, "-c", script, str(best), str(ids[0].tolist())],
+                         env=env, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    fresh = torch.tensor(json.loads(out.stdout.strip().splitlines()[-1]))
+    torch.testing.assert_close(fresh, ours[0, -1, :8].float(), atol=1e-4, rtol=1e-4)
 
 
 @pytest.mark.shared

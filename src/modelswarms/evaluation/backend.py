@@ -12,7 +12,7 @@ from collections.abc import Iterator
 import torch
 
 from ..errors import ExpertError
-from ..models import resolve_model
+from ..models import adapter_base, resolve_model
 from ..pool import ExpertPool
 from ..space import FlatSpace
 
@@ -136,7 +136,7 @@ def load_standalone(path: str, base_model: str | None = None, *, device: str = "
     if adapter_cfg.is_file():
         from peft import PeftModel
 
-        base = base_model or json.loads(adapter_cfg.read_text()).get("base_model_name_or_path")
+        base = base_model or adapter_base(folder, json.loads(adapter_cfg.read_text()))
         if not base:
             raise ExpertError(f"{folder}: adapter names no base model; pass --base")
         base = resolve_model(base)

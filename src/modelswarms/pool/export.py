@@ -13,6 +13,7 @@ import torch
 from safetensors.torch import save_file
 
 from ..errors import ExpertError
+from ..models import BASE_NOTE, exported_base
 
 if TYPE_CHECKING:
     from ..space import FlatSpace
@@ -67,8 +68,11 @@ def export_expert(pool: ExpertPool, tensors: dict[str, torch.Tensor], folder: st
         if pool.kind == "lora":
             save_file(out, tmp / "adapter_model.safetensors", metadata=meta)
             config = dict(pool.adapter_config or {})
-            config["base_model_name_or_path"] = pool.base_model
+            base, note = exported_base(pool.base_model)
+            config["base_model_name_or_path"] = base
             (tmp / "adapter_config.json").write_text(json.dumps(config, indent=2))
+            if note is not None:
+                (tmp / BASE_NOTE).write_text(json.dumps(note, indent=2))
         else:
             save_file(out, tmp / "model.safetensors", metadata=meta)
         for name in ADAPTER_EXTRAS if pool.kind == "lora" else MODEL_FILES:

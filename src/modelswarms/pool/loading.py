@@ -14,6 +14,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file
 
 from ..errors import ExpertError
+from ..models import adapter_base
 from .validate import validate_pool
 
 HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+")  # org/name, never a relative path like ./x
@@ -120,6 +121,8 @@ def load_expert(source: str | Path, name: str | None = None) -> tuple[str, Exper
         if not (folder / ADAPTER_WEIGHTS).is_file():
             _refuse_pickles(folder)
         config = _read_json(folder / ADAPTER_CONFIG)
+        # an export names the hub id for plain peft; its note says which base was really used
+        config["base_model_name_or_path"] = adapter_base(folder, config)
         return "lora", Expert(name, folder, _read_safetensors(folder / ADAPTER_WEIGHTS), config)
     if (folder / "config.json").is_file():
         files = _weight_files(folder)
