@@ -216,3 +216,22 @@ def test_progress_is_a_plain_line_per_iteration_in_a_log(tmp_path, lora_experts,
     assert len(lines) == report["iterations"] + 1  # the experts' evaluation, then each move
     assert lines[-1].startswith(f"Model Swarms: iteration {report['iterations']}/2")
     assert "best" in lines[-1] and "evals" in lines[-1] and "ETA" in lines[-1]
+
+
+def test_a_run_that_cannot_start_leaves_no_folder(tmp_path, lora_experts, mc_data):
+    """An expert path that is a file: one clear error, and no run folder that would refuse
+    the corrected config until --overwrite."""
+    from modelswarms.errors import ExpertError
+    from modelswarms.runs.runner import run as run_search
+
+    stray = tmp_path / "not_a_folder"
+    stray.write_text("x")
+    cfg = parse_config({"experts": {"paths": [str(lora_experts[0]), str(stray)]},
+                        "data": {"path": str(mc_data)}, "budget": 4,
+                        "output": {"dir": str(tmp_path / "run")}})
+    with pytest.raises(ExpertError, match="not_a_folder"):
+        run_search(cfg, show_progress=False)
+    assert not (tmp_path / "run").exists()
+    fixed = cfg.model_copy(update={"experts": cfg.experts.model_copy(
+        update={"paths": [str(p) for p in lora_experts]})})
+    assert run_search(fixed, show_progress=False)["evaluations"] <= 4

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from ..config import RunConfig, dump_config, load_config
-from ..errors import ConfigError, RunError
+from ..errors import ConfigError, ModelSwarmsError, RunError
 from ..search import SearchStrategy, strategy_spec
 from .checkpoint import atomic_write_text, load_checkpoint, save_checkpoint
 from .progress import Progress
@@ -101,10 +101,17 @@ def run(cfg: RunConfig | None = None, *, resume: str | Path | None = None,
         run_dir = prepare_run_dir(cfg, overwrite)
     with logging_to(run_dir):
         remove_torn_writes(run_dir)
-        if session is None:
-            session = Session.open(cfg, need_test=cfg.output.evaluate_test)
-        else:
-            session.cfg = cfg
+        try:
+            if session is None:
+                session = Session.open(cfg, need_test=cfg.output.evaluate_test)
+            else:
+                session.cfg = cfg
+        except ModelSwarmsError:
+            # a run that could not start (a missing expert, bad data) leaves no folder that
+            # would refuse the corrected config until --overwrite
+            if resume is None and not (run_dir / CHECKPOINT).exists():
+                shutil.rmtree(run_dir, ignore_errors=True)
+            raise
         search, history = search_loop(cfg, run_dir, session, show_progress)
         report = (spec.report or final_report)(session, search, history, run_dir)
         log.info("done: best dev utility %.4f", report["best_dev"])
