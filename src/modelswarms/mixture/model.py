@@ -203,9 +203,9 @@ class MixtureLM:
             # so a word is split as the expert splits it in context
             own_conts.append([self._tail(i, p, head, c) for c in conts])
         pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
-        return generation.continuation_logprobs(
-            self.models[i], own_prompts, own_conts, pad_id=pad, batch_size=self.batch_size,
-            share_prefix=False)[0]
+        # each prompt once for all of its continuations, as a single model scores options
+        return generation.option_logprobs(
+            self.models[i], own_prompts, own_conts, pad_id=pad, batch_size=self.batch_size)[0]
 
     def _tail(self, i: int, prompt: bytes, head: list[int], cont: bytes) -> list[int]:
         whole = self._own(i, prompt + cont)
