@@ -39,18 +39,23 @@ def config(*, experts: list[str | Path] | dict[str, Any], data: str | Path | dic
     registered under its qualified name. Other keywords are the config's other sections
     (strategy, budget, search, coefficients, model, output, compare, hswarm, seed).
     """
-    if callable(utility):
-        name = f"{getattr(utility, '__module__', 'fn')}:{getattr(utility, '__qualname__', 'fn')}"
-        register_utility(name, utility)
-        utility = {"type": name}
-    elif isinstance(utility, str):
-        utility = {"type": utility}
+    utility = _utility_fields(utility)
     raw: dict[str, Any] = {
         "experts": experts if isinstance(experts, dict) else {"paths": [str(p) for p in experts]},
         "utility": utility, **sections}
     if data is not None:
         raw["data"] = data if isinstance(data, dict) else {"path": str(data)}
     return parse_config(raw, "modelswarms.config()")
+
+
+def _utility_fields(utility: str | Callable[..., Any] | dict[str, Any]) -> dict[str, Any]:
+    """The `utility:` mapping for a name, a mapping, or a Python function (registered under
+    its qualified name)."""
+    if callable(utility):
+        name = f"{getattr(utility, '__module__', 'fn')}:{getattr(utility, '__qualname__', 'fn')}"
+        register_utility(name, utility)
+        return {"type": name}
+    return {"type": utility} if isinstance(utility, str) else utility
 
 
 def _as_config(cfg: RunConfig | str | Path) -> RunConfig:
@@ -143,12 +148,7 @@ def evaluate(model: str | Path, items: list[dict] | str | Path, *,
     from .evaluation.generation import Batching, batching
     from .evaluation.utilities import build_utility
 
-    if callable(utility):
-        name = f"{getattr(utility, '__module__', 'fn')}:{getattr(utility, '__qualname__', 'fn')}"
-        register_utility(name, utility)
-        utility = {"type": name}
-    elif isinstance(utility, str):
-        utility = {"type": utility}
+    utility = _utility_fields(utility)
     scorer = build_utility(utility_config(**utility))
     if isinstance(items, str | Path):
         items = load_items(items, split, required=scorer.required_fields, limit=max_items)

@@ -55,7 +55,26 @@ def failed(error: str, n_items: int) -> ItemScores:
     return ItemScores(math.nan, [0.0] * n_items, [""] * n_items, error=error)
 
 
-class ResidentEvaluator:
+class CountingEvaluator:
+    """What every evaluator shares: its event counts, and one candidate's score with a
+    failing utility reported, not raised."""
+
+    events: Counter
+
+    def drain_events(self) -> dict[str, int]:
+        out = dict(self.events)
+        self.events.clear()
+        return out
+
+    def score_one(self, utility: Utility, model: Any, tokenizer: Any,
+                  items: list[dict]) -> ItemScores:
+        try:
+            return utility.score(model, tokenizer, items)
+        except UtilityError as err:  # a user's function raised; its message says how
+            return failed(f"failed: {err}", len(items))
+
+
+class ResidentEvaluator(CountingEvaluator):
     """One resident model serving every candidate of a pool's weight space."""
 
     def __init__(self, pool: ExpertPool, space: FlatSpace, model: ModelConfig | None = None,
@@ -72,11 +91,6 @@ class ResidentEvaluator:
         self.trunk: FrozenTrunk | None = (
             install_on(self.backend, counts=self.events) if model.reuse_frozen_layers else None)
         self._batch: ParticleBatch | None = None
-
-    def drain_events(self) -> dict[str, int]:
-        out = dict(self.events)
-        self.events.clear()
-        return out
 
     def score_many(self, vectors: torch.Tensor | None, items: list[dict],
                    utility: Utility) -> list[ItemScores]:
@@ -98,23 +112,17 @@ class ResidentEvaluator:
 
         return self._with_backoff(utility, run)[0]
 
-    def _score_one(self, utility: Utility, model: Any, items: list[dict]) -> ItemScores:
-        try:
-            return utility.score(model, self.tokenizer, items)
-        except UtilityError as err:  # a user's function raised; its message says how
-            return failed(f"failed: {err}", len(items))
-
     def _evaluate(self, vectors: torch.Tensor | None, items: list[dict],
                   utility: Utility) -> list[ItemScores]:
         if vectors is None:
             with self.backend.base_model() as model:
-                return [self._score_one(utility, model, items)]
+                return [self.score_one(utility, model, self.tokenizer, items)]
         batch = self._particle_batch(utility)
         if batch is None:
             out = []
             for v in vectors:
                 self.backend.load(v)
-                out.append(self._score_one(utility, self.backend.model, items))
+                out.append(self.score_one(utility, self.backend.model, self.tokenizer, items))
             return out
         results: list[ItemScores] = []
         for start in range(0, len(vectors), batch.k):

@@ -14,9 +14,8 @@ from typing import Any
 
 import torch
 
-from ..errors import UtilityError
 from ..evaluation import generation
-from ..evaluation.evaluator import failed
+from ..evaluation.evaluator import CountingEvaluator
 from ..evaluation.generation import Batching
 from ..evaluation.utilities import ItemScores, Utility
 from .model import MixtureLM
@@ -27,7 +26,7 @@ def mixing_weights(row: torch.Tensor) -> torch.Tensor:
     return w / w.sum() if float(w.sum()) > 0 else torch.full_like(w, 1.0 / w.numel())
 
 
-class MixtureEvaluator:
+class MixtureEvaluator(CountingEvaluator):
     """Scores rows of mixing weights over a resident MixtureLM."""
 
     @classmethod
@@ -46,11 +45,6 @@ class MixtureEvaluator:
         self.batching = batching or Batching()
         self.events: Counter = Counter()
 
-    def drain_events(self) -> dict[str, int]:
-        out = dict(self.events)
-        self.events.clear()
-        return out
-
     def score_many(self, vectors: torch.Tensor | None, items: list[dict],
                    utility: Utility) -> list[ItemScores]:
         rows = [torch.full((self.mixture.n,), 1.0)] if vectors is None else list(vectors)
@@ -59,11 +53,5 @@ class MixtureEvaluator:
             self.mixture.batch_size = self.batching.batch_size
             for row in rows:
                 self.mixture.set_weights(mixing_weights(row))
-                out.append(self._score(utility, items))
+                out.append(self.score_one(utility, self.mixture, self.tokenizer, items))
         return out
-
-    def _score(self, utility: Any, items: list[dict]) -> ItemScores:
-        try:
-            return utility.score(self.mixture, self.tokenizer, items)
-        except UtilityError as err:
-            return failed(f"failed: {err}", len(items))
