@@ -198,3 +198,31 @@ def test_coefficient_results_of_full_models_are_written_as_a_mergekit_config(
                      for e, x in zip(mk["models"], experts, strict=True))
         torch.testing.assert_close(merged.to(value.dtype), value, rtol=1e-5, atol=1e-6)
     assert report["exports"]["mergekit"].endswith("mergekit.yaml")
+
+
+def test_layer_swarm_needs_its_own_random_factors_to_be_another_search(lora_experts, mc_data):
+    """With one random factor per particle, PSO over coefficient matrices decodes, move for
+    move, to the weight-space swarm (moves are scalar combinations of particles, decoding is
+    linear); per-coordinate factors make the layer-wise search a search of its own."""
+    import modelswarms as ms
+    from modelswarms.config import SwarmConfig
+    from modelswarms.runs.session import Session
+    from modelswarms.search import LayerSwarm, ModelSwarm
+
+    cfg = ms.config(experts=lora_experts, data=mc_data, strategy="layer_swarm",
+                    search={"particles": 4})
+    session = Session.open(cfg, need_test=False)
+    knobs = SwarmConfig(particles=4, dtype="float64")
+    weights = ModelSwarm(session.experts.double(), knobs, seed=0)
+    layered = LayerSwarm.over(session.experts.double(), session.space,
+                              cfg.model_copy(update={"search": knobs}))
+    start = torch.eye(len(lora_experts), dtype=torch.float64).repeat_interleave(
+        len(layered.cmap.groups), dim=1)
+    scalar = LayerSwarm(layered.cmap, ModelSwarm(start, knobs, seed=0))
+    fake = [0.1, 0.4, 0.3, 0.2]
+    for _ in range(3):
+        w, s, lw = weights.ask(), scalar.ask(), layered.ask()
+        torch.testing.assert_close(s, w)  # the same search
+        for strategy in (weights, scalar, layered):
+            strategy.tell(fake)
+    assert not torch.allclose(lw, w)  # per-coordinate factors: another search

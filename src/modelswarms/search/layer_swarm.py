@@ -7,6 +7,11 @@ CMA-ES and random search (coefficients.py) are decoded. The swarm starts at one 
 (c = 1 for that expert in every group, 0 elsewhere: exactly that expert's weights) and grows
 as a weight-space swarm does. The search moves n x groups numbers instead of every weight:
 a far smaller space than the full swarm's, a richer one than one coefficient per expert.
+
+Its random factors are drawn per coefficient. With one factor per particle, as the weight-space
+swarm draws them, every PSO move is a combination of particles with scalar weights, and
+decoding coefficients to weights is linear: the layer-wise search would be the weight-space
+swarm, move for move (the first benchmark run showed identical rows; a test keeps the proof).
 """
 
 from __future__ import annotations
@@ -34,7 +39,8 @@ class LayerSwarm:
         cmap = CoefficientMap(experts, space, per_layer=True)
         groups = len(cmap.groups)
         start = torch.eye(cmap.n, dtype=torch.float64).repeat_interleave(groups, dim=1)
-        swarm = ModelSwarm(start, cfg.search, seed=cfg.seed, device="cpu", budget=cfg.budget)
+        swarm = ModelSwarm(start, cfg.search, seed=cfg.seed, device="cpu", budget=cfg.budget,
+                           per_coordinate=True)
         return cls(cmap, swarm)
 
     @property

@@ -46,10 +46,15 @@ class ModelSwarm:
     def __init__(
         self, experts: torch.Tensor, cfg: SwarmConfig, seed: int = 0,
         device: torch.device | str | None = None, budget: int | None = None,
+        per_coordinate: bool = False,
     ):
         if experts.ndim != 2 or experts.shape[0] < 2:
             raise ValueError("a swarm needs at least 2 experts as rows of a 2-D tensor")
         self.cfg, self.budget = cfg, budget
+        # Random factors drawn per coordinate instead of per particle: for small spaces of
+        # coefficients (layer_swarm.py), where one factor per particle would make the search
+        # the image of the weight-space swarm under a linear map, that is, the same search.
+        self.per_coordinate = per_coordinate
         self.n_experts = experts.shape[0]
         self.gen = torch.Generator().manual_seed(seed)
         dtype = _DTYPES[cfg.dtype]
@@ -105,6 +110,9 @@ class ModelSwarm:
         if not self.started:
             return self.x
         cfg = self.cfg
+        if self.per_coordinate and cfg.random_factors:
+            self._move_per_coordinate()
+            return self.x
         r = (torch.rand(self.n, 4, generator=self.gen) if cfg.random_factors
              else torch.ones(self.n, 4))
         for i in range(self.n):
@@ -116,6 +124,23 @@ class ModelSwarm:
             self.v[i].add_(self.w, alpha=-d).add_(self.x[i], alpha=d - b - c)
             self.x[i].add_(self.v[i], alpha=self.step)
         return self.x
+
+    def _move_per_coordinate(self) -> None:
+        """The same update with its four weights drawn for every coordinate."""
+        cfg, dim = self.cfg, self.x.shape[1]
+        scale = torch.tensor([cfg.inertia, cfg.cognitive, cfg.social,
+                              cfg.repel if cfg.use_repel else 0.0], dtype=torch.float64)
+        for i in range(self.n):
+            if self.skipped[i]:
+                continue
+            r = torch.rand(4, dim, generator=self.gen, dtype=torch.float64) * scale[:, None]
+            total = r.sum(0)
+            r = torch.where(total > 0, r / total.clamp_min(1e-300),
+                            (scale / scale.sum())[:, None]).to(self.x)
+            a, b, c, d = r
+            self.v[i] = (a * self.v[i] + b * (self.p[i] - self.x[i]) + c * (self.g - self.x[i])
+                         + d * (self.x[i] - self.w))
+            self.x[i].add_(self.v[i], alpha=self.step)
 
     def tell(self, utilities: list[float]) -> None:
         u = torch.tensor(utilities, dtype=torch.float64)
