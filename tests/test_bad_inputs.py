@@ -101,3 +101,22 @@ def test_bad_input_gives_one_clear_line(name, tmp_path, tiny_base, mc_data, monk
     debug = CliRunner().invoke(main, ["run", str(path), "--quiet", "--debug"])
     assert debug.exception is not None  # --debug lets the exception (and its traceback) out
     assert digest(experts) == before  # the input experts are never modified
+
+
+@pytest.mark.parametrize(("item", "says"), [
+    ({"question": "q", "choices": {"A": "x", "B": "y"}, "answer": "C"},
+     "'answer' 'C' is not one of its choices (A, B)"),
+    ({"question": "q", "choices": {"A": "x"}, "answer": "A"}, "has 1 option"),
+    ({"question": "q", "choices": ["x", "y"], "answer": "A"}, "must map letters"),
+])
+def test_an_unscorable_multiple_choice_item_is_named(tmp_path, item, says):
+    from modelswarms.errors import DataError
+    from modelswarms.evaluation.data import load_items
+
+    path = tmp_path / "d.json"
+    good = {"question": "p", "choices": {"A": "1", "B": "2"}, "answer": "B"}
+    path.write_text(json.dumps({"dev": [good, {"id": "q7", **item}]}))
+    with pytest.raises(DataError) as err:
+        load_items(path, "dev", required=("question", "choices", "answer"))
+    assert "d.json: item 1 (id 'q7') of 'dev': " in \
+        str(err.value) and says in str(err.value)

@@ -235,3 +235,16 @@ def test_a_run_that_cannot_start_leaves_no_folder(tmp_path, lora_experts, mc_dat
     fixed = cfg.model_copy(update={"experts": cfg.experts.model_copy(
         update={"paths": [str(p) for p in lora_experts]})})
     assert run_search(fixed, show_progress=False)["evaluations"] <= 4
+
+
+def test_the_same_expert_twice_is_a_counted_warning(tmp_path, lora_experts, mc_data, caplog):
+    from modelswarms.runs.runner import run as run_search
+
+    cfg = parse_config({"experts": {"paths": [str(lora_experts[0]), str(lora_experts[1]),
+                                              str(lora_experts[0])],
+                                    "base_model": None},
+                        "data": {"path": str(mc_data)}, "budget": 6,
+                        "output": {"dir": str(tmp_path / "run"), "evaluate_test": False}})
+    report = run_search(cfg, show_progress=False)
+    assert report["events"]["duplicate_experts"] == 1
+    assert any("the search gets a copy" in r.message for r in caplog.records)

@@ -56,11 +56,27 @@ def load_items(path: str | Path, split: str, *, required: Sequence[str] = (),
     for i, item in enumerate(items):
         if not isinstance(item, dict):
             raise DataError(f"{path}: item {i} of {split!r} is not an object")
+        ident = f" (id {item['id']!r})" if "id" in item else ""
         for key in required:
             if key not in item:
-                ident = f" (id {item['id']!r})" if "id" in item else ""
                 raise DataError(f"{path}: item {i}{ident} of {split!r} has no field {key!r}")
+        scored_as_choice = "choices" in required and "answer" in required
+        if scored_as_choice and (problem := _choice_problem(item)):
+            raise DataError(f"{path}: item {i}{ident} of {split!r}: {problem}")
     return items
+
+
+def _choice_problem(item: dict) -> str | None:
+    """What makes a multiple-choice item unscorable (None: nothing)."""
+    choices = item["choices"]
+    if not isinstance(choices, dict):
+        return "'choices' must map letters to option texts, e.g. {\"A\": \"Paris\", ...}"
+    if len(choices) < 2:
+        return f"'choices' has {len(choices)} option; a question needs at least 2"
+    if item["answer"] not in choices:
+        return (f"'answer' {item['answer']!r} is not one of its choices "
+                f"({', '.join(map(str, choices))})")
+    return None
 
 
 def load_split(data: Any, split: str, *, required: Sequence[str] = (),

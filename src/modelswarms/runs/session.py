@@ -7,6 +7,7 @@ the loop's side of the evaluator seam.
 
 from __future__ import annotations
 
+import logging
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,6 +23,7 @@ from ..space import FlatSpace
 from .scorer import Scorer, fingerprint, items_key
 
 __all__ = ["Session", "fingerprint", "items_key"]
+log = logging.getLogger("modelswarms")
 
 
 @dataclass
@@ -63,6 +65,7 @@ class Session:
                                           trust_remote_code=e.trust_remote_code)
         experts = space.stack([x.tensors for x in pool.experts], device=evaluator.device)
         scorer = Scorer(evaluator, utility, cfg.utility.on_invalid)
+        _warn_duplicates(pool, experts, scorer)
         return cls(cfg, pool, space, evaluator, scorer, dev, test, experts)
 
     # The loop's calls, all through the scorer.
@@ -112,3 +115,16 @@ class Session:
 
             return write_mixture(self.pool, vector, folder, metadata)
         return export_vector(self.pool, self.space, vector, folder, metadata)
+
+
+def _warn_duplicates(pool: ExpertPool, experts: torch.Tensor, scorer: Scorer) -> None:
+    """Legal but suspicious: the same expert twice makes the swarm search copies."""
+    seen: dict[bytes, str] = {}
+    for expert, row in zip(pool.experts, experts, strict=True):
+        key = fingerprint(row) if pool.kind != "mixture" else str(expert.path.resolve()).encode()
+        if key in seen:
+            log.warning("experts %s and %s are the same (%s): the search gets a copy, not "
+                        "another expert", seen[key], expert.name, expert.path)
+            scorer.counts["duplicate_experts"] += 1
+        else:
+            seen[key] = expert.name
