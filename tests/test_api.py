@@ -131,3 +131,19 @@ def test_a_strategy_registered_in_one_place_runs_everywhere(tmp_path, lora_exper
     row = next(r for r in table["rows"] if r["method"] == "top_two_mean")
     assert row["name"] == "top-two mean" and row["dev_mean"] == result.best_dev
     assert "vs_best_expert" in row  # a search: it gets its interval column
+
+
+def test_a_function_utility_is_named_so_a_run_resumes_elsewhere(lora_experts, mc_data):
+    """A module-level function becomes `type: python` (importable by another process that
+    resumes the run folder); a closure is registered for this process."""
+    cfg = ms.config(experts=lora_experts, data=mc_data, utility=likes_token_5)
+    assert (cfg.utility.type, cfg.utility.function) == ("python",
+                                                        f"{__name__}:likes_token_5")
+
+    def shifted(model, tokenizer, items):
+        return likes_token_5(model, tokenizer, items) + 1.0
+
+    local = ms.config(experts=lora_experts, data=mc_data, utility=shifted, budget=3)
+    assert "<locals>" in local.utility.type
+    plain = cfg.model_copy(update={"budget": 3})
+    assert ms.search(local).best_dev == pytest.approx(ms.search(plain).best_dev + 1.0)

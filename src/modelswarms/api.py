@@ -49,10 +49,15 @@ def config(*, experts: list[str | Path] | dict[str, Any], data: str | Path | dic
 
 
 def _utility_fields(utility: str | Callable[..., Any] | dict[str, Any]) -> dict[str, Any]:
-    """The `utility:` mapping for a name, a mapping, or a Python function (registered under
-    its qualified name)."""
+    """The `utility:` mapping for a name, a mapping, or a Python function: a `python` utility
+    naming it when it can be imported by that name (so a run folder resumes in another
+    process), else registered under its qualified name (this process only)."""
     if callable(utility):
-        name = f"{getattr(utility, '__module__', 'fn')}:{getattr(utility, '__qualname__', 'fn')}"
+        module = getattr(utility, "__module__", None) or "__main__"
+        qualname = getattr(utility, "__qualname__", "")
+        name = f"{module}:{qualname}"
+        if qualname and "<" not in qualname and "." not in qualname:
+            return {"type": "python", "function": name}
         register_utility(name, utility)
         return {"type": name}
     return {"type": utility} if isinstance(utility, str) else utility
