@@ -23,6 +23,7 @@ from typing import Any
 import torch
 
 from ..errors import ConfigError
+from ..evaluation.generation import _pad
 from .model import MixtureLM
 
 
@@ -77,12 +78,7 @@ def distillation_targets(mixture: MixtureLM, student: int, prompts: Sequence[str
 
 def _kl(model, batch: list[tuple[list[int], int, torch.Tensor]], pad: int) -> torch.Tensor:
     """Mean over continuation tokens of KL(target || student)."""
-    width = max(len(ids) for ids, _, _ in batch)
-    ids = torch.full((len(batch), width), pad, dtype=torch.long)
-    mask = torch.zeros((len(batch), width), dtype=torch.long)
-    for r, (row, _, _) in enumerate(batch):
-        ids[r, : len(row)] = torch.tensor(row)
-        mask[r, : len(row)] = 1
+    ids, mask = _pad([row for row, _, _ in batch], pad, left=False, device=model.device)
     logits = model(input_ids=ids, attention_mask=mask).logits.float()
     total, count = logits.new_zeros(()), 0
     for r, (row, start, target) in enumerate(batch):

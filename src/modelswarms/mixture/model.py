@@ -27,6 +27,7 @@ from typing import Any
 import torch
 
 from ..errors import ConfigError
+from ..evaluation.generation import _pad
 from .vocab import PAD, UnionVocab, align
 
 
@@ -62,18 +63,6 @@ class UnionTokenizer:
             raise ConfigError("the mixture's experts do not share one chat template; set "
                               "utility.chat_template: false")
         return self._first.apply_chat_template(*args, **kwargs)
-
-
-def _left_pad(rows: list[list[int]], pad: int, device: torch.device
-              ) -> tuple[torch.Tensor, torch.Tensor]:
-    width = max(len(r) for r in rows)
-    ids = torch.full((len(rows), width), pad, dtype=torch.long, device=device)
-    mask = torch.zeros((len(rows), width), dtype=torch.long, device=device)
-    for i, r in enumerate(rows):
-        if r:
-            ids[i, width - len(r):] = torch.tensor(r, device=device)
-            mask[i, width - len(r):] = 1
-    return ids, mask
 
 
 class MixtureLM:
@@ -130,7 +119,7 @@ class MixtureLM:
         """(rows, its vocabulary) log-probabilities after each row, as float32."""
         model, tok = self.models[i], self.tokenizers[i]
         pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
-        ids, mask = _left_pad(rows, pad, self.device)
+        ids, mask = _pad(rows, pad, left=True, device=self.device)
         logits = model(input_ids=ids, attention_mask=mask,
                        position_ids=(mask.cumsum(-1) - 1).clamp(min=0),
                        logits_to_keep=1).logits[:, -1, : len(tok)]
@@ -172,14 +161,14 @@ class MixtureLM:
         active = [i for i in range(self.n) if float(self.weights[i]) > 0]
         for i in active:
             per_expert.append(self._expert_continuations(i, prompts, continuations))
+        log_w = self.weights[active].log()
         out = []
         for j, conts in enumerate(continuations):
             row = []
             for c in range(len(conts)):
                 lls = torch.tensor([per_expert[a][j][c] for a in range(len(active))],
                                    dtype=torch.float64)
-                w = torch.tensor([float(self.weights[i]) for i in active], dtype=torch.float64)
-                row.append(float(torch.logsumexp(lls + w.log(), 0)))
+                row.append(float(torch.logsumexp(lls + log_w, 0)))
             out.append(row)
         return out
 
@@ -270,7 +259,7 @@ class MixtureLM:
     def _feed(self, i: int, state: dict, rows: list[list[int]]) -> torch.Tensor:
         """Append each row's tokens (a left-padded chunk) to expert i's cache; its
         log-probabilities after each row's last token."""
-        ids, chunk_mask = _left_pad(rows, state["pad"], self.device)
+        ids, chunk_mask = _pad(rows, state["pad"], left=True, device=self.device)
         mask = torch.cat([state["mask"], chunk_mask], dim=1)
         positions = state["pos"][:, None] + (chunk_mask.cumsum(-1) - 1).clamp(min=0)
         from ..evaluation.generation import _cache_kwarg
