@@ -67,6 +67,11 @@ def _as_config(cfg: RunConfig | str | Path) -> RunConfig:
     return cfg if isinstance(cfg, RunConfig) else load_config(cfg)
 
 
+def _in_folder(cfg: RunConfig, folder: str | Path) -> RunConfig:
+    """`cfg` writing to `folder` (output.dir)."""
+    return cfg.model_copy(update={"output": cfg.output.model_copy(update={"dir": str(folder)})})
+
+
 @dataclass
 class SearchResult:
     """A finished search: its best point of the weight space and its report."""
@@ -100,8 +105,7 @@ def search(cfg: RunConfig | str | Path, *, run_dir: str | Path | None = None,
     if run_dir is not None:
         if resume:
             return run(resume=run_dir, show_progress=progress)
-        cfg = cfg.model_copy(update={"output": cfg.output.model_copy(
-            update={"dir": str(run_dir)})})
+        cfg = _in_folder(cfg, run_dir)
         return run(cfg, show_progress=progress)
     spec = strategy_spec(cfg.strategy)
     if not spec.weights:
@@ -122,7 +126,7 @@ def compare(cfg: RunConfig | str | Path, *, out: str | Path | None = None,
 
     cfg = _as_config(cfg)
     if out is not None and not resume:
-        cfg = cfg.model_copy(update={"output": cfg.output.model_copy(update={"dir": str(out)})})
+        cfg = _in_folder(cfg, out)
     if resume:
         return run_compare(resume=out or cfg.output.dir)
     return run_compare(cfg)
@@ -136,7 +140,7 @@ def merge(cfg: RunConfig | str | Path, *, out: str | Path | None = None,
 
     cfg = _as_config(cfg)
     if out is not None:
-        cfg = cfg.model_copy(update={"output": cfg.output.model_copy(update={"dir": str(out)})})
+        cfg = _in_folder(cfg, out)
     return merge_to_folder(cfg, overwrite=overwrite)
 
 
