@@ -246,5 +246,8 @@ def test_the_distil_command_learns_a_token_swarms_export(tmp_path, mc_data):
     assert result.exit_code == 0, result.output
     assert "KL to the mixture" in result.output
     assert (tmp_path / "student" / "adapter_model.safetensors").is_file()
-    bad = CliRunner().invoke(main, [*args[:3], "nobody", *args[4:]])
+    bad = CliRunner().invoke(main, [*args[:3], "nobody", args[4], str(tmp_path / "s2"),
+                                    *args[6:]])
     assert bad.exit_code == 2 and "not an expert of the mixture" in bad.output
+    again = CliRunner().invoke(main, args)  # the first student is never overwritten
+    assert again.exit_code == 2 and "exists and is not empty" in again.output

@@ -20,6 +20,8 @@ from modelswarms.runs import runner
 from modelswarms.runs.checkpoint import load_checkpoint
 from modelswarms.runs.session import Session
 
+from .conftest import make_mc_items
+
 
 def write_config(tmp_path: Path, experts, data, **search) -> Path:
     cfg = {
@@ -248,3 +250,58 @@ def test_the_same_expert_twice_is_a_counted_warning(tmp_path, lora_experts, mc_d
     report = run_search(cfg, show_progress=False)
     assert report["events"]["duplicate_experts"] == 1
     assert any("the search gets a copy" in r.message for r in caplog.records)
+
+
+def test_suspicious_inputs_are_printed_once_and_counted(tmp_path, lora_experts, capsys):
+    """A small dev set, answers piled on one position, a budget of one swarm step: legal, so
+    the run goes on, but each is said once on the console and counted in the events."""
+    from modelswarms.runs.checks import check_budget
+    from modelswarms.runs.runner import run as run_search
+
+    items = make_mc_items(30, 0)
+    for it in items:  # every answer moved to option A
+        right = it["choices"][it["answer"]]
+        others = [v for v in it["choices"].values() if v != right]
+        it["choices"], it["answer"] = dict(zip("ABCD", [right, *others], strict=True)), "A"
+    data = tmp_path / "piled.json"
+    data.write_text(json.dumps({"dev": items, "test": items[:4]}))
+    cfg = parse_config({"experts": {"paths": [str(p) for p in lora_experts]},
+                        "data": {"path": str(data)}, "budget": 6,
+                        "output": {"dir": str(tmp_path / "run"), "evaluate_test": False}})
+    report = run_search(cfg, show_progress=False)
+    err = capsys.readouterr().err
+    for event, text in [("small_dev", "the dev split has 30 items"),
+                        ("answer_position", "100% of the 30 dev answers are option 1 ('A'"),
+                        ("small_budget", "6 evaluations allow Model Swarms 1 iteration(s)")]:
+        assert report["events"][event] == 1, event
+        assert err.count(text) == 1, (text, err)
+    assert "duplicate_experts" not in report["events"]
+
+    class Search:  # the same check again in the same session says nothing new
+        starts_at_experts, n, label = True, 3, "Model Swarms"
+
+    session = Session.open(cfg, need_test=False)
+    capsys.readouterr()
+    check_budget(cfg, Search(), session.scorer)
+    check_budget(cfg, Search(), session.scorer)
+    assert session.counts["small_budget"] == 1
+    assert capsys.readouterr().err.count("warning:") == 1
+
+
+def test_an_even_spread_of_answers_and_a_large_budget_say_nothing(tmp_path, lora_experts):
+    from modelswarms.runs.checks import answer_position, check_budget
+    from modelswarms.runs.scorer import Scorer
+
+    class Quiet:  # an evaluator with nothing to report; these checks never score
+        def drain_events(self) -> dict:
+            return {}
+    scorer = Scorer(Quiet(), None)  # type: ignore[arg-type]
+    items = make_mc_items(200, 3)
+    cfg = parse_config({"experts": {"paths": [str(p) for p in lora_experts]},
+                        "data": {"path": "x.json"}, "budget": 9})
+
+    class Search:
+        starts_at_experts, n, label = True, 3, "Model Swarms"
+    answer_position(items, cfg, scorer)
+    check_budget(cfg, Search(), scorer)
+    assert not scorer.warned

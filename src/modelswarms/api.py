@@ -94,11 +94,13 @@ class SearchResult:
 def search(cfg: RunConfig | str | Path, *, run_dir: str | Path | None = None,
            resume: bool = False, progress: bool = False) -> SearchResult | dict[str, Any]:
     """Run the config's strategy. Without `run_dir`, in memory: nothing is written and a
-    SearchResult comes back. With `run_dir`, as `modelswarms run` does (checkpoints, report,
+    SearchResult comes back (`output.trackers` still log, under output.tracking_dir or
+    output.dir). With `run_dir`, as `modelswarms run` does (checkpoints, report,
     exports; `resume=True` continues the folder's run) and its report comes back."""
     from .runs.report import summarize
     from .runs.runner import run, search_loop
     from .runs.session import Session
+    from .runs.trackers import Trackers
     from .search import strategy_spec
 
     cfg = _as_config(cfg)
@@ -111,11 +113,15 @@ def search(cfg: RunConfig | str | Path, *, run_dir: str | Path | None = None,
     if not spec.weights:
         raise ConfigError(f"strategy {cfg.strategy}: searches of multi-LLM systems run in a "
                           "run folder; pass run_dir")
-    session = Session.open(cfg, need_test=cfg.output.evaluate_test)
-    strategy, history = search_loop(cfg, None, session, show_progress=progress)
-    best, best_dev = strategy.best()
-    return SearchResult(best.detach().clone(), best_dev, summarize(session, strategy, history),
-                        history, session)
+    trackers = Trackers(cfg, None)  # a missing tracker package fails before any work
+    with trackers:
+        session = Session.open(cfg, need_test=cfg.output.evaluate_test)
+        strategy, history = search_loop(cfg, None, session, show_progress=progress,
+                                        trackers=trackers)
+        best, best_dev = strategy.best()
+        report = summarize(session, strategy, history)
+        trackers.log_report(report)
+    return SearchResult(best.detach().clone(), best_dev, report, history, session)
 
 
 def compare(cfg: RunConfig | str | Path, *, out: str | Path | None = None,

@@ -31,14 +31,31 @@ def _quiet_libraries() -> None:
     transformers.utils.logging.disable_progress_bar()
 
 
+def _one_line(text: str) -> str:
+    return "; ".join(line.strip() for line in text.splitlines() if line.strip())
+
+
 def _guard(debug: bool, fn, *args, **kwargs):
+    """Errors of the input (ours, and the OS's about a path) as one line and exit code 2;
+    anything else is a bug of ours: one line too, exit code 1, the traceback under --debug."""
     try:
         return fn(*args, **kwargs)
     except ModelSwarmsError as err:
         if debug:
             raise
-        errors.print(f"[bold red]error:[/] {escape(str(err))}", highlight=False)
-        sys.exit(2)
+        message, code = str(err), 2
+    except OSError as err:  # an unwritable output folder, a path under a file, a full disk
+        if debug:
+            raise
+        where = f"{err.filename}: " if err.filename else ""
+        message, code = f"{where}{err.strerror or err}", 2
+    except Exception as err:
+        if debug:
+            raise
+        message, code = (f"internal error, a bug of modelswarms ({type(err).__name__}: {err}); "
+                         "run again with --debug for the traceback and report it"), 1
+    errors.print(f"[bold red]error:[/] {escape(_one_line(message))}", highlight=False)
+    sys.exit(code)
 
 
 def _run_options(fn):
@@ -176,20 +193,33 @@ def distil_cmd(mixture: str, student: str, out: str, data: str | None, split: st
 
 def _distil(mixture, student, out, data, split, prompt_file, steps, lr, rank, max_new_tokens,
             max_items) -> dict:
-    from .errors import ConfigError
-    from .evaluation.data import load_items
+    from .errors import ConfigError, DataError
+    from .evaluation.data import load_items, load_text
     from .mixture import load_mixture
     from .mixture.distil import distil
     from .mixture.pool import MIXTURE_FILE
+    from .runs.checkpoint import check_writable
 
     if (data is None) == (prompt_file is None):
         raise ConfigError("distil: give --data (its questions are the prompts) or --prompts")
+    for flag, value, least in (("--steps", steps, 1), ("--rank", rank, 1),
+                               ("--max-new-tokens", max_new_tokens, 1),
+                               ("--max-items", max_items, 1)):
+        if value is not None and value < least:
+            raise ConfigError(f"distil: {flag} must be at least {least} (given {value})")
+    if not lr > 0 or lr == float("inf"):
+        raise ConfigError(f"distil: --lr must be a positive number (given {lr})")
+    check_writable(Path(out), "--out")
+    if Path(out).is_dir() and any(Path(out).iterdir()):
+        raise ConfigError(f"distil: --out {out} exists and is not empty; choose a new folder")
     if prompt_file:
-        prompts = [line for line in Path(prompt_file).read_text().splitlines() if line.strip()]
+        prompts = [line for line in load_text(Path(prompt_file)).splitlines() if line.strip()]
     else:
         prompts = [str(it.get("question", it.get("prompt", "")))
                    for it in load_items(data, split)]
     prompts = prompts[:max_items]
+    if not prompts:
+        raise ConfigError(f"distil: {prompt_file or data} gives no prompts")
     mix = load_mixture(mixture)
     spec = json.loads((Path(mixture) / MIXTURE_FILE).read_text())
     names = [e["name"] for e in spec["experts"]]
@@ -197,8 +227,11 @@ def _distil(mixture, student, out, data, split, prompt_file, steps, lr, rank, ma
         raise ConfigError(f"distil: --student {student!r} is not an expert of the mixture "
                           f"({', '.join(names)})")
     i = names.index(student)
-    return distil(mix, i, spec["experts"][i]["path"], prompts, out, rank=rank,
-                  alpha=2 * rank, steps=steps, lr=lr, max_new_tokens=max_new_tokens)
+    try:
+        return distil(mix, i, spec["experts"][i]["path"], prompts, out, rank=rank,
+                      alpha=2 * rank, steps=steps, lr=lr, max_new_tokens=max_new_tokens)
+    except DataError as err:  # a prompt too long for an expert: whose prompts they are
+        raise DataError(f"{prompt_file or data}: {err}") from None
 
 
 def _print_rows(report: dict, first: str, title_tail: str = "") -> None:
@@ -267,8 +300,13 @@ def _evaluate(model_path, config, data, split, utility_type, base_model, max_ite
     items = data
     if not data:
         data_cfg = cfg.need_data("eval")
-        items = load_split(data_cfg, split)[:max_items]
-        data = data_cfg.name
+        if data_cfg is None:  # the utility's tasks bring their documents (lm_eval)
+            from .evaluation.utilities import build_utility
+
+            items = build_utility(ucfg).split_items(split)[:max_items]
+        else:
+            items = load_split(data_cfg, split)[:max_items]
+        data = cfg.data_name
     engine = cfg.model if cfg else None
     start = time.perf_counter()
     scores = evaluate(model_path, items, utility=ucfg.model_dump(), split=split,

@@ -18,6 +18,7 @@ from pydantic import (
     Tag,
     TypeAdapter,
     ValidationError,
+    field_validator,
     model_validator,
 )
 
@@ -42,8 +43,61 @@ class ExpertsConfig(StrictModel):
         "distributions (a token swarm)")
 
 
+# `datasets` builders that read local files named in data_files (a path, not a hub id)
+HF_BUILDERS = ("arrow", "csv", "json", "pandas", "parquet", "text", "xml")
+
+
+class HFFields(StrictModel):
+    """Our item field -> the dataset's column. A field left out is read from the column of
+    its own name when there is one."""
+
+    question: str | None = None
+    choices: str | list[str] | None = Field(
+        None, description="a column of options (a list, or ARC's {text, label}), or one "
+        "column per option, e.g. [opa, opb, opc, opd]")
+    answer: str | None = Field(None, description="the gold: an index, a letter or label, or "
+                               "the option's text (multiple choice); the answer (exact match)")
+    id: str | None = None
+    prompt: str | None = Field(None, description="reward_model / human_interest prompts")
+
+
+class HFDataConfig(StrictModel):
+    """A dataset the Hugging Face `datasets` library loads (pip install 'modelswarms[datasets]');
+    its rows are converted to our items once, when it is loaded."""
+
+    path: str = Field(min_length=1, description="a hub id (cais/mmlu), a local folder (data "
+                      "files, or one written by save_to_disk), or a builder for local files: "
+                      + " | ".join(HF_BUILDERS))
+    name: str | None = Field(None, description="the dataset's config name (e.g. 'all')")
+    data_files: str | list[str] | dict[str, str | list[str]] | None = Field(
+        None, description="files, or split -> files; relative to the config file when `path` "
+        "is a builder, else to the dataset")
+    revision: str | None = Field(None, description="a hub branch, tag or commit")
+    fields: HFFields = HFFields()
+    answer_format: Literal["auto", "index", "letter", "text"] = Field(
+        "auto", description="how a multiple-choice gold is read; auto: the dataset's labels, "
+        "else an integer is an index and a string whichever of index / letter / option text "
+        "fits (an error when two fit and disagree)")
+    index_base: Literal[0, 1] = Field(0, description="the first option's index (1: Winogrande)")
+
+    @property
+    def files(self) -> list[str]:
+        """data_files as one list."""
+        spec = self.data_files
+        groups = list(spec.values()) if isinstance(spec, dict) else [spec] if spec else []
+        return [f for g in groups for f in ([g] if isinstance(g, str) else g)]
+
+    @property
+    def label(self) -> str:
+        if self.path in HF_BUILDERS:
+            return ", ".join(Path(f).name for f in self.files) or self.path
+        return self.path + (f" ({self.name})" if self.name else "")
+
+
 class DataConfig(StrictModel):
     path: str | None = Field(None, description="JSON with dev/test lists, or JSONL")
+    hf: HFDataConfig | None = Field(
+        None, description="a Hugging Face dataset (hub id or local files), instead of path")
     tasks: dict[str, str] = Field(
         default_factory=dict, description="multi_task: task name -> its file, instead of path")
     preset: Literal["legal", "medical", "science", "culture"] | None = Field(
@@ -51,23 +105,29 @@ class DataConfig(StrictModel):
     root: str | None = Field(None, description="folder of the preset's files (the Model "
                              "Swarms data: mmlu.json, medqa.json, ...)")
     test_path: str | None = Field(None, description="JSONL test file when `path` holds dev only")
-    dev_split: str = "dev"
+    dev_split: str = Field("dev", description="the dev split: a JSON key, a JSONL item's "
+                           "split, or a Hugging Face split (often 'validation')")
     test_split: str = "test"
     max_dev: int | None = Field(None, ge=1)
     max_test: int | None = Field(None, ge=1)
 
     @model_validator(mode="after")
     def _one_source(self) -> DataConfig:
-        given = [k for k in ("path", "tasks", "preset") if getattr(self, k)]
+        given = [k for k in ("path", "tasks", "preset", "hf") if getattr(self, k)]
         if len(given) != 1:
-            raise ValueError(f"give exactly one of data.path, data.tasks, data.preset "
+            raise ValueError(f"give exactly one of data.path, data.tasks, data.preset, data.hf "
                              f"(given: {', '.join(given) or 'none'})")
+        if self.test_path and self.hf:
+            raise ValueError("data.test_path goes with data.path; data.hf takes its test split "
+                             "from data.test_split")
         if self.preset and not self.root:
             raise ValueError("data.preset needs data.root, the folder holding its files")
         return self
 
     @property
     def name(self) -> str:
+        if self.hf:
+            return self.hf.label
         return self.path or (f"preset {self.preset}" if self.preset else " + ".join(self.tasks))
 
 
@@ -202,11 +262,79 @@ class CustomUtilityConfig(_PromptedUtility):
     judge: JudgeConfig | None = Field(None, description="a rater, for judged utilities")
 
 
+LmEvalSplit = Literal["auto", "train", "validation", "test"]
+
+
+class LmEvalConfig(_UtilityBase):
+    """Tasks of lm-evaluation-harness (pip install 'modelswarms[lm-eval]'): lm-eval turns each
+    document into its prompt, options and target and computes the metric; our engine runs the
+    model (evaluation/lm_eval_tasks.py). The tasks bring their documents: a run with this
+    utility has no `data:` section."""
+
+    type: Literal["lm_eval"]
+    tasks: list[str] = Field(min_length=1, description="lm-eval task names (registered, or "
+                             "defined in include_path) or task YAML files")
+    include_path: list[str] = Field(
+        default_factory=list, description="folders of your own task YAML files (lm-eval's "
+        "include_path); relative to the config file")
+    metric: str | dict[str, str] | None = Field(
+        None, description="the metric maximised, for every task or per task: acc, acc_norm, "
+        "acc_bytes, acc_mutual_info (multiple_choice), exact_match or another per-document "
+        "mean (generate_until); default: each task's first metric")
+    filter: str | None = Field(
+        None, description="generate_until: the task's filter pipeline whose answer is scored "
+        "(e.g. strict-match); default: its first")
+    num_fewshot: int | None = Field(
+        None, ge=0, description="few-shot examples; default: the task's own, else 0 (as in "
+        "lm-eval, a task whose config says 0 stays at 0)")
+    fewshot_seed: int = Field(1234, description="seed of lm-eval's few-shot sampler "
+                              "(lm-eval's default)")
+    dev_split: LmEvalSplit = Field(
+        "auto", description="the task split the search scores; auto: validation, else "
+        "train, else test")
+    test_split: LmEvalSplit = Field(
+        "auto", description="the split of the report's test scores; auto: test, else the "
+        "documents of the dev split after the dev documents")
+    max_dev: int | None = Field(None, ge=1, description="first documents of the dev split, "
+                                "per task")
+    max_test: int | None = Field(None, ge=1, description="first documents of the test split, "
+                                 "per task")
+    add_bos_token: bool | None = Field(
+        None, description="lm-eval's add_bos_token: prepend BOS to every context; None: what "
+        "the tokenizer does by default (as lm-eval)")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _one_path(cls, data: Any) -> Any:
+        if isinstance(data, dict) and isinstance(data.get("include_path"), str):
+            data = {**data, "include_path": [data["include_path"]]}
+        return data
+
+    @property
+    def documents_name(self) -> str:
+        """What the items are, for reports."""
+        return "lm_eval " + ", ".join(Path(t).stem if t.endswith((".yaml", ".yml")) else t
+                                      for t in self.tasks)
+
+    def resolved(self, root: Path) -> LmEvalConfig:
+        """include_path and task YAML files relative to `root` (the config's folder)."""
+        def local(p: str) -> str:
+            return str((root / Path(p).expanduser()).resolve())
+
+        return self.model_copy(update={
+            "include_path": [local(p) for p in self.include_path],
+            "tasks": [local(t) if t.endswith((".yaml", ".yml")) else t for t in self.tasks]})
+
+
+# utility types whose tasks bring their own documents: their runs take no `data:` section
+OWN_DOCUMENTS = ("lm_eval",)
+
+
 UTILITY_CONFIGS: dict[str, type[StrictModel]] = {
     "multiple_choice": MultipleChoiceConfig, "exact_match": ExactMatchConfig,
     "multi_task": MultiTaskConfig, "abstain_qa": AbstainQAConfig,
     "python": PythonUtilityConfig, "human_interest": HumanInterestConfig,
-    "reward_model": RewardModelConfig,
+    "reward_model": RewardModelConfig, "lm_eval": LmEvalConfig,
 }
 
 
@@ -226,6 +354,7 @@ UtilityConfig = Annotated[
     | Annotated[PythonUtilityConfig, Tag("python")]
     | Annotated[HumanInterestConfig, Tag("human_interest")]
     | Annotated[RewardModelConfig, Tag("reward_model")]
+    | Annotated[LmEvalConfig, Tag("lm_eval")]
     | Annotated[CustomUtilityConfig, Tag("custom")],
     Discriminator(_utility_tag),
 ]
@@ -381,6 +510,22 @@ class OutputConfig(StrictModel):
     dir: str = "runs/run"
     top_k: int = Field(3, ge=1, description="particles in the majority-vote ensemble and exports")
     evaluate_test: bool = True
+    trackers: list[str] = Field(
+        [], description="experiment trackers fed every iteration and the report: tensorboard, "
+        "mlflow, wandb (each an extra: pip install 'modelswarms[NAME]')")
+    tracking_dir: str | None = Field(
+        None, description="where trackers write (TensorBoard logs, the MLflow store, W&B "
+        "offline runs); default: the run folder (compare: its folder)")
+
+    @field_validator("trackers")
+    @classmethod
+    def _known_trackers(cls, names: list[str]) -> list[str]:
+        from .runs.trackers import TRACKERS  # the registry; the packages are checked at run
+
+        for name in names:
+            if name not in TRACKERS:
+                raise ValueError(f"unknown tracker {name!r}; known: {', '.join(TRACKERS)}")
+        return names
 
 
 ENGINE_KEYS = ("batch_size", "max_batch_tokens")  # once utility keys, now model's
@@ -418,11 +563,26 @@ class RunConfig(StrictModel):
                 data = {**data, "utility": utility, "model": {**moved, **model}}
         return data
 
-    def need_data(self, command: str) -> DataConfig:
-        if self.data is None:
+    @model_validator(mode="after")
+    def _documents_once(self) -> RunConfig:
+        if self.data is not None and self.utility.type in OWN_DOCUMENTS:
+            raise ValueError(f"data: utility type {self.utility.type} takes its documents from "
+                             "its tasks; remove `data:` (utility.dev_split, test_split, max_dev "
+                             "and max_test choose them)")
+        return self
+
+    def need_data(self, command: str) -> DataConfig | None:
+        """The `data:` section; None when the utility's tasks bring their documents (lm_eval:
+        the utility's `split_items` gives them)."""
+        if self.data is None and self.utility.type not in OWN_DOCUMENTS:
             raise ConfigError(f"data: {command} scores candidates on items; the config has no "
-                              "`data:` section (path, tasks or preset)")
+                              "`data:` section (path, tasks, preset or hf)")
         return self.data
+
+    @property
+    def data_name(self) -> str:
+        """What the run scores on, for reports: the data's name, or the utility's tasks."""
+        return self.data.name if self.data is not None else self.utility.documents_name
 
 
 def _resolve(value: str, root: Path) -> str:
@@ -434,6 +594,27 @@ def _resolve(value: str, root: Path) -> str:
     if candidate.exists() or value.startswith((".", "..")) or "/" not in value:
         return str(candidate.resolve())
     return value
+
+
+def _resolve_hf(hf: HFDataConfig, root: Path) -> HFDataConfig:
+    # A builder name and a hub id stay as they are; local data files of a builder are the
+    # config's, while those of a hub dataset or a folder are relative to that dataset.
+    p = Path(hf.path).expanduser()
+    path = hf.path
+    if p.is_absolute():
+        path = str(p)
+    elif hf.path not in HF_BUILDERS and ((root / p).exists() or hf.path.startswith(".")):
+        path = str((root / p).resolve())
+    files = hf.data_files
+    if hf.path in HF_BUILDERS and files is not None:
+        def local(f: str) -> str:
+            return f if "://" in f else str(root / Path(f).expanduser())
+
+        def each(v: str | list[str]) -> str | list[str]:
+            return local(v) if isinstance(v, str) else [local(f) for f in v]
+
+        files = {k: each(v) for k, v in files.items()} if isinstance(files, dict) else each(files)
+    return hf.model_copy(update={"path": path, "data_files": files})
 
 
 def _format_errors(err: ValidationError, source: str, prefix: tuple[str, ...] = ()) -> str:
@@ -455,7 +636,7 @@ def _format_errors(err: ValidationError, source: str, prefix: tuple[str, ...] = 
         else:
             msg = e["msg"]
         lines.append(f"{source}: {key}: {msg}")
-    return "\n".join(lines)
+    return "; ".join(lines)  # one line: the command line prints it as one
 
 
 def parse_config(data: dict[str, Any], source: str = "config") -> RunConfig:
@@ -472,8 +653,13 @@ def load_config(path: str | Path) -> RunConfig:
         raise ConfigError(f"{path}: config file not found")
     try:
         data = yaml.safe_load(path.read_text()) or {}
+    except UnicodeDecodeError as err:
+        raise ConfigError(f"{path}: not UTF-8 text (byte {err.start})") from None
     except yaml.YAMLError as err:
-        raise ConfigError(f"{path}: not valid YAML: {err}") from None
+        mark = getattr(err, "problem_mark", None)
+        where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
+        problem = getattr(err, "problem", None) or str(err).splitlines()[0]
+        raise ConfigError(f"{path}: not valid YAML ({where}{problem})") from None
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: expected a mapping at the top level")
     cfg = parse_config(data, str(path))
@@ -490,9 +676,17 @@ def resolve_paths(cfg: RunConfig, root: Path) -> RunConfig:
         "tasks": {k: _resolve(v, root) for k, v in cfg.data.tasks.items()},
         "root": _resolve(cfg.data.root, root) if cfg.data.root else None,
         "test_path": _resolve(cfg.data.test_path, root) if cfg.data.test_path else None,
+        "hf": _resolve_hf(cfg.data.hf, root) if cfg.data.hf else None,
     })
-    output = cfg.output.model_copy(update={"dir": _resolve(cfg.output.dir, root)})
-    return cfg.model_copy(update={"experts": experts, "data": data, "output": output})
+    output = cfg.output.model_copy(update={
+        # an output folder is never a hub id: "runs/x" is beside the config, like every path
+        "dir": str((root / Path(cfg.output.dir).expanduser()).resolve()),
+        "tracking_dir": _resolve(cfg.output.tracking_dir, root) if cfg.output.tracking_dir
+        else None})
+    utility = cfg.utility.resolved(root) if isinstance(cfg.utility, LmEvalConfig) else \
+        cfg.utility
+    return cfg.model_copy(update={"experts": experts, "data": data, "output": output,
+                                  "utility": utility})
 
 
 def dump_config(cfg: RunConfig) -> str:

@@ -32,10 +32,22 @@ def pick_dtype(dtype: str, device: torch.device) -> torch.dtype:
     return _DTYPES[dtype]
 
 
+# What transformers and peft raise for files that are not what they should be (a corrupt
+# config, a missing or mis-shaped tensor): the user's input, so one line naming the folder.
+LOAD_ERRORS = (OSError, ValueError, KeyError, TypeError, RuntimeError)
+
+
+def _first_line(err: Exception) -> str:
+    return (str(err).strip().splitlines() or [type(err).__name__])[0][:300]
+
+
 def load_tokenizer(source: str, trust_remote_code: bool = False):
     from transformers import AutoTokenizer
 
-    tok = AutoTokenizer.from_pretrained(source, trust_remote_code=trust_remote_code)
+    try:
+        tok = AutoTokenizer.from_pretrained(source, trust_remote_code=trust_remote_code)
+    except LOAD_ERRORS as err:
+        raise ExpertError(f"{source}: cannot load the tokenizer ({_first_line(err)})") from None
     if tok.pad_token is None:
         tok.pad_token = tok.eos_token
     return tok
@@ -49,8 +61,8 @@ def load_causal_lm(source: str, dtype: torch.dtype, device: torch.device,
         model = AutoModelForCausalLM.from_pretrained(
             source, dtype=dtype, trust_remote_code=trust_remote_code, use_safetensors=True
         )
-    except OSError as err:
-        raise ExpertError(f"{source}: cannot load the model: {err}") from None
+    except LOAD_ERRORS as err:
+        raise ExpertError(f"{source}: cannot load the model ({_first_line(err)})") from None
     return model.to(device).eval()
 
 
@@ -126,8 +138,9 @@ class ResidentModel:
 def load_standalone(path: str, base_model: str | None = None, *, device: str = "auto",
                     dtype: str = "auto", trust_remote_code: bool = False):
     """(model, tokenizer) for one adapter folder or model folder, as plain transformers/peft."""
-    import json
     from pathlib import Path
+
+    from ..pool.loading import read_json
 
     dev = pick_device(device)
     dt = pick_dtype(dtype, dev)
@@ -136,12 +149,19 @@ def load_standalone(path: str, base_model: str | None = None, *, device: str = "
     if adapter_cfg.is_file():
         from peft import PeftModel
 
-        base = base_model or adapter_base(folder, json.loads(adapter_cfg.read_text()))
+        from ..pool.loading import load_expert
+
+        load_expert(folder)  # safetensors only, readable: checked here, not deep in peft
+        base = base_model or adapter_base(folder, read_json(adapter_cfg))
         if not base:
             raise ExpertError(f"{folder}: adapter names no base model; pass --base")
         base = resolve_model(base)
         model = load_causal_lm(base, dt, dev, trust_remote_code)
-        model = PeftModel.from_pretrained(model, str(folder), is_trainable=False).eval()
+        try:
+            model = PeftModel.from_pretrained(model, str(folder), is_trainable=False).eval()
+        except LOAD_ERRORS as err:
+            raise ExpertError(f"{folder}: not an adapter of {base} ({_first_line(err)})") \
+                from None
         return model, load_tokenizer(base, trust_remote_code)
     source = resolve_model(str(path))
     return load_causal_lm(source, dt, dev, trust_remote_code), load_tokenizer(

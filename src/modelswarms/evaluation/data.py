@@ -1,4 +1,5 @@
-"""Task data: the JSON format of the Model Swarms data ({"dev": [...], "test": [...]}) and JSONL.
+"""Task data: the JSON format of the Model Swarms data ({"dev": [...], "test": [...]}) and JSONL;
+Hugging Face datasets (data.hf) are converted to these items in hf_data.py.
 
 Every problem names the file and, for an item, its index, its id and the field at fault.
 """
@@ -13,9 +14,19 @@ from typing import Any
 from ..errors import DataError
 
 
+def load_text(path: Path) -> str:
+    """A text file's contents; a missing, unreadable or non-UTF-8 file is a DataError."""
+    try:
+        return path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as err:
+        raise DataError(f"{path}: not UTF-8 text (byte {err.start})") from None
+    except OSError as err:
+        raise DataError(f"{path}: cannot be read ({err.strerror or err})") from None
+
+
 def _read_jsonl(path: Path) -> list[Any]:
     items = []
-    for n, line in enumerate(path.read_text().splitlines(), 1):
+    for n, line in enumerate(load_text(path).splitlines(), 1):
         if not line.strip():
             continue
         try:
@@ -38,7 +49,7 @@ def load_items(path: str | Path, split: str, *, required: Sequence[str] = (),
             items = [x for x in items if isinstance(x, dict) and x.get("split") == split]
     else:
         try:
-            data = json.loads(path.read_text())
+            data = json.loads(load_text(path))
         except json.JSONDecodeError as err:
             raise DataError(f"{path}: not valid JSON (line {err.lineno}: {err.msg})") from None
         if isinstance(data, list):
@@ -51,18 +62,24 @@ def load_items(path: str | Path, split: str, *, required: Sequence[str] = (),
             raise DataError(f"{path}: no split {split!r} (splits: {', '.join(splits) or 'none'})")
     if limit is not None:
         items = items[:limit]
+    return check_items(path, items, split, required)
+
+
+def check_items(source: Any, items: list[Any], split: str,
+                required: Sequence[str]) -> list[dict[str, Any]]:
+    """`items` if every one is scorable; else the first fault, named by `source` and item."""
     if not items:
-        raise DataError(f"{path}: split {split!r} has no items")
+        raise DataError(f"{source}: split {split!r} has no items")
     for i, item in enumerate(items):
         if not isinstance(item, dict):
-            raise DataError(f"{path}: item {i} of {split!r} is not an object")
+            raise DataError(f"{source}: item {i} of {split!r} is not an object")
         ident = f" (id {item['id']!r})" if "id" in item else ""
         for key in required:
             if key not in item:
-                raise DataError(f"{path}: item {i}{ident} of {split!r} has no field {key!r}")
+                raise DataError(f"{source}: item {i}{ident} of {split!r} has no field {key!r}")
         scored_as_choice = "choices" in required and "answer" in required
         if scored_as_choice and (problem := _choice_problem(item)):
-            raise DataError(f"{path}: item {i}{ident} of {split!r}: {problem}")
+            raise DataError(f"{source}: item {i}{ident} of {split!r}: {problem}")
     return items
 
 
@@ -84,6 +101,11 @@ def load_split(data: Any, split: str, *, required: Sequence[str] = (),
     """The items of `split` for a DataConfig: its file, or every task's items tagged with
     `task` (data.tasks, data.preset), `limit` items per task."""
     is_test = split == data.test_split
+    if data.hf:
+        from .hf_data import load_hf_split, source_of
+
+        items = load_hf_split(data.hf, split, required=required, limit=limit)
+        return check_items(source_of(data.hf), items, split, required)
     if not data.tasks and not data.preset:
         path = data.test_path if is_test and data.test_path else data.path
         return load_items(path, split, required=required, limit=limit)

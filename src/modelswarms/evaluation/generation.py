@@ -80,6 +80,20 @@ def _pad(rows: Sequence[Sequence[int]], pad_id: int, left: bool, device: torch.d
     return ids.to(device), mask.to(device)
 
 
+def fits_context(model, lengths: Sequence[int]) -> None:
+    """Refuse rows longer than the model reads (max_position_embeddings): past it some
+    architectures index out of range, others run out of memory on a hostile item."""
+    limit = getattr(getattr(model, "config", None), "max_position_embeddings", None)
+    longest = max(lengths, default=0)
+    if isinstance(limit, int) and longest > limit:
+        from ..errors import DataError
+
+        raise DataError(f"data: an item is {longest} tokens with its answer, more than the "
+                        f"model reads ({limit}, its max_position_embeddings); shorten or drop "
+                        f"the items that long ({sum(n > limit for n in lengths)} of "
+                        f"{len(lengths)} rows)")
+
+
 def _device(model) -> torch.device:
     return next(model.parameters()).device
 
@@ -175,6 +189,7 @@ def next_token_logprobs(model, prompts: Sequence[Sequence[int]], token_ids: Sequ
         probs = model.next_token_probs([_text(model, p) for p in prompts])
         picked = probs[:, list(token_ids)].clamp_min(1e-300).log()
         return [picked.tolist()]
+    fits_context(model, [len(p) + 1 for p in prompts])
     device = _device(model)
     wanted = torch.tensor(list(token_ids), device=device)
     out: list[list[list[float]]] = [[[] for _ in prompts] for _ in range(particles)]
@@ -204,6 +219,7 @@ def continuation_logprobs(model, prompts: Sequence[Sequence[int]],
     device = _device(model)
     pairs = [(i, j) for i, conts in enumerate(continuations) for j in range(len(conts))]
     seqs = [list(prompts[i]) + list(continuations[i][j]) for i, j in pairs]
+    fits_context(model, [len(x) for x in seqs])
     out = [[[0.0] * len(c) for c in continuations] for _ in range(particles)]
     longest = max(len(continuations[i][j]) for i, j in pairs)
     # the prefix must stop before the first column whose logits are read
@@ -251,6 +267,8 @@ def option_logprobs(model, prompts: Sequence[Sequence[int]],
 
     if getattr(model, "is_mixture", False):
         return [_mixture_continuations(model, prompts, options)]
+    fits_context(model, [len(p) + max(map(len, o), default=0) for p, o in
+                         zip(prompts, options, strict=True)])
     device = _device(model)
     out = [[[0.0] * len(o) for o in options] for _ in range(particles)]
     prefix = SharedPrefix(model, prompts, min(len(p) for p in prompts) - 1, particles) \
@@ -311,12 +329,20 @@ def option_logprobs(model, prompts: Sequence[Sequence[int]],
 @torch.inference_mode()
 def generate(model, prompts: Sequence[Sequence[int]], *, max_new_tokens: int, pad_id: int,
              eos_id: int | Sequence[int] | None, batch_size: int | None = None,
-             max_tokens: int | None = None, particles: int = 1) -> list[list[list[int]]]:
-    """[particle][prompt]: greedy new tokens, cut at the first end-of-sequence token."""
+             max_tokens: int | None = None, particles: int = 1,
+             stop_strings: Sequence[str] = (), tokenizer=None) -> list[list[list[int]]]:
+    """[particle][prompt]: greedy new tokens, cut at the first end-of-sequence token.
+
+    With `stop_strings` (and the `tokenizer` that reads them) a row stops early once its text
+    holds one of them; the tokens are not cut there (the caller cuts the text), the batch just
+    stops paying for rows that are done."""
     if getattr(model, "is_mixture", False):
         return [model.generate([_text(model, p) for p in prompts], max_new_tokens)]
+    fits_context(model, [len(p) + 1 for p in prompts])
     device = _device(model)
     eos = [] if eos_id is None else ([eos_id] if isinstance(eos_id, int) else list(eos_id))
+    stops = [s for s in stop_strings if s]
+    stopping = {"stop_strings": stops, "tokenizer": tokenizer} if stops and tokenizer else {}
     out: list[list[list[int]]] = [[[] for _ in prompts] for _ in range(particles)]
     # Every batch pays one forward per new token, whatever its width: fewer, fuller batches
     # (more padding) win here, where a scoring pass prefers little padding.
@@ -325,7 +351,8 @@ def generate(model, prompts: Sequence[Sequence[int]], *, max_new_tokens: int, pa
         ids, mask = _pad([prompts[i] for i in batch], pad_id, left=True, device=device)
         tiled, tmask = _tile(ids, mask, particles)
         gen = model.generate(input_ids=tiled, attention_mask=tmask, max_new_tokens=max_new_tokens,
-                             do_sample=False, pad_token_id=pad_id, eos_token_id=eos or None)
+                             do_sample=False, pad_token_id=pad_id, eos_token_id=eos or None,
+                             **stopping)
         new_tokens = gen[:, ids.shape[1]:].tolist()
         for p in range(particles):
             for row, i in enumerate(batch):

@@ -83,7 +83,7 @@ def register_utility(name: str, fn: Callable[..., Any] | None = None):
     return deco
 
 
-BUILTIN_MODULES = ("multitask", "reward", "abstain", "judges")
+BUILTIN_MODULES = ("multitask", "reward", "abstain", "judges", "lm_eval_tasks")
 
 
 def build_utility(cfg: UtilityConfig) -> Utility:

@@ -45,7 +45,7 @@ def final_report(run_dir: Path, cfg: RunConfig, session: Session, search: Hetero
     folder = export_system(session, search.best_dag, search.best_assignment, search.best_models,
                            run_dir / "system", meta)
     report = {
-        "method": "hswarm", "utility": cfg.utility.type, "dataset": cfg.data.name,
+        "method": "hswarm", "utility": cfg.utility.type, "dataset": cfg.data_name,
         "dev_items": len(session.dev), "test_items": len(test) if test else 0,
         "experts": len(names), "rounds": search.round, "systems": search.evaluations,
         "search_seconds": search.history[-1]["wall_time"] if search.history else 0.0,

@@ -204,6 +204,9 @@ def _prepare(cfg: RunConfig) -> RunConfig:
     if cfg.experts.compose != "weights":
         raise ConfigError("hswarm: experts.compose must be weights (its nodes are experts of "
                           "one architecture)")
+    if cfg.utility.type == "lm_eval":  # its items are lm-eval requests, not questions
+        raise ConfigError("hswarm: utility lm_eval is not supported (a node passes its answer "
+                          "on in the next node's question; lm-eval builds its own prompts)")
     if cfg.search.particles not in (None, len(cfg.experts.paths)):
         raise ConfigError("search.particles: the weight-step's particles are the experts (the "
                           "nodes' models); leave it unset for hswarm")

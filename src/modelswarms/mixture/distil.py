@@ -36,7 +36,9 @@ def _student(path: Path, rank: int, alpha: int):
 
     adapter = path / "adapter_config.json"
     if adapter.is_file():
-        base = json.loads(adapter.read_text()).get("base_model_name_or_path")
+        from ..pool.loading import read_json
+
+        base = read_json(adapter).get("base_model_name_or_path")
         if not base:
             raise ConfigError(f"{path}: the student adapter names no base model")
         source = resolve_model(base)
@@ -118,6 +120,9 @@ def distil(mixture: MixtureLM, student: int, student_path: str | Path, prompts: 
     model.eval()
     with torch.no_grad():
         after = float(_kl(model, targets, pad))
+    if not math.isfinite(after):  # before anything is written: no half result to clean up
+        raise ConfigError(f"distillation diverged (KL is not finite); lower the learning rate "
+                          f"(--lr, now {lr:g})")
     out = Path(out)
     model.save_pretrained(str(out), safe_serialization=True)
     cfg_path = out / "adapter_config.json"
@@ -128,7 +133,5 @@ def distil(mixture: MixtureLM, student: int, student_path: str | Path, prompts: 
     result = {"student": mixture.names[student], "prompts": len(targets), "steps": steps,
               "kl_before": before, "kl_after": after,
               "weights": [float(w) for w in mixture.weights]}
-    if not math.isfinite(after):
-        raise ConfigError("distillation diverged (KL is not finite); lower the learning rate")
     (out / "distillation.json").write_text(json.dumps(result, indent=2))
     return result

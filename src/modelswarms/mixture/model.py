@@ -27,7 +27,7 @@ from typing import Any
 import torch
 
 from ..errors import ConfigError
-from ..evaluation.generation import _pad
+from ..evaluation.generation import _pad, fits_context
 from .vocab import PAD, UnionVocab, align
 
 
@@ -105,10 +105,11 @@ class MixtureLM:
         """Expert i's tokens of `data`: its tokenizer's own segmentation when the bytes are
         whole characters, else the byte-exact split."""
         try:
-            text = data.decode("utf-8")
+            ids = self.tokenizers[i].encode(data.decode("utf-8"), add_special_tokens=specials)
         except UnicodeDecodeError:
-            return self.vocab.experts[i].encode(data)
-        return self.tokenizers[i].encode(text, add_special_tokens=specials)
+            ids = self.vocab.experts[i].encode(data)
+        fits_context(self.models[i], [len(ids) + 1])
+        return ids
 
     def _batches(self, n: int) -> list[range]:
         size = max(1, self.batch_size)

@@ -9,6 +9,7 @@ treat a mixture pool as any other; the evaluator (evaluator.py) loads the models
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -16,6 +17,7 @@ import torch
 
 from ..errors import ExpertError
 from ..pool import Expert, ExpertPool
+from ..pool.loading import read_json
 
 WEIGHTS = "mixture_weights"
 MIXTURE_FILE = "mixture.json"
@@ -28,11 +30,8 @@ def _check(path: Path) -> dict:
         raise ExpertError(f"{path}: an expert must be a folder, not a file")
     for name in ("adapter_config.json", "config.json"):
         if (path / name).is_file():
-            try:
-                return {"kind": "adapter" if name.startswith("adapter") else "model",
-                        **json.loads((path / name).read_text())}
-            except json.JSONDecodeError as err:
-                raise ExpertError(f"{path / name}: not valid JSON ({err})") from None
+            return {"kind": "adapter" if name.startswith("adapter") else "model",
+                    **read_json(path / name)}
     raise ExpertError(f"{path}: neither an adapter folder (adapter_config.json) nor a model "
                       "folder (config.json)")
 
@@ -83,8 +82,12 @@ def load_mixture(folder: str | Path, *, device: str = "auto", dtype: str = "auto
     try:
         spec = json.loads(path.read_text())
         experts = [(e["name"], Path(e["path"]), float(e["weight"])) for e in spec["experts"]]
-    except (OSError, json.JSONDecodeError, KeyError, TypeError, ValueError) as err:
+    except (OSError, KeyError, TypeError, ValueError) as err:
         raise ExpertError(f"{path}: not a mixture description ({err})") from None
+    weights = [w for _, _, w in experts]
+    if not experts or not all(math.isfinite(w) and w >= 0 for w in weights) or not sum(weights):
+        raise ExpertError(f"{path}: the experts' weights must be finite, non-negative and not "
+                          f"all zero (found {weights})")
     for _, p, _ in experts:
         _check(p)
     mixture = MixtureLM([(name, *load_standalone(str(p), device=device, dtype=dtype))

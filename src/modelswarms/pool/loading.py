@@ -70,11 +70,16 @@ def _fetch(source: str) -> Path:
         ) from None
 
 
-def _read_json(path: Path) -> dict[str, Any]:
+def read_json(path: Path) -> dict[str, Any]:
+    """An expert's JSON file (adapter or model config, shard index) as an object; anything
+    else is an ExpertError naming the file."""
     try:
-        return json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError) as err:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as err:  # ValueError: bad JSON and bytes that are not UTF-8
         raise ExpertError(f"{path}: unreadable JSON ({err})") from None
+    if not isinstance(data, dict):
+        raise ExpertError(f"{path}: expected a JSON object, found {type(data).__name__}")
+    return data
 
 
 def _read_safetensors(path: Path) -> dict[str, torch.Tensor]:
@@ -92,7 +97,7 @@ def _weight_files(folder: Path) -> list[Path]:
         return [folder / "model.safetensors"]
     index = folder / "model.safetensors.index.json"
     if index.is_file():
-        shards = sorted(set(_read_json(index).get("weight_map", {}).values()))
+        shards = sorted(set(read_json(index).get("weight_map", {}).values()))
         missing = [s for s in shards if not (folder / s).is_file()]
         if missing:
             raise ExpertError(f"{folder}: shard {missing[0]} named in {index.name} is missing")
@@ -120,7 +125,7 @@ def load_expert(source: str | Path, name: str | None = None) -> tuple[str, Exper
     if (folder / ADAPTER_CONFIG).is_file():
         if not (folder / ADAPTER_WEIGHTS).is_file():
             _refuse_pickles(folder)
-        config = _read_json(folder / ADAPTER_CONFIG)
+        config = read_json(folder / ADAPTER_CONFIG)
         # an export names the hub id for plain peft; its note says which base was really used
         config["base_model_name_or_path"] = adapter_base(folder, config)
         return "lora", Expert(name, folder, _read_safetensors(folder / ADAPTER_WEIGHTS), config)
@@ -131,7 +136,7 @@ def load_expert(source: str | Path, name: str | None = None) -> tuple[str, Exper
         tensors: dict[str, torch.Tensor] = {}
         for f in files:
             tensors.update(_read_safetensors(f))
-        return "full", Expert(name, folder, tensors, _read_json(folder / "config.json"))
+        return "full", Expert(name, folder, tensors, read_json(folder / "config.json"))
     if any(p.suffix in PICKLE_SUFFIXES for p in folder.iterdir()):
         _refuse_pickles(folder)
     raise ExpertError(

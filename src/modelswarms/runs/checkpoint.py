@@ -32,6 +32,27 @@ def _fsync_dir(folder: Path) -> None:
             os.close(fd)
 
 
+def check_writable(folder: Path, key: str = "output.dir") -> None:
+    """Refuse, before any work, an output folder that cannot be made: under a file, on a
+    read-only file system, without permission. Nothing is created here."""
+    folder = Path(folder)
+    if folder.exists() and not folder.is_dir():
+        raise RunError(f"{key}: {folder} is a file, not a folder")
+    ancestor = folder
+    while not ancestor.exists() and ancestor != ancestor.parent:
+        ancestor = ancestor.parent
+    if not ancestor.is_dir():
+        raise RunError(f"{key}: {folder} cannot be made: {ancestor} is a file")
+    probe = folder if folder.exists() else ancestor
+    if not os.access(probe, os.W_OK | os.X_OK):
+        raise RunError(f"{key}: {folder} cannot be made: {probe} is not writable")
+    try:  # root passes os.access everywhere; a read-only file system (/proc, a mount) does not
+        tempfile.TemporaryFile(dir=probe).close()
+    except OSError as err:
+        raise RunError(f"{key}: {folder} cannot be made: {probe} is not writable "
+                       f"({err.strerror})") from None
+
+
 def atomic_write_bytes(path: Path, data: bytes) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")

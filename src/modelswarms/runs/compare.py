@@ -14,19 +14,21 @@ from __future__ import annotations
 
 import json
 import logging
+import shutil
 import statistics
 import time
 from pathlib import Path
 from typing import Any
 
 from ..config import RunConfig, dump_config, load_config
-from ..errors import ConfigError, RunError
+from ..errors import ConfigError, ModelSwarmsError, RunError
 from ..merge import MERGE_METHODS
-from .checkpoint import atomic_write_text
+from .checkpoint import atomic_write_text, check_writable
 from .rows import RowContext, is_search, row_spec
 from .runner import logging_to, read_jsonl
 from .session import Session
 from .stats import paired_bootstrap, seed_averaged_gain, unpack_scores
+from .trackers import check_trackers
 
 log = logging.getLogger("modelswarms")
 LEVEL, RESAMPLES, BOOTSTRAP_SEED = 0.95, 10000, 0
@@ -50,6 +52,7 @@ def compare(cfg: RunConfig | None = None, *, resume: str | Path | None = None,
         if not (out / "config.yaml").is_file():
             raise RunError(f"{out}: not a comparison folder (no config.yaml)")
         cfg = load_config(out / "config.yaml")
+        check_trackers(cfg.output.trackers)
     else:
         assert cfg is not None
         # what can be checked without loading anything, before a folder is made
@@ -57,13 +60,13 @@ def compare(cfg: RunConfig | None = None, *, resume: str | Path | None = None,
             raise ConfigError("compare: the config has no `compare:` section")
         cfg.need_data("compare")
         _check_methods(cfg)
+        check_trackers(cfg.output.trackers)  # a missing package: before the folder is made
         out = Path(cfg.output.dir)
+        check_writable(out)
         if out.exists() and any(out.iterdir()):
             if not overwrite:
                 raise RunError(f"{out}: folder exists; resume it with `modelswarms compare "
                                f"--resume {out}`, or pass --overwrite")
-            import shutil
-
             shutil.rmtree(out)
         out.mkdir(parents=True, exist_ok=True)
         atomic_write_text(out / "config.yaml", dump_config(cfg))
@@ -71,7 +74,14 @@ def compare(cfg: RunConfig | None = None, *, resume: str | Path | None = None,
         raise ConfigError("compare: the config has no `compare:` section")
     methods = _check_methods(cfg)
     with logging_to(out):
-        return _compare(cfg, out, methods, show_progress)
+        try:
+            return _compare(cfg, out, methods, show_progress)
+        except ModelSwarmsError:
+            # as with a run: a comparison that could not start leaves no folder behind
+            if resume is None and not read_jsonl(out / "results.jsonl") and not any(
+                    out.rglob("checkpoint.safetensors")):
+                shutil.rmtree(out, ignore_errors=True)
+            raise
 
 
 def _compare(cfg: RunConfig, out: Path, methods: list[str], show_progress: bool):
@@ -161,7 +171,7 @@ def _table(cfg: RunConfig, methods: list[str], done: dict,
     for row, seeds in zip(rows, per_item, strict=True):
         if is_search(row["method"]) and "skipped" not in row:
             _intervals(row, seeds, references)
-    return {"utility": cfg.utility.type, "dataset": cfg.data.name,
+    return {"utility": cfg.utility.type, "dataset": cfg.data_name,
             "budget": cfg.compare.budget, "seeds": cfg.compare.seeds, "items": items,
             "level": LEVEL, "resamples": RESAMPLES,
             "references": {k: info for k, (info, _) in references.items()}, "rows": rows}

@@ -13,6 +13,7 @@ from ..merge import MERGE_METHODS, merge_vectors
 from ..merge.base import base_vector, need_base
 from ..pool import export_vector, load_pool
 from ..space import FlatSpace
+from .checkpoint import check_writable
 
 
 def merge_to_folder(cfg: RunConfig, *, overwrite: bool = False) -> Path:
@@ -26,6 +27,7 @@ def merge_to_folder(cfg: RunConfig, *, overwrite: bool = False) -> Path:
         raise ConfigError(f"merge.method: unknown method {spec.method!r}; known: "
                           f"{', '.join(sorted(MERGE_METHODS))}")
     out = Path(cfg.output.dir)
+    check_writable(out)
     if out.exists() and any(out.iterdir()) and not overwrite:
         raise RunError(f"{out}: folder exists; pass --overwrite to replace it")
     e = cfg.experts

@@ -3,6 +3,7 @@ terminal or notebook shows a bar (a CI log, `| tee`, a file), one plain line per
 
 from __future__ import annotations
 
+import importlib.util
 import sys
 from typing import Any
 
@@ -18,7 +19,7 @@ class Progress:
         self.label = label
         console = Console(stderr=True)
         # a bar redrawn in place is noise in a log: there, a line per iteration
-        self.lines = enabled and not (console.is_terminal or console.is_jupyter)
+        self.lines = enabled and not draws_bars(console)
         self._bar = RichProgress(
             TextColumn(f"[bold]{label}"), BarColumn(), MofNCompleteColumn(),
             TextColumn("{task.fields[stats]}"), TimeElapsedColumn(),
@@ -44,7 +45,17 @@ class Progress:
             f"{step}evals {rec['evaluations']}  "
             f"{rec['seconds']:.1f} s/it  ETA ≤{eta / 60:.1f} min"
         )
-        self._bar.update(self._task, completed=it, stats=stats)
+        # drawn now, not by the next tick: in a notebook the last iteration's state would
+        # otherwise never show (rich does not redraw a notebook bar when it stops)
+        self._bar.update(self._task, completed=it, stats=stats, refresh=True)
         if self.lines:
             print(f"{self.label}: iteration {it}/{self.max_iterations}  {stats}",
                   file=sys.stderr, flush=True)
+
+
+def draws_bars(console: Console) -> bool:
+    """Whether rich can draw a live bar on `console`. In a notebook rich draws it inside an
+    ipywidgets Output; without ipywidgets it draws nothing at all, only a warning."""
+    if console.is_jupyter:
+        return importlib.util.find_spec("ipywidgets") is not None
+    return console.is_terminal

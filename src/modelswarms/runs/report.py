@@ -112,7 +112,7 @@ def summarize(session: Session, search: SearchStrategy, history: list[dict[str, 
         w2s = weak_to_strong(search.top_indices(cfg.output.top_k), [u for _, u in top],
                              names, initial)
     report = {
-        "utility": cfg.utility.type, "dataset": cfg.data.name,
+        "utility": cfg.utility.type, "dataset": cfg.data_name,
         "dev_items": len(session.dev), "test_items": len(test) if test else 0,
         "strategy": cfg.strategy, "experts": len(names),
         "particles": getattr(search, "n", None), "iterations": search.iteration,

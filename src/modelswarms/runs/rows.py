@@ -171,7 +171,9 @@ def search_row(ctx: RowContext, method: str) -> list[dict[str, Any]]:
     else:
         sub = cfg.model_copy(update={
             "strategy": method, "seed": ctx.seed, "budget": cfg.compare.budget,
-            "compare": None, "output": cfg.output.model_copy(update={"dir": str(run_dir)})})
+            "compare": None, "output": cfg.output.model_copy(update={
+                # every row's trackers in the comparison's folder, each named by its path
+                "dir": str(run_dir), "tracking_dir": cfg.output.tracking_dir or str(ctx.out)})})
         # a folder without config.yaml holds only what a kill left mid-start: start over
         report = run(sub, show_progress=ctx.show_progress, session=ctx.session, overwrite=True)
     label = strategy_spec(method).label

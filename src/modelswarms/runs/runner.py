@@ -21,10 +21,12 @@ from typing import Any
 from ..config import RunConfig, dump_config, load_config
 from ..errors import ConfigError, ModelSwarmsError, RunError
 from ..search import SearchStrategy, strategy_spec
-from .checkpoint import atomic_write_text, load_checkpoint, save_checkpoint
+from .checkpoint import atomic_write_text, check_writable, load_checkpoint, save_checkpoint
+from .checks import check_budget
 from .progress import Progress
 from .report import final_report
 from .session import Session
+from .trackers import Trackers
 
 log = logging.getLogger("modelswarms")
 
@@ -34,6 +36,7 @@ HISTORY, LOG = "history.jsonl", "run.log"
 
 def prepare_run_dir(cfg: RunConfig, overwrite: bool) -> Path:
     run_dir = Path(cfg.output.dir)
+    check_writable(run_dir)
     if run_dir.exists() and any(run_dir.iterdir()):
         if not overwrite:
             raise RunError(
@@ -97,23 +100,28 @@ def run(cfg: RunConfig | None = None, *, resume: str | Path | None = None,
     if spec.prepare is not None:
         cfg = spec.prepare(cfg)
     cfg.need_data(f"strategy {cfg.strategy}")
+    # a missing tracker package fails here, before a folder is made
+    trackers = Trackers(cfg, Path(resume if resume is not None else cfg.output.dir))
     if resume is None:
         run_dir = prepare_run_dir(cfg, overwrite)
-    with logging_to(run_dir):
+    with logging_to(run_dir), trackers:
         remove_torn_writes(run_dir)
         try:
             if session is None:
                 session = Session.open(cfg, need_test=cfg.output.evaluate_test)
             else:
                 session.cfg = cfg
+            search, history = search_loop(cfg, run_dir, session, show_progress, trackers)
         except ModelSwarmsError:
-            # a run that could not start (a missing expert, bad data) leaves no folder that
-            # would refuse the corrected config until --overwrite
+            trackers.close(failed=True)  # before its files go with the folder
+            # a run that could not start (a missing expert, bad data, a utility failing on
+            # the first candidates) leaves no folder that would refuse the corrected config
+            # until --overwrite; one with a checkpoint holds work and stays, to be resumed
             if resume is None and not (run_dir / CHECKPOINT).exists():
                 shutil.rmtree(run_dir, ignore_errors=True)
             raise
-        search, history = search_loop(cfg, run_dir, session, show_progress)
         report = (spec.report or final_report)(session, search, history, run_dir)
+        trackers.log_report(report)
         log.info("done: best dev utility %.4f", report["best_dev"])
         return report
 
@@ -126,10 +134,12 @@ def remove_torn_writes(run_dir: Path) -> None:
 
 
 def search_loop(cfg: RunConfig, run_dir: Path | None, session: Session,
-                show_progress: bool = False) -> tuple[SearchStrategy, list[dict[str, Any]]]:
+                show_progress: bool = False, trackers: Trackers | None = None
+                ) -> tuple[SearchStrategy, list[dict[str, Any]]]:
     """Every strategy's loop: ask, score, tell, checkpoint after every tell, a history line
-    after every completed iteration; resumes from `run_dir`'s checkpoint. Without a
-    `run_dir` the search runs in memory only (the Python API)."""
+    after every completed iteration (also to `trackers`, which it starts); resumes from
+    `run_dir`'s checkpoint. Without a `run_dir` the search runs in memory only (the Python
+    API)."""
     spec = strategy_spec(cfg.strategy)
     search = spec.build(cfg, session.experts, session.space)
     score = spec.scorer(session) if spec.scorer else session.dev_utilities
@@ -149,6 +159,9 @@ def search_loop(cfg: RunConfig, run_dir: Path | None, session: Session,
     log.info("pool: %d %s experts, %d searched values in %d tensors; %s; device %s",
              len(session.pool.experts), session.pool.kind, session.space.dim,
              len(session.space.slots), search.label, session.evaluator.device)
+    check_budget(cfg, search, session.scorer)
+    if trackers is not None:
+        trackers.start(history)
     with Progress(spec.iterations(cfg), search.label, enabled=show_progress) as progress:
         for rec in history:
             progress.update(rec)
@@ -178,6 +191,10 @@ def search_loop(cfg: RunConfig, run_dir: Path | None, session: Session,
             if ckpt is not None:
                 tensors, meta = search.state_dict()
                 save_checkpoint(ckpt, tensors, {"search": meta, "wall_time": wall})
+            if done is not None and trackers is not None:
+                # after the checkpoint: trackers hold only iterations a resume keeps, so a
+                # killed run's resume never logs an iteration twice
+                trackers.log_iteration(rec)
     if not history:
         # the budget did not fit even the first evaluation of the population
         cost = getattr(search, "round_cost", getattr(search, "n", "its first"))

@@ -13,7 +13,7 @@ from collections import Counter
 
 import torch
 
-from ..errors import UtilityError
+from ..errors import DataError, UtilityError
 from ..evaluation.evaluator import Evaluator
 from ..evaluation.utilities import ItemScores, Utility
 
@@ -42,6 +42,8 @@ class Scorer:
         self.evaluations = 0  # requests for the search utility (what budgets count)
         self._counts: Counter = Counter()
         self._cache: dict[tuple[bytes, bytes, str], ItemScores] = {}
+        self.warned: set[str] = set()  # runs/checks.py: each warning once per session
+        self.source: str | None = None  # the data's name, for errors about its items
 
     @property
     def counts(self) -> Counter:
@@ -72,8 +74,13 @@ class Scorer:
                 todo.append(i)
         self.counts["cache_hits"] += len(keys) - len(todo)
         if todo:
-            fresh = self.evaluator.score_many(
-                None if vectors is None else vectors[todo], items, utility)
+            try:
+                fresh = self.evaluator.score_many(
+                    None if vectors is None else vectors[todo], items, utility)
+            except DataError as err:  # an item the model cannot read: say whose data it is
+                if self.source and not str(err).startswith(self.source):
+                    raise DataError(f"{self.source}: {err}") from None
+                raise
             for i, result in zip(todo, fresh, strict=True):
                 if result.error is not None or not math.isfinite(result.value):
                     result = self._invalid(utility, result.error or f"returned {result.value}",

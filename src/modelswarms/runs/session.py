@@ -7,7 +7,6 @@ the loop's side of the evaluator seam.
 
 from __future__ import annotations
 
-import logging
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,10 +19,10 @@ from ..evaluation.evaluator import Evaluator, ResidentEvaluator
 from ..evaluation.utilities import ItemScores, Utility, build_utility
 from ..pool import ExpertPool, export_vector, load_pool
 from ..space import FlatSpace
+from .checks import check_session
 from .scorer import Scorer, fingerprint, items_key
 
 __all__ = ["Session", "fingerprint", "items_key"]
-log = logging.getLogger("modelswarms")
 
 
 @dataclass
@@ -52,10 +51,14 @@ class Session:
             pool = load_pool(e.paths, base_model=e.base_model)
         space = FlatSpace.select(pool.experts[0].tensors, e.include, e.exclude)
         utility = build_utility(cfg.utility)
-        dev = load_split(data, data.dev_split, required=utility.required_fields,
-                         limit=data.max_dev)
-        test = load_split(data, data.test_split, required=utility.required_fields,
-                          limit=data.max_test) if need_test else None
+        if data is None:  # the utility's tasks bring their documents (lm_eval)
+            dev = utility.split_items("dev")  # type: ignore[attr-defined]
+            test = utility.split_items("test") if need_test else None  # type: ignore
+        else:
+            dev = load_split(data, data.dev_split, required=utility.required_fields,
+                             limit=data.max_dev)
+            test = load_split(data, data.test_split, required=utility.required_fields,
+                              limit=data.max_test) if need_test else None
         if evaluator is None and pool.kind == "mixture":
             from ..mixture.evaluator import MixtureEvaluator
 
@@ -65,7 +68,8 @@ class Session:
                                           trust_remote_code=e.trust_remote_code)
         experts = space.stack([x.tensors for x in pool.experts], device=evaluator.device)
         scorer = Scorer(evaluator, utility, cfg.utility.on_invalid)
-        _warn_duplicates(pool, experts, scorer)
+        scorer.source = data.name if data is not None else None
+        check_session(pool, experts, dev, cfg, scorer)
         return cls(cfg, pool, space, evaluator, scorer, dev, test, experts)
 
     # The loop's calls, all through the scorer.
@@ -116,15 +120,3 @@ class Session:
             return write_mixture(self.pool, vector, folder, metadata)
         return export_vector(self.pool, self.space, vector, folder, metadata)
 
-
-def _warn_duplicates(pool: ExpertPool, experts: torch.Tensor, scorer: Scorer) -> None:
-    """Legal but suspicious: the same expert twice makes the swarm search copies."""
-    seen: dict[bytes, str] = {}
-    for expert, row in zip(pool.experts, experts, strict=True):
-        key = fingerprint(row) if pool.kind != "mixture" else str(expert.path.resolve()).encode()
-        if key in seen:
-            log.warning("experts %s and %s are the same (%s): the search gets a copy, not "
-                        "another expert", seen[key], expert.name, expert.path)
-            scorer.counts["duplicate_experts"] += 1
-        else:
-            seen[key] = expert.name
