@@ -172,6 +172,8 @@ def main() -> None:
         swarm.load_state_dict(*state)
         session.cfg = cfg.model_copy(update={"model": cfg.model.model_copy(
             update={"particles_per_forward": args.experts})})
+        # the evaluator read its particles per forward when it was built, not from session.cfg
+        session.evaluator.particles_per_forward = args.experts
         c = ours(session, swarm, work / "checkpoint.safetensors", timer)
         if c.pop("utilities") != a.pop("utilities"):
             raise SystemExit("batched particles changed the utilities")

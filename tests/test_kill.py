@@ -23,7 +23,8 @@ from modelswarms.runs.checkpoint import load_checkpoint
 KILLS = int(os.environ.get("MODELSWARMS_KILLS", "20"))
 
 # The child: run or resume; with "write:N" it tears its own N-th checkpoint write in half and
-# dies inside it (SIGKILL), the worst moment for a crash.
+# dies inside it (SIGKILL), the worst moment for a crash; with "text:N" it dies inside its N-th
+# atomic file write (config, history, exports, report), half the temporary file written.
 CHILD = r'''
 import os, signal, sys
 from modelswarms.config import load_config
@@ -40,6 +41,15 @@ if mode.startswith("write:"):
             open(filename, "wb").write(data[: len(data) // 2])
             os.kill(os.getpid(), signal.SIGKILL)
     checkpoint.save_file = torn
+elif mode.startswith("text:"):
+    n, calls, real_bytes = int(mode[5:]), [0], checkpoint.atomic_write_bytes
+    def torn_text(path, data):
+        calls[0] += 1
+        if calls[0] == n:
+            (path.parent / f".{path.name}.killed.tmp").write_bytes(data[: len(data) // 2])
+            os.kill(os.getpid(), signal.SIGKILL)
+        real_bytes(path, data)
+    checkpoint.atomic_write_bytes = torn_text
 if action == "new":
     runner.run(load_config(target), overwrite=True, show_progress=False)
 elif action == "resume":
@@ -74,10 +84,13 @@ def _config(tmp_path: Path, experts, data, out: str) -> Path:
 
 def kill_until_done(tmp_path: Path, out: Path, new: tuple[str, Path],
                     resume: tuple[str, Path], seed: int, max_write: int,
-                    after_kill, kills_wanted: int = KILLS) -> tuple[int, int]:
+                    after_kill, kills_wanted: int = KILLS,
+                    plan: list[str] | None = None) -> tuple[int, int]:
     """Run a child, SIGKILL it at a random moment (every fourth time: inside its own
     checkpoint write), resume, until `kills_wanted` kills are done and a last resume finishes.
-    `after_kill()` checks the folder after each kill. Returns (kills, torn writes)."""
+    With a `plan` (child modes, "write:N" or "text:N"), the kills are those writes, in order,
+    and no run is timed. `after_kill()` checks the folder after each kill. Returns (kills,
+    torn writes)."""
     child = tmp_path / "child.py"
     child.write_text(CHILD)
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
@@ -88,21 +101,28 @@ def kill_until_done(tmp_path: Path, out: Path, new: tuple[str, Path],
         return subprocess.Popen([sys.executable, str(child), action, str(target), mode],
                                 env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
 
-    # how long a whole run takes in a child, to spread the kills over it
-    t0 = time.perf_counter()
-    assert start("none").wait() == 0
-    full = time.perf_counter() - t0
-    shutil.rmtree(out)  # start from scratch, now that we know the duration
+    full = 0.0
+    if plan is None:  # how long a whole run takes in a child, to spread the kills over it
+        t0 = time.perf_counter()
+        assert start("none").wait() == 0
+        full = time.perf_counter() - t0
+        shutil.rmtree(out)  # start from scratch, now that we know the duration
+    else:
+        kills_wanted = len(plan)
     kills = torn = 0
     while True:
-        mode = (f"write:{rng.randint(1, max_write)}" if kills < kills_wanted and kills % 4 == 3
-                else "none")
+        if plan is not None:
+            mode = plan[kills] if kills < kills_wanted else "none"
+        else:
+            mode = (f"write:{rng.randint(1, max_write)}"
+                    if kills < kills_wanted and kills % 4 == 3 else "none")
         proc = start(mode)
         if mode == "none" and kills < kills_wanted:
             time.sleep(rng.uniform(0.2, 0.9 * full))
             proc.kill()
         rc = proc.wait()
         err = proc.stderr.read().decode()
+        assert not (rc == 0 and plan and kills < kills_wanted), f"{mode} came after the end"
         if rc == 0 and kills < kills_wanted:  # it finished before the kill came: start again
             shutil.rmtree(out)
             continue
@@ -234,3 +254,62 @@ def test_killed_hswarm_runs_change_nothing(tmp_path, lora_experts, mc_data):
         ref["graph"]["edges"]
     assert not [p for p in out.rglob(".*") if p.name != ".hypothesis"], "litter left behind"
     print(f"hswarm: {kills} kills ({torn} inside checkpoint writes)")
+
+
+def test_killed_token_swarm_runs_change_nothing(tmp_path, mc_data):
+    """`experts.compose: mixture` over a Llama and a GPT-2 (two architectures, two
+    vocabularies): kills inside checkpoint writes and inside the exports' and report's
+    writes, resumed each time, end in the report, history, checkpoint and mixture.json of a
+    run never interrupted. Fewer kills than a weight swarm's: each child spends most of its
+    life importing transformers."""
+    from modelswarms.testing import make_tiny_gpt2, make_tiny_llama
+
+    experts = [make_tiny_llama(tmp_path / "llama"), make_tiny_gpt2(tmp_path / "gpt2")]
+
+    def cfg_path(out: str) -> Path:
+        path = tmp_path / f"{out}.yaml"
+        path.write_text(yaml.safe_dump({
+            "experts": {"paths": [str(p) for p in experts], "compose": "mixture"},
+            "data": {"path": str(mc_data), "max_dev": 8, "max_test": 8},
+            "utility": {"scoring": "cloze", "chat_template": False, "batch_size": 8},
+            "search": {"particles": 4, "patience": 100}, "budget": 60,
+            "output": {"dir": str(tmp_path / out), "top_k": 2}, "seed": 3,
+        }))
+        return path
+
+    ref = runner.run(load_config(cfg_path("ref")), show_progress=False)
+    run_dir = tmp_path / "killed"
+
+    def after_kill() -> None:
+        if (ckpt := run_dir / "checkpoint.safetensors").exists():
+            load_checkpoint(ckpt)  # never unreadable
+        for spec in run_dir.rglob("mixture.json"):  # an export is whole or absent
+            assert len(json.loads(spec.read_text())["experts"]) == 2
+
+    # Kills inside checkpoint writes first (a resumed child writes one per tell), then inside
+    # the atomic writes of a resumed child: its history rewrite (1), the three mixture.json
+    # exports and report.json / report.md (2-6). A kill at a random moment would almost
+    # always fall in the imports: the search between two checkpoints takes milliseconds.
+    rng = random.Random(5)
+    n = max(KILLS // 10, 2)
+    plan = [f"write:{rng.randint(1, 3)}" for _ in range(n - n // 2)] + \
+        [f"text:{rng.randint(1, 6)}" for _ in range(n // 2)]
+    kills, torn = kill_until_done(tmp_path, run_dir, ("new", cfg_path("killed")),
+                                  ("resume", run_dir), 5, 3, after_kill, plan=plan)
+    assert kills == torn == n
+    report = json.loads((run_dir / "report.json").read_text())
+    for key in ("rows", "best_dev", "best_test", "test_gains", "iterations", "evaluations"):
+        assert report[key] == ref[key], key
+    a, _ = load_checkpoint(run_dir / "checkpoint.safetensors")
+    b, _ = load_checkpoint(tmp_path / "ref" / "checkpoint.safetensors")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+    def history(folder: Path) -> list[dict]:
+        return [{k: v for k, v in json.loads(x).items() if k not in ("seconds", "wall_time")}
+                for x in (folder / "history.jsonl").read_text().splitlines()]
+
+    assert history(run_dir) == history(tmp_path / "ref")
+    assert json.loads((run_dir / "best" / "mixture.json").read_text())["experts"] == \
+        json.loads((tmp_path / "ref" / "best" / "mixture.json").read_text())["experts"]
+    assert not list(run_dir.rglob(".*.tmp")), "torn writes left litter behind"
+    print(f"token swarm: {kills} kills inside writes ({', '.join(plan)})")

@@ -229,25 +229,75 @@ def test_distilling_a_mixture_moves_the_student_toward_it(tmp_path):
 
 
 def test_the_distil_command_learns_a_token_swarms_export(tmp_path, mc_data):
+    """`distil RUN/best` takes the data and the utility from the run folder's config, trains,
+    then scores the student beside the mixture and every expert on dev and test, with the
+    student's intervals against the mixture and the best expert."""
+    import json
+
     from click.testing import CliRunner
 
     import modelswarms as ms
     from modelswarms.cli import main
 
     experts = [make_tiny_llama(tmp_path / "llama"), make_tiny_gpt2(tmp_path / "gpt2")]
+    utility = {"scoring": "cloze", "chat_template": False}
     cfg = ms.config(experts={"paths": [str(p) for p in experts], "compose": "mixture"},
-                    data=mc_data, utility={"scoring": "cloze", "chat_template": False},
-                    budget=8, search={"particles": 4}, output={"evaluate_test": False})
-    ms.search(cfg, run_dir=tmp_path / "run")
+                    data={"path": str(mc_data), "max_dev": 8, "max_test": 8}, utility=utility,
+                    budget=8, search={"particles": 4})
+    run = ms.search(cfg, run_dir=tmp_path / "run")
     args = ["distil", str(tmp_path / "run" / "best"), "--student", "gpt2", "--out",
-            str(tmp_path / "student"), "--data", str(mc_data), "--steps", "5",
-            "--max-new-tokens", "4", "--max-items", "3"]
+            str(tmp_path / "student"), "--steps", "5", "--max-new-tokens", "4",
+            "--max-items", "3"]
     result = CliRunner().invoke(main, args)
     assert result.exit_code == 0, result.output
-    assert "KL to the mixture" in result.output
+    assert "KL to the mixture" in result.output and "distilled: gpt2" in result.output
+    assert "test gain of the distilled student over the mixture" in result.output
     assert (tmp_path / "student" / "adapter_model.safetensors").is_file()
+    report = json.loads((tmp_path / "student" / "distillation.json").read_text())
+    assert report["config"] == str(tmp_path / "run" / "config.yaml")
+    rows = {r["name"]: r for r in report["rows"]}
+    assert list(rows)[:2] + list(rows)[3:] == ["expert: llama", "expert: gpt2", "mixture",
+                                              "distilled: gpt2"]
+    # the experts and the mixture score as the token swarm's report scored them
+    for row in run["rows"][:3]:
+        assert (rows[row["name"]]["dev"], rows[row["name"]]["test"]) == (row["dev"],
+                                                                          row["test"])
+    assert (rows["mixture"]["dev"], rows["mixture"]["test"]) == (run["best_dev"],
+                                                                 run["best_test"])
+    # and the student as `modelswarms eval` scores its adapter folder
+    for split in ("dev", "test"):
+        assert rows["distilled: gpt2"][split] == ms.evaluate(
+            tmp_path / "student", mc_data, split=split, utility=utility, max_items=8).value
+    assert set(report["test_gains"]) == {"mixture", "best expert"}
+    assert all(g["n"] == 8 for g in report["test_gains"].values())
     bad = CliRunner().invoke(main, [*args[:3], "nobody", args[4], str(tmp_path / "s2"),
                                     *args[6:]])
     assert bad.exit_code == 2 and "not an expert of the mixture" in bad.output
     again = CliRunner().invoke(main, args)  # the first student is never overwritten
     assert again.exit_code == 2 and "exists and is not empty" in again.output
+
+
+def test_distil_with_data_alone_scores_with_that_data(tmp_path, mc_data):
+    """A mixture.json outside any run folder, --data and no config: the prompts and the
+    scores come from --data, the utility is the default's (as `modelswarms eval --data`)."""
+    import json
+
+    from click.testing import CliRunner
+
+    from modelswarms.cli import main
+    from modelswarms.mixture.pool import load_mixture_pool, write_mixture
+
+    experts = [make_tiny_llama(tmp_path / "llama"), make_tiny_gpt2(tmp_path / "gpt2")]
+    write_mixture(load_mixture_pool(experts), torch.tensor([0.5, 0.5]), tmp_path / "mix")
+    dev_only = tmp_path / "dev.json"
+    dev_only.write_text(json.dumps({"dev": json.loads(mc_data.read_text())["dev"][:4]}))
+    result = CliRunner().invoke(main, [
+        "distil", str(tmp_path / "mix"), "--student", "llama", "--out",
+        str(tmp_path / "student"), "--data", str(dev_only), "--steps", "2",
+        "--max-new-tokens", "3"])
+    assert result.exit_code == 0, result.output
+    report = json.loads((tmp_path / "student" / "distillation.json").read_text())
+    assert report["config"] is None and report["utility"] == "multiple_choice"
+    assert report["dev_items"] == 4 and report["test_items"] == 0 and not report["test_gains"]
+    assert [r["test"] for r in report["rows"]] == [None] * 5
+    assert "no test scores" in result.output and "no split 'test'" in report["notes"][0]

@@ -168,7 +168,7 @@ def test_layer_swarm_starts_at_the_experts_and_searches_per_layer_coefficients(
     assert report["evaluations"] <= 16 and report["weak_to_strong"]
 
 
-@pytest.mark.parametrize("strategy", ["layer_swarm", "cmaes"])
+@pytest.mark.parametrize("strategy", ["layer_swarm", "cmaes", "random", "greedy_soup"])
 def test_coefficient_results_of_full_models_are_written_as_a_mergekit_config(
         tmp_path, full_experts, mc_data, strategy):
     """mergekit's linear merge with per-layer filters, read as mergekit reads it (the first

@@ -167,41 +167,78 @@ def hswarm_cmd(config: str | None, resume_dir: str | None, overwrite: bool, quie
 @click.option("--student", required=True, help="The expert (its name in mixture.json) whose "
               "LoRA learns the mixture.")
 @click.option("--out", required=True, type=click.Path(file_okay=False))
-@click.option("--data", help="Dataset whose questions are the prompts (JSON with splits, or "
-              "JSONL).")
-@click.option("--split", default="dev", show_default=True)
+@click.option("--data", help="Dataset whose questions are the prompts and whose dev and test "
+              "splits score the result (JSON with splits, or JSONL).")
+@click.option("--config", type=click.Path(dir_okay=False),
+              help="Take data, utility and device from this run config (default: the config "
+              "of the run folder holding MIXTURE, when there is one).")
+@click.option("--split", default=None, help="The split whose questions are the prompts "
+              "[default: the data's dev split].")
 @click.option("--prompts", "prompt_file", type=click.Path(dir_okay=False),
-              help="A text file of prompts, one a line (instead of --data).")
+              help="A text file of prompts, one a line (instead of the data's questions).")
 @click.option("--steps", default=100, show_default=True)
 @click.option("--lr", default=1e-3, show_default=True)
 @click.option("--rank", default=8, show_default=True)
 @click.option("--max-new-tokens", default=32, show_default=True)
 @click.option("--max-items", type=int, help="Use only the first N prompts.")
+@click.option("--no-report", is_flag=True, help="Do not score the student, the mixture and "
+              "the experts after training.")
 @click.option("--debug", is_flag=True, help="Show tracebacks.")
-def distil_cmd(mixture: str, student: str, out: str, data: str | None, split: str,
-               prompt_file: str | None, steps: int, lr: float, rank: int, max_new_tokens: int,
-               max_items: int | None, debug: bool) -> None:
+def distil_cmd(mixture: str, student: str, out: str, data: str | None, config: str | None,
+               split: str | None, prompt_file: str | None, steps: int, lr: float, rank: int,
+               max_new_tokens: int, max_items: int | None, no_report: bool,
+               debug: bool) -> None:
     """Distil a token swarm's mixture (a folder with mixture.json) into one expert: a LoRA
-    trained to match the mixture's next-token distributions."""
+    trained to match the mixture's next-token distributions; then the student, the mixture
+    and each expert scored on dev and test (the run's utility and data, or --data)."""
     _quiet_libraries()
-    result = _guard(debug, _distil, mixture, student, out, data, split, prompt_file, steps, lr,
-                    rank, max_new_tokens, max_items)
+    result = _guard(debug, _distil, mixture, student, out, data, config, split, prompt_file,
+                    steps, lr, rank, max_new_tokens, max_items, not no_report)
     console.print(f"{result['student']} distilled on {result['prompts']} prompts: KL to the "
                   f"mixture {result['kl_before']:.4f} -> {result['kl_after']:.4f}; adapter "
                   f"written to {out}")
+    if result.get("rows"):
+        _print_rows(result, "model", subject=" of the distilled student")
+    for note in result.get("notes", []):
+        console.print(f"note: {note}")
 
 
-def _distil(mixture, student, out, data, split, prompt_file, steps, lr, rank, max_new_tokens,
-            max_items) -> dict:
-    from .errors import ConfigError, DataError
-    from .evaluation.data import load_items, load_text
-    from .mixture import load_mixture
-    from .mixture.distil import distil
+def _run_config(mixture: Path) -> Path | None:
+    """The config.yaml of the run folder a mixture export sits in: the run its metadata
+    names, else the folder above it (RUN/best) or two above (RUN/top/rank_k)."""
     from .mixture.pool import MIXTURE_FILE
-    from .runs.checkpoint import check_writable
 
-    if (data is None) == (prompt_file is None):
-        raise ConfigError("distil: give --data (its questions are the prompts) or --prompts")
+    try:
+        run = json.loads((mixture / MIXTURE_FILE).read_text()).get("metadata", {}).get("run")
+    except (OSError, ValueError, AttributeError):
+        run = None
+    for folder in ([Path(run)] if run else []) + [mixture.parent, mixture.parent.parent]:
+        if (folder / "config.yaml").is_file() and (folder / "report.json").is_file():
+            return folder / "config.yaml"
+    return None
+
+
+def _distil(mixture, student, out, data, config, split, prompt_file, steps, lr, rank,
+            max_new_tokens, max_items, report) -> dict:
+    from .config import DataConfig, ModelConfig, load_config, utility_config
+    from .errors import ConfigError, DataError
+    from .evaluation.data import load_split, load_text
+    from .evaluation.utilities import build_utility
+    from .mixture import load_mixture
+    from .mixture.distil import distil, distillation_report, score_references
+    from .mixture.pool import MIXTURE_FILE
+    from .runs.checkpoint import atomic_write_text, check_writable
+
+    config = config or _run_config(Path(mixture))
+    cfg = load_config(config) if config else None
+    ucfg = cfg.utility if cfg else utility_config()
+    if data is not None:  # --data replaces the config's data, prompts and scores alike
+        data_cfg: DataConfig | None = DataConfig(path=str(Path(data)))
+    else:
+        data_cfg = cfg.need_data("distil") if cfg else None
+    if prompt_file is None and data_cfg is None:
+        raise ConfigError("distil: give --data (its questions are the prompts), --prompts, or "
+                          "--config (a run config with data)")
     for flag, value, least in (("--steps", steps, 1), ("--rank", rank, 1),
                                ("--max-new-tokens", max_new_tokens, 1),
                                ("--max-items", max_items, 1)):
@@ -212,29 +249,68 @@ def _distil(mixture, student, out, data, split, prompt_file, steps, lr, rank, ma
     check_writable(Path(out), "--out")
     if Path(out).is_dir() and any(Path(out).iterdir()):
         raise ConfigError(f"distil: --out {out} exists and is not empty; choose a new folder")
+    source = prompt_file or data or (data_cfg.name if data_cfg else "")
+    notes = []
     if prompt_file:
         prompts = [line for line in load_text(Path(prompt_file)).splitlines() if line.strip()]
     else:
+        assert data_cfg is not None
+        split = split or data_cfg.dev_split
         prompts = [str(it.get("question", it.get("prompt", "")))
-                   for it in load_items(data, split)]
+                   for it in load_split(data_cfg, split)]
+        if report and split == data_cfg.test_split:
+            notes.append(f"the prompts are the {split!r} split's questions: the test rows are "
+                         "not held out from the distillation")
     prompts = prompts[:max_items]
     if not prompts:
-        raise ConfigError(f"distil: {prompt_file or data} gives no prompts")
-    mix = load_mixture(mixture)
+        raise ConfigError(f"distil: {source} gives no prompts")
+    dev = test = None
+    dataset = data_cfg.name if data_cfg else cfg.data_name if cfg else None
+    with_test = cfg is None or cfg.output.evaluate_test
+    if report and data_cfg is not None:  # loaded before training: a bad file fails first
+        needs = build_utility(ucfg).required_fields
+        dev = load_split(data_cfg, data_cfg.dev_split, required=needs, limit=data_cfg.max_dev)
+        if with_test:
+            try:
+                test = load_split(data_cfg, data_cfg.test_split, required=needs,
+                                  limit=data_cfg.max_test)
+            except DataError as err:  # a dev-only file: the report has dev scores only
+                notes.append(f"no test scores: {err}")
+    elif report and cfg is not None:  # the utility's tasks bring their documents (lm_eval)
+        utility = build_utility(ucfg)
+        dev = utility.split_items("dev")  # type: ignore[attr-defined]
+        test = utility.split_items("test") if with_test else None  # type: ignore
+    engine = cfg.model if cfg else ModelConfig()
+    mix = load_mixture(mixture, device=engine.device, dtype=engine.dtype,
+                       batch_size=engine.batch_size)
     spec = json.loads((Path(mixture) / MIXTURE_FILE).read_text())
     names = [e["name"] for e in spec["experts"]]
     if student not in names:
         raise ConfigError(f"distil: --student {student!r} is not an expert of the mixture "
                           f"({', '.join(names)})")
     i = names.index(student)
+    splits = {"dev": dev, **({"test": test} if test else {})} if dev is not None else None
+    references = None
+    if splits is not None:  # before training: an item the experts cannot read fails first
+        try:
+            references = score_references(mix, ucfg.model_dump(), splits, engine)
+        except DataError as err:
+            raise DataError(f"{dataset}: {err}") from None
     try:
-        return distil(mix, i, spec["experts"][i]["path"], prompts, out, rank=rank,
-                      alpha=2 * rank, steps=steps, lr=lr, max_new_tokens=max_new_tokens)
+        result = distil(mix, i, spec["experts"][i]["path"], prompts, out, rank=rank,
+                        alpha=2 * rank, steps=steps, lr=lr, max_new_tokens=max_new_tokens)
     except DataError as err:  # a prompt too long for an expert: whose prompts they are
-        raise DataError(f"{prompt_file or data}: {err}") from None
+        raise DataError(f"{source}: {err}") from None
+    if splits is not None and references is not None:
+        result.update(distillation_report(mix, i, out, ucfg.model_dump(), splits, references,
+                                          engine=engine, seed=cfg.seed if cfg else 0),
+                      dataset=dataset, config=str(config) if config else None)
+    result["notes"] = notes
+    atomic_write_text(Path(out) / "distillation.json", json.dumps(result, indent=2))
+    return result
 
 
-def _print_rows(report: dict, first: str, title_tail: str = "") -> None:
+def _print_rows(report: dict, first: str, title_tail: str = "", subject: str = "") -> None:
     """A run report's dev / test table and its correctness emergence."""
     table = Table(title=f"{report['utility']} on {Path(report['dataset']).name}{title_tail}")
     table.add_column(first)
@@ -245,7 +321,7 @@ def _print_rows(report: dict, first: str, title_tail: str = "") -> None:
                                      for k in ("dev", "test")))
     console.print(table)
     for ref, g in (report.get("test_gains") or {}).items():
-        console.print(f"test gain over the {ref}: {g['mean']:+.4f}, 95% interval "
+        console.print(f"test gain{subject} over the {ref}: {g['mean']:+.4f}, 95% interval "
                       f"[{g['low']:+.4f}, {g['high']:+.4f}] over {g['n']} items: {g['verdict']}")
     if report["correctness_emergence"] is not None:
         console.print(f"correctness emergence: {report['correctness_emergence']} test items")

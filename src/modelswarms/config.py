@@ -504,6 +504,21 @@ class ModelConfig(StrictModel):
     reuse_frozen_layers: bool = Field(
         True, description="compute the decoder layers below the first searched tensor once per "
         "input and reuse them for every particle (exact)")
+    workers: int | None = Field(
+        None, ge=1, description="Ray actors that score candidates, each holding the model (one "
+        "per GPU, or per worker_cpus CPU threads); None: one resident model in this process "
+        "(pip install 'modelswarms[ray]')")
+    ray_address: str | None = Field(
+        None, description="with workers: the Ray cluster; None starts a local one (or uses the "
+        "one this process already joined), 'auto' joins a running one, or host:port")
+    worker_cpus: int = Field(
+        1, ge=1, description="CPU threads of each Ray actor when the actors run on CPUs")
+
+    @model_validator(mode="after")
+    def _ray_needs_workers(self) -> ModelConfig:
+        if self.ray_address is not None and self.workers is None:
+            raise ValueError("model.ray_address needs model.workers (how many Ray actors)")
+        return self
 
 
 class OutputConfig(StrictModel):

@@ -11,7 +11,7 @@ from collections.abc import Iterator
 
 import torch
 
-from ..errors import ExpertError
+from ..errors import ConfigError, ExpertError
 from ..models import adapter_base, resolve_model
 from ..pool import ExpertPool
 from ..space import FlatSpace
@@ -20,9 +20,25 @@ _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torc
 
 
 def pick_device(device: str = "auto") -> torch.device:
+    """The torch device `device` (model.device, --device) names; one that this machine does
+    not have is a ConfigError, not a failure deep in the first model load."""
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError):
+        raise ConfigError(f"device {device!r}: not a device; use auto, cpu, cuda or cuda:N") \
+            from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"device {device!r}: this machine's torch sees no CUDA GPU; use auto "
+                          "or cpu")
+    if dev.type == "cuda" and (dev.index or 0) >= torch.cuda.device_count():
+        raise ConfigError(f"device {device!r}: this machine has {torch.cuda.device_count()} "
+                          "CUDA GPU(s)")
+    if dev.type not in ("cpu", "cuda", "mps", "xpu"):
+        raise ConfigError(f"device {device!r}: not a device the models run on; use auto, cpu, "
+                          "cuda or cuda:N")
+    return dev
 
 
 def pick_dtype(dtype: str, device: torch.device) -> torch.dtype:

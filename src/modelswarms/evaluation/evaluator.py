@@ -160,13 +160,20 @@ class ResidentEvaluator(CountingEvaluator):
                     old.batch_size, self.batching.batch_size, old.max_tokens,
                     self.batching.max_tokens)
 
-    def _particle_batch(self, utility: Utility) -> ParticleBatch | None:
+    @property
+    def group_size(self) -> int:
+        """Rows of a call that share one forward: consecutive blocks of this many, from the
+        call's first row (Ray actors are sent exactly these blocks, so layouts match)."""
         k = self.particles_per_forward
         if k == "auto":
             # On a CPU the forward is compute-bound either way; on a GPU small batches leave
             # it idle, and several particles per forward fill it.
             k = 8 if self.device.type == "cuda" else 1
-        if k <= 1 or self.pool.kind != "lora" or not hasattr(utility, "score_many"):
+        return k if self.pool.kind == "lora" else 1
+
+    def _particle_batch(self, utility: Utility) -> ParticleBatch | None:
+        k = self.group_size
+        if k <= 1 or not hasattr(utility, "score_many"):
             return None
         if self._batch is None or self._batch.k != k:
             self._batch = ParticleBatch(self.backend, k)

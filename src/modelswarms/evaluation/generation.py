@@ -25,10 +25,15 @@ class Batching:
 
     batch_size: int = 16
     max_tokens: int | None = 4096
+    # GPU generation: the share of the device's memory (less the weights) one decoding batch's
+    # caches may take (decode.plan); a decoding step reads one token per row, so its batches
+    # are sized by memory, not by the scoring limits above
+    generate_memory: float = 0.5
 
     def halved(self) -> Batching:
         return Batching(max(1, self.batch_size // 2),
-                        None if self.max_tokens is None else max(1, self.max_tokens // 2))
+                        None if self.max_tokens is None else max(1, self.max_tokens // 2),
+                        self.generate_memory / 2)
 
 
 # The limits are the engine's, not a utility's: whoever runs the model (an evaluator, `eval`)
@@ -330,14 +335,76 @@ def option_logprobs(model, prompts: Sequence[Sequence[int]],
 def generate(model, prompts: Sequence[Sequence[int]], *, max_new_tokens: int, pad_id: int,
              eos_id: int | Sequence[int] | None, batch_size: int | None = None,
              max_tokens: int | None = None, particles: int = 1,
-             stop_strings: Sequence[str] = (), tokenizer=None) -> list[list[list[int]]]:
+             stop_strings: Sequence[str] = (), tokenizer=None, share_prefix: bool = True
+             ) -> list[list[list[int]]]:
     """[particle][prompt]: greedy new tokens, cut at the first end-of-sequence token.
 
     With `stop_strings` (and the `tokenizer` that reads them) a row stops early once its text
     holds one of them; the tokens are not cut there (the caller cuts the text), the batch just
-    stops paying for rows that are done."""
+    stops paying for rows that are done.
+
+    The answers are `model.generate`'s greedy answers (`_generate_hf`, used for models the
+    engine does not know); decode.py computes them with every particle of a batch in one
+    forward, the shared prompt head run once, preallocated caches, no host sync per token
+    and, on a GPU, CUDA graphs."""
+    from . import decode
+
     if getattr(model, "is_mixture", False):
         return [model.generate([_text(model, p) for p in prompts], max_new_tokens)]
+    if not prompts:
+        return [[] for _ in range(particles)]
+    why = decode.supported(model)
+    if why is not None or max_new_tokens < 1:
+        decode.STATS["hf_generate"] += 1
+        return _generate_hf(model, prompts, max_new_tokens=max_new_tokens, pad_id=pad_id,
+                            eos_id=eos_id, batch_size=batch_size, max_tokens=max_tokens,
+                            particles=particles, stop_strings=stop_strings,
+                            tokenizer=tokenizer)
+    fits_context(model, [len(p) + 1 for p in prompts])
+    eos = [] if eos_id is None else ([eos_id] if isinstance(eos_id, int) else list(eos_id))
+    stops = [s for s in stop_strings if s]
+    stop = None
+    if stops and tokenizer is not None:
+        from transformers import StopStringCriteria
+
+        stop = StopStringCriteria(tokenizer=tokenizer, stop_strings=stops)
+    prefix = SharedPrefix(model, prompts, min(len(p) for p in prompts) - 1, particles) \
+        if share_prefix else None
+    cut = prefix.length if prefix else 0
+    if batch_size is None:
+        limits = current_batching()
+        batch_size, max_tokens = limits.batch_size, max_tokens or limits.max_tokens
+        share = limits.generate_memory
+    else:
+        share = Batching.generate_memory
+    out: list[list[list[int]]] = [[[] for _ in prompts] for _ in range(particles)]
+    kwarg = _cache_kwarg(model)
+    for step in decode.plan(model, [len(p) for p in prompts], cut, particles=particles,
+                            max_new_tokens=max_new_tokens, batch_size=batch_size,
+                            max_tokens=max_tokens, memory_share=share):
+        where = {i: r for r, i in enumerate(step.items)}
+        rows = decode.decode(
+            model, kwarg, [list(prompts[i][cut:]) for i in step.items],
+            [[where[i] for i in c] for c in step.chunks], particles=particles, prefix=prefix,
+            max_new_tokens=max_new_tokens, pad_id=pad_id, eos=eos, stop=stop,
+            full_prompts=[list(prompts[i]) for i in step.items] if stop else None)
+        b = len(step.items)
+        for p in range(particles):
+            for r, i in enumerate(step.items):
+                new = rows[p * b + r]
+                out[p][i] = new[: next((t for t, tok in enumerate(new) if tok in eos),
+                                       len(new))]
+    return out
+
+
+@torch.inference_mode()
+def _generate_hf(model, prompts: Sequence[Sequence[int]], *, max_new_tokens: int, pad_id: int,
+                 eos_id: int | Sequence[int] | None, batch_size: int | None = None,
+                 max_tokens: int | None = None, particles: int = 1,
+                 stop_strings: Sequence[str] = (), tokenizer=None) -> list[list[list[int]]]:
+    """`generate` by transformers' `model.generate` in length-sorted batches: the engine
+    before decode.py, kept for models decode.py does not support and as the reference its
+    answers are tested against."""
     fits_context(model, [len(p) + 1 for p in prompts])
     device = _device(model)
     eos = [] if eos_id is None else ([eos_id] if isinstance(eos_id, int) else list(eos_id))

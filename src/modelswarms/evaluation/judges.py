@@ -265,6 +265,13 @@ class LocalJudge(Judge):
         self._loaded: tuple | None = None
         self._lock = threading.Lock()
 
+    def __getstate__(self) -> dict:
+        # Sent to Ray actors with its utility: each loads the judge itself, on its own device.
+        return {**self.__dict__, "_loaded": None, "_lock": None}
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(state, _lock=threading.Lock())
+
     def _load(self) -> tuple:
         with self._lock:
             if self._loaded is None:

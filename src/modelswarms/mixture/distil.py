@@ -9,6 +9,10 @@ mixture's next-token distribution given the text so far (each expert reading it 
 tokenizer), restricted to the student's vocabulary through the union vocabulary and
 renormalised. The loss is KL(target || student), summed over positions. The result is a
 standard PEFT adapter folder.
+
+Its report puts the student beside the mixture and every expert on the run's utility
+(score_references before training, distillation_report after), as a run's report puts its
+global best beside the experts.
 """
 
 from __future__ import annotations
@@ -24,6 +28,7 @@ import torch
 
 from ..errors import ConfigError
 from ..evaluation.generation import _pad
+from ..evaluation.utilities import ItemScores
 from .model import MixtureLM
 
 
@@ -70,7 +75,8 @@ def distillation_targets(mixture: MixtureLM, student: int, prompts: Sequence[str
             continue  # the continuation changed the prompt's tokens, or is empty
         prefixes = [b"".join(k for k in (keys[t] for t in ids[:k]) if isinstance(k, bytes))
                     for k in range(len(head), len(ids))]
-        probs = mixture.next_token_probs(prefixes)[:, own.to_union.to(mixture.device)]
+        probs = mixture.next_token_probs(prefixes, memo=False)[
+            :, own.to_union.to(mixture.device)]
         probs = (probs / probs.sum(-1, keepdim=True).clamp_min(1e-30)).float().cpu()
         out.append((ids, len(head), probs))
     if not out:
@@ -135,3 +141,79 @@ def distil(mixture: MixtureLM, student: int, student_path: str | Path, prompts: 
               "weights": [float(w) for w in mixture.weights]}
     (out / "distillation.json").write_text(json.dumps(result, indent=2))
     return result
+
+
+def score_references(mixture: MixtureLM, utility: dict[str, Any],
+                     splits: dict[str, list[dict]], engine: Any = None
+                     ) -> dict[str, list[ItemScores]]:
+    """Per split: each expert's scores (its one-hot mixture, exactly as the token swarm scored
+    it), then the mixture's, through the mixture's evaluator. Done before training, so an
+    item the experts cannot read fails before anything is written."""
+    from ..config import ModelConfig, utility_config
+    from ..errors import UtilityError
+    from ..evaluation.generation import Batching
+    from ..evaluation.utilities import build_utility
+    from .evaluator import MixtureEvaluator
+
+    engine = engine or ModelConfig()
+    scorer = build_utility(utility_config(**utility))
+    evaluator = MixtureEvaluator(mixture, Batching(engine.batch_size, engine.max_batch_tokens))
+    weights = mixture.weights.clone()
+    candidates = torch.cat([torch.eye(mixture.n, dtype=torch.float64), weights[None]])
+    try:
+        scored = {split: evaluator.score_many(candidates, items, scorer)
+                  for split, items in splits.items()}
+    finally:
+        mixture.weights = weights  # as it was, bit for bit (set_weights would renormalise)
+    for results in scored.values():
+        for r in results:
+            if r.error:
+                raise UtilityError(f"scoring the mixture: {r.error}")
+    return scored
+
+
+def distillation_report(mixture: MixtureLM, student: int, folder: str | Path,
+                        utility: dict[str, Any], splits: dict[str, list[dict]],
+                        references: dict[str, list[ItemScores]], *, engine: Any = None,
+                        seed: int = 0) -> dict[str, Any]:
+    """The distillation's report: every expert, the best expert (chosen by dev), the mixture
+    (`references`, from score_references) and the distilled student in `folder`, each on dev
+    and test, and the student's test gains over the mixture and over the best expert with
+    paired bootstrap intervals (as a run's report gives its global best's). The student is
+    scored as `modelswarms eval` scores an adapter folder."""
+    from ..config import ModelConfig, utility_config
+    from ..evaluation.backend import load_standalone
+    from ..evaluation.generation import Batching, batching
+    from ..evaluation.utilities import build_utility
+    from ..runs.stats import pack_scores, paired_bootstrap
+
+    engine = engine or ModelConfig()
+    scorer = build_utility(utility_config(**utility))
+    # loaded once for both splits, as `evaluate` (api.py) loads an adapter folder
+    model, tok = load_standalone(str(folder), device=engine.device, dtype=engine.dtype)
+    with batching(Batching(engine.batch_size, engine.max_batch_tokens)):
+        scored = {split: [*references[split], scorer.score(model, tok, items)]
+                  for split, items in splits.items()}
+    del model
+    test = "test" in scored
+
+    def row(name: str, k: int) -> dict[str, Any]:
+        out = {"name": name, "dev": scored["dev"][k].value, "test": None}
+        if test:
+            out["test"] = scored["test"][k].value
+            out["test_scores"] = pack_scores(scored["test"][k].scores)
+        return out
+
+    names, n = mixture.names, mixture.n
+    best = max(range(n), key=lambda i: scored["dev"][i].value)  # the first on a tie
+    rows = [row(f"expert: {name}", i) for i, name in enumerate(names)]
+    rows += [row(f"best expert ({names[best]})", best), row("mixture", n),
+             row(f"distilled: {names[student]}", n + 1)]
+    gains = {}
+    if test:
+        mine = scored["test"][n + 1].scores
+        gains = {"mixture": paired_bootstrap(mine, scored["test"][n].scores, seed=seed),
+                 "best expert": paired_bootstrap(mine, scored["test"][best].scores, seed=seed)}
+    return {"utility": utility.get("type", "multiple_choice"),
+            "dev_items": len(splits["dev"]), "test_items": len(splits.get("test") or []),
+            "rows": rows, "test_gains": gains, "correctness_emergence": None}

@@ -134,25 +134,30 @@ class MixtureLM:
         return out.scatter_add_(1, index, logp.double().exp())
 
     # -------------------------------------------------------------------------- mixing
-    def next_token_probs(self, prompts: Sequence[bytes]) -> torch.Tensor:
-        """(prompts, union vocabulary) mixture probabilities of the next token."""
+    def next_token_probs(self, prompts: Sequence[bytes], memo: bool = True) -> torch.Tensor:
+        """(prompts, union vocabulary) mixture probabilities of the next token. `memo=False`
+        for prompts seen once (distillation's prefixes): each kept distribution is a row of
+        the whole union vocabulary, in float64."""
         out = torch.zeros(len(prompts), len(self.vocab), dtype=torch.float64,
                           device=self.device)
         for i in range(self.n):
             w = float(self.weights[i])
             if w == 0.0:
                 continue
-            out += w * self._expert_next(i, tuple(prompts))
+            out += w * self._expert_next(i, tuple(prompts), memo)
         return out
 
-    def _expert_next(self, i: int, prompts: tuple[bytes, ...]) -> torch.Tensor:
+    def _expert_next(self, i: int, prompts: tuple[bytes, ...], memo: bool = True
+                     ) -> torch.Tensor:
         key = ("next", i, prompts)
-        if key not in self._memo:
-            parts = [self._scatter(i, self._last_logprobs(
-                i, [self._own(i, prompts[j]) for j in batch]))
-                for batch in self._batches(len(prompts))]
-            self._memo[key] = torch.cat(parts)
-        return self._memo[key]
+        if key in self._memo:
+            return self._memo[key]
+        probs = torch.cat([self._scatter(i, self._last_logprobs(
+            i, [self._own(i, prompts[j]) for j in batch]))
+            for batch in self._batches(len(prompts))])
+        if memo:
+            self._memo[key] = probs
+        return probs
 
     @torch.inference_mode()
     def continuation_logprobs(self, prompts: Sequence[bytes],

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import torch
 
-from ..config import RunConfig
+from ..config import ExpertsConfig, ModelConfig, RunConfig
 from ..evaluation.data import load_split
 from ..evaluation.evaluator import Evaluator, ResidentEvaluator
 from ..evaluation.utilities import ItemScores, Utility, build_utility
@@ -23,6 +23,29 @@ from .checks import check_session
 from .scorer import Scorer, fingerprint, items_key
 
 __all__ = ["Session", "fingerprint", "items_key"]
+
+
+def open_pool(e: ExpertsConfig) -> tuple[ExpertPool, FlatSpace]:
+    """The experts of a config and their searched weight space (a Ray actor opens its own
+    with this, from the same config)."""
+    if e.compose == "mixture":
+        from ..mixture.pool import load_mixture_pool
+
+        pool = load_mixture_pool(e.paths)
+    else:
+        pool = load_pool(e.paths, base_model=e.base_model)
+    return pool, FlatSpace.select(pool.experts[0].tensors, e.include, e.exclude)
+
+
+def local_evaluator(pool: ExpertPool, space: FlatSpace, e: ExpertsConfig,
+                    model: ModelConfig) -> Evaluator:
+    """The evaluator of this process: a mixture's models side by side, or one resident
+    model."""
+    if pool.kind == "mixture":
+        from ..mixture.evaluator import MixtureEvaluator
+
+        return MixtureEvaluator.open(pool, model)
+    return ResidentEvaluator(pool, space, model, trust_remote_code=e.trust_remote_code)
 
 
 @dataclass
@@ -42,14 +65,7 @@ class Session:
         """Load the pool, the evaluator (default: one resident model), the utility and the
         data a run of `cfg` scores on."""
         data = cfg.need_data("a search")
-        e = cfg.experts
-        if e.compose == "mixture":
-            from ..mixture.pool import load_mixture_pool
-
-            pool = load_mixture_pool(e.paths)
-        else:
-            pool = load_pool(e.paths, base_model=e.base_model)
-        space = FlatSpace.select(pool.experts[0].tensors, e.include, e.exclude)
+        pool, space = open_pool(cfg.experts)
         utility = build_utility(cfg.utility)
         if data is None:  # the utility's tasks bring their documents (lm_eval)
             dev = utility.split_items("dev")  # type: ignore[attr-defined]
@@ -59,13 +75,12 @@ class Session:
                              limit=data.max_dev)
             test = load_split(data, data.test_split, required=utility.required_fields,
                               limit=data.max_test) if need_test else None
-        if evaluator is None and pool.kind == "mixture":
-            from ..mixture.evaluator import MixtureEvaluator
+        if evaluator is None and cfg.model.workers is not None:
+            from ..evaluation.ray_pool import RayEvaluator
 
-            evaluator = MixtureEvaluator.open(pool, cfg.model)
+            evaluator = RayEvaluator.open(cfg.experts, cfg.model, space)
         elif evaluator is None:
-            evaluator = ResidentEvaluator(pool, space, cfg.model,
-                                          trust_remote_code=e.trust_remote_code)
+            evaluator = local_evaluator(pool, space, cfg.experts, cfg.model)
         experts = space.stack([x.tensors for x in pool.experts], device=evaluator.device)
         scorer = Scorer(evaluator, utility, cfg.utility.on_invalid)
         scorer.source = data.name if data is not None else None

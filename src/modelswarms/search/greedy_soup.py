@@ -62,6 +62,12 @@ class GreedySoup:
     def top(self, k: int) -> list[tuple[torch.Tensor, float]]:
         return [self.best()]
 
+    def best_coefficients(self) -> dict[str, Any]:
+        """The soup as merge coefficients: 1/k for each of its k experts (for exports)."""
+        share = 1.0 / len(self.soup) if self.soup else 0.0
+        return {"groups": ["all"],
+                "coefficients": [[share if i in self.soup else 0.0] for i in range(self.n)]}
+
     def record(self) -> dict[str, Any]:
         return {"global_best": self.best_util, "utilities": self.last, "soup": list(self.soup)}
 
