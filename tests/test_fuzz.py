@@ -50,8 +50,8 @@ from .conftest import make_mc_items
 
 FUZZ = int(os.environ.get("MODELSWARMS_FUZZ", "0"))
 # examples per command on CI: bounded so the suite stays under its time
-FUZZ_EXAMPLES = {"run": 90, "merge": 60, "eval": 40, "compare": 25, "hswarm": 25,
-                 "distil": 25}
+FUZZ_EXAMPLES = {"run": 40, "merge": 30, "eval": 20, "compare": 10, "hswarm": 10,
+                 "distil": 12}
 HANG_SECONDS = 60  # a tiny example takes about a second; this long is a hang
 TALLY: dict[str, int] = {}  # what each fuzz test tried, for docs/RELIABILITY.md
 
