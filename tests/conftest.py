@@ -47,3 +47,23 @@ def mc_data(tmp_path_factory) -> Path:
     path.write_text(json.dumps({"dataset": "arith", "dev": make_mc_items(12, 0),
                                 "test": make_mc_items(16, 1)}))
     return path
+
+
+def pytest_configure(config) -> None:
+    # Under pytest-xdist (scripts/test.sh runs two workers on CI's two cores) each worker and
+    # every process it starts computes on one thread: two workers of two threads on two cores
+    # slow each other down many times over.
+    import os
+
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        os.environ["OMP_NUM_THREADS"] = "1"
+        os.environ["MKL_NUM_THREADS"] = "1"
+        import torch
+
+        torch.set_num_threads(1)
+
+
+def pytest_collection_modifyitems(config, items) -> None:
+    # Longest first: xdist hands out the first tests one per worker in turn, so the kill tests
+    # (minutes each) start at once on different workers instead of queueing at the end.
+    items.sort(key=lambda item: item.get_closest_marker("long") is None)

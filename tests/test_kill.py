@@ -135,6 +135,7 @@ def kill_until_done(tmp_path: Path, out: Path, new: tuple[str, Path],
         assert kills < 4 * kills_wanted, "the run never finished"
 
 
+@pytest.mark.long
 def test_twenty_kills_change_nothing(tmp_path, lora_experts, mc_data):
     ref = runner.run(load_config(_config(tmp_path, lora_experts, mc_data, "ref")),
                      show_progress=False)
@@ -185,6 +186,7 @@ def _strip(rows):
     return [{k: v for k, v in r.items() if k != "seconds"} for r in rows]
 
 
+@pytest.mark.long
 def test_twenty_kills_of_a_comparison_change_nothing(tmp_path, lora_experts, mc_data):
     """compare runs every strategy (swarm, CMA-ES, random search, greedy soup) and the merges
     in one process; kills land in all of them."""
@@ -220,6 +222,7 @@ def test_twenty_kills_of_a_comparison_change_nothing(tmp_path, lora_experts, mc_
     print(f"compare: {kills} kills ({torn} inside checkpoint writes)")
 
 
+@pytest.mark.long
 def test_killed_hswarm_runs_change_nothing(tmp_path, lora_experts, mc_data):
     """Heterogeneous Swarms: kills land in the search, the baselines (one of them a whole
     role-only search in its own folder) and the export."""
@@ -256,6 +259,7 @@ def test_killed_hswarm_runs_change_nothing(tmp_path, lora_experts, mc_data):
     print(f"hswarm: {kills} kills ({torn} inside checkpoint writes)")
 
 
+@pytest.mark.long
 def test_killed_token_swarm_runs_change_nothing(tmp_path, mc_data):
     """`experts.compose: mixture` over a Llama and a GPT-2 (two architectures, two
     vocabularies): kills inside checkpoint writes and inside the exports' and report's

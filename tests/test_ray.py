@@ -22,6 +22,9 @@ import torch
 import yaml
 
 ray = pytest.importorskip("ray")
+# one worker holds the module's Ray cluster and runs every test of it (scripts/test.sh runs
+# pytest-xdist with --dist loadgroup)
+pytestmark = [pytest.mark.xdist_group("ray"), pytest.mark.long]
 
 from modelswarms.config import load_config  # noqa: E402
 from modelswarms.evaluation import ray_pool  # noqa: E402

@@ -48,6 +48,7 @@ def smollm_experts(tmp_path_factory):
     return paths
 
 
+@pytest.mark.long
 def test_swarm_on_smollm2_end_to_end(tmp_path, smollm_experts, mc_data):
     from peft import PeftModel
     from transformers import AutoModelForCausalLM
