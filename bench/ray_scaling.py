@@ -11,6 +11,7 @@ checkpoint) at the size of a 7B LoRA pool. docs/bench_ray.md turns these into th
 paper for N GPUs.
 
 Run: python bench/ray_scaling.py [--candidates 8] [--items 30] [--repeats 3] [--tiny]
+     python bench/ray_scaling.py --driver-only    # only the driver's costs (~1 minute)
 Writes docs/bench_ray.json (--out to change).
 """
 
@@ -77,27 +78,37 @@ def timed(session: Session, vectors: torch.Tensor, repeats: int) -> tuple[list[f
 def driver_costs(dim: int, particles: int, experts: int = 10) -> dict:
     """What the driver does per iteration whatever evaluates, at a given size of the weight
     space: the swarm's ask and tell, the score cache's fingerprints, the bf16 rows put into
-    the object store, the checkpoint (written and fsynced). Serial: Amdahl's share."""
+    the object store, the checkpoint. Serial: Amdahl's share. Measured side by side, the old
+    way (fingerprints on one thread, the checkpoint written and fsynced before the next
+    iteration) and today's (fingerprints on threads, runs/scorer.py; the checkpoint copied
+    into buffers and written in the background while the next iteration scores,
+    runs/checkpoint.py CheckpointWriter). The background write is on the serial path only
+    if it takes longer than the next iteration's scoring."""
     import ray
 
     from modelswarms.config import SwarmConfig
-    from modelswarms.runs.checkpoint import save_checkpoint
-    from modelswarms.runs.scorer import fingerprint
+    from modelswarms.runs.checkpoint import CheckpointWriter, save_checkpoint
+    from modelswarms.runs.scorer import fingerprint, fingerprints
     from modelswarms.search import ModelSwarm
 
     gen = torch.Generator().manual_seed(0)
     swarm = ModelSwarm(torch.randn(experts, dim, generator=gen) * 0.01,
                        SwarmConfig(particles=particles), seed=0)
-    out: dict[str, list[float]] = {"ask_tell": [], "fingerprints": [], "put_bf16": [],
-                                   "checkpoint": []}
+    names = ["ask_tell", "put_bf16", "fingerprints_one_thread", "fingerprints_threads",
+             "checkpoint_written", "checkpoint_submit", "checkpoint_background_write"]
+    out: dict[str, list[float]] = {k: [] for k in names}
     with tempfile.TemporaryDirectory() as tmp:
-        for it in range(3):
+        writer = CheckpointWriter(Path(tmp) / "b.safetensors")
+        for it in range(4):
             t = time.perf_counter()
             x = swarm.ask()
             ask = time.perf_counter() - t
             t = time.perf_counter()
-            [fingerprint(v) for v in x]
-            out["fingerprints"].append(time.perf_counter() - t)
+            serial = [fingerprint(v) for v in x]
+            out["fingerprints_one_thread"].append(time.perf_counter() - t)
+            t = time.perf_counter()
+            assert fingerprints(x) == serial
+            out["fingerprints_threads"].append(time.perf_counter() - t)
             t = time.perf_counter()
             refs = [ray.put(v[None].to(torch.bfloat16)) for v in x]
             out["put_bf16"].append(time.perf_counter() - t)
@@ -105,14 +116,22 @@ def driver_costs(dim: int, particles: int, experts: int = 10) -> dict:
             t = time.perf_counter()
             swarm.tell(torch.rand(len(x), generator=gen).tolist())
             out["ask_tell"].append(ask + time.perf_counter() - t)
+            state = swarm.state_dict()[0]
             t = time.perf_counter()
-            save_checkpoint(Path(tmp) / "c.safetensors", *swarm.state_dict()[:1],
-                            {"iteration": it})
-            out["checkpoint"].append(time.perf_counter() - t)
+            save_checkpoint(Path(tmp) / "a.safetensors", state, {"iteration": it})
+            out["checkpoint_written"].append(time.perf_counter() - t)
+            t = time.perf_counter()
+            writer.submit(state, {"iteration": it})  # the previous write is done (waited below)
+            out["checkpoint_submit"].append(time.perf_counter() - t)
+            writer.wait()
+            out["checkpoint_background_write"].append(time.perf_counter() - t)
     del swarm
     med = {k: round(statistics.median(v[1:]), 3) for k, v in out.items()}  # first: warm-up
-    return {"dim": dim, "particles": particles, "seconds": med,
-            "total_s": round(sum(med.values()), 3)}
+    old = ["ask_tell", "put_bf16", "fingerprints_one_thread", "checkpoint_written"]
+    new = ["ask_tell", "put_bf16", "fingerprints_threads", "checkpoint_submit"]
+    return {"dim": dim, "particles": particles, "cpus": os.cpu_count(), "seconds": med,
+            "serial_s_before": round(sum(med[k] for k in old), 3),
+            "serial_s": round(sum(med[k] for k in new), 3)}
 
 
 def main() -> None:
@@ -126,8 +145,20 @@ def main() -> None:
                     "a 7B rank-16 q,k,v,o LoRA: they scale linearly); 0: skip")
     ap.add_argument("--driver-particles", type=int, default=20)
     ap.add_argument("--out", default=str(ROOT / "docs" / "bench_ray.json"))
+    ap.add_argument("--driver-only", action="store_true",
+                    help="measure only the driver's costs, into the existing --out file")
     args = ap.parse_args()
     import ray
+
+    if args.driver_only:
+        result = json.loads(Path(args.out).read_text())
+        ray.init(num_cpus=1, include_dashboard=False, log_to_driver=False,
+                 logging_level="warning")
+        result["driver"] = driver_costs(args.driver_dim, args.driver_particles)
+        ray.shutdown()
+        Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
+        print(json.dumps(result["driver"], indent=2))
+        return
 
     from modelswarms.evaluation import ray_pool
 

@@ -42,3 +42,31 @@ def test_unreadable_checkpoint_is_a_clear_error(tmp_path):
     path.write_bytes(path.read_bytes()[:50])
     with pytest.raises(RunError, match="c.safetensors: checkpoint unreadable"):
         ck.load_checkpoint(path)
+
+
+def test_background_writer_writes_what_was_submitted_and_raises_its_errors(tmp_path,
+                                                                           monkeypatch):
+    path = tmp_path / "c.safetensors"
+    writer = ck.CheckpointWriter(path)
+    state = {"x": torch.arange(6.0), "n": torch.tensor([1])}
+    meta = {"i": 1, "nested": {"a": [1]}}
+    writer.submit(state, meta)
+    state["x"].add_(100)  # the next iteration moves the swarm while the write runs
+    meta["nested"]["a"].append(2)
+    writer.wait()
+    back, back_meta = ck.load_checkpoint(path)
+    assert torch.equal(back["x"], torch.arange(6.0)) and back_meta == {"i": 1,
+                                                                       "nested": {"a": [1]}}
+    writer.submit(state, {"i": 2})  # the buffers are reused
+    writer.wait()
+    assert torch.equal(ck.load_checkpoint(path)[0]["x"], torch.arange(6.0) + 100)
+
+    def full_disk(tensors, filename, metadata=None):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(ck, "save_file", full_disk)
+    writer.submit({"x": torch.zeros(6), "n": torch.tensor([3])}, {"i": 3})
+    with pytest.raises(RunError, match="No space left on device.*previous checkpoint is intact"):
+        writer.wait()  # or the next submit: the error reaches the search loop's thread
+    writer.wait()  # raised once
+    assert ck.load_checkpoint(path)[1] == {"i": 2}

@@ -212,8 +212,10 @@ def test_full_weight_experts_choice_nodes_and_their_runner(tmp_path, full_expert
 
 
 # A round is two tells (role-step, weight-step), each checkpointed: the 3rd save falls in the
-# middle of round 2 (its role-step done), the 4th after round 2's history line.
-@pytest.mark.parametrize(("die_at", "lines"), [(3, 1), (4, 2)])
+# middle of round 2 (its role-step done), the 4th after round 2's history line. A save runs
+# while the next tell scores, and its failure is raised once that tell is done: after round
+# 2's history line in both cases.
+@pytest.mark.parametrize(("die_at", "lines"), [(3, 2), (4, 2)])
 def test_interrupted_hswarm_resumes_to_the_same_result(tmp_path, lora_experts, mc_data,
                                                         monkeypatch, die_at, lines):
     from modelswarms.runs import runner

@@ -194,7 +194,7 @@ def test_a_resumed_run_logs_each_iteration_once(tmp_path, lora_experts, mc_data,
 
     def dying_save(*args, **kwargs):
         calls["n"] += 1
-        if calls["n"] == 3:  # killed after iteration 2 was logged, before its checkpoint
+        if calls["n"] == 3:  # iteration 2's checkpoint write dies, before it was logged
             raise KeyboardInterrupt
         return original(*args, **kwargs)
 

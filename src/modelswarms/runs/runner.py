@@ -21,7 +21,13 @@ from typing import Any
 from ..config import RunConfig, dump_config, load_config
 from ..errors import ConfigError, ModelSwarmsError, RunError
 from ..search import SearchStrategy, strategy_spec
-from .checkpoint import atomic_write_text, check_writable, load_checkpoint, save_checkpoint
+from .checkpoint import (
+    CheckpointWriter,
+    atomic_write_text,
+    check_writable,
+    load_checkpoint,
+    save_checkpoint,
+)
 from .checks import check_budget
 from .progress import Progress
 from .report import final_report
@@ -162,39 +168,62 @@ def search_loop(cfg: RunConfig, run_dir: Path | None, session: Session,
     check_budget(cfg, search, session.scorer)
     if trackers is not None:
         trackers.start(history)
-    with Progress(spec.iterations(cfg), search.label, enabled=show_progress) as progress:
-        for rec in history:
-            progress.update(rec)
-        pending = 0.0  # seconds of the iteration in progress (a round may take two tells)
-        while not search.done:
-            start = time.perf_counter()
-            utilities = score(search.ask())
-            search.tell(utilities)
-            elapsed = time.perf_counter() - start
-            wall += elapsed
-            pending += elapsed
-            done = search.record()
-            if done is not None:
-                rec = {"iteration": search.iteration, **done,
-                       "evaluations": search.evaluations, "seconds": round(pending, 4),
-                       "wall_time": round(wall, 4)}
-                if run_dir is not None:
-                    with open(run_dir / HISTORY, "a") as f:
-                        f.write(json.dumps(rec) + "\n")
-                history.append(rec)
-                progress.update(rec)
-                log.info("iteration %d: best %.4f mean %.4f evaluations %d (%.2f s)",
-                         search.iteration, rec["global_best"],
-                         sum(rec["utilities"]) / max(1, len(rec["utilities"])),
-                         search.evaluations, pending)
-                pending = 0.0
-            if ckpt is not None:
-                tensors, meta = search.state_dict()
-                save_checkpoint(ckpt, tensors, {"search": meta, "wall_time": wall})
-            if done is not None and trackers is not None:
-                # after the checkpoint: trackers hold only iterations a resume keeps, so a
-                # killed run's resume never logs an iteration twice
+    # checkpoints are written while the next iteration scores; save_checkpoint is looked up
+    # here, where tests replace it
+    writer = CheckpointWriter(ckpt, save_checkpoint) if ckpt is not None else None
+    in_flight: list[dict[str, Any]] = []  # records whose checkpoint is being written
+
+    def checkpointed() -> None:
+        # trackers hold only iterations a resume keeps, so a killed run's resume never logs
+        # an iteration twice: a record is logged once its checkpoint is on disk
+        if writer is not None:
+            writer.wait()
+        if trackers is not None:
+            for rec in in_flight:
                 trackers.log_iteration(rec)
+        in_flight.clear()
+
+    try:
+        with Progress(spec.iterations(cfg), search.label, enabled=show_progress) as progress:
+            for rec in history:
+                progress.update(rec)
+            pending = 0.0  # seconds of the iteration in progress (a round may take two tells)
+            while not search.done:
+                start = time.perf_counter()
+                utilities = score(search.ask())
+                search.tell(utilities)
+                elapsed = time.perf_counter() - start
+                wall += elapsed
+                pending += elapsed
+                done = search.record()
+                if done is not None:
+                    rec = {"iteration": search.iteration, **done,
+                           "evaluations": search.evaluations, "seconds": round(pending, 4),
+                           "wall_time": round(wall, 4)}
+                    if run_dir is not None:
+                        with open(run_dir / HISTORY, "a") as f:
+                            f.write(json.dumps(rec) + "\n")
+                    history.append(rec)
+                    progress.update(rec)
+                    log.info("iteration %d: best %.4f mean %.4f evaluations %d (%.2f s)",
+                             search.iteration, rec["global_best"],
+                             sum(rec["utilities"]) / max(1, len(rec["utilities"])),
+                             search.evaluations, pending)
+                    pending = 0.0
+                checkpointed()  # the previous tell's checkpoint is on disk
+                if done is not None:
+                    in_flight.append(rec)
+                if writer is not None:
+                    tensors, meta = search.state_dict()
+                    writer.submit(tensors, {"search": meta, "wall_time": wall})
+                else:
+                    checkpointed()  # in memory: nothing to wait for
+            checkpointed()
+    except BaseException:
+        if writer is not None:  # never leave a write running under a caller that cleans up
+            with contextlib.suppress(BaseException):
+                writer.wait()
+        raise
     if not history:
         # the budget did not fit even the first evaluation of the population
         cost = getattr(search, "round_cost", getattr(search, "n", "its first"))

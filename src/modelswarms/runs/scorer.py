@@ -9,7 +9,9 @@ import hashlib
 import json
 import logging
 import math
+import os
 from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
 
 import torch
 
@@ -24,6 +26,24 @@ def fingerprint(vector: torch.Tensor) -> bytes:
     """A digest of a weight vector's exact bytes: equal digests, equal weights."""
     raw = vector.detach().contiguous().cpu().view(torch.uint8).numpy()
     return hashlib.blake2b(raw, digest_size=16).digest()
+
+
+_HASHERS: ThreadPoolExecutor | None = None
+PARALLEL_HASH_BYTES = 1 << 22  # rows smaller than this hash faster than threads start
+
+
+def fingerprints(vectors: torch.Tensor) -> list[bytes]:
+    """`fingerprint` of every row. Large rows hash on several threads: hashlib releases the
+    GIL while it hashes, and at 7B-pool sizes the digests of one iteration's particles are
+    seconds of the driver's serial work on one core (docs/bench_ray.md)."""
+    global _HASHERS
+    rows = list(vectors)
+    if len(rows) < 2 or rows[0].numel() * rows[0].element_size() < PARALLEL_HASH_BYTES:
+        return [fingerprint(v) for v in rows]
+    if _HASHERS is None:
+        _HASHERS = ThreadPoolExecutor(max_workers=min(16, os.cpu_count() or 1),
+                                      thread_name_prefix="modelswarms-hash")
+    return list(_HASHERS.map(fingerprint, rows))
 
 
 def items_key(items: list[dict]) -> bytes:
@@ -65,7 +85,7 @@ class Scorer:
         utility = utility or self.utility
         ikey, ukey = items_key(items), _utility_key(utility)
         keys = ([(b"base", ikey, ukey)] if vectors is None
-                else [(fingerprint(v), ikey, ukey) for v in vectors])
+                else [(f, ikey, ukey) for f in fingerprints(vectors)])
         todo: list[int] = []
         seen: set[tuple[bytes, bytes, str]] = set()
         for i, k in enumerate(keys):  # a row repeated within the call runs once
