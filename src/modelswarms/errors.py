@@ -23,3 +23,12 @@ class UtilityError(ModelSwarmsError):
 
 class RunError(ModelSwarmsError):
     """A run folder is in a state that forbids the requested action."""
+
+
+def first_line(err: BaseException, limit: int = 300, with_type: bool = False) -> str:
+    """An exception as one short line for a message of ours (a library's error may quote a
+    whole traceback or a config dump)."""
+    lines = str(err).strip().splitlines()
+    if with_type:
+        return f"{type(err).__name__}: {lines[0][:limit] if lines else ''}"
+    return (lines or [type(err).__name__])[0][:limit]

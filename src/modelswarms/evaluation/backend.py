@@ -11,7 +11,7 @@ from collections.abc import Iterator
 
 import torch
 
-from ..errors import ConfigError, ExpertError
+from ..errors import ConfigError, ExpertError, first_line
 from ..models import adapter_base, resolve_model
 from ..pool import ExpertPool
 from ..space import FlatSpace
@@ -53,17 +53,13 @@ def pick_dtype(dtype: str, device: torch.device) -> torch.dtype:
 LOAD_ERRORS = (OSError, ValueError, KeyError, TypeError, RuntimeError)
 
 
-def _first_line(err: Exception) -> str:
-    return (str(err).strip().splitlines() or [type(err).__name__])[0][:300]
-
-
 def load_tokenizer(source: str, trust_remote_code: bool = False):
     from transformers import AutoTokenizer
 
     try:
         tok = AutoTokenizer.from_pretrained(source, trust_remote_code=trust_remote_code)
     except LOAD_ERRORS as err:
-        raise ExpertError(f"{source}: cannot load the tokenizer ({_first_line(err)})") from None
+        raise ExpertError(f"{source}: cannot load the tokenizer ({first_line(err)})") from None
     if tok.pad_token is None:
         tok.pad_token = tok.eos_token
     return tok
@@ -78,7 +74,7 @@ def load_causal_lm(source: str, dtype: torch.dtype, device: torch.device,
             source, dtype=dtype, trust_remote_code=trust_remote_code, use_safetensors=True
         )
     except LOAD_ERRORS as err:
-        raise ExpertError(f"{source}: cannot load the model ({_first_line(err)})") from None
+        raise ExpertError(f"{source}: cannot load the model ({first_line(err)})") from None
     return model.to(device).eval()
 
 
@@ -176,7 +172,7 @@ def load_standalone(path: str, base_model: str | None = None, *, device: str = "
         try:
             model = PeftModel.from_pretrained(model, str(folder), is_trainable=False).eval()
         except LOAD_ERRORS as err:
-            raise ExpertError(f"{folder}: not an adapter of {base} ({_first_line(err)})") \
+            raise ExpertError(f"{folder}: not an adapter of {base} ({first_line(err)})") \
                 from None
         return model, load_tokenizer(base, trust_remote_code)
     source = resolve_model(str(path))

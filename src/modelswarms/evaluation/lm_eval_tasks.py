@@ -32,7 +32,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..errors import ConfigError, DataError
+from ..errors import ConfigError, DataError, first_line
 from . import generation
 from .utilities import ItemScores, _pad_id, _ScoresEachParticle, register_utility
 
@@ -48,11 +48,6 @@ def _require_lm_eval() -> None:
     if importlib.util.find_spec("lm_eval") is None:
         raise ConfigError("utility lm_eval needs lm-evaluation-harness: pip install "
                           "'modelswarms[lm-eval]'")
-
-
-def _first_line(err: BaseException) -> str:
-    text = str(err).strip().splitlines()
-    return f"{type(err).__name__}: {text[0] if text else ''}"
 
 
 def _is_file(name: str) -> bool:
@@ -87,7 +82,7 @@ def load_tasks(names: list[str], include_path: list[str]) -> dict[str, Any]:
                 from None
         except Exception as err:  # lm-eval and `datasets` raise every kind of error
             raise DataError(f"lm-eval task {name}: could not be loaded "
-                            f"({_first_line(err)})") from err
+                            f"({first_line(err, with_type=True)})") from err
 
     tasks: dict[str, Any] = {}
     for name in names:

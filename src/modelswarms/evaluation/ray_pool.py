@@ -34,7 +34,7 @@ from typing import Any
 import torch
 
 from ..config import ExpertsConfig, ModelConfig
-from ..errors import ConfigError, ModelSwarmsError, RunError
+from ..errors import ConfigError, ModelSwarmsError, RunError, first_line
 from ..space import FlatSpace
 from .utilities import ItemScores, Utility
 
@@ -77,7 +77,7 @@ def _init(ray: Any, address: str | None) -> None:
     try:
         ray.init(address=address, include_dashboard=False, logging_level=logging.WARNING)
     except (Exception, SystemExit) as err:  # noqa: BLE001 - Ray raises many kinds, and exits
-        raise ConfigError(f"{where} ({_first_line(err) or type(err).__name__})") from None
+        raise ConfigError(f"{where} ({first_line(err, 200) or type(err).__name__})") from None
 
 
 def space_digest(space: FlatSpace) -> str:
@@ -278,7 +278,7 @@ class RayEvaluator:
             except Exception as err:  # noqa: BLE001 - Ray wraps pickling errors variously
                 raise ConfigError(
                     f"model.workers: utility {utility.name} cannot be sent to Ray actors "
-                    f"({_first_line(err)}); run it without model.workers") from None
+                    f"({first_line(err, 200)}); run it without model.workers") from None
             # kept alive with it, so the id is not reused while the actors cache it
             self._utilities[token] = (utility, ref)
         return token, [self._utilities[token][1]]
@@ -318,7 +318,7 @@ class RayEvaluator:
                 self._replace(slot, err)
                 if attempts[u] >= MAX_ATTEMPTS:
                     raise RunError(f"ray: {attempts[u]} actors died scoring the same "
-                                   f"candidates; the last: {_first_line(err)}") from None
+                                   f"candidates; the last: {first_line(err, 200)}") from None
                 queue.appendleft(u)  # next free actor; its rows are in the store already
                 continue
             self.events.update(events)
@@ -332,7 +332,7 @@ class RayEvaluator:
     def _replace(self, slot: int, err: Exception) -> None:
         """Start a new actor in `slot`; it takes work once its model has loaded."""
         log.warning("ray: actor %d died (%s); starting another, its candidates are scored "
-                    "again", slot, _first_line(err))
+                    "again", slot, first_line(err, 200))
         self.events["ray_actor_restarts"] += 1
         with contextlib.suppress(Exception):  # unavailable is not always dead; or it is gone
             self.ray.kill(self.actors[slot])
@@ -351,7 +351,7 @@ class RayEvaluator:
             self._start_failures[slot] += 1
             if self._start_failures[slot] >= MAX_START_FAILURES:
                 raise RunError(f"ray: a replacement actor failed to start "
-                               f"{MAX_START_FAILURES} times; the last: {_first_line(err)}"
+                               f"{MAX_START_FAILURES} times; the last: {first_line(err, 200)}"
                                ) from None
             self._replace(slot, err)
             return False
@@ -359,10 +359,6 @@ class RayEvaluator:
             raise info["error"]
         self._start_failures[slot] = 0
         return True
-
-
-def _first_line(err: Exception) -> str:
-    return (str(err).strip().splitlines() or [type(err).__name__])[0][:200]
 
 
 def _last_line(err: Exception) -> str:
