@@ -91,3 +91,21 @@ class CoefficientArchive:
     def load(self, tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> None:
         self.best_c, self.coefs = tensors["best_c"].clone(), tensors["seen_c"].clone()
         self.utils, self.best_util = tensors["seen_u"].clone(), meta["best_util"]
+
+
+class ArchivedCoefficients:
+    """What a search over merge coefficients that keeps a `CoefficientArchive` (`archive`) and
+    decodes with a `CoefficientMap` (`cmap`) answers the loop and the exports with."""
+
+    archive: CoefficientArchive
+    cmap: CoefficientMap
+
+    def best(self) -> tuple[torch.Tensor, float]:
+        return self.archive.best()
+
+    def top(self, k: int) -> list[tuple[torch.Tensor, float]]:
+        return self.archive.top(k)
+
+    def best_coefficients(self) -> dict[str, Any]:
+        """The best's merge coefficients per expert and group (for exports)."""
+        return self.cmap.describe(self.archive.best_c)

@@ -12,13 +12,13 @@ import torch
 
 from ..config import CoefficientSearchConfig, RunConfig
 from ..space import FlatSpace
-from .coefficients import CoefficientArchive, CoefficientMap
+from .coefficients import ArchivedCoefficients, CoefficientArchive, CoefficientMap
 from .registry import register_strategy
 
 ROUND = 10
 
 
-class RandomSearch:
+class RandomSearch(ArchivedCoefficients):
     label = "random search"
 
     def __init__(self, cmap: CoefficientMap, cfg: CoefficientSearchConfig, seed: int = 0,
@@ -52,16 +52,6 @@ class RandomSearch:
         self.iteration += 1
         self.last = list(utilities)
         self._asked = None
-
-    def best(self) -> tuple[torch.Tensor, float]:
-        return self.archive.best()
-
-    def top(self, k: int) -> list[tuple[torch.Tensor, float]]:
-        return self.archive.top(k)
-
-    def best_coefficients(self) -> dict[str, Any]:
-        """The best's merge coefficients per expert and group (for exports)."""
-        return self.cmap.describe(self.archive.best_c)
 
     def record(self) -> dict[str, Any]:
         return {"global_best": self.archive.best_util, "utilities": self.last,
