@@ -49,6 +49,31 @@ def mc_data(tmp_path_factory) -> Path:
     return path
 
 
+@pytest.fixture
+def checkpoint_dies(monkeypatch):
+    """`checkpoint_dies(n)`: the search loop's n-th checkpoint write raises KeyboardInterrupt
+    (as a kill inside it would stop it); `checkpoint_dies(None)` puts the real writer back."""
+    from modelswarms.runs import runner
+
+    original = runner.save_checkpoint
+
+    def arm(n: int | None) -> None:
+        if n is None:
+            monkeypatch.setattr(runner, "save_checkpoint", original)
+            return
+        calls = [0]
+
+        def dying_save(*args, **kwargs):
+            calls[0] += 1
+            if calls[0] == n:
+                raise KeyboardInterrupt
+            return original(*args, **kwargs)
+
+        monkeypatch.setattr(runner, "save_checkpoint", dying_save)
+
+    return arm
+
+
 def pytest_configure(config) -> None:
     # Under pytest-xdist (scripts/test.sh runs two workers on CI's two cores) each worker and
     # every process it starts computes on one thread: two workers of two threads on two cores

@@ -217,25 +217,14 @@ def test_full_weight_experts_choice_nodes_and_their_runner(tmp_path, full_expert
 # 2's history line in both cases.
 @pytest.mark.parametrize(("die_at", "lines"), [(3, 2), (4, 2)])
 def test_interrupted_hswarm_resumes_to_the_same_result(tmp_path, lora_experts, mc_data,
-                                                        monkeypatch, die_at, lines):
-    from modelswarms.runs import runner
-
+                                                        checkpoint_dies, die_at, lines):
     ref = hswarm(load_config(write_config(tmp_path / "ref", lora_experts, mc_data)),
                  show_progress=False)
     cfg = load_config(write_config(tmp_path / "cut", lora_experts, mc_data))
-    original = runner.save_checkpoint
-    calls = {"n": 0}
-
-    def dying_save(*args, **kwargs):
-        calls["n"] += 1
-        if calls["n"] == die_at:
-            raise KeyboardInterrupt
-        return original(*args, **kwargs)
-
-    monkeypatch.setattr(runner, "save_checkpoint", dying_save)
+    checkpoint_dies(die_at)
     with pytest.raises(KeyboardInterrupt):
         hswarm(cfg, show_progress=False)
-    monkeypatch.setattr(runner, "save_checkpoint", original)
+    checkpoint_dies(None)
     run_dir = tmp_path / "cut" / "run"
     assert len((run_dir / "history.jsonl").read_text().splitlines()) == lines
     resumed = hswarm(resume=run_dir, show_progress=False)

@@ -80,25 +80,17 @@ def test_same_seed_same_run(tmp_path, lora_experts, mc_data):
     assert all(torch.equal(ta[k], tb[k]) for k in ta)
 
 
-def test_interrupted_run_resumes_to_the_same_result(tmp_path, lora_experts, mc_data, monkeypatch):
+def test_interrupted_run_resumes_to_the_same_result(tmp_path, lora_experts, mc_data,
+                                                     checkpoint_dies):
     ref = runner.run(load_config(write_config(tmp_path / "ref", lora_experts, mc_data)),
                      show_progress=False)
     cfg = load_config(write_config(tmp_path / "cut", lora_experts, mc_data))
-    original = runner.save_checkpoint
-    calls = {"n": 0}
-
-    def dying_save(*args, **kwargs):
-        calls["n"] += 1
-        if calls["n"] == 3:
-            # iteration 2's checkpoint write dies; written in the background, its error is
-            # raised once iteration 3 is scored
-            raise KeyboardInterrupt
-        return original(*args, **kwargs)
-
-    monkeypatch.setattr(runner, "save_checkpoint", dying_save)
+    # iteration 2's checkpoint write dies; written in the background, its error is raised
+    # once iteration 3 is scored
+    checkpoint_dies(3)
     with pytest.raises(KeyboardInterrupt):
         runner.run(cfg, show_progress=False)
-    monkeypatch.setattr(runner, "save_checkpoint", original)
+    checkpoint_dies(None)
     run_dir = tmp_path / "cut" / "run"
     assert len(read_history(run_dir)) == 4  # iterations 2 and 3 logged, not checkpointed
     resumed = runner.run(resume=run_dir, show_progress=False)

@@ -182,26 +182,17 @@ def test_wandb_offline_run_holds_every_iteration_and_the_report(tmp_path, lora_e
 
 @pytest.mark.parametrize("tracker", ["tensorboard", "mlflow", "wandb"])
 def test_a_resumed_run_logs_each_iteration_once(tmp_path, lora_experts, mc_data, monkeypatch,
-                                                tracker):
+                                                tracker, checkpoint_dies):
     pytest.importorskip(tracker, reason=f"the {tracker} extra is not installed")
     if tracker == "mlflow":
         pytest.importorskip("sqlalchemy", reason="the mlflow extra is not installed")
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     monkeypatch.delenv("WANDB_MODE", raising=False)
     cfg = _cfg(tmp_path, lora_experts, mc_data, [tracker])
-    original = runner.save_checkpoint
-    calls = {"n": 0}
-
-    def dying_save(*args, **kwargs):
-        calls["n"] += 1
-        if calls["n"] == 3:  # iteration 2's checkpoint write dies, before it was logged
-            raise KeyboardInterrupt
-        return original(*args, **kwargs)
-
-    monkeypatch.setattr(runner, "save_checkpoint", dying_save)
+    checkpoint_dies(3)  # iteration 2's checkpoint write dies, before it was logged
     with pytest.raises(KeyboardInterrupt):
         runner.run(cfg, show_progress=False)
-    monkeypatch.setattr(runner, "save_checkpoint", original)
+    checkpoint_dies(None)
     run_dir = tmp_path / "run"
     report = runner.run(resume=run_dir, show_progress=False)
     history = history_of(run_dir)
