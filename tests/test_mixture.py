@@ -301,3 +301,11 @@ def test_distil_with_data_alone_scores_with_that_data(tmp_path, mc_data):
     assert report["dev_items"] == 4 and report["test_items"] == 0 and not report["test_gains"]
     assert [r["test"] for r in report["rows"]] == [None] * 5
     assert "no test scores" in result.output and "no split 'test'" in report["notes"][0]
+    # the Python API is the same function
+    import modelswarms as ms
+
+    again = ms.distil(tmp_path / "mix", "llama", tmp_path / "student2", data=dev_only, steps=2,
+                      max_new_tokens=3)
+    assert again["kl_before"] == report["kl_before"]
+    assert [r["name"] for r in again["rows"]] == [r["name"] for r in report["rows"]]
+    assert (tmp_path / "student2" / "distillation.json").is_file()

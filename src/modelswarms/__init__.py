@@ -2,7 +2,7 @@
 weight space (Model Swarms, Heterogeneous Swarms, merges and other searches on one engine).
 
 The Python API (see api.py): `config` / `load_config` / `RunConfig`, `load_pool`, `search`
-(in memory, or in a run folder), `compare`, `merge`, `evaluate`, `register_utility`,
+(in memory, or in a run folder), `compare`, `merge`, `evaluate`, `distil`, `register_utility`,
 `register_strategy`, `strategies`, and the result types `SearchResult` and `ItemScores`.
 """
 
@@ -18,9 +18,9 @@ from .pool import load_pool
 from .search import register_strategy
 
 from .api import (  # isort: skip
-    SearchResult, compare, config, evaluate, merge, search, strategies,
+    SearchResult, compare, config, distil, evaluate, merge, search, strategies,
 )
 
-__all__ = ["ItemScores", "RunConfig", "SearchResult", "compare", "config", "evaluate",
+__all__ = ["ItemScores", "RunConfig", "SearchResult", "compare", "config", "distil", "evaluate",
            "load_config", "load_pool", "merge", "register_strategy", "register_utility",
            "search", "strategies"]

@@ -180,6 +180,16 @@ def evaluate(model: str | Path, items: list[dict] | str | Path, *,
         return scorer.score(loaded, tok, items)
 
 
+def distil(mixture: str | Path, student: str, out: str | Path, **options: Any) -> dict[str, Any]:
+    """Distil a token swarm's mixture (a folder with mixture.json, e.g. a run's `best/`) into
+    `student`, one of its experts, as a LoRA adapter folder `out`; options as the `distil`
+    command's flags (`data`, `config`, `split`, `prompt_file`, `steps`, `lr`, `rank`,
+    `max_new_tokens`, `max_items`, `report`). Returns what `out/distillation.json` holds."""
+    from .runs.distil import distil_mixture
+
+    return distil_mixture(mixture, student, out, **options)
+
+
 def strategies() -> list[str]:
     """The registered search strategies (`strategy:` values)."""
     from .search import strategy_names
