@@ -139,23 +139,10 @@ def lora_experts(base_model, folder: Path, n: int, rank: int, scale: float,
                  targets: list[str]) -> list[Path]:
     """n random LoRA adapters of `base_model` (only timing matters; the scale keeps a real
     model's answers close to its own)."""
-    from peft import LoraConfig, get_peft_model
+    from modelswarms.testing import random_lora_adapters
 
-    cfg = LoraConfig(r=rank, lora_alpha=2 * rank, target_modules=targets, lora_dropout=0.0,
-                     task_type="CAUSAL_LM")
-    model = get_peft_model(base_model, cfg)
-    paths = []
-    for i in range(n):
-        gen = torch.Generator().manual_seed(i)
-        with torch.no_grad():
-            for name, p in model.named_parameters():
-                if "lora_" in name:
-                    p.copy_((torch.randn(p.shape, generator=gen) * scale).to(p.dtype))
-        out = folder / f"expert_{i}"
-        model.save_pretrained(out)
-        paths.append(out)
-    model.unload()
-    return paths
+    return random_lora_adapters(base_model, folder, n, rank=rank, target_modules=targets,
+                                scale=scale)
 
 
 def smollm2_base(work: Path, args, device: torch.device) -> Base:

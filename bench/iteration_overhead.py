@@ -68,22 +68,10 @@ class ForwardTimer:
 
 
 def make_experts(folder: Path, n: int) -> list[Path]:
-    from peft import LoraConfig, get_peft_model
+    from modelswarms.testing import random_lora_adapters
 
     base = load_causal_lm(str(smollm2_path()), torch.float32, torch.device("cpu"))
-    cfg = LoraConfig(r=16, lora_alpha=32, target_modules=TARGETS, task_type="CAUSAL_LM")
-    model = get_peft_model(base, cfg)
-    paths = []
-    for i in range(n):
-        gen = torch.Generator().manual_seed(i)
-        with torch.no_grad():
-            for name, p in model.named_parameters():
-                if "lora_" in name:
-                    p.copy_(torch.randn(p.shape, generator=gen) * 0.01)
-        out = folder / f"expert_{i}"
-        model.save_pretrained(out)
-        paths.append(out)
-    return paths
+    return random_lora_adapters(base, folder, n, rank=16, target_modules=TARGETS, scale=0.01)
 
 
 def ours(session: Session, swarm: ModelSwarm, ckpt: Path, timer: ForwardTimer) -> dict:

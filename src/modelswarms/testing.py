@@ -7,6 +7,7 @@ Everything is built in-process in well under a second, so tests run the real cod
 from __future__ import annotations
 
 import string
+from collections.abc import Sequence
 from pathlib import Path
 
 import torch
@@ -70,6 +71,44 @@ def make_tiny_llama(
     return folder
 
 
+def random_lora_adapters(
+    model,
+    folder: str | Path,
+    n: int,
+    *,
+    rank: int = 4,
+    alpha: int | None = None,
+    target_modules: Sequence[str] = ("q_proj", "v_proj"),
+    scale: float = 0.5,
+    seeds: Sequence[int] | None = None,
+    layers_to_transform: Sequence[int] | None = None,
+) -> list[Path]:
+    """Save `n` LoRA adapters of the in-memory `model` with random (non-zero) A and B factors
+    (generator seeds `seeds`, default 0..n-1) as folder/expert_i; `model` is left as it was.
+    With `layers_to_transform`, only those decoder layers are adapted (like the shipped
+    pool)."""
+    from peft import LoraConfig, get_peft_model
+
+    cfg = LoraConfig(r=rank, lora_alpha=2 * rank if alpha is None else alpha,
+                     target_modules=list(target_modules), lora_dropout=0.0,
+                     task_type="CAUSAL_LM",
+                     layers_to_transform=None if layers_to_transform is None
+                     else list(layers_to_transform))
+    peft_model = get_peft_model(model, cfg)
+    paths = []
+    for i, seed in enumerate(range(n) if seeds is None else seeds):
+        gen = torch.Generator().manual_seed(seed)
+        with torch.no_grad():
+            for name, p in peft_model.named_parameters():
+                if "lora_" in name:
+                    p.copy_((torch.randn(p.shape, generator=gen) * scale).to(p.dtype))
+        out = Path(folder) / f"expert_{i}"
+        peft_model.save_pretrained(out)
+        paths.append(out)
+    peft_model.unload()
+    return paths
+
+
 def make_tiny_lora_pool(
     base: str | Path,
     folder: str | Path,
@@ -82,29 +121,13 @@ def make_tiny_lora_pool(
     seed: int = 0,
     layers_to_transform: tuple[int, ...] | None = None,
 ) -> list[Path]:
-    """Save `n` LoRA adapters of `base` with random (non-zero) A and B factors; with
-    `layers_to_transform`, only those decoder layers are adapted (like the shipped pool)."""
-    from peft import LoraConfig, get_peft_model
+    """Save `n` LoRA adapters of the model folder `base` with random (non-zero) factors."""
     from transformers import AutoModelForCausalLM
 
-    paths = []
-    for i in range(n):
-        model = AutoModelForCausalLM.from_pretrained(base)
-        cfg = LoraConfig(
-            r=rank, lora_alpha=alpha, target_modules=list(target_modules), lora_dropout=0.0,
-            task_type="CAUSAL_LM",
-            layers_to_transform=None if layers_to_transform is None else list(layers_to_transform),
-        )
-        peft_model = get_peft_model(model, cfg)
-        gen = torch.Generator().manual_seed(seed * 1000 + i)
-        with torch.no_grad():
-            for name, p in peft_model.named_parameters():
-                if "lora_" in name:
-                    p.copy_(torch.randn(p.shape, generator=gen) * scale)
-        out = Path(folder) / f"expert_{i}"
-        peft_model.save_pretrained(out)
-        paths.append(out)
-    return paths
+    return random_lora_adapters(
+        AutoModelForCausalLM.from_pretrained(base), folder, n, rank=rank, alpha=alpha,
+        target_modules=target_modules, scale=scale,
+        seeds=[seed * 1000 + i for i in range(n)], layers_to_transform=layers_to_transform)
 
 
 def make_tiny_full_pool(
