@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import json
 import platform
+import sys
 import time
 from pathlib import Path
 
@@ -32,28 +33,13 @@ from modelswarms.evaluation.prompts import encode, multiple_choice_prompt, qa_pr
 from modelswarms.models import smollm2_path
 from modelswarms.testing import make_utility
 
+# bench/ is not a package: its shared module is importable once this folder is on the path
+# (`python bench/X.py` puts it there; runpy, as the tests use, does not)
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from reference_way import reference_generate  # noqa: E402
+
 ROOT = Path(__file__).resolve().parents[1]
 EVAL = ROOT.parent / "shared" / "data" / "eval"
-
-
-def reference_generate(model, tok, texts: list[str], max_new_tokens: int) -> tuple[list[str],
-                                                                                 int]:
-    """Batches of 10 in input order, the tokenizer's own padding, `model.generate`."""
-    tok.padding_side = "left"
-    answers, tokens = [], 0
-    for start in range(0, len(texts), 10):
-        batch = tok(texts[start:start + 10], return_tensors="pt", padding=True,
-                    add_special_tokens=False).to(model.device)
-        with torch.inference_mode():
-            out = model.generate(**batch, max_new_tokens=max_new_tokens, do_sample=False,
-                                 pad_token_id=tok.pad_token_id)
-        new = out[:, batch.input_ids.shape[1]:]
-        for row in new.tolist():
-            cut = next((i for i, t in enumerate(row) if t == tok.eos_token_id), len(row))
-            answers.append(tok.decode(row[:cut], skip_special_tokens=True))
-            tokens += cut
-        tokens += int(batch.attention_mask.sum())
-    return answers, tokens
 
 
 GENERATED = {"tokens": 0}

@@ -364,7 +364,7 @@ def smoke(args) -> None:
     from modelswarms.config import parse_config
     from modelswarms.experts import sources
     from modelswarms.runs.compare import compare
-    from modelswarms.testing import make_tiny_llama
+    from modelswarms.testing import arith_items, make_tiny_llama
 
     tmp = Path(tempfile.mkdtemp(prefix="evidence-smoke-"))
     args.docs, args.work = tmp / "docs", tmp / "work"
@@ -372,15 +372,8 @@ def smoke(args) -> None:
     base = args.base = str(make_tiny_llama(tmp / "base"))
     rng = random.Random(0)
 
-    def items(n: int, seed: int) -> list[dict]:
-        out = []
-        for i in range(n):
-            a, b = rng.randint(1, 9), rng.randint(1, 9)
-            opts = rng.sample([-2, -1, 0, 1], 4)
-            choices = {k: str(a + b + d) for k, d in zip("ABCD", opts, strict=True)}
-            out.append({"id": f"{seed}-{i}", "question": f"What is {a}+{b}?", "choices": choices,
-                        "answer": next(k for k, v in choices.items() if v == str(a + b))})
-        return out
+    def items(n: int, seed: int) -> list[dict]:  # one generator for both splits
+        return arith_items(n, rng, f"{seed}-")
 
     data = tmp / "arith.json"
     data.write_text(json.dumps({"dev": items(12, 0), "test": items(16, 1)}))

@@ -56,6 +56,11 @@ from pathlib import Path
 
 import torch
 
+# bench/ is not a package: its shared module is importable once this folder is on the path
+# (`python bench/X.py` puts it there; runpy, as the tests use, does not)
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from reference_way import file_update, reference_generate  # noqa: E402
+
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_DATA = ROOT.parent / "shared" / "data" / "eval"
 TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj"]
@@ -204,18 +209,6 @@ def qwen2_base(work: Path, args, device: torch.device, dtype: torch.dtype) -> Ba
     return Base("1.5b", label, folder, experts, note, time.perf_counter() - start)
 
 
-def mc_items(n: int, seed: int) -> list[dict]:
-    rng = random.Random(seed)
-    out = []
-    for i in range(n):
-        a, b = rng.randint(1, 9), rng.randint(1, 9)
-        offsets = rng.sample([-2, -1, 0, 1], 4)
-        choices = {k: str(a + b + d) for k, d in zip("ABCD", offsets, strict=True)}
-        out.append({"id": f"mc{i}", "question": f"What is {a}+{b}?", "choices": choices,
-                    "answer": next(k for k, v in choices.items() if v == str(a + b))})
-    return out
-
-
 def qa_items(n: int, seed: int) -> list[dict]:
     rng = random.Random(seed)
     out = []
@@ -228,8 +221,10 @@ def qa_items(n: int, seed: int) -> list[dict]:
 
 def data_files(work: Path, args) -> tuple[Path, Path]:
     if args.tiny:
+        from modelswarms.testing import arith_items
+
         mmlu, gsm = work / "mc.json", work / "qa.json"
-        mmlu.write_text(json.dumps({"dev": mc_items(args.items, 0), "test": []}))
+        mmlu.write_text(json.dumps({"dev": arith_items(args.items, 0, "mc"), "test": []}))
         gsm.write_text(json.dumps({"dev": qa_items(args.gsm_items, 1), "test": []}))
         return mmlu, gsm
     mmlu, gsm = args.data_dir / "mmlu.json", args.data_dir / "gsm8k.json"
@@ -287,29 +282,12 @@ def qa_texts(tok, items: list[dict]) -> list[str]:
     return [render(tok, qa_prompt(it), chat) for it in items]
 
 
-def model_generate(model, tok, texts: list[str], max_new_tokens: int) -> list[str]:
-    """The reference's answers: batches of 10 in input order, the tokenizer's padding,
-    `model.generate` (bench/engine_throughput.py's reference_generate)."""
-    tok.padding_side = "left"
-    answers = []
-    for start in range(0, len(texts), 10):
-        batch = tok(texts[start:start + 10], return_tensors="pt", padding=True,
-                    add_special_tokens=False).to(model.device)
-        with torch.inference_mode():
-            out = model.generate(**batch, max_new_tokens=max_new_tokens, do_sample=False,
-                                 pad_token_id=tok.pad_token_id)
-        for row in out[:, batch.input_ids.shape[1]:].tolist():
-            cut = next((i for i, t in enumerate(row) if t == tok.eos_token_id), len(row))
-            answers.append(tok.decode(row[:cut], skip_special_tokens=True))
-    return answers
-
-
 def reference_way(session, swarm, base: Base, work: Path, items: list[dict], n: int,
                   answer: Callable[[object], object]) -> dict:
     """n particles the reference way: the update through files, the base and the adapter
     loaded from disk, `answer(model)` by model.generate. Seconds per particle."""
     from peft import PeftModel
-    from safetensors.torch import load_file, save_file
+    from safetensors.torch import save_file
 
     from modelswarms.evaluation.backend import load_causal_lm
     from modelswarms.search.swarm import coefficients
@@ -331,19 +309,7 @@ def reference_way(session, swarm, base: Base, work: Path, items: list[dict], n: 
     forward = 0.0
     start = now()
     for i in range(n):
-        a, b, c, d = coefficients(session.cfg.search, torch.rand(4, generator=gen))
-        x = load_file(files / f"x_{i}" / "adapter_model.safetensors")
-        v = load_file(files / f"v_{i}.safetensors")
-        p = load_file(files / f"p_{i}.safetensors")
-        g = load_file(files / "g.safetensors")
-        w = load_file(files / "w.safetensors")
-        for key in x:
-            if key in v:
-                v[key] = a * v[key] + b * (p[key] - x[key]) + c * (g[key] - x[key]) + \
-                    d * (x[key] - w[key])
-                x[key] = x[key] + v[key]
-        save_file(x, files / f"x_{i}" / "adapter_model.safetensors")
-        save_file(v, files / f"v_{i}.safetensors")
+        file_update(files, i, coefficients(session.cfg.search, torch.rand(4, generator=gen)))
         model = load_causal_lm(str(base.folder), dtype, device)
         model = PeftModel.from_pretrained(model, str(files / f"x_{i}")).eval()
         with timing(model.get_base_model()) as timer:
@@ -410,7 +376,7 @@ def measure_base(base: Base, mmlu: Path, gsm: Path, args, device: torch.device,
 
     def mc_answer(model):
         texts = letter_texts(tok, session.dev)
-        answers = model_generate(model, tok, texts, 10)
+        answers = reference_generate(model, tok, texts, 10)[0]
         return [extract_letter(t, list(it["choices"])) for t, it in
                 zip(answers, session.dev, strict=True)]
 
@@ -494,7 +460,8 @@ def measure_base(base: Base, mmlu: Path, gsm: Path, args, device: torch.device,
     gsm_ref_items = gsm_items[: args.ref_gsm_items]
 
     def gsm_answer(model):
-        answers = model_generate(model, tok, qa_texts(tok, gsm_ref_items), args.gsm_tokens)
+        answers = reference_generate(model, tok, qa_texts(tok, gsm_ref_items),
+                                     args.gsm_tokens)[0]
         return [extract_number(t) for t in answers]
 
     ref = reference_way(session, swarm, base, work, gsm_ref_items, 1, gsm_answer)

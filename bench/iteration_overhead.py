@@ -25,12 +25,13 @@ import argparse
 import json
 import platform
 import shutil
+import sys
 import tempfile
 import time
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 
 from modelswarms.config import RunConfig, SwarmConfig
 from modelswarms.evaluation.backend import load_causal_lm
@@ -39,6 +40,11 @@ from modelswarms.runs.checkpoint import save_checkpoint
 from modelswarms.runs.session import Session
 from modelswarms.search import ModelSwarm
 from modelswarms.search.swarm import coefficients
+
+# bench/ is not a package: its shared module is importable once this folder is on the path
+# (`python bench/X.py` puts it there; runpy, as the tests use, does not)
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from reference_way import file_update  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 MMLU = ROOT.parent / "shared" / "data" / "eval" / "mmlu.json"
@@ -98,18 +104,7 @@ def reference_way(session: Session, files: Path, cfg: SwarmConfig) -> dict:
     base_path = str(smollm2_path())
     start = time.perf_counter()
     for i in range(len(session.pool.experts)):
-        r = torch.rand(4, generator=gen)
-        a, b, c, d = coefficients(cfg, r)
-        x = load_file(files / f"x_{i}" / "adapter_model.safetensors")
-        v = load_file(files / f"v_{i}.safetensors")
-        p = load_file(files / f"p_{i}.safetensors")
-        g = load_file(files / "g.safetensors")
-        w = load_file(files / "w.safetensors")
-        for k in x:
-            v[k] = a * v[k] + b * (p[k] - x[k]) + c * (g[k] - x[k]) + d * (x[k] - w[k])
-            x[k] = x[k] + v[k]
-        save_file(x, files / f"x_{i}" / "adapter_model.safetensors")
-        save_file(v, files / f"v_{i}.safetensors")
+        file_update(files, i, coefficients(cfg, torch.rand(4, generator=gen)))
         model = load_causal_lm(base_path, torch.float32, session.backend.device)
         model = PeftModel.from_pretrained(model, str(files / f"x_{i}")).eval()
         timer = ForwardTimer()

@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import json
-import random
 from pathlib import Path
 
 import pytest
 
-from modelswarms.testing import make_tiny_full_pool, make_tiny_llama, make_tiny_lora_pool
+from modelswarms.testing import (
+    arith_items,
+    make_tiny_full_pool,
+    make_tiny_llama,
+    make_tiny_lora_pool,
+)
 
 SHARED_EVAL = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "eval"
 
@@ -29,16 +33,7 @@ def full_experts(tiny_base, tmp_path_factory) -> list[Path]:
 
 
 def make_mc_items(n: int, seed: int) -> list[dict]:
-    rng = random.Random(seed)
-    items = []
-    for i in range(n):
-        a, b = rng.randint(1, 9), rng.randint(1, 9)
-        offsets = rng.sample([-2, -1, 0, 1], 4)
-        choices = {k: str(a + b + d) for k, d in zip("ABCD", offsets, strict=True)}
-        answer = next(k for k, v in choices.items() if v == str(a + b))
-        items.append({"id": f"q{seed}-{i}", "question": f"What is {a}+{b}?",
-                      "choices": choices, "answer": answer})
-    return items
+    return arith_items(n, seed, f"q{seed}-")
 
 
 @pytest.fixture(scope="session")

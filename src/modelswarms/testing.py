@@ -6,6 +6,7 @@ Everything is built in-process in well under a second, so tests run the real cod
 
 from __future__ import annotations
 
+import random
 import string
 from collections.abc import Sequence
 from pathlib import Path
@@ -240,3 +241,19 @@ def make_tiny_gpt2(folder: str | Path, *, seed: int = 1, hidden_size: int = 32,
     GPT2LMHeadModel(config).save_pretrained(folder)
     tok.save_pretrained(folder)
     return folder
+
+
+def arith_items(n: int, rng: random.Random | int, id_prefix: str = "") -> list[dict]:
+    """n multiple-choice sums ("What is 3+4?", four options around the answer, in a random
+    order) drawn from `rng` (or a generator seeded with it): tiny data for tests and bench
+    smoke runs. Ids are id_prefix + the item's index."""
+    rng = random.Random(rng) if isinstance(rng, int) else rng
+    items = []
+    for i in range(n):
+        a, b = rng.randint(1, 9), rng.randint(1, 9)
+        offsets = rng.sample([-2, -1, 0, 1], 4)
+        choices = {k: str(a + b + d) for k, d in zip("ABCD", offsets, strict=True)}
+        answer = next(k for k, v in choices.items() if v == str(a + b))
+        items.append({"id": f"{id_prefix}{i}", "question": f"What is {a}+{b}?",
+                      "choices": choices, "answer": answer})
+    return items
