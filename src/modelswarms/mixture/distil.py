@@ -102,7 +102,8 @@ def distil(mixture: MixtureLM, student: int, student_path: str | Path, prompts: 
            lr: float = 1e-3, batch_size: int = 4, max_new_tokens: int = 32, seed: int = 0,
            log: Callable[[str], None] | None = None) -> dict[str, Any]:
     """Train the student toward the mixture; write the adapter to `out`. Returns the mean
-    KL(target || student) per token before and after, on the training targets."""
+    KL(target || student) per token before and after, on the training targets (runs/distil.py
+    writes it to distillation.json with the report)."""
     torch.manual_seed(seed)
     rng = random.Random(seed)
     targets = distillation_targets(mixture, student, prompts, max_new_tokens)
@@ -139,7 +140,6 @@ def distil(mixture: MixtureLM, student: int, student_path: str | Path, prompts: 
     result = {"student": mixture.names[student], "prompts": len(targets), "steps": steps,
               "kl_before": before, "kl_after": after,
               "weights": [float(w) for w in mixture.weights]}
-    (out / "distillation.json").write_text(json.dumps(result, indent=2))
     return result
 
 
