@@ -361,7 +361,7 @@ def generate(model, prompts: Sequence[Sequence[int]], *, max_new_tokens: int, pa
                             particles=particles, stop_strings=stop_strings,
                             tokenizer=tokenizer)
     fits_context(model, [len(p) + 1 for p in prompts])
-    eos = [] if eos_id is None else ([eos_id] if isinstance(eos_id, int) else list(eos_id))
+    eos = _eos_ids(eos_id)
     stops = [s for s in stop_strings if s]
     stop = None
     if stops and tokenizer is not None:
@@ -397,6 +397,11 @@ def generate(model, prompts: Sequence[Sequence[int]], *, max_new_tokens: int, pa
     return out
 
 
+
+def _eos_ids(eos_id: int | Sequence[int] | None) -> list[int]:
+    return [] if eos_id is None else ([eos_id] if isinstance(eos_id, int) else list(eos_id))
+
+
 @torch.inference_mode()
 def _generate_hf(model, prompts: Sequence[Sequence[int]], *, max_new_tokens: int, pad_id: int,
                  eos_id: int | Sequence[int] | None, batch_size: int | None = None,
@@ -407,7 +412,7 @@ def _generate_hf(model, prompts: Sequence[Sequence[int]], *, max_new_tokens: int
     answers are tested against."""
     fits_context(model, [len(p) + 1 for p in prompts])
     device = _device(model)
-    eos = [] if eos_id is None else ([eos_id] if isinstance(eos_id, int) else list(eos_id))
+    eos = _eos_ids(eos_id)
     stops = [s for s in stop_strings if s]
     stopping = {"stop_strings": stops, "tokenizer": tokenizer} if stops and tokenizer else {}
     out: list[list[list[int]]] = [[[] for _ in prompts] for _ in range(particles)]
