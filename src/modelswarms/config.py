@@ -15,6 +15,7 @@ from pydantic import (
     ConfigDict,
     Discriminator,
     Field,
+    PrivateAttr,
     Tag,
     TypeAdapter,
     ValidationError,
@@ -26,7 +27,9 @@ from .errors import ConfigError
 
 
 class StrictModel(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # NaN and infinity are refused in every number of a config: a NaN merge weight once
+    # wrote an all-NaN model and exited 0
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
 
 class ExpertsConfig(StrictModel):
@@ -565,6 +568,11 @@ class RunConfig(StrictModel):
     hswarm: HSwarmConfig | None = Field(
         None, description="`modelswarms hswarm`: Heterogeneous Swarms over the experts")
     seed: int = 0
+    _source: str | None = PrivateAttr(None)  # the file it was read from (load_config)
+
+    @property
+    def source(self) -> str | None:
+        return self._source
 
     @model_validator(mode="before")
     @classmethod
@@ -677,8 +685,9 @@ def load_config(path: str | Path) -> RunConfig:
         raise ConfigError(f"{path}: not valid YAML ({where}{problem})") from None
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: expected a mapping at the top level")
-    cfg = parse_config(data, str(path))
-    return resolve_paths(cfg, path.parent.resolve())
+    cfg = resolve_paths(parse_config(data, str(path)), path.parent.resolve())
+    cfg._source = str(path)
+    return cfg
 
 
 def resolve_paths(cfg: RunConfig, root: Path) -> RunConfig:

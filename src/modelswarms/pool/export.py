@@ -14,6 +14,7 @@ from safetensors.torch import save_file
 
 from ..errors import ExpertError
 from ..models import BASE_NOTE, exported_base
+from .loading import check_finite
 
 if TYPE_CHECKING:
     from ..space import FlatSpace
@@ -60,6 +61,7 @@ def export_expert(pool: ExpertPool, tensors: dict[str, torch.Tensor], folder: st
         raise ExpertError(f"{folder}: is the folder of expert {inputs[folder.resolve()]}; "
                           "export to a new folder, input experts are never overwritten")
     out = _prepare(pool, tensors, dtype)
+    check_finite(folder, out, "a non-finite model is never written")
     meta = {str(k): str(v) for k, v in (metadata or {}).items()} | {"format": "pt"}
     folder.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=folder.parent, prefix=f".{folder.name}."))
