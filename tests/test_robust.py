@@ -139,9 +139,9 @@ def test_the_lock_dies_with_its_holder(held_run_folder):
         FolderLock(run_dir).acquire()
     holder.send_signal(signal.SIGKILL)
     holder.wait()
-    with FolderLock(run_dir).acquire():  # no stale lock: the kernel dropped it
-        with pytest.raises(RunError, match="in use"):  # and one process is one writer too
-            FolderLock(run_dir).acquire()
+    # no stale lock: the kernel dropped it; and one process is one writer too
+    with FolderLock(run_dir).acquire(), pytest.raises(RunError, match="in use"):
+        FolderLock(run_dir).acquire()
 
 
 def test_claim_refuses_an_output_inside_an_input(tmp_path):

@@ -24,7 +24,7 @@ from typing import Any
 import torch
 
 from .config import RunConfig, load_config, parse_config
-from .errors import ConfigError
+from .errors import ConfigError, ExpertError
 from .evaluation.utilities import ItemScores, register_utility
 
 
@@ -178,6 +178,10 @@ def evaluate(model: str | Path, items: list[dict] | str | Path, *,
         tok = loaded.tokenizer
     else:
         loaded, tok = load_standalone(str(model), base_model, device=device, dtype=dtype)
+        for name, p in loaded.named_parameters():
+            if not torch.isfinite(p).all():  # a NaN model still answers, and scores
+                raise ExpertError(f"{model}: parameter {name} holds NaN or infinite values; "
+                                  "a non-finite model is not scored")
     with batching(Batching(batch_size, max_batch_tokens)):
         return scorer.score(loaded, tok, items)
 

@@ -574,6 +574,12 @@ class RunConfig(StrictModel):
     def source(self) -> str | None:
         return self._source
 
+    def __eq__(self, other: object) -> bool:
+        # what a config says, not where it was read from
+        if not isinstance(other, RunConfig):
+            return NotImplemented
+        return self.__dict__ == other.__dict__
+
     @model_validator(mode="before")
     @classmethod
     def _engine_keys_moved(cls, data: Any) -> Any:

@@ -15,7 +15,7 @@ from safetensors.torch import load_file
 
 from ..errors import ExpertError
 from ..models import adapter_base
-from .validate import validate_pool
+from .validate import check_adapter_config, validate_pool
 
 HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+")  # org/name, never a relative path like ./x
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl")
@@ -140,6 +140,7 @@ def load_expert(source: str | Path, name: str | None = None) -> tuple[str, Exper
         # an export names the hub id for plain peft; its note says which base was really used
         config["base_model_name_or_path"] = adapter_base(folder, config)
         tensors = _read_safetensors(folder / ADAPTER_WEIGHTS)
+        check_adapter_config(folder, config, tensors)
         check_finite(folder, tensors)
         return "lora", Expert(name, folder, tensors, config)
     if (folder / "config.json").is_file():

@@ -121,8 +121,8 @@ def check_lengths(evaluator: Any, splits: dict[str, list[dict] | None],
     """Refuse, before the search, an item with one field longer than the model reads (its
     max_position_embeddings), on every split the run scores: found while scoring, the test
     split's would stop the run only after the whole search. A prompt holds at least each of
-    its fields (but the id), so this never refuses an item that fits; one that fits field by field but
-    not with its template is still refused when scored."""
+    its fields (but the id), so this never refuses an item that fits; one that fits field by
+    field but not with its template is still refused when scored."""
     tokenizer = getattr(evaluator, "tokenizer", None)
     model = getattr(getattr(evaluator, "backend", None), "model", None)
     limit = getattr(getattr(model, "config", None), "max_position_embeddings", None)

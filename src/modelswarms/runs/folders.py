@@ -162,8 +162,8 @@ def clear(folder: Path, keep_marker: bool = True) -> None:
 
 
 def check_output(out: str | Path, *, inputs: Inputs = (), overwrite: bool = False,
-                 key: str = "output.dir",
-                 exists_hint: str = "pass --overwrite to replace it") -> bool:
+                 key: str = "output.dir", exists_hint: str = "pass --overwrite to replace it",
+                 what: str = "folder") -> bool:
     """Refuse, touching nothing, an output folder that cannot be made, shares its place with
     an input, or exists with files in it (without `overwrite`, or not ours). Returns whether
     it holds files (of ours) that the command will replace."""
@@ -176,17 +176,18 @@ def check_output(out: str | Path, *, inputs: Inputs = (), overwrite: bool = Fals
                        f"{MARKER} marker); nothing was touched: choose another {key}, or "
                        "move the folder away")
     if filled and not overwrite:
-        raise RunError(f"{key}: {out} exists; {exists_hint}")
+        raise RunError(f"{key}: {out}: {what} exists and is not empty; {exists_hint}")
     return filled
 
 
 def claim(out: str | Path, *, inputs: Inputs = (), overwrite: bool = False,
-          key: str = "output.dir",
-          exists_hint: str = "pass --overwrite to replace it") -> Claim:
+          key: str = "output.dir", exists_hint: str = "pass --overwrite to replace it",
+          what: str = "folder") -> Claim:
     """`check_output`, then lock the folder (made if need be) and empty it: held by this
     process until the caller releases or abandons the claim."""
     out = Path(out)
-    check_output(out, inputs=inputs, overwrite=overwrite, key=key, exists_hint=exists_hint)
+    check_output(out, inputs=inputs, overwrite=overwrite, key=key, exists_hint=exists_hint,
+                 what=what)
     created = not out.exists()
     out.mkdir(parents=True, exist_ok=True)
     held = Claim(out, key)
@@ -194,7 +195,7 @@ def claim(out: str | Path, *, inputs: Inputs = (), overwrite: bool = False,
     held.acquire()  # refused: the folder is another process's, left as it is
     try:
         # checked again under the lock: another process may have written it meanwhile
-        check_output(out, overwrite=overwrite, key=key, exists_hint=exists_hint)
+        check_output(out, overwrite=overwrite, key=key, exists_hint=exists_hint, what=what)
     except BaseException:
         held.release()
         raise

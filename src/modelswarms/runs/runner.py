@@ -47,7 +47,7 @@ def prepare_run_dir(cfg: RunConfig, overwrite: bool) -> Claim:
     run_dir = Path(cfg.output.dir)
     held = claim(run_dir, inputs=config_inputs(cfg), overwrite=overwrite,
                  exists_hint=f"resume it with `modelswarms run --resume {run_dir}`, or pass "
-                 "--overwrite to start again")
+                 "--overwrite to start again", what="run folder")
     try:
         atomic_write_text(run_dir / CONFIG, dump_config(cfg))
     except BaseException:
