@@ -385,7 +385,7 @@ def _overlap(where: str, cfg: dict, case: Path, w: World) -> str:
 def _disagree(kind: str, cfg: dict, case: Path, w: World) -> None:
     """Every expert's adapter config at odds with its own tensors (the same way in all, so
     the pool agrees with itself)."""
-    value = {"rank": ("r", 4), "rank text": ("r", "four"), "targets": (
+    value = {"rank": ("r", 7), "rank text": ("r", "four"), "targets": (
         "target_modules", ["q_proj"]), "alpha nan": ("lora_alpha", float("nan")),
         "alpha text": ("lora_alpha", "sixteen")}[kind]
     paths = []
