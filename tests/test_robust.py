@@ -253,3 +253,20 @@ def test_finite_numbers_only_in_configs():
         parse_config({"experts": {"paths": ["a", "b"]}, "search": {"inertia": float("nan")}})
     assert torch.isfinite(torch.tensor(parse_config(
         {"experts": {"paths": ["a", "b"]}}).search.inertia))
+
+
+def test_an_export_replaces_its_own_folder_never_the_users(tmp_path, lora_experts):
+    from modelswarms.pool import export_vector
+    from modelswarms.space import FlatSpace
+
+    pool = load_pool(lora_experts)
+    space = FlatSpace.select(pool.experts[0].tensors)
+    vector = space.flatten(pool.experts[1].tensors)
+    export_vector(pool, space, vector, tmp_path / "adapted", {})
+    export_vector(pool, space, vector, tmp_path / "adapted", {})  # ours: replaced
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "notes.txt").write_text("mine\n")
+    with pytest.raises(ExpertError, match="modelswarms did not write"):
+        export_vector(pool, space, vector, mine, {})
+    assert [p.name for p in mine.iterdir()] == ["notes.txt"]

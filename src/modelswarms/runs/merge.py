@@ -13,7 +13,7 @@ from ..merge import MERGE_METHODS, merge_vectors
 from ..merge.base import base_vector, need_base
 from ..pool import export_vector, load_pool
 from ..space import FlatSpace
-from .folders import check_output, config_inputs, mark
+from .folders import check_output, config_inputs
 
 
 def merge_to_folder(cfg: RunConfig, *, overwrite: bool = False) -> Path:
@@ -40,7 +40,5 @@ def merge_to_folder(cfg: RunConfig, *, overwrite: bool = False) -> Path:
         base = need_base(spec.method, base_vector(pool, space))
     vec = merge_vectors(spec.method, experts.float(), base, space, params=spec.params,
                         weights=spec.weights, seed=cfg.seed)
-    export_vector(pool, space, vec, out, metadata={
+    return export_vector(pool, space, vec, out, metadata={
         "merge": spec.method, "params": str(spec.params), "seed": str(cfg.seed)})
-    mark(out)  # a later --overwrite may replace it
-    return out
