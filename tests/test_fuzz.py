@@ -463,6 +463,8 @@ def build_case(command: str, mutations: list[tuple], w: World, case: Path) -> Ca
                     paths.append(str(src))
                 culprits |= {Path(paths[i]).name, "expert"}
         elif kind == "exists":
+            if out != case and case not in out.parents:
+                continue  # the world's base model, shared by every example: never written
             try:
                 out.mkdir(parents=True, exist_ok=True)
                 if m[1] == "full":
