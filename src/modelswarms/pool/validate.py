@@ -95,7 +95,9 @@ def check_adapter_config(folder: Path, config: dict[str, Any],
                 for x in targets):  # peft matches a target by the module path's end
             raise ExpertError(f"{folder}: tensor {name} adapts a module that "
                               f"adapter_config.json target_modules {targets} leaves out")
+        if t.dim() != 2:
+            continue  # not a linear layer's factor; validate_pool compares shapes
         rank = t.shape[0] if ".lora_A." in name else t.shape[-1]
-        if exact and t.dim() == 2 and rank != r:
+        if exact and rank != r:
             raise ExpertError(f"{folder}: tensor {name} has rank {rank} but "
                               f"adapter_config.json says r={r}")

@@ -88,7 +88,8 @@ def config_inputs(cfg: Any) -> list[tuple[str, str | Path | None]]:
 def _adapter_base(expert: str | Path) -> str | None:
     with contextlib.suppress(OSError, ValueError, AttributeError):
         base = json.loads((Path(expert) / "adapter_config.json").read_text())
-        return base.get("base_model_name_or_path")
+        base = base.get("base_model_name_or_path")
+        return base if isinstance(base, str) else None
     return None
 
 
