@@ -233,11 +233,11 @@ def test_a_resume_with_changed_inputs_stops_unless_told(tmp_path, lora_experts, 
     doc = json.loads((proj / "data.json").read_text())
     doc["dev"] = doc["dev"][:-1]
     (proj / "data.json").write_text(json.dumps(doc))
-    text = (run_dir / "config.yaml").read_text().replace("budget: 6", "budget: 8")
+    text = (run_dir / "config.yaml").read_text().replace("seed: 0", "seed: 1")
     (run_dir / "config.yaml").write_text(text)
     before = digest([run_dir])
     line = _error_line(runner.invoke(main, ["run", "--quiet", "--resume", str(run_dir)]))
-    assert "inputs changed" in line and "data.json changed" in line and "budget" in line, line
+    assert "inputs changed" in line and "data.json changed" in line and "seed" in line, line
     assert "--accept-changes" in line
     assert digest([run_dir]) == before
     went_on = runner.invoke(main, ["run", "--quiet", "--resume", str(run_dir),

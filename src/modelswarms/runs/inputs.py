@@ -26,6 +26,13 @@ log = logging.getLogger("modelswarms")
 INPUTS = "inputs.json"
 HASHED_BYTES = 64 << 20
 EXPERT_FILES = (".safetensors", ".json")
+# Config keys a resume may change freely: when to stop (a run stopped at a budget goes on with
+# a larger one to the end an unstopped run reaches), what is written, and where and in what
+# batches it runs. Anything else changes what the iterations done so far mean.
+FREE_KEYS = ("budget", "search.max_iterations", "search.patience",
+             "coefficients.max_iterations", "hswarm.max_rounds", "output.",
+             "model.batch_size", "model.max_batch_tokens", "model.particles_per_forward",
+             "model.reuse_frozen_layers", "model.workers", "model.device")
 
 
 def _file_digest(path: Path) -> str:
@@ -90,10 +97,18 @@ def changes(before: dict[str, Any], now: dict[str, Any]) -> list[str]:
         elif old[f] != new[f]:
             out.append(f"{f} changed")
     old, new = before.get("config", {}), now["config"]
-    keys = sorted(k for k in old.keys() | new.keys() if old.get(k) != new.get(k))
+    keys = sorted(k for k in old.keys() | new.keys() if old.get(k) != new.get(k)
+                  and not k.startswith(FREE_KEYS))
     if keys:
         out.append(f"config.yaml: {', '.join(keys)}")
     return out
+
+
+def free_changes(before: dict[str, Any], now: dict[str, Any]) -> list[str]:
+    """The config keys changed that a resume may change (FREE_KEYS), as 'key: old -> new'."""
+    old, new = before.get("config", {}), now["config"]
+    return [f"{k}: {old.get(k)} -> {new.get(k)}" for k in sorted(old.keys() | new.keys())
+            if old.get(k) != new.get(k) and k.startswith(FREE_KEYS)]
 
 
 def check_resume(run_dir: Path, cfg: Any, accept_changes: bool) -> None:
@@ -113,4 +128,6 @@ def check_resume(run_dir: Path, cfg: Any, accept_changes: bool) -> None:
                            "inputs; start a new run, or pass --accept-changes to go on")
         if diff:
             log.warning("resumed with changed inputs (--accept-changes): %s", "; ".join(diff))
+        if isinstance(before, dict) and (free := free_changes(before, now)):
+            log.info("resumed with %s", "; ".join(free))
     atomic_write_text(path, json.dumps(now, indent=1))
