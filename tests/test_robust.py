@@ -270,3 +270,22 @@ def test_an_export_replaces_its_own_folder_never_the_users(tmp_path, lora_expert
     with pytest.raises(ExpertError, match="modelswarms did not write"):
         export_vector(pool, space, vector, mine, {})
     assert [p.name for p in mine.iterdir()] == ["notes.txt"]
+
+
+def test_experts_train_and_distil_keep_out_of_their_inputs(tmp_path, mc_data):
+    data_dir = tmp_path / "data"
+    data_dir.mkdir()
+    shutil.copy(mc_data, data_dir / "d.json")
+    mix = tmp_path / "mix"
+    mix.mkdir()
+    (mix / "mixture.json").write_text(json.dumps({"experts": [
+        {"name": "a", "path": str(tmp_path / "a"), "weight": 1.0}]}))
+    before = digest([data_dir, mix])
+    runner = CliRunner()
+    line = _error_line(runner.invoke(main, ["experts", "train", "--data",
+                                            str(data_dir / "d.json"), "--out", str(data_dir)]))
+    assert "--out" in line and "holds the data" in line, line
+    line = _error_line(runner.invoke(main, ["distil", str(mix), "--student", "a", "--data",
+                                            str(data_dir / "d.json"), "--out", str(mix)]))
+    assert "--out" in line and "is the mixture" in line, line
+    assert digest([data_dir, mix]) == before
