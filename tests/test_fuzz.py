@@ -773,6 +773,9 @@ REGRESSIONS: list[tuple[str, list[tuple]]] = [
     ("run", [("set", "model.device", "")]),
     ("eval", [("set", "model.device", "cuda")]),
     ("run", [("set", "model.workers", 2)]),
+    # a utility type that is not text: TypeError (unhashable list) in the utility's tag
+    ("eval", [("set", "utility.type", [])]),
+    ("run", [("set", "utility.type", {"x": 1})]),
 ]
 
 

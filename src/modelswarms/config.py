@@ -344,7 +344,8 @@ UTILITY_CONFIGS: dict[str, type[StrictModel]] = {
 def _utility_tag(value: Any) -> str:
     kind = value.get("type", "multiple_choice") if isinstance(value, dict) else \
         getattr(value, "type", "multiple_choice")
-    return kind if kind in UTILITY_CONFIGS else "custom"
+    # a type that is not text (a list, a mapping) is the custom config's to refuse by name
+    return kind if isinstance(kind, str) and kind in UTILITY_CONFIGS else "custom"
 
 
 # `utility:` is one of these, chosen by its `type`: a key that belongs to another utility
