@@ -113,7 +113,8 @@ class FewItems:
             self.fit(full + s.score_many(s.experts, s.dev))
             return [r.value for r in full]
         self.item_evaluations += len(vectors) * len(self.anchors)
-        return [self._estimate(r) for r in s.score_many(vectors, self.anchor_items)]
+        return [r.value if not math.isfinite(r.value) else self.estimate(r.scores)
+                for r in s.score_many(vectors, self.anchor_items)]
 
     @property
     def anchor_items(self) -> list[dict]:
@@ -136,10 +137,10 @@ class FewItems:
         self.fitted_on = patterns.shape[0]
         self.anchors, self.weights = choose_anchors(patterns, self.cfg, self.seed)
 
-    def _estimate(self, r: ItemScores) -> float:
-        if not math.isfinite(r.value):
-            return r.value  # an invalid candidate stays what utility.on_invalid made it
-        return math.fsum(w * x for w, x in zip(self.weights, r.scores, strict=True))
+    def estimate(self, anchor_scores: list[float]) -> float:
+        """Full-dev utility from the per-item scores on the anchors, in anchor order (an
+        invalid candidate keeps the value utility.on_invalid gave it, in __call__)."""
+        return math.fsum(w * x for w, x in zip(self.weights, anchor_scores, strict=True))
 
     def state(self) -> dict[str, Any]:
         return {"anchors": None if self.anchors is None else list(self.anchors),
