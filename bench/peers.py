@@ -111,9 +111,9 @@ def main() -> None:
 
     # the tensors the LoRAs changed; every other tensor is the base's in every expert
     raw = {"experts": {"paths": [str(p) for p in experts],
-                       "include": ["*layers.1[4-9].*_proj.weight", "*layers.2?.*_proj.weight"]},
+                       "include": ["*layers.1[4-9].self_attn.*", "*layers.2?.self_attn.*"]},
            "utility": {"type": "lm_eval", "tasks": [TASK], "include_path": [str(args.work)],
-                       "metric": "acc_norm"},
+                       "metric": "acc_norm", "max_dev": len(items)},
            "output": {"evaluate_test": False}}
     cfg = parse_config(raw)
     session = Session.open(cfg, need_test=False)

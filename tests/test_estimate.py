@@ -117,9 +117,11 @@ def test_every_weight_strategy_runs_on_estimates(tmp_path, lora_experts, mc_data
     result = ms.search(cfg)
     assert result.best_dev == result.session.score(result.best, result.session.dev).value
     e, first = result.report["estimate"], len(result.history[0]["utilities"])
-    # the first batch on 12 items, every later candidate on 4, the re-scored on 12
-    assert e["item_evaluations"] == \
-        first * 12 + (result.report["evaluations"] - first) * 4 + e["rescored"] * 12
+    # the first batch on 12 items (with the experts, where it is not them), every later
+    # candidate on 4, the re-scored on 12
+    experts = 0 if strategy in ("greedy_soup", "layer_swarm") else 3  # they start at them
+    assert e["item_evaluations"] == (first + experts) * 12 + \
+        (result.report["evaluations"] - first) * 4 + e["rescored"] * 12
 
 
 def test_bad_estimate_configs_are_refused_by_name(tmp_path, lora_experts, mc_data):

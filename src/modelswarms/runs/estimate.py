@@ -26,6 +26,7 @@ import torch
 from ..config import EstimateConfig
 from ..errors import ConfigError
 from ..evaluation.utilities import ItemScores
+from .scorer import fingerprints
 from .session import Session
 
 KMEANS_STEPS = 50
@@ -102,14 +103,18 @@ class FewItems:
                               "dev items; lower it or remove utility.estimate")
         self.anchors: list[int] | None = None
         self.weights: list[float] = []
-        self.item_evaluations = 0  # items scored for the search, every candidate counted
+        self.item_evaluations = 0  # items scored for the search, every request counted
         self.fitted_on = 0
 
     def __call__(self, vectors: torch.Tensor) -> list[float]:
         s = self.session
         if self.anchors is None:
             full = s.score_many(vectors, s.dev)
-            self.item_evaluations += len(vectors) * len(s.dev)
+            # the experts too, where the batch is not them (their dev scores are the report's
+            # anyway, but they are work this run does)
+            asked = set(fingerprints(vectors))
+            extra = sum(f not in asked for f in set(fingerprints(s.experts)))
+            self.item_evaluations += (len(vectors) + extra) * len(s.dev)
             self.fit(full + s.score_many(s.experts, s.dev))
             return [r.value for r in full]
         self.item_evaluations += len(vectors) * len(self.anchors)
