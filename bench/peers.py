@@ -141,7 +141,7 @@ def main() -> None:
         with torch.no_grad():
             for name, t in space.unflatten(vectors[k]).items():
                 params[name].copy_(t)
-        result = simple_evaluate(model=HFLM(pretrained=hf, tokenizer=tok,
+        result = simple_evaluate(model=HFLM(pretrained=hf, tokenizer=tok, device="cpu",
                                             batch_size=args.batch_size),
                                  tasks=[TASK], task_manager=manager, log_samples=True,
                                  bootstrap_iters=0)
@@ -159,7 +159,8 @@ def main() -> None:
         run_merge(mk, str(merged), options=MergeOptions(cuda=False, copy_tokenizer=True,
                                                          lazy_unpickle=False))
         mk_result = simple_evaluate(model="hf", model_args={"pretrained": str(merged),
-                                                            "dtype": "float32"},
+                                                            "dtype": "float32",
+                                                            "device": "cpu"},
                                     batch_size=args.batch_size, tasks=[TASK],
                                     task_manager=manager, log_samples=True, bootstrap_iters=0)
         row["mergekit_s"] = time.perf_counter() - start
@@ -173,6 +174,7 @@ def main() -> None:
                                                                strict=True))}
         rows.append(row)
         print(json.dumps(row), flush=True)
+        write(args, rows, None, len(items), len(experts), space.dim)  # a kill keeps these
 
     # a swarm iteration scores its candidates together
     fresh = vectors + 1e-3 * torch.randn(vectors.shape, generator=gen).to(vectors)
@@ -182,7 +184,7 @@ def main() -> None:
     write(args, rows, batched, len(items), len(experts), space.dim)
 
 
-def write(args, rows, batched, n_items, n_experts, dim) -> None:
+def write(args, rows, batched: float | None, n_items, n_experts, dim) -> None:
     med = {k: statistics.median(r[k] for r in rows) for k in ("ours_s", "lm_eval_s",
                                                                "mergekit_s")}
     agree = {k: sum(r["agree"][k] for r in rows) for k in ("lm_eval", "mergekit")}
@@ -207,13 +209,15 @@ def write(args, rows, batched, n_items, n_experts, dim) -> None:
                      f"{r['mergekit_s']:.2f} | {a['ours']:.4f} / {a['lm_eval']:.4f} / "
                      f"{a['mergekit']:.4f} | {r['agree']['lm_eval']}/{n_items}, "
                      f"{r['agree']['mergekit']}/{n_items} |")
+    together = "" if batched is None else (
+        f", {batched:.2f} s per candidate when {args.candidates} are scored together (a "
+        f"swarm iteration: lm-eval {med['lm_eval_s'] / batched:.1f}x that, mergekit-evolve's "
+        f"way {med['mergekit_s'] / batched:.1f}x)")
     lines += [
-        "", f"Median per candidate: ours {med['ours_s']:.2f} s alone, {batched:.2f} s per "
-        f"candidate when {args.candidates} are scored together (a swarm iteration); lm-eval "
-        f"{med['lm_eval_s']:.2f} s ({med['lm_eval_s'] / med['ours_s']:.1f}x ours alone, "
-        f"{med['lm_eval_s'] / batched:.1f}x batched); mergekit-evolve's way "
-        f"{med['mergekit_s']:.2f} s ({med['mergekit_s'] / med['ours_s']:.1f}x, "
-        f"{med['mergekit_s'] / batched:.1f}x batched). Per-item scores agree on "
+        "", f"Median per candidate: ours {med['ours_s']:.2f} s alone{together}; lm-eval "
+        f"{med['lm_eval_s']:.2f} s ({med['lm_eval_s'] / med['ours_s']:.1f}x ours alone); "
+        f"mergekit-evolve's way {med['mergekit_s']:.2f} s "
+        f"({med['mergekit_s'] / med['ours_s']:.1f}x). Per-item scores agree on "
         f"{agree['lm_eval']}/{total} (lm-eval) and {agree['mergekit']}/{total} (mergekit) "
         "item-candidates.", ""]
     args.out.write_text("\n".join(lines))
