@@ -133,11 +133,11 @@ def main() -> None:
     rows: list[dict] = []
     for k in range(args.candidates):
         row: dict = {"candidate": k, "weights": [round(float(c), 4) for c in coefs[k]]}
-        start = time.perf_counter()
+        start, cpu = time.perf_counter(), time.process_time()
         ours = session.score(vectors[k], session.dev)
-        row["ours_s"] = time.perf_counter() - start
+        row["ours_s"], row["ours_cpu"] = time.perf_counter() - start, time.process_time() - cpu
 
-        start = time.perf_counter()
+        start, cpu = time.perf_counter(), time.process_time()
         with torch.no_grad():
             for name, t in space.unflatten(vectors[k]).items():
                 params[name].copy_(t)
@@ -145,7 +145,8 @@ def main() -> None:
                                             batch_size=args.batch_size),
                                  tasks=[TASK], task_manager=manager, log_samples=True,
                                  bootstrap_iters=0)
-        row["lm_eval_s"] = time.perf_counter() - start
+        row["lm_eval_s"], row["lm_eval_cpu"] = (time.perf_counter() - start,
+                                                time.process_time() - cpu)
         lm_scores = lm_eval_scores(result)
 
         merged = args.work / f"merged_{k}"
@@ -155,7 +156,7 @@ def main() -> None:
             "parameters": {"normalize": True},
             "models": [{"model": str(p), "parameters": {"weight": float(c)}}
                        for p, c in zip(experts, coefs[k], strict=True)]})
-        start = time.perf_counter()
+        start, cpu = time.perf_counter(), time.process_time()
         run_merge(mk, str(merged), options=MergeOptions(cuda=False, copy_tokenizer=True,
                                                          lazy_unpickle=False))
         mk_result = simple_evaluate(model="hf", model_args={"pretrained": str(merged),
@@ -163,7 +164,8 @@ def main() -> None:
                                                             "device": "cpu"},
                                     batch_size=args.batch_size, tasks=[TASK],
                                     task_manager=manager, log_samples=True, bootstrap_iters=0)
-        row["mergekit_s"] = time.perf_counter() - start
+        row["mergekit_s"], row["mergekit_cpu"] = (time.perf_counter() - start,
+                                                  time.process_time() - cpu)
         shutil.rmtree(merged, ignore_errors=True)
         mk_scores = lm_eval_scores(mk_result)
         row["accuracy"] = {"ours": ours.value, "lm_eval": statistics.fmean(lm_scores),
@@ -200,13 +202,17 @@ def write(args, rows, batched: float | None, n_items, n_experts, dim) -> None:
         "(timings on a shared machine are noisy).", "",
         f"Command: `VENV/bin/python bench/peers.py --experts {args.experts} --candidates "
         f"{args.candidates} --batch-size {args.batch_size}`", "",
+        "Seconds are wall (CPU seconds of this process in brackets: a busy shared machine "
+        "stretches wall time, not CPU time).", "",
         "| candidate | ours s | lm-eval HFLM s | mergekit-evolve way s | accuracy ours / "
         "lm-eval / mergekit | items agreeing (lm-eval, mergekit) |",
         "| ---: | ---: | ---: | ---: | --- | --- |"]
     for r in rows:
         a = r["accuracy"]
-        lines.append(f"| {r['candidate']} | {r['ours_s']:.2f} | {r['lm_eval_s']:.2f} | "
-                     f"{r['mergekit_s']:.2f} | {a['ours']:.4f} / {a['lm_eval']:.4f} / "
+        lines.append(f"| {r['candidate']} | {r['ours_s']:.2f} ({r['ours_cpu']:.2f}) | "
+                     f"{r['lm_eval_s']:.2f} ({r['lm_eval_cpu']:.2f}) | "
+                     f"{r['mergekit_s']:.2f} ({r['mergekit_cpu']:.2f}) | "
+                     f"{a['ours']:.4f} / {a['lm_eval']:.4f} / "
                      f"{a['mergekit']:.4f} | {r['agree']['lm_eval']}/{n_items}, "
                      f"{r['agree']['mergekit']}/{n_items} |")
     together = "" if batched is None else (
