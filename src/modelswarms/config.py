@@ -183,7 +183,21 @@ class RewardConfig(StrictModel):
         return self
 
 
+class EstimateConfig(StrictModel):
+    """Fitness from fewer items (runs/estimate.py): candidates are scored on `items` anchor
+    items of dev and their full-dev utility is estimated from them."""
+
+    items: int = Field(ge=1, description="anchor items each candidate is scored on")
+    method: Literal["anchor", "random"] = Field(
+        "anchor", description="anchor: items stratified by clusters of the per-item "
+        "correctness patterns of the candidates scored on full dev first (tinyBenchmarks' "
+        "anchors, weighted by cluster size); random: a uniform random subset (a baseline)")
+
+
 class _UtilityBase(StrictModel):
+    estimate: EstimateConfig | None = Field(
+        None, description="score candidates on a few dev items and estimate full-dev "
+        "utility; the best is re-scored on full dev before it is reported or exported")
     on_invalid: Literal["stop", "worst"] = Field(
         "stop", description="a utility that returns NaN or infinity or raises: stop the run "
         "with a message naming it, or score that candidate -inf (never a best, the worst seen) "

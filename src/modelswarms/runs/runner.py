@@ -175,6 +175,14 @@ def search_loop(cfg: RunConfig, run_dir: Path | None, session: Session,
     spec = strategy_spec(cfg.strategy)
     search = spec.build(cfg, session.experts, session.space)
     score = spec.scorer(session) if spec.scorer else session.dev_utilities
+    estimator = None
+    if (est := getattr(cfg.utility, "estimate", None)) is not None:
+        if spec.scorer is not None:
+            raise ConfigError(f"utility.estimate: strategy {cfg.strategy} scores its own "
+                              "candidates, not weight rows; remove utility.estimate")
+        from .estimate import FewItems
+
+        score = estimator = FewItems(session, est, cfg.seed)
     wall = 0.0
     history: list[dict[str, Any]] = []
     ckpt = run_dir / CHECKPOINT if run_dir is not None else None
@@ -182,6 +190,8 @@ def search_loop(cfg: RunConfig, run_dir: Path | None, session: Session,
         tensors, meta = load_checkpoint(ckpt)
         search.load_state_dict(tensors, meta.get("search", meta.get("swarm")))
         wall = meta["wall_time"]
+        if estimator is not None and "estimate" in meta:
+            estimator.load(meta["estimate"])
         history = _read_history(run_dir / HISTORY, search.iteration)
         log.info("resumed at iteration %d (%d evaluations)", search.iteration,
                  search.evaluations)
@@ -226,6 +236,8 @@ def search_loop(cfg: RunConfig, run_dir: Path | None, session: Session,
                     rec = {"iteration": search.iteration, **done,
                            "evaluations": search.evaluations, "seconds": round(pending, 4),
                            "wall_time": round(wall, 4)}
+                    if estimator is not None:
+                        rec["item_evaluations"] = estimator.item_evaluations
                     if run_dir is not None:
                         with open(run_dir / HISTORY, "a") as f:
                             f.write(json.dumps(rec) + "\n")
@@ -241,7 +253,8 @@ def search_loop(cfg: RunConfig, run_dir: Path | None, session: Session,
                     in_flight.append(rec)
                 if writer is not None:
                     tensors, meta = search.state_dict()
-                    writer.submit(tensors, {"search": meta, "wall_time": wall})
+                    extra = {} if estimator is None else {"estimate": estimator.state()}
+                    writer.submit(tensors, {"search": meta, "wall_time": wall, **extra})
                 else:
                     checkpointed()  # in memory: nothing to wait for
             checkpointed()
@@ -255,4 +268,6 @@ def search_loop(cfg: RunConfig, run_dir: Path | None, session: Session,
         cost = getattr(search, "round_cost", getattr(search, "n", "its first"))
         raise ConfigError(f"budget: {cfg.budget} evaluations do not cover one round of "
                           f"{search.label} ({cost} candidates); raise the budget")
+    if estimator is not None:  # nothing is reported or exported on an estimate
+        return estimator.rescore(search, cfg.output.top_k), history
     return search, history
