@@ -37,14 +37,18 @@ def _check(path: Path) -> dict:
 
 
 def load_mixture_pool(sources: Sequence[str | Path]) -> ExpertPool:
-    """The experts of a mixture (checked, not loaded: the evaluator loads the models)."""
-    paths = [Path(s).expanduser() for s in sources]
+    """The experts of a mixture (checked, not loaded: the evaluator loads the models). An
+    embedded model's name (models.EMBEDDED: smollm2, gemma3-270m) is that model's folder."""
+    from ..models import EMBEDDED, embedded_path
+
+    paths = [embedded_path(str(s)) if str(s) in EMBEDDED else Path(s).expanduser()
+             for s in sources]
     seen: dict[str, int] = {}
     experts = []
     n = len(paths)
     for i, path in enumerate(paths):
         config = _check(path)
-        name = path.name or f"expert_{i}"
+        name = str(sources[i]) if str(sources[i]) in EMBEDDED else path.name or f"expert_{i}"
         seen[name] = seen.get(name, 0) + 1
         if seen[name] > 1:
             name = f"{name}_{seen[name]}"
