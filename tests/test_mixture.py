@@ -54,10 +54,11 @@ def _wordlevel(vocab: list[str], pre: str):
 
 def test_vocabularies_align_on_the_bytes_their_tokens_stand_for():
     # SentencePiece's space marker and byte-fallback tokens, by hand
-    sp = _wordlevel(["<pad>", "</s>", "<unk>", "▁the", "<0x41>", "▁", "cat"], "sp")
+    sp = _wordlevel(["<pad>", "</s>", "<unk>", "▁the", "<0x41>", "▁", "cat", "A"], "sp")
     keys = token_keys(sp)
     assert keys[:2] == ["<|pad|>", EOS]
     assert keys[3] == b" the" and keys[4] == b"A" and keys[5] == b" " and keys[6] == b"cat"
+    assert keys[7] == b"A"
     # byte-level BPE: 'Ġ' is a space, 'Ċ' a newline
     bpe = make_byte_bpe_tokenizer()
     bkeys = token_keys(bpe)
@@ -71,6 +72,8 @@ def test_vocabularies_align_on_the_bytes_their_tokens_stand_for():
     assert ch_v.to_union[make_char_tokenizer().convert_tokens_to_ids("c")] == union.index[b"c"]
     # every end-of-sequence token is the one shared entry
     assert {int(v.to_union[v.eos_id]) for v in union.experts} == {union.eos}
+    # a byte with its own token is fed as that token, not as its earlier '<0xNN>' fallback
+    assert sp_v.encode(b"A the") == [7, 3]
     # a string that is one token for one expert is spelled in the other's tokens
     assert ch_v.encode(b" the") == make_char_tokenizer().encode(" the",
                                                                add_special_tokens=False)
