@@ -134,6 +134,11 @@ def test_mixed_generation_is_the_same_batched_or_alone(experts):
     mix.set_weights([0.5, 0.5])
     prompts = [b"the quick brown", b"question: what is", b"0123"]
     alone = mix.generate(prompts, max_new_tokens=5)
+    # every chosen token but a row's last is fed to both experts; the character-level Llama
+    # takes each one of several characters as several of its tokens (re-tokenised)
+    fed = [t for row in alone for t in row[:4]]
+    assert mix.fed[("llama", "tokens")] == mix.fed[("gpt2", "tokens")] == len(fed) > 0
+    assert mix.fed[("llama", "retokenised")] == sum(len(mix.vocab.keys[t]) > 1 for t in fed)
     mix.batch_size = 3
     assert mix.generate(prompts, max_new_tokens=5) == alone
     # and a mixture of two is neither expert alone (the test would be empty if it were)
