@@ -56,6 +56,9 @@ METHODS = ["experts", "best_expert", "logit_average", "random", "cmaes", "swarm"
 SEARCHES = {"swarm": "Model Swarms over mixing weights", "cmaes": "CMA-ES over mixing weights",
             "random": "random search over mixing weights"}
 COPIED = ("results.jsonl", "compare.json", "compare.md", "config.yaml")
+# Without it SmolLM2-Instruct, asked outside its chat format, ends its answer at once
+# (an example from no task here, so it answers no test item)
+ONE_SHOT = "Question: What is the largest planet?\nAnswer: Jupiter\n\nQuestion: {question}\nAnswer:"
 WEIGHT_SPACE = {"base", "experts", "best_expert", "expert_vote", "logit_average"}
 
 
@@ -222,7 +225,7 @@ def run_generation(args: argparse.Namespace) -> None:
 
     out = SAVED / "generation.json"
     params = {"task": args.gen_task, "items": args.gen_items, "max_new_tokens": args.gen_tokens,
-              "batch_size": args.batch_size, "device": args.device}
+              "prompt": args.gen_prompt, "batch_size": args.batch_size, "device": args.device}
     if out.exists() and json.loads(out.read_text()).get("params") == params:
         log("generation: done before")
         return
@@ -232,7 +235,7 @@ def run_generation(args: argparse.Namespace) -> None:
     experts = [(name, *load_standalone(name, device=args.device, dtype="float32"))
                for name in MODELS]
     mixture = MixtureLM(experts, batch_size=args.batch_size)
-    texts = [qa_prompt(it) for it in items]
+    texts = [qa_prompt(it, args.gen_prompt) for it in items]
     rows = []
 
     def timed(label: str, model: Any, tok: Any) -> None:
@@ -279,7 +282,8 @@ def render_generation() -> list[str]:
     lines = ["## Generation across the two tokenizers", "",
              f"Greedy answers to {p['items']} `{p['task']}` test questions (multiple-choice "
              "items asked without their options; exact match: the gold answer contained in "
-             f"the answer), at most {p['max_new_tokens']} new tokens, batches of "
+             f"the answer), prompt `{p['prompt']!r}`, at most {p['max_new_tokens']} new "
+             "tokens, batches of "
              f"{p['batch_size']}, on {data['machine']}. Seconds per generated token are "
              "measured side by side in one process (a model's tokens: union tokens for the "
              "mixture code); the engine is the library's own decode for one model. Small n: "
@@ -346,6 +350,10 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--gen-task", default="capitals")
     ap.add_argument("--gen-items", type=int, default=50)
     ap.add_argument("--gen-tokens", type=int, default=8)
+    ap.add_argument("--gen-prompt", default=ONE_SHOT,
+                    help="the question's template (default: one worked example, so that the "
+                         "base model and the instruct model, asked without a chat format, "
+                         "both answer at once)")
     ap.add_argument("--parts", nargs="+", default=["mixture", "generation"],
                     choices=["mixture", "generation"])
     ap.add_argument("--out", type=Path, default=ROOT / "bench" / "out" / "token_swarm_real")
