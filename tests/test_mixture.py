@@ -317,3 +317,35 @@ def test_distil_with_data_alone_scores_with_that_data(tmp_path, mc_data):
     assert again["kl_before"] == report["kl_before"]
     assert [r["name"] for r in again["rows"]] == [r["name"] for r in report["rows"]]
     assert (tmp_path / "student2" / "distillation.json").is_file()
+
+
+def test_an_embedded_model_is_named_not_located_in_a_mixture_export(tmp_path, monkeypatch):
+    """An embedded model (models.EMBEDDED) joins a mixture pool by its name; the export names
+    it (not this machine's cache folder), loads back, and a student distilled from it names it
+    as its base, as the shipped pool's adapters name smollm2. A tiny Llama stands in for the
+    embedded model, already in the cache."""
+    import dataclasses
+    import json
+
+    from modelswarms.evaluation.backend import load_standalone
+    from modelswarms.mixture import load_mixture, load_mixture_pool
+    from modelswarms.mixture.distil import distil
+    from modelswarms.mixture.pool import write_mixture
+    from modelswarms.models import EMBEDDED, SMOLLM2
+
+    monkeypatch.setenv("MODELSWARMS_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setitem(EMBEDDED, "tiny", dataclasses.replace(EMBEDDED[SMOLLM2], name="tiny",
+                                                              folder="tiny-llama"))
+    make_tiny_llama(tmp_path / "cache" / "tiny-llama")
+    gpt2 = make_tiny_gpt2(tmp_path / "gpt2")
+    pool = load_mixture_pool(["tiny", str(gpt2)])
+    assert pool.names == ["tiny", "gpt2"]
+    write_mixture(pool, torch.tensor([0.5, 0.5]), tmp_path / "mix")
+    spec = json.loads((tmp_path / "mix" / "mixture.json").read_text())
+    assert [e["path"] for e in spec["experts"]] == ["tiny", str(gpt2)]
+    mix = load_mixture(tmp_path / "mix")
+    distil(mix, 0, spec["experts"][0]["path"], ["the quick brown"], tmp_path / "student",
+           steps=1, max_new_tokens=3)
+    adapter = json.loads((tmp_path / "student" / "adapter_config.json").read_text())
+    assert adapter["base_model_name_or_path"] == "tiny"
+    load_standalone(str(tmp_path / "student"))  # its base resolves through the registry

@@ -50,10 +50,13 @@ def _student(path: Path, rank: int, alpha: int):
         model = load_causal_lm(source, torch.float32, torch.device("cpu"))
         return PeftModel.from_pretrained(model, str(path), is_trainable=True), \
             load_tokenizer(source), base
-    model = load_causal_lm(str(path), torch.float32, torch.device("cpu"))
+    # an embedded model (mixture.json names it: smollm2, gemma3-270m) is its cached folder,
+    # and the adapter names it as the shipped pool's adapters name smollm2
+    source = resolve_model(str(path))
+    model = load_causal_lm(source, torch.float32, torch.device("cpu"))
     config = LoraConfig(r=rank, lora_alpha=alpha, target_modules="all-linear",
                         task_type="CAUSAL_LM")
-    return get_peft_model(model, config), load_tokenizer(str(path)), str(path)
+    return get_peft_model(model, config), load_tokenizer(source), str(path)
 
 
 def distillation_targets(mixture: MixtureLM, student: int, prompts: Sequence[str],
