@@ -83,7 +83,12 @@ def distillation_targets(mixture: MixtureLM, student: int, prompts: Sequence[str
         probs = (probs / probs.sum(-1, keepdim=True).clamp_min(1e-30)).float().cpu()
         out.append((ids, len(head), probs))
     if not out:
-        raise ConfigError("distillation: no prompt gave a continuation to learn from")
+        empty = sum(1 for c in conts if not vocab.text_bytes(c))
+        raise ConfigError(
+            "distillation: no prompt gave a continuation to learn from"
+            + (f" (the mixture ended {empty} of {len(conts)} at once: an instruct model "
+               "asked outside its chat format often does; give prompts it continues, e.g. "
+               "with a worked example, in --prompts)" if empty else ""))
     return out
 
 
