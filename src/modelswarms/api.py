@@ -24,7 +24,7 @@ from typing import Any
 import torch
 
 from .config import RunConfig, load_config, parse_config
-from .errors import ConfigError
+from .errors import ConfigError, ExpertError
 from .evaluation.utilities import ItemScores, register_utility
 
 
@@ -92,11 +92,13 @@ class SearchResult:
 
 
 def search(cfg: RunConfig | str | Path, *, run_dir: str | Path | None = None,
-           resume: bool = False, progress: bool = False) -> SearchResult | dict[str, Any]:
+           resume: bool = False, progress: bool = False,
+           accept_changes: bool = False) -> SearchResult | dict[str, Any]:
     """Run the config's strategy. Without `run_dir`, in memory: nothing is written and a
     SearchResult comes back (`output.trackers` still log, under output.tracking_dir or
     output.dir). With `run_dir`, as `modelswarms run` does (checkpoints, report,
-    exports; `resume=True` continues the folder's run) and its report comes back."""
+    exports; `resume=True` continues the folder's run, refused when its data, experts or
+    config changed since it started, unless `accept_changes`) and its report comes back."""
     from .runs.report import summarize
     from .runs.runner import run, search_loop
     from .runs.session import Session
@@ -106,7 +108,7 @@ def search(cfg: RunConfig | str | Path, *, run_dir: str | Path | None = None,
     cfg = _as_config(cfg)
     if run_dir is not None:
         if resume:
-            return run(resume=run_dir, show_progress=progress)
+            return run(resume=run_dir, show_progress=progress, accept_changes=accept_changes)
         cfg = _in_folder(cfg, run_dir)
         return run(cfg, show_progress=progress)
     spec = strategy_spec(cfg.strategy)
@@ -125,7 +127,7 @@ def search(cfg: RunConfig | str | Path, *, run_dir: str | Path | None = None,
 
 
 def compare(cfg: RunConfig | str | Path, *, out: str | Path | None = None,
-            resume: bool = False) -> dict[str, Any]:
+            resume: bool = False, accept_changes: bool = False) -> dict[str, Any]:
     """`modelswarms compare`: every row of `compare.methods` at one budget, in a folder
     (`out`, default output.dir) so that a killed comparison resumes."""
     from .runs.compare import compare as run_compare
@@ -134,7 +136,7 @@ def compare(cfg: RunConfig | str | Path, *, out: str | Path | None = None,
     if out is not None and not resume:
         cfg = _in_folder(cfg, out)
     if resume:
-        return run_compare(resume=out or cfg.output.dir)
+        return run_compare(resume=out or cfg.output.dir, accept_changes=accept_changes)
     return run_compare(cfg)
 
 
@@ -176,6 +178,10 @@ def evaluate(model: str | Path, items: list[dict] | str | Path, *,
         tok = loaded.tokenizer
     else:
         loaded, tok = load_standalone(str(model), base_model, device=device, dtype=dtype)
+        for name, p in loaded.named_parameters():
+            if not torch.isfinite(p).all():  # a NaN model still answers, and scores
+                raise ExpertError(f"{model}: parameter {name} holds NaN or infinite values; "
+                                  "a non-finite model is not scored")
     with batching(Batching(batch_size, max_batch_tokens)):
         return scorer.score(loaded, tok, items)
 

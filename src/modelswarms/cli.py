@@ -64,7 +64,10 @@ def _run_options(fn):
         click.argument("config", required=False, type=click.Path(dir_okay=False)),
         click.option("--resume", "resume_dir", type=click.Path(file_okay=False),
                      help="Continue the run in this folder (its config.yaml is used)."),
-        click.option("--overwrite", is_flag=True, help="Replace an existing run folder."),
+        click.option("--overwrite", is_flag=True, help="Replace an existing run folder "
+                     "(only one a run of ours made)."),
+        click.option("--accept-changes", is_flag=True, help="Resume even though data, experts "
+                     "or config changed since the run started."),
         click.option("--quiet", is_flag=True, help="No progress display."),
         click.option("--debug", is_flag=True, help="Show tracebacks."),
     ]):
@@ -80,8 +83,8 @@ def main() -> None:
 
 @main.command()
 @_run_options
-def run(config: str | None, resume_dir: str | None, overwrite: bool, quiet: bool,
-        debug: bool) -> None:
+def run(config: str | None, resume_dir: str | None, overwrite: bool, accept_changes: bool,
+        quiet: bool, debug: bool) -> None:
     """Run a Model Swarms search described by CONFIG (YAML)."""
     from .config import load_config
     from .runs.runner import run as run_search
@@ -91,7 +94,7 @@ def run(config: str | None, resume_dir: str | None, overwrite: bool, quiet: bool
     _quiet_libraries()
     cfg = _guard(debug, load_config, config) if config else None
     report = _guard(debug, run_search, cfg, resume=resume_dir, overwrite=overwrite,
-                    show_progress=not quiet)
+                    show_progress=not quiet, accept_changes=accept_changes)
     print_report(report)
 
 
@@ -116,9 +119,11 @@ def merge(config: str, overwrite: bool, debug: bool) -> None:
 @click.option("--resume", "resume_dir", type=click.Path(file_okay=False),
               help="Continue the comparison in this folder.")
 @click.option("--overwrite", is_flag=True, help="Replace an existing output folder.")
+@click.option("--accept-changes", is_flag=True, help="Resume even though data, experts or "
+              "config changed since the comparison started.")
 @click.option("--debug", is_flag=True, help="Show tracebacks.")
 def compare_cmd(config: str | None, resume_dir: str | None, overwrite: bool,
-                debug: bool) -> None:
+                accept_changes: bool, debug: bool) -> None:
     """Compare Model Swarms with merges, ensembles and other searches (CONFIG's `compare:`)."""
     from .config import load_config
     from .runs.compare import compare
@@ -127,7 +132,8 @@ def compare_cmd(config: str | None, resume_dir: str | None, overwrite: bool,
         raise click.UsageError("give a CONFIG file, or --resume FOLDER")
     _quiet_libraries()
     cfg = _guard(debug, load_config, config) if config else None
-    report = _guard(debug, compare, cfg, resume=resume_dir, overwrite=overwrite)
+    report = _guard(debug, compare, cfg, resume=resume_dir, overwrite=overwrite,
+                    accept_changes=accept_changes)
     table = Table(title=f"{report['utility']} on {Path(report['dataset']).name}, budget "
                         f"{report['budget']}, seeds {report['seeds']}")
     for col in ("method", "dev", "test", "evals", "s"):
@@ -145,8 +151,8 @@ def compare_cmd(config: str | None, resume_dir: str | None, overwrite: bool,
 
 @main.command("hswarm")
 @_run_options
-def hswarm_cmd(config: str | None, resume_dir: str | None, overwrite: bool, quiet: bool,
-               debug: bool) -> None:
+def hswarm_cmd(config: str | None, resume_dir: str | None, overwrite: bool,
+               accept_changes: bool, quiet: bool, debug: bool) -> None:
     """Heterogeneous Swarms: search a multi-LLM system's graph and its experts' weights
     (CONFIG's `hswarm:` section; defaults when it has none)."""
     from .config import load_config
@@ -157,7 +163,7 @@ def hswarm_cmd(config: str | None, resume_dir: str | None, overwrite: bool, quie
     _quiet_libraries()
     cfg = _guard(debug, load_config, config) if config else None
     report = _guard(debug, hswarm, cfg, resume=resume_dir, overwrite=overwrite,
-                    show_progress=not quiet)
+                    show_progress=not quiet, accept_changes=accept_changes)
     _print_rows(report, "system", f": {report['systems']} systems in {report['rounds']} rounds")
     console.print(f"system: {report['export']} (python {report['export']}/answer.py --help)")
 
@@ -341,8 +347,10 @@ def experts_train(data: str, split: str, out: str, base_model: str, rank: int, a
     """Fine-tune a LoRA expert on DATA; writes an adapter folder and its data card."""
     from .evaluation.data import load_items
     from .experts import train_lora
+    from .runs.folders import refuse_overlap
 
     _quiet_libraries()
+    _guard(debug, refuse_overlap, out, [("data", data)], "--out")
     items = _guard(debug, load_items, data, split, limit=max_items)
     path = _guard(debug, train_lora, base_model, items, out, rank=rank, alpha=alpha,
                   target_modules=tuple(m.strip() for m in target_modules.split(",")),

@@ -15,6 +15,7 @@ from pydantic import (
     ConfigDict,
     Discriminator,
     Field,
+    PrivateAttr,
     Tag,
     TypeAdapter,
     ValidationError,
@@ -27,7 +28,9 @@ from .models import EMBEDDED
 
 
 class StrictModel(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # NaN and infinity are refused in every number of a config: a NaN merge weight once
+    # wrote an all-NaN model and exited 0
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
 
 class ExpertsConfig(StrictModel):
@@ -342,7 +345,8 @@ UTILITY_CONFIGS: dict[str, type[StrictModel]] = {
 def _utility_tag(value: Any) -> str:
     kind = value.get("type", "multiple_choice") if isinstance(value, dict) else \
         getattr(value, "type", "multiple_choice")
-    return kind if kind in UTILITY_CONFIGS else "custom"
+    # a type that is not text (a list, a mapping) is the custom config's to refuse by name
+    return kind if isinstance(kind, str) and kind in UTILITY_CONFIGS else "custom"
 
 
 # `utility:` is one of these, chosen by its `type`: a key that belongs to another utility
@@ -566,6 +570,17 @@ class RunConfig(StrictModel):
     hswarm: HSwarmConfig | None = Field(
         None, description="`modelswarms hswarm`: Heterogeneous Swarms over the experts")
     seed: int = 0
+    _source: str | None = PrivateAttr(None)  # the file it was read from (load_config)
+
+    @property
+    def source(self) -> str | None:
+        return self._source
+
+    def __eq__(self, other: object) -> bool:
+        # what a config says, not where it was read from
+        if not isinstance(other, RunConfig):
+            return NotImplemented
+        return self.__dict__ == other.__dict__
 
     @model_validator(mode="before")
     @classmethod
@@ -678,8 +693,9 @@ def load_config(path: str | Path) -> RunConfig:
         raise ConfigError(f"{path}: not valid YAML ({where}{problem})") from None
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: expected a mapping at the top level")
-    cfg = parse_config(data, str(path))
-    return resolve_paths(cfg, path.parent.resolve())
+    cfg = resolve_paths(parse_config(data, str(path)), path.parent.resolve())
+    cfg._source = str(path)
+    return cfg
 
 
 def resolve_paths(cfg: RunConfig, root: Path) -> RunConfig:

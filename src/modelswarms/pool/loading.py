@@ -15,7 +15,7 @@ from safetensors.torch import load_file
 
 from ..errors import ExpertError
 from ..models import EMBEDDED, adapter_base, embedded_path
-from .validate import validate_pool
+from .validate import check_adapter_config, validate_pool
 
 HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+")  # org/name, never a relative path like ./x
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl")
@@ -92,6 +92,17 @@ def _read_safetensors(path: Path) -> dict[str, torch.Tensor]:
             from None
 
 
+def check_finite(folder: Path, tensors: dict[str, torch.Tensor],
+                 what: str = "a non-finite expert is refused") -> None:
+    """Refuse weights with a NaN or infinite value: scored, they look like any model (a NaN
+    expert became a run's "best expert" and its export), and any merge with them is NaN."""
+    for name, t in tensors.items():
+        if t.is_floating_point() and not torch.isfinite(t).all():
+            bad = int((~torch.isfinite(t)).sum())
+            raise ExpertError(f"{folder}: tensor {name} holds {bad} NaN or infinite values of "
+                              f"{t.numel()}; {what}")
+
+
 def _weight_files(folder: Path) -> list[Path]:
     # A single model.safetensors or the index wins over a glob: hub repos may also carry
     # other safetensors files (e.g. consolidated.safetensors) with different key names.
@@ -130,7 +141,10 @@ def load_expert(source: str | Path, name: str | None = None) -> tuple[str, Exper
         config = read_json(folder / ADAPTER_CONFIG)
         # an export names the hub id for plain peft; its note says which base was really used
         config["base_model_name_or_path"] = adapter_base(folder, config)
-        return "lora", Expert(name, folder, _read_safetensors(folder / ADAPTER_WEIGHTS), config)
+        tensors = _read_safetensors(folder / ADAPTER_WEIGHTS)
+        check_adapter_config(folder, config, tensors)
+        check_finite(folder, tensors)
+        return "lora", Expert(name, folder, tensors, config)
     if (folder / "config.json").is_file():
         files = _weight_files(folder)
         if not files:
@@ -138,6 +152,7 @@ def load_expert(source: str | Path, name: str | None = None) -> tuple[str, Exper
         tensors: dict[str, torch.Tensor] = {}
         for f in files:
             tensors.update(_read_safetensors(f))
+        check_finite(folder, tensors)
         return "full", Expert(name, folder, tensors, read_json(folder / "config.json"))
     if any(p.suffix in PICKLE_SUFFIXES for p in folder.iterdir()):
         _refuse_pickles(folder)

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import json
 import logging
-import shutil
 import statistics
 import time
 from pathlib import Path
@@ -23,7 +22,10 @@ from typing import Any
 from ..config import RunConfig, dump_config, load_config
 from ..errors import ConfigError, ModelSwarmsError, RunError
 from ..merge import MERGE_METHODS
-from .checkpoint import atomic_write_text, check_writable
+from .checkpoint import atomic_write_text
+from .folders import FolderLock, claim, config_inputs, lock_existing
+from .inputs import check_resume
+from .inputs import record as record_inputs
 from .rows import RowContext, is_search, row_spec
 from .runner import logging_to, read_jsonl
 from .session import Session
@@ -46,13 +48,20 @@ def _check_methods(cfg: RunConfig) -> list[str]:
 
 
 def compare(cfg: RunConfig | None = None, *, resume: str | Path | None = None,
-            overwrite: bool = False, show_progress: bool = False) -> dict[str, Any]:
+            overwrite: bool = False, show_progress: bool = False,
+            accept_changes: bool = False) -> dict[str, Any]:
     if resume is not None:
         out = Path(resume)
         if not (out / "config.yaml").is_file():
             raise RunError(f"{out}: not a comparison folder (no config.yaml)")
-        cfg = load_config(out / "config.yaml")
-        check_trackers(cfg.output.trackers)
+        held: FolderLock = lock_existing(out)
+        try:
+            cfg = load_config(out / "config.yaml")
+            check_trackers(cfg.output.trackers)
+            check_resume(out, cfg, accept_changes)
+        except BaseException:
+            held.release()
+            raise
     else:
         assert cfg is not None
         # what can be checked without loading anything, before a folder is made
@@ -62,26 +71,26 @@ def compare(cfg: RunConfig | None = None, *, resume: str | Path | None = None,
         _check_methods(cfg)
         check_trackers(cfg.output.trackers)  # a missing package: before the folder is made
         out = Path(cfg.output.dir)
-        check_writable(out)
-        if out.exists() and any(out.iterdir()):
-            if not overwrite:
-                raise RunError(f"{out}: folder exists; resume it with `modelswarms compare "
-                               f"--resume {out}`, or pass --overwrite")
-            shutil.rmtree(out)
-        out.mkdir(parents=True, exist_ok=True)
-        atomic_write_text(out / "config.yaml", dump_config(cfg))
-    if cfg.compare is None:
-        raise ConfigError("compare: the config has no `compare:` section")
-    methods = _check_methods(cfg)
-    with logging_to(out):
-        try:
+        held = claim(out, inputs=config_inputs(cfg), overwrite=overwrite,
+                     exists_hint=f"resume it with `modelswarms compare --resume {out}`, or "
+                     "pass --overwrite")
+    try:
+        if resume is None:
+            atomic_write_text(out / "config.yaml", dump_config(cfg))
+            record_inputs(out, cfg)
+        if cfg.compare is None:
+            raise ConfigError("compare: the config has no `compare:` section")
+        methods = _check_methods(cfg)
+        with logging_to(out):
             return _compare(cfg, out, methods, show_progress)
-        except ModelSwarmsError:
-            # as with a run: a comparison that could not start leaves no folder behind
-            if resume is None and not read_jsonl(out / "results.jsonl") and not any(
-                    out.rglob("checkpoint.safetensors")):
-                shutil.rmtree(out, ignore_errors=True)
-            raise
+    except ModelSwarmsError:
+        # as with a run: a comparison that could not start leaves no folder behind
+        if resume is None and not read_jsonl(out / "results.jsonl") and not any(
+                out.rglob("checkpoint.safetensors")):
+            held.abandon()
+        raise
+    finally:
+        held.release()
 
 
 def _compare(cfg: RunConfig, out: Path, methods: list[str], show_progress: bool):
