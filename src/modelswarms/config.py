@@ -24,6 +24,7 @@ from pydantic import (
 )
 
 from .errors import ConfigError
+from .models import EMBEDDED
 
 
 class StrictModel(BaseModel):
@@ -632,7 +633,7 @@ class RunConfig(StrictModel):
 def _resolve(value: str, root: Path) -> str:
     # Hub ids ("org/name") stay as they are unless a folder of that name exists beside the config.
     p = Path(value).expanduser()
-    if p.is_absolute() or value == "smollm2":
+    if p.is_absolute() or value in EMBEDDED:
         return value
     candidate = root / p
     if candidate.exists() or value.startswith((".", "..")) or "/" not in value:

@@ -14,7 +14,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file
 
 from ..errors import ExpertError
-from ..models import adapter_base
+from ..models import EMBEDDED, adapter_base, embedded_path
 from .validate import check_adapter_config, validate_pool
 
 HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+")  # org/name, never a relative path like ./x
@@ -51,6 +51,8 @@ class ExpertPool:
 
 def _fetch(source: str) -> Path:
     """A local folder for `source`, downloading a hub id's safetensors and configs if needed."""
+    if source in EMBEDDED:
+        return embedded_path(source)
     path = Path(source).expanduser()
     if path.exists():
         if not path.is_dir():
