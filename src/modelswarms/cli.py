@@ -116,8 +116,9 @@ def merge(config: str, overwrite: bool, debug: bool) -> None:
 @click.option("--resume", "resume_dir", type=click.Path(file_okay=False),
               help="Continue the comparison in this folder.")
 @click.option("--overwrite", is_flag=True, help="Replace an existing output folder.")
+@click.option("--quiet", is_flag=True, help="No progress display.")
 @click.option("--debug", is_flag=True, help="Show tracebacks.")
-def compare_cmd(config: str | None, resume_dir: str | None, overwrite: bool,
+def compare_cmd(config: str | None, resume_dir: str | None, overwrite: bool, quiet: bool,
                 debug: bool) -> None:
     """Compare Model Swarms with merges, ensembles and other searches (CONFIG's `compare:`)."""
     from .config import load_config
@@ -127,7 +128,8 @@ def compare_cmd(config: str | None, resume_dir: str | None, overwrite: bool,
         raise click.UsageError("give a CONFIG file, or --resume FOLDER")
     _quiet_libraries()
     cfg = _guard(debug, load_config, config) if config else None
-    report = _guard(debug, compare, cfg, resume=resume_dir, overwrite=overwrite)
+    report = _guard(debug, compare, cfg, resume=resume_dir, overwrite=overwrite,
+                    show_progress=not quiet)
     table = Table(title=f"{report['utility']} on {Path(report['dataset']).name}, budget "
                         f"{report['budget']}, seeds {report['seeds']}")
     for col in ("method", "dev", "test", "evals", "s"):
@@ -141,6 +143,17 @@ def compare_cmd(config: str | None, resume_dir: str | None, overwrite: bool,
             table.add_row(row["name"], _pm(row, "dev"), _pm(row, "test"),
                           f"{row['evaluations']:.0f}", f"{row['seconds']:.1f}")
     console.print(table)
+
+
+@main.command("status")
+@click.argument("folder", type=click.Path(file_okay=False))
+@click.option("--debug", is_flag=True, help="Show tracebacks.")
+def status_cmd(folder: str, debug: bool) -> None:
+    """Where the run or comparison in FOLDER stands (running, killed or finished) and its
+    table so far; reads the folder only, so a live run is not disturbed."""
+    from .runs.status import folder_status, render
+
+    click.echo(render(_guard(debug, folder_status, folder)), nl=False)
 
 
 @main.command("hswarm")

@@ -29,7 +29,7 @@ from .checkpoint import (
     save_checkpoint,
 )
 from .checks import check_budget
-from .progress import Progress
+from .progress import Progress, SearchView
 from .report import final_report
 from .session import Session
 from .trackers import Trackers
@@ -90,10 +90,12 @@ def _read_history(path: Path, upto: int) -> list[dict[str, Any]]:
 
 def run(cfg: RunConfig | None = None, *, resume: str | Path | None = None,
         overwrite: bool = False, show_progress: bool = True,
-        session: Session | None = None, strategy: str | None = None) -> dict[str, Any]:
+        session: Session | None = None, strategy: str | None = None,
+        view: SearchView = Progress) -> dict[str, Any]:
     """Run (or resume) a search and return its report. `session` reuses a resident model,
     data and score cache opened for the same experts, data and utility (compare does).
-    `strategy` overrides the config's (the `hswarm` command)."""
+    `strategy` overrides the config's (the `hswarm` command); `view` shows the progress
+    (compare: a row of its own view)."""
     if resume is not None:
         run_dir = Path(resume)
         if not (run_dir / CONFIG).is_file():
@@ -117,7 +119,8 @@ def run(cfg: RunConfig | None = None, *, resume: str | Path | None = None,
                 session = Session.open(cfg, need_test=cfg.output.evaluate_test)
             else:
                 session.cfg = cfg
-            search, history = search_loop(cfg, run_dir, session, show_progress, trackers)
+            search, history = search_loop(cfg, run_dir, session, show_progress, trackers,
+                                          view)
         except ModelSwarmsError:
             trackers.close(failed=True)  # before its files go with the folder
             # a run that could not start (a missing expert, bad data, a utility failing on
@@ -140,8 +143,8 @@ def remove_torn_writes(run_dir: Path) -> None:
 
 
 def search_loop(cfg: RunConfig, run_dir: Path | None, session: Session,
-                show_progress: bool = False, trackers: Trackers | None = None
-                ) -> tuple[SearchStrategy, list[dict[str, Any]]]:
+                show_progress: bool = False, trackers: Trackers | None = None,
+                view: SearchView = Progress) -> tuple[SearchStrategy, list[dict[str, Any]]]:
     """Every strategy's loop: ask, score, tell, checkpoint after every tell, a history line
     after every completed iteration (also to `trackers`, which it starts); resumes from
     `run_dir`'s checkpoint. Without a `run_dir` the search runs in memory only (the Python
@@ -184,9 +187,10 @@ def search_loop(cfg: RunConfig, run_dir: Path | None, session: Session,
         in_flight.clear()
 
     try:
-        with Progress(spec.iterations(cfg), search.label, enabled=show_progress) as progress:
-            for rec in history:
-                progress.update(rec)
+        with view(spec.iterations(cfg), search.label, enabled=show_progress,
+                  budget=cfg.budget, folder=run_dir) as progress:
+            if history:  # a resumed run: where it stands, once
+                progress.update(history[-1])
             pending = 0.0  # seconds of the iteration in progress (a round may take two tells)
             while not search.done:
                 start = time.perf_counter()
