@@ -157,12 +157,17 @@ def evaluate(model: str | Path, items: list[dict] | str | Path, *,
              max_items: int | None = None) -> ItemScores:
     """Score one adapter or model folder (say, a search's export) with a utility on items
     (a list, or a dataset file and its split)."""
-    from .config import utility_config
+    from .config import engine_config, utility_config
     from .evaluation.backend import load_standalone
     from .evaluation.data import load_items
     from .evaluation.generation import Batching, batching
     from .evaluation.utilities import build_utility
 
+    # a zero or negative limit would score nothing, or loop: refused here, as in a config
+    engine_config("evaluate", device=device, dtype=dtype, batch_size=batch_size,
+                  max_batch_tokens=max_batch_tokens)
+    if max_items is not None and max_items < 1:
+        raise ConfigError(f"evaluate: max_items: {max_items} scores no item; give 1 or more")
     utility = _utility_fields(utility)
     scorer = build_utility(utility_config(**utility))
     if isinstance(items, str | Path):

@@ -117,6 +117,8 @@ def _compare(cfg: RunConfig, out: Path, methods: list[str], show_progress: bool)
         ratio = items["test"] / max(items["dev"], 1)
         watch.units = [(label, row_cost(row_spec(m), cfg, n, ratio))
                        for (label, _), (m, _) in zip(watch.units, todo, strict=True)]
+        watch.note(f"{items['dev']} dev / {items['test']} test items loaded; scoring the {n} "
+                   "experts on dev")
         start = time.perf_counter()
         expert_dev = [x.value for x in session.score_many(session.experts, session.dev)]
         watch.calibrate(time.perf_counter() - start, n,

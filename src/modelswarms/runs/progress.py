@@ -156,6 +156,9 @@ class CompareProgress(_View):
         else:
             self._state("stopped", error=f"{exc[0].__name__}: {exc[1]}")
 
+    def note(self, what: str) -> None:
+        self._show(what)
+
     # what is measured
     def calibrate(self, seconds: float, cost: float, what: str) -> None:
         self.spent += seconds

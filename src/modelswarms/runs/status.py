@@ -149,11 +149,14 @@ def render(status: dict[str, Any]) -> str:
             if "iteration" in f:
                 where = (f": iteration {f['iteration']}, evaluations {f['evaluations']}/"
                          f"{f['budget']}, best {f['best']:.4f}")
-            lines.append(f"{'in flight' if who['state'] == 'running' else 'next'}: "
+            busy = who["state"] == "running" and who.get("in_flight")
+            lines.append(f"{'in flight' if busy else 'next'}: "
                          f"{f['method']} seed {f['seed']}{where}")
-        if who["state"] == "running" and who.get("eta_s") is not None:
-            lines.append(f"ETA {duration(who['eta_s'])} (at its last update; elapsed "
-                         f"{duration(who.get('elapsed_s'))} in this session)")
+        if who["state"] == "running":
+            if who.get("eta_s") is not None:
+                lines.append(f"ETA {duration(who['eta_s'])} at its last update (elapsed "
+                             f"{duration(who.get('elapsed_s'))} in this session)")
+            lines.append(f"last line: {who.get('line', '')}")
         return "\n".join(lines) + "\n\n" + status["table"]
     lines = [f"{folder}: {status['strategy']} run, {status['iterations_done']} iterations "
              f"recorded; {_writer_line(who, folder, 'run')}"]
