@@ -395,26 +395,26 @@ def test_status_of_a_live_then_a_killed_comparison(tmp_path, lora_experts, mc_da
     path.write_text(dump_config(cfg))
     child = tmp_path / "child.py"
     child.write_text(CHILD)
-    log = open(tmp_path / "log", "w")
-    proc = subprocess.Popen([sys.executable, str(child), str(path)], stdout=log, stderr=log,
-                            env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)})
     out, runner = tmp_path / "cmp", CliRunner()
-    try:
-        deadline = time.monotonic() + 300
-        while len(_lines(out / "results.jsonl")) < 3:  # experts, linear, a swarm seed
-            assert proc.poll() is None and time.monotonic() < deadline, \
-                (tmp_path / "log").read_text()[-2000:]
-            time.sleep(0.2)
-        live = runner.invoke(main, ["status", str(out)])
-        assert live.exit_code == 0, live.output
-        assert f"running (pid {proc.pid})" in live.output
-        assert "of 32 rows done" in live.output and "Partial table" in live.output
-        assert "| Model Swarms |" in live.output and "last line: [" in live.output
-        assert "compare: [" in (tmp_path / "log").read_text()  # the log shows it too
-    finally:
-        proc.kill()
-        proc.wait()
-        log.close()
+    with open(tmp_path / "log", "w") as log:
+        proc = subprocess.Popen([sys.executable, str(child), str(path)], stdout=log,
+                                stderr=log,
+                                env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)})
+        try:
+            deadline = time.monotonic() + 300
+            while len(_lines(out / "results.jsonl")) < 3:  # experts, linear, a swarm seed
+                assert proc.poll() is None and time.monotonic() < deadline, \
+                    (tmp_path / "log").read_text()[-2000:]
+                time.sleep(0.2)
+            live = runner.invoke(main, ["status", str(out)])
+            assert live.exit_code == 0, live.output
+            assert f"running (pid {proc.pid})" in live.output
+            assert "of 32 rows done" in live.output and "Partial table" in live.output
+            assert "| Model Swarms |" in live.output and "last line: [" in live.output
+            assert "compare: [" in (tmp_path / "log").read_text()  # the log shows it too
+        finally:
+            proc.kill()
+            proc.wait()
     before = _snapshot(out)
     done = len(_lines(out / "results.jsonl"))
     killed = runner.invoke(main, ["status", str(out)])

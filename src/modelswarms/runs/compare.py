@@ -119,10 +119,17 @@ def _compare(cfg: RunConfig, out: Path, methods: list[str], show_progress: bool)
                        for (label, _), (m, _) in zip(watch.units, todo, strict=True)]
         watch.note(f"{items['dev']} dev / {items['test']} test items loaded; scoring the {n} "
                    "experts on dev")
-        start = time.perf_counter()
-        expert_dev = [x.value for x in session.score_many(session.experts, session.dev)]
-        watch.calibrate(time.perf_counter() - start, n,
-                        f"the {n} experts scored on {items['dev']} dev items")
+        # in the blocks the evaluator forms anyway (the scores are the same), so that the
+        # first ETA comes after the first block, not after all the experts
+        k = max(1, getattr(session.evaluator, "group_size", n))
+        expert_dev: list[float] = []
+        for i in range(0, n, k):
+            start = time.perf_counter()
+            block = session.score_many(session.experts[i:i + k], session.dev)
+            expert_dev += [x.value for x in block]
+            watch.calibrate(time.perf_counter() - start, len(block),
+                            f"experts {len(expert_dev)}/{n} scored on dev",
+                            left=n - len(expert_dev))
         for method, seed in todo:
             spec = row_spec(method)
             label = spec.label + (f" (seed {seed})" if spec.seeded else "")

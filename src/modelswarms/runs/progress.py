@@ -139,6 +139,7 @@ class CompareProgress(_View):
         self.spent, self.priced = 0.0, 0.0  # measured seconds and their cost in equivalents
         self.row: dict[str, Any] | None = None  # the row in flight
         self.line = ""  # the last line shown
+        self.before_rows = 0.0  # cost of the work before the first row still to do
         self._all = self.bar.add_task("comparison", total=self.total, completed=done,
                                       info="opening the model and the data")
         self._row = self.bar.add_task("", total=1, info="", visible=False)
@@ -160,9 +161,11 @@ class CompareProgress(_View):
         self._show(what)
 
     # what is measured
-    def calibrate(self, seconds: float, cost: float, what: str) -> None:
+    def calibrate(self, seconds: float, cost: float, what: str, left: float = 0.0) -> None:
+        """`cost` done in `seconds` before the rows start; `left` of it still to do."""
         self.spent += seconds
         self.priced += cost
+        self.before_rows = left
         self._show(f"{what} in {duration(seconds)}")
 
     def start_row(self, label: str) -> None:
@@ -205,7 +208,7 @@ class CompareProgress(_View):
         if priced <= 0:
             return None
         rate = (self.spent + row["wall"]) / priced
-        left = sum(c for _, c in self.units[1 if self.row else 0:])
+        left = self.before_rows + sum(c for _, c in self.units[1 if self.row else 0:])
         left += max(row["cost"] - row["evaluations"], 0.0)
         return rate * left
 
