@@ -433,3 +433,23 @@ def _lines(path):
 def _snapshot(folder):
     return {p: (p.read_bytes(), p.stat().st_mtime_ns) for p in sorted(folder.rglob("*"))
             if p.is_file()}
+
+
+def test_the_benchmark_script_shows_progress_unless_quiet(tmp_path, lora_experts, monkeypatch):
+    """The evidence run starts bench/benchmark_table.py with its output in a log: the
+    comparison's progress lines must reach it (`--quiet` turns them off)."""
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "bench" / "benchmark_table.py"
+    spec = importlib.util.spec_from_file_location("benchmark_table", path)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    asked = []
+    monkeypatch.setattr("modelswarms.runs.compare.compare",
+                        lambda *a, **kw: asked.append(kw["show_progress"]))
+    for flags in ([], ["--quiet"]):
+        args = bench.parser().parse_args(["--tasks", "capitals", "--out", str(tmp_path / "o"),
+                                          "--pool", str(lora_experts[0].parent), *flags])
+        bench.run_task("capitals", args)
+    assert asked == [True, False]
