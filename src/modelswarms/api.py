@@ -125,17 +125,18 @@ def search(cfg: RunConfig | str | Path, *, run_dir: str | Path | None = None,
 
 
 def compare(cfg: RunConfig | str | Path, *, out: str | Path | None = None,
-            resume: bool = False) -> dict[str, Any]:
+            resume: bool = False, progress: bool = False) -> dict[str, Any]:
     """`modelswarms compare`: every row of `compare.methods` at one budget, in a folder
-    (`out`, default output.dir) so that a killed comparison resumes."""
+    (`out`, default output.dir) so that a killed comparison resumes; `progress` shows rows
+    done, the search in flight and an ETA as the command does."""
     from .runs.compare import compare as run_compare
 
     cfg = _as_config(cfg)
     if out is not None and not resume:
         cfg = _in_folder(cfg, out)
     if resume:
-        return run_compare(resume=out or cfg.output.dir)
-    return run_compare(cfg)
+        return run_compare(resume=out or cfg.output.dir, show_progress=progress)
+    return run_compare(cfg, show_progress=progress)
 
 
 def merge(cfg: RunConfig | str | Path, *, out: str | Path | None = None,

@@ -45,6 +45,9 @@ def writer(folder: Path) -> dict[str, Any]:
     without a word: killed, or a crash), "elsewhere" (another host: unknown) or "unknown"
     (no progress.json: a folder of an older version)."""
     state = _read_json(folder / STATE)
+    if state is None and folder.name.startswith("seed_") and folder.parents[1].name == "runs":
+        # a search row of a comparison (FOLDER/runs/METHOD/seed_N): its comparison writes it
+        state = _read_json(folder.parents[2] / STATE)
     if state is None:
         return {"state": "unknown"}
     out = dict(state)
@@ -87,7 +90,7 @@ def _compare_status(folder: Path, cfg: Any) -> dict[str, Any]:
     todo = [u for u in units if u not in done]
     if todo and who["state"] != "finished":
         method, seed = todo[0]
-        in_flight = {"method": method, "seed": seed}
+        in_flight = {"method": method, "seed": seed if row_spec(method).seeded else None}
         history = folder / "runs" / method / f"seed_{seed}" / "history.jsonl"
         if recs := read_jsonl(history):
             in_flight.update(iteration=recs[-1]["iteration"],
@@ -151,7 +154,8 @@ def render(status: dict[str, Any]) -> str:
                          f"{f['budget']}, best {f['best']:.4f}")
             busy = who["state"] == "running" and who.get("in_flight")
             lines.append(f"{'in flight' if busy else 'next'}: "
-                         f"{f['method']} seed {f['seed']}{where}")
+                         f"{f['method']}"
+                         + (f" seed {f['seed']}" if f["seed"] is not None else "") + where)
         if who["state"] == "running":
             if who.get("eta_s") is not None:
                 lines.append(f"ETA {duration(who['eta_s'])} at its last update (elapsed "
