@@ -26,7 +26,7 @@ from ..merge import MERGE_METHODS
 from .checkpoint import atomic_write_text, check_writable
 from .progress import CompareProgress
 from .rows import RowContext, RowSpec, is_search, row_spec
-from .runner import logging_to, read_jsonl
+from .runner import logging_to, read_jsonl, remove_torn_writes
 from .session import Session
 from .stats import paired_bootstrap, seed_averaged_gain, unpack_scores
 from .trackers import check_trackers
@@ -75,6 +75,7 @@ def compare(cfg: RunConfig | None = None, *, resume: str | Path | None = None,
         raise ConfigError("compare: the config has no `compare:` section")
     methods = _check_methods(cfg)
     with logging_to(out):
+        remove_torn_writes(out)  # a kill inside an atomic write (progress.json, the tables)
         try:
             return _compare(cfg, out, methods, show_progress)
         except ModelSwarmsError:
