@@ -20,8 +20,6 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeElapsedColumn
 from rich.progress import Progress as RichProgress
 
-from .checkpoint import atomic_write_text
-
 STATE = "progress.json"
 
 
@@ -53,9 +51,14 @@ def write_state(folder: Path | None, state: dict[str, Any]) -> None:
     """`progress.json`: the figures on screen, who writes them (pid, host) and when."""
     if folder is None:
         return
-    atomic_write_text(Path(folder) / STATE, json.dumps(
-        {**state, "pid": os.getpid(), "host": socket.gethostname(), "updated": time.time()},
-        indent=1))
+    # Renamed into place whole, so a reader never sees half of it; not fsynced as results
+    # are (checkpoint.atomic_write_text): it is advisory and rewritten every iteration, and
+    # a flush to disk per iteration buys nothing. A kill mid-write leaves a ".*.tmp" that
+    # the next resume removes.
+    tmp = Path(folder) / f".{STATE}.{os.getpid()}.tmp"
+    tmp.write_text(json.dumps({**state, "pid": os.getpid(), "host": socket.gethostname(),
+                               "updated": time.time()}, indent=1))
+    os.replace(tmp, Path(folder) / STATE)
 
 
 class _View:
