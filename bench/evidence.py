@@ -295,6 +295,8 @@ def build_pools(targets: list[str], eval_dir: Path, work: Path, args,
                                      "quality": pool_quality(scores), "scores": scores,
                                      "folder": str(folder)})
             sweep_path.write_text(json.dumps(sweep, indent=1))
+            if args.commit:  # the probe experts are not kept: a resumed sweep needs only this
+                commit([sweep_path], f"evidence: pool sweep, recipe {i} scored on dev")
             log(f"recipe {i} {recipe}: quality {pool_quality(scores):.4f}, "
                 f"built in {seconds:.0f} s")
         if not sweep["recipes"]:
