@@ -127,17 +127,20 @@ def search(cfg: RunConfig | str | Path, *, run_dir: str | Path | None = None,
 
 
 def compare(cfg: RunConfig | str | Path, *, out: str | Path | None = None,
-            resume: bool = False, accept_changes: bool = False) -> dict[str, Any]:
+            resume: bool = False, accept_changes: bool = False,
+            progress: bool = False) -> dict[str, Any]:
     """`modelswarms compare`: every row of `compare.methods` at one budget, in a folder
-    (`out`, default output.dir) so that a killed comparison resumes."""
+    (`out`, default output.dir) so that a killed comparison resumes; `progress` shows rows
+    done, the search in flight and an ETA as the command does."""
     from .runs.compare import compare as run_compare
 
     cfg = _as_config(cfg)
     if out is not None and not resume:
         cfg = _in_folder(cfg, out)
     if resume:
-        return run_compare(resume=out or cfg.output.dir, accept_changes=accept_changes)
-    return run_compare(cfg)
+        return run_compare(resume=out or cfg.output.dir, accept_changes=accept_changes,
+                           show_progress=progress)
+    return run_compare(cfg, show_progress=progress)
 
 
 def merge(cfg: RunConfig | str | Path, *, out: str | Path | None = None,
@@ -159,12 +162,17 @@ def evaluate(model: str | Path, items: list[dict] | str | Path, *,
              max_items: int | None = None) -> ItemScores:
     """Score one adapter or model folder (say, a search's export) with a utility on items
     (a list, or a dataset file and its split)."""
-    from .config import utility_config
+    from .config import engine_config, utility_config
     from .evaluation.backend import load_standalone
     from .evaluation.data import load_items
     from .evaluation.generation import Batching, batching
     from .evaluation.utilities import build_utility
 
+    # a zero or negative limit would score nothing, or loop: refused here, as in a config
+    engine_config("evaluate", device=device, dtype=dtype, batch_size=batch_size,
+                  max_batch_tokens=max_batch_tokens)
+    if max_items is not None and max_items < 1:
+        raise ConfigError(f"evaluate: max_items: {max_items} scores no item; give 1 or more")
     utility = _utility_fields(utility)
     scorer = build_utility(utility_config(**utility))
     if isinstance(items, str | Path):

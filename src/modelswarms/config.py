@@ -380,6 +380,15 @@ UtilityConfig = Annotated[
 _UTILITY_ADAPTER: TypeAdapter[Any] = TypeAdapter(UtilityConfig)
 
 
+def engine_config(source: str = "model", **fields: Any) -> ModelConfig:
+    """A ModelConfig from keyword fields (a command's flags, an API call's arguments): its
+    limits checked where they are declared, an error naming `source` and the key."""
+    try:
+        return ModelConfig.model_validate(fields)
+    except ValidationError as err:
+        raise ConfigError(_format_errors(err, source, prefix=("model",))) from None
+
+
 def utility_config(**fields: Any) -> Any:
     """A utility config from keyword fields (`type` picks the kind; multiple_choice if none)."""
     try:

@@ -30,7 +30,7 @@ from .checks import check_budget
 from .folders import Claim, FolderLock, claim, config_inputs, lock_existing
 from .inputs import check_resume
 from .inputs import record as record_inputs
-from .progress import Progress
+from .progress import Progress, SearchView
 from .report import final_report
 from .session import Session
 from .trackers import Trackers
@@ -92,11 +92,12 @@ def _read_history(path: Path, upto: int) -> list[dict[str, Any]]:
 def run(cfg: RunConfig | None = None, *, resume: str | Path | None = None,
         overwrite: bool = False, show_progress: bool = True,
         session: Session | None = None, strategy: str | None = None,
-        accept_changes: bool = False) -> dict[str, Any]:
+        accept_changes: bool = False, view: SearchView = Progress) -> dict[str, Any]:
     """Run (or resume) a search and return its report. `session` reuses a resident model,
     data and score cache opened for the same experts, data and utility (compare does, and
-    checks its inputs itself). `strategy` overrides the config's (the `hswarm` command).
-    A resume whose inputs changed since the run started stops, unless `accept_changes`."""
+    checks its inputs itself). `strategy` overrides the config's (the `hswarm` command);
+    `view` shows the progress (compare: a row of its own view). A resume whose inputs
+    changed since the run started stops, unless `accept_changes`."""
     held: FolderLock | None = None
     if resume is not None:
         run_dir = Path(resume)
@@ -105,14 +106,14 @@ def run(cfg: RunConfig | None = None, *, resume: str | Path | None = None,
         held = lock_existing(run_dir)  # before anything in the folder is read or changed
     try:
         return _run(cfg, resume, overwrite, show_progress, session, strategy, accept_changes,
-                    held)
+                    held, view)
     finally:
         if held is not None:
             held.release()
 
 
 def _run(cfg, resume, overwrite, show_progress, session, strategy, accept_changes,
-         held) -> dict[str, Any]:
+         held, view) -> dict[str, Any]:
     if resume is not None:
         run_dir = Path(resume)
         cfg = load_config(run_dir / CONFIG)
@@ -140,7 +141,8 @@ def _run(cfg, resume, overwrite, show_progress, session, strategy, accept_change
                         record_inputs(run_dir, cfg)
                 else:
                     session.cfg = cfg
-                search, history = search_loop(cfg, run_dir, session, show_progress, trackers)
+                search, history = search_loop(cfg, run_dir, session, show_progress, trackers,
+                                              view)
             except ModelSwarmsError:
                 trackers.close(failed=True)  # before its files go with the folder
                 # a run that could not start (a missing expert, bad data, a utility failing
@@ -166,8 +168,8 @@ def remove_torn_writes(run_dir: Path) -> None:
 
 
 def search_loop(cfg: RunConfig, run_dir: Path | None, session: Session,
-                show_progress: bool = False, trackers: Trackers | None = None
-                ) -> tuple[SearchStrategy, list[dict[str, Any]]]:
+                show_progress: bool = False, trackers: Trackers | None = None,
+                view: SearchView = Progress) -> tuple[SearchStrategy, list[dict[str, Any]]]:
     """Every strategy's loop: ask, score, tell, checkpoint after every tell, a history line
     after every completed iteration (also to `trackers`, which it starts); resumes from
     `run_dir`'s checkpoint. Without a `run_dir` the search runs in memory only (the Python
@@ -220,9 +222,10 @@ def search_loop(cfg: RunConfig, run_dir: Path | None, session: Session,
         in_flight.clear()
 
     try:
-        with Progress(spec.iterations(cfg), search.label, enabled=show_progress) as progress:
-            for rec in history:
-                progress.update(rec)
+        with view(spec.iterations(cfg), search.label, enabled=show_progress,
+                  budget=cfg.budget, folder=run_dir) as progress:
+            if history:  # a resumed run: where it stands, once
+                progress.update(history[-1])
             pending = 0.0  # seconds of the iteration in progress (a round may take two tells)
             while not search.done:
                 start = time.perf_counter()
