@@ -488,7 +488,8 @@ def _packed_option_logprobs(model, prompts: Sequence[Sequence[int]],
         chunk, done = max(1, HEAD_CHUNK // particles), 0
         for start in range(0, reads.shape[1], chunk):
             stop = min(reads.shape[1], start + chunk)
-            logits = head(hidden[reads[:, start:stop].reshape(-1).to(device)]).float()
+            with torch.profiler.record_function("modelswarms.head"):
+                logits = head(hidden[reads[:, start:stop].reshape(-1).to(device)]).float()
             logits = logits.view(particles, stop - start, -1)
             lse = torch.logsumexp(logits, dim=-1)  # (particles, stop - start)
             # the targets are sorted by the read they score: this chunk's are the next run
