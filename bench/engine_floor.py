@@ -212,25 +212,27 @@ def run_particles(ev, vectors, items, utility, batching: Batching):
 # ----------------------------------------------------------------------------- profile
 
 CATEGORIES = [
-    ("LM head matmul", ()),
-    ("log-softmax / logsumexp", ("aten::logsumexp", "aten::_log_softmax", "aten::log_softmax",
-                                 "aten::exp", "aten::exp_", "aten::amax", "aten::sub")),
-    ("layer matmuls", ("aten::mm", "aten::addmm", "aten::bmm", "quantized::linear_dynamic",
-                       "aten::_weight_int8pack_mm")),
+    ("matmuls (layers and LM head)", ("aten::mm", "aten::addmm", "aten::bmm",
+                                     "quantized::linear_dynamic", "aten::_weight_int8pack_mm")),
+    ("log-sum-exp / log-softmax", ("aten::logsumexp", "aten::_log_softmax", "aten::exp",
+                                   "aten::exp_", "aten::amax", "aten::sub", "aten::sub_",
+                                   "aten::maximum", "aten::log")),
     ("attention", ("aten::_scaled_dot_product_flash_attention_for_cpu",
                    "aten::_scaled_dot_product_attention_math")),
-    ("norms, rotary, SiLU, residuals", ("aten::mul", "aten::add", "aten::pow", "aten::mean",
-                                        "aten::rsqrt", "aten::silu", "aten::neg", "aten::cat",
-                                        "aten::add_", "aten::mul_", "aten::div", "aten::cos",
-                                        "aten::sin", "aten::embedding")),
+    ("norms, rotary, SiLU, residuals, LoRA scaling", (
+        "aten::mul", "aten::add", "aten::pow", "aten::mean", "aten::rsqrt", "aten::silu",
+        "aten::neg", "aten::cat", "aten::add_", "aten::mul_", "aten::div", "aten::cos",
+        "aten::sin", "aten::embedding")),
     ("copies, indexing, masks", ("aten::copy_", "aten::index", "aten::index_select",
                                  "aten::clone", "aten::repeat", "aten::gather", "aten::where",
-                                 "aten::bitwise_and", "aten::eq", "aten::fill_", "aten::tril",
-                                 "aten::zero_", "aten::index_add_", "aten::_to_copy",
-                                 "aten::repeat_interleave", "aten::cumsum", "aten::ones",
-                                 "aten::full", "aten::zeros", "aten::arange", "aten::empty",
-                                 "aten::item", "aten::_local_scalar_dense", "aten::all",
-                                 "aten::sort", "aten::argsort", "aten::sum", "aten::clamp")),
+                                 "aten::bitwise_and", "aten::bitwise_or", "aten::eq",
+                                 "aten::fill_", "aten::tril", "aten::zero_", "aten::index_add_",
+                                 "aten::_to_copy", "aten::repeat_interleave", "aten::cumsum",
+                                 "aten::ones", "aten::full", "aten::zeros", "aten::arange",
+                                 "aten::empty", "aten::item", "aten::_local_scalar_dense",
+                                 "aten::all", "aten::sort", "aten::argsort", "aten::sum",
+                                 "aten::clamp", "aten::index_put_", "aten::nonzero",
+                                 "aten::searchsorted", "aten::ge", "aten::lt")),
 ]
 
 
@@ -253,14 +255,12 @@ def profile(ev, vector, items, utility) -> dict:
     for name, ops in CATEGORIES:
         out[name] = sum(selfs.get(o, 0.0) for o in ops)
         claimed |= set(ops)
-    # the head's matmul (the packed way marks it; the two-pass way's is in the layer matmuls)
-    head_mm = min(totals.get("modelswarms.head", 0.0), out["layer matmuls"])
-    out["LM head matmul"] = head_mm
-    out["layer matmuls"] -= head_mm
-    out["memo key hashing"] = totals.get("modelswarms.memo_key", 0.0)
     out["other ops"] = sum(v for k, v in selfs.items() if k not in claimed and
                            k.startswith("aten::"))
+    out["memo key hashing (Python, numpy)"] = totals.get("modelswarms.memo_key", 0.0)
     out["Python and the rest"] = max(0.0, wall - sum(out.values()))
+    # not a share of its own: the packed way's LM head (its matmul, log-sum-exp, picks)
+    out["of all these: inside the LM head"] = totals.get("modelswarms.head", 0.0)
     out["wall"] = wall
     return out
 

@@ -374,7 +374,8 @@ def packs(model) -> bool:
     return decoder_layers(model) is not None and base.get_output_embeddings() is not None
 
 
-# rows of the LM head computed at once: (rows x vocabulary) float32 logits, ~100 MB at 49k
+# rows of a head that is not a plain Linear computed at once: (rows x vocabulary) float32
+# logits, ~100 MB at 49k
 HEAD_CHUNK = 512
 
 
@@ -444,6 +445,68 @@ def _pack(prompts: Sequence[Sequence[int]], options: Sequence[Sequence[Sequence[
                    torch.tensor(t_tok)[order], torch.tensor(t_opt)[order]), pairs
 
 
+def _read_logprobs(head, hidden: torch.Tensor, reads: torch.Tensor, target_row: torch.Tensor,
+                   target_token: torch.Tensor) -> torch.Tensor:
+    """(particles, S) float32 log p(target_token | the read column target_row names), for
+    the rows `reads` (particles, R) of `hidden` (the last hidden states, flattened)."""
+    particles, rows = reads.shape
+    device = hidden.device
+    if type(head) is torch.nn.Linear:  # shared by every particle: all rows at once
+        t_row = (target_row[None] + rows * torch.arange(particles)[:, None]).reshape(-1)
+        out = _blocked_logprobs(head, hidden[reads.reshape(-1).to(device)],
+                                t_row.to(device), target_token.repeat(particles).to(device))
+        return out.view(particles, -1).cpu()
+    # another head (a LoRA'd or quantised one): full logits, particle-major chunks
+    picked = torch.empty(particles, len(target_row), dtype=torch.float32)
+    chunk, done = max(1, HEAD_CHUNK // particles), 0
+    for start in range(0, rows, chunk):
+        stop = min(rows, start + chunk)
+        logits = head(hidden[reads[:, start:stop].reshape(-1).to(device)]).float()
+        logits = logits.view(particles, stop - start, -1)
+        lse = torch.logsumexp(logits, dim=-1)  # (particles, stop - start)
+        # the targets are sorted by the read they score: this chunk's are the next run
+        end = int(torch.searchsorted(target_row, stop))
+        local = (target_row[done:end] - start).to(device)
+        picked[:, done:end] = (logits[:, local, target_token[done:end].to(device)]
+                               - lse[:, local]).cpu()
+        done = end
+    return picked
+
+
+# The LM head in tiles of rows x vocabulary entries: a tile's logits stay in the CPU's cache
+# for the log-sum-exp (a 49k vocabulary's full logits go to memory and back three times).
+HEAD_ROWS, HEAD_VOCAB = 1024, 1024
+
+
+def _blocked_logprobs(head: torch.nn.Linear, x: torch.Tensor, t_row: torch.Tensor,
+                      t_tok: torch.Tensor) -> torch.Tensor:
+    """log_softmax(head(x))[t_row, t_tok] with a running log-sum-exp over vocabulary tiles;
+    `t_row` sorted. The same values as the full logits' up to float rounding."""
+    weight, bias = head.weight, head.bias
+    vocab = weight.shape[0]
+    out = torch.empty(len(t_row), dtype=torch.float32, device=x.device)
+    done = 0
+    for start in range(0, x.shape[0], HEAD_ROWS):
+        stop = min(x.shape[0], start + HEAD_ROWS)
+        end = int(torch.searchsorted(t_row, stop))
+        local, tok = t_row[done:end] - start, t_tok[done:end]
+        top = torch.full((stop - start,), -math.inf, device=x.device)
+        total = torch.zeros(stop - start, device=x.device)
+        hit = torch.empty(end - done, device=x.device)
+        for v in range(0, vocab, HEAD_VOCAB):
+            tile = torch.nn.functional.linear(
+                x[start:stop], weight[v:v + HEAD_VOCAB],
+                None if bias is None else bias[v:v + HEAD_VOCAB]).float()
+            here = ((tok >= v) & (tok < v + HEAD_VOCAB)).nonzero()[:, 0]
+            hit[here] = tile[local[here], tok[here] - v]
+            new = torch.maximum(top, tile.amax(-1))
+            total = total * torch.exp(top - new) + tile.sub_(new[:, None]).exp_().sum(-1)
+            top = new
+        out[done:end] = hit - (top + total.log())[local]
+        done = end
+    return out
+
+
 def _packed_option_logprobs(model, prompts: Sequence[Sequence[int]],
                             options: Sequence[Sequence[Sequence[int]]], *, pad_id: int,
                             batch_size: int | None, max_tokens: int | None, particles: int,
@@ -484,20 +547,8 @@ def _packed_option_logprobs(model, prompts: Sequence[Sequence[int]],
         hidden = hidden.reshape(particles * b * width, -1)
         # every particle's read columns, particle-major (a LoRA'd head splits rows that way)
         reads = pk.reads[None] + b * width * torch.arange(particles)[:, None]  # (particles, R)
-        picked = torch.empty(particles, len(pk.target_row), dtype=torch.float32)
-        chunk, done = max(1, HEAD_CHUNK // particles), 0
-        for start in range(0, reads.shape[1], chunk):
-            stop = min(reads.shape[1], start + chunk)
-            with torch.profiler.record_function("modelswarms.head"):
-                logits = head(hidden[reads[:, start:stop].reshape(-1).to(device)]).float()
-            logits = logits.view(particles, stop - start, -1)
-            lse = torch.logsumexp(logits, dim=-1)  # (particles, stop - start)
-            # the targets are sorted by the read they score: this chunk's are the next run
-            end = done + int(((pk.target_row >= start) & (pk.target_row < stop)).sum())
-            local = (pk.target_row[done:end] - start).to(device)
-            picked[:, done:end] = (logits[:, local, pk.target_token[done:end].to(device)]
-                                   - lse[:, local]).cpu()
-            done = end
+        with torch.profiler.record_function("modelswarms.head"):
+            picked = _read_logprobs(head, hidden, reads, pk.target_row, pk.target_token)
         scores = torch.zeros(particles, len(pairs), dtype=torch.float64)
         scores.index_add_(1, pk.target_option, picked.view(particles, -1).double())
         values = scores.tolist()
