@@ -21,8 +21,10 @@ scoring mode:
 - model.dtype int8 and bfloat16 against float32: speed, and agreement of per-item choices and
   accuracy with float32 on the dev sets (paired bootstrap interval).
 
-Run: python bench/engine_floor.py [--items 200] [--quick] [--sections floor profile compare
-multiplex dtype] [--tasks ...]. Writes docs/bench_engine_floor.md and .json.
+Run: python bench/engine_floor.py [--items 200] [--quick] [--threads N] [--sections floor
+profile compare multiplex dtype] [--tasks ...] [--modes ...]. Writes docs/bench_engine_floor.md
+and .json; `--render` rewrites the page from the .json (one run, or {"runs": [...]} of several).
+On a machine shared with other work, `--threads 1` (several threads stall there).
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ import json
 import os
 import platform
 import statistics
+import sys
 import time
 from collections import defaultdict
 from pathlib import Path
@@ -267,6 +270,16 @@ def profile(ev, vector, items, utility) -> dict:
 
 # --------------------------------------------------------------------------------- main
 
+def cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return f"{platform.machine()} CPU"
+
+
 def agreement(a, b) -> dict:
     same = sum(x == y for x, y in zip(a.predictions, b.predictions, strict=True))
     diff = paired_bootstrap(b.scores, a.scores)
@@ -290,10 +303,14 @@ def main() -> None:  # noqa: C901 - one linear script
                     help="only rewrite the page from the .json of an earlier run")
     args = ap.parse_args()
     out = Path(args.out)
-    if args.render:
-        result = json.loads(out.with_suffix(".json").read_text())
-        args.quick, args.items, args.threads = False, result["items"], result.get("threads")
-        out.with_suffix(".md").write_text(render(result, args))
+    if args.render:  # one run, or {"runs": [...]} put together from several
+        saved = json.loads(out.with_suffix(".json").read_text())
+        pages = []
+        for result in saved.get("runs", [saved]):
+            args.quick, args.items = False, result["items"]
+            args.threads, args.command = result.get("threads"), result.get("command")
+            pages.append(render(result, args, title=not pages))
+        out.with_suffix(".md").write_text("\n".join(pages))
         print(out.with_suffix(".md").read_text())
         return
     if args.quick:
@@ -310,11 +327,11 @@ def main() -> None:  # noqa: C901 - one linear script
     geo = shapes(model)
     k = ev.trunk.k if ev.trunk is not None else 0
     threads = torch.get_num_threads()
-    result = {"machine": f"{platform.machine()} {platform.processor() or ''} CPU, "
-                         f"{os.cpu_count()} cores, torch {torch.__version__}, "
+    result = {"machine": f"{cpu_name()}, {os.cpu_count()} cores, torch {torch.__version__}, "
                          f"{threads} threads, float32",
               "load_average_start": os.getloadavg(), "items": args.items,
               "threads": args.threads,
+              "command": "python bench/engine_floor.py " + " ".join(sys.argv[1:]),
               "experts": EXPERTS, "trunk_layers": k, "rows": [], "profiles": {},
               "compare": [], "multiplex": [], "dtype": [], "skipped": {}}
     tasks = {}
@@ -449,12 +466,12 @@ def main() -> None:  # noqa: C901 - one linear script
     print(out.with_suffix(".md").read_text())
 
 
-def render(r: dict, args) -> str:
-    cmd = "python bench/engine_floor.py" + (" --quick" if args.quick else
-                                            f" --items {args.items}") + \
+def render(r: dict, args, title: bool = True) -> str:
+    cmd = getattr(args, "command", None) or "python bench/engine_floor.py" + (
+        " --quick" if args.quick else f" --items {args.items}") + \
         (f" --threads {args.threads}" if args.threads else "")
     lines = [
-        "# The engine against the CPU's compute floor", "",
+        "# The engine against the CPU's compute floor" if title else "## Another run", "",
         f"`{cmd}` on {r['machine']}; SmolLM2-135M-Instruct, experts "
         f"{', '.join(r['experts'])} (LoRA on layers {r['trunk_layers']}-29: layers "
         f"0-{r['trunk_layers'] - 1} are the memoised trunk); up to {r['items']} dev items a "
@@ -529,7 +546,7 @@ def render(r: dict, args) -> str:
         lines += ["Against the issue's targets (steady particle, seconds / floor seconds): " +
                   "; ".join(f"{t} {m}: {1 / steady[(t, m)]['fraction']:.2f}x the floor "
                             f"(target {goal}x)" for t, m, goal in targets) + ".", ""]
-    lines += [
+    lines += [] if not title else [
         "How to read it. The floor is the rate of one plain matmul of the model's largest "
         "shape; the layers' own matmuls (576x576 projections, rank-4 LoRA factors, 1024-"
         "vocabulary head tiles) run below that rate even when nothing else costs, so a "
