@@ -641,6 +641,10 @@ def main() -> None:
                             args.device, table_path, args.batch_size, args.max_batch_tokens,
                             modes=SWEEPS)
     chosen = choose_modes(table, targets)
+    missing = [t for t in targets if t not in chosen]
+    if missing and any(s in args.stages for s in ("pool", "bench", "knobs")):
+        raise SystemExit(f"no scoring mode chosen yet for {', '.join(missing)}: run the "
+                         "modes stage first")
     choice_path = args.docs / "bench_targets.json"
     choice_path.write_text(json.dumps({"targets": chosen, "rule": (
         "each target's scoring mode is the one of " + ", ".join(TRIED) + " with the highest "
