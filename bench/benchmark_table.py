@@ -15,9 +15,13 @@ Run:  python bench/benchmark_table.py [--tasks hellaswag mmlu capitals] [--max-d
       [--scoring cloze_norm] [--prompt TASK=TEMPLATE] [--particles 10] [--max-iterations N]
       [--batch-size 32] [--max-batch-tokens N] [--particles-per-forward auto|K]
       [--sizes TASK=DEV:TEST] [--out bench/out] [--pool experts/smollm2] [--hswarm-tasks mmlu]
+      [--quiet]
       python bench/benchmark_table.py --from-docs
 Tasks are the files of ../shared/data/eval (mmlu, hellaswag, truthfulqa, ...) and `capitals`,
-the demo task of examples/capitals.json. On 2 CPU cores one dev evaluation of 200 HellaSwag
+the demo task of examples/capitals.json. Progress (rows done, the search in flight, ETA) is a
+live view on a terminal and a flushed line per search iteration and finished row on stderr
+elsewhere (`nohup ... > log 2>&1 &`); `modelswarms status bench/out/TASK` reads a task's
+folder at any time. On 2 CPU cores one dev evaluation of 200 HellaSwag
 items takes minutes: the default run is meant for a GPU (`--device cuda`).
 """
 
@@ -106,6 +110,9 @@ def parser() -> argparse.ArgumentParser:
                     help="comparison folders and configs")
     ap.add_argument("--pool", type=Path, default=ROOT / "experts" / "smollm2",
                     help="folder of expert folders")
+    ap.add_argument("--quiet", action="store_true",
+                    help="no progress (else: a live view on a terminal, a line per search "
+                    "iteration and finished row on stderr elsewhere)")
     ap.add_argument("--from-docs", action="store_true",
                     help="only rebuild docs/BENCHMARKS.md from docs/bench/*/")
     ap.add_argument("--extra-methods", nargs="*", default=[],
@@ -215,8 +222,8 @@ def run_task(task: str, args: argparse.Namespace) -> dict[str, Any]:
         if load_config(folder / "config.yaml").model_dump() != cfg.model_dump():
             raise SystemExit(f"{folder} was run with another config than {path}: remove it, "
                              "or pass another --out")
-        return compare(resume=folder)
-    return compare(cfg, overwrite=True)
+        return compare(resume=folder, show_progress=not args.quiet)
+    return compare(cfg, overwrite=True, show_progress=not args.quiet)
 
 
 def save_to_docs(task: str, folder: Path, meta: dict[str, Any], docs: Path = DOCS) -> Path:

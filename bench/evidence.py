@@ -295,6 +295,8 @@ def build_pools(targets: list[str], eval_dir: Path, work: Path, args,
                                      "quality": pool_quality(scores), "scores": scores,
                                      "folder": str(folder)})
             sweep_path.write_text(json.dumps(sweep, indent=1))
+            if args.commit:  # the probe experts are not kept: a resumed sweep needs only this
+                commit([sweep_path], f"evidence: pool sweep, recipe {i} scored on dev")
             log(f"recipe {i} {recipe}: quality {pool_quality(scores):.4f}, "
                 f"built in {seconds:.0f} s")
         if not sweep["recipes"]:
@@ -308,18 +310,32 @@ def build_pools(targets: list[str], eval_dir: Path, work: Path, args,
         sweep_path.write_text(json.dumps(sweep, indent=1))
     if sweep.get("pool") is None:
         recipe = sweep["recipes"][sweep["chosen"]]["recipe"]
-        folder = work / "pools" / "chosen"
+        # trained expert by expert into a tracked folder beside the pool, each committed as
+        # it is done: a stopped session loses at most the expert in training
+        staging = args.pool.parent / f"{args.pool.name}-next"
         start = time.perf_counter()
-        sources.build_pool(folder, shared=eval_dir, base_model=args.base, device=args.device,
-                           forbidden=forbidden, log=log, threads=args.threads,
-                           **{**recipe, **args.recipe_override})
+        for name in sources.pool_sources(None, forbidden, log=log):
+            card = staging / name / "data_card.json"
+            if card.is_file() and all(
+                    json.loads(card.read_text())["hyperparameters"].get(k) == v
+                    for k, v in recipe.items() if k != "epochs"):
+                continue
+            sources.build_pool(staging, names=[name], shared=eval_dir, base_model=args.base,
+                               device=args.device, forbidden=forbidden, log=log,
+                               threads=args.threads, **{**recipe, **args.recipe_override})
+            if args.commit:
+                commit([staging], f"evidence: pool expert {name} trained")
         seconds = time.perf_counter() - start
-        scores = pool_dev_scores(folder, files, args.dev, args.device, args.base,
+        scores = pool_dev_scores(staging, files, args.dev, args.device, args.base,
                                  args.batch_size, args.max_batch_tokens, chosen)
-        install_pool(folder, args.pool, scores, args.device)
-        sweep["pool"] = {"recipe": recipe, "build_seconds": round(seconds, 1),
+        install_pool(staging, args.pool, scores, args.device)
+        shutil.rmtree(staging)
+        sweep["pool"] = {"recipe": recipe, "build_seconds_this_session": round(seconds, 1),
                          "scores": scores, "spread": spread(scores)}
         sweep_path.write_text(json.dumps(sweep, indent=1))
+        if args.commit:
+            commit([staging, args.pool, sweep_path], "evidence: the starter pool rebuilt with "
+                   "the recipe chosen on dev, scored on the targets' dev sets")
         log(f"pool: built in {seconds:.0f} s, installed in {args.pool}")
     return sweep
 
@@ -345,12 +361,17 @@ def install_pool(folder: Path, pool: Path, scores: dict[str, Any], device: str) 
 # ---------------------------------------------------------------- stage 4 and 5
 
 def commit(paths: list[Path], message: str) -> None:
-    """Commit `paths` (results) in this checkout, so a stop loses at most the row in flight;
-    nothing to commit is not an error."""
-    rel = [str(p.relative_to(ROOT)) for p in paths if p.exists()]
+    """Commit `paths` (results, and the removal of those gone) in this checkout, so a stop
+    loses at most the row in flight; nothing to commit is not an error."""
+    def known(rel: str) -> bool:  # present, or tracked (its removal is committed)
+        return (ROOT / rel).exists() or bool(subprocess.run(
+            ["git", "-C", str(ROOT), "ls-files", "--", rel], capture_output=True,
+            text=True).stdout.strip())
+
+    rel = [r for r in (str(p.resolve().relative_to(ROOT)) for p in paths) if known(r)]
     if not rel:
         return
-    subprocess.run(["git", "-C", str(ROOT), "add", "--", *rel], check=True)
+    subprocess.run(["git", "-C", str(ROOT), "add", "-A", "--", *rel], check=True)
     staged = subprocess.run(["git", "-C", str(ROOT), "diff", "--cached", "--quiet"])
     if staged.returncode:
         subprocess.run(["git", "-C", str(ROOT), "commit", "-q", "-m", message], check=True)
@@ -609,9 +630,6 @@ def main() -> None:
     if "pool" in args.stages:
         build_pools([t for t in targets if t != "hellaswag"], args.eval, args.work, args,
                     chosen)
-        if args.commit:
-            commit([args.docs / "pool_sweep.json", args.pool],
-                   "evidence: the starter pool rebuilt with the recipe chosen on dev")
     if "bench" in args.stages:
         run_bench(targets, args, chosen)
     if "knobs" in args.stages:

@@ -68,6 +68,7 @@ def run_task(task: str, args: argparse.Namespace) -> list[dict]:
     from modelswarms.hetero import hswarm
 
     experts = pick_experts(task, args.hswarm_experts, args.max_dev)
+    shown = not getattr(args, "quiet", False)  # benchmark_table's --quiet
     reports = []
     for seed in args.hswarm_seeds:
         folder = OUT / task / f"seed{seed}"
@@ -75,12 +76,12 @@ def run_task(task: str, args: argparse.Namespace) -> list[dict]:
             reports.append(json.loads((folder / "report.json").read_text()))
             continue
         if (folder / "config.yaml").exists():
-            reports.append(hswarm(resume=folder, show_progress=False))
+            reports.append(hswarm(resume=folder, show_progress=shown))
             continue
         path = OUT / task / f"seed{seed}.yaml"
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(yaml.safe_dump(config(task, seed, experts, args), sort_keys=False))
-        reports.append(hswarm(load_config(path), show_progress=False))
+        reports.append(hswarm(load_config(path), show_progress=shown))
     return reports
 
 

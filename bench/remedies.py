@@ -66,12 +66,12 @@ def main() -> None:
         if (folder / "report.json").exists():
             report = json.loads((folder / "report.json").read_text())
         elif (folder / "config.yaml").exists():
-            report = run(resume=folder, show_progress=False)
+            report = run(resume=folder)
         else:
             path = OUT / f"{name}.yaml"
             path.parent.mkdir(parents=True, exist_ok=True)
             path.write_text(yaml.safe_dump(config(name, args.seed), sort_keys=False))
-            report = run(load_config(path), show_progress=False)
+            report = run(load_config(path))
         by = {r["name"].split(" (")[0]: r for r in report["rows"]}
         best_expert = by["best expert"]
         swarm = by["Model Swarms: global best"]

@@ -65,9 +65,9 @@ def run_part(task: str, part: str, args: argparse.Namespace) -> Path:
     cfg = parse_config(config(task, part, args), f"{task}/{part}")
     folder = Path(cfg.output.dir)
     if (folder / "config.yaml").exists():
-        compare(resume=folder)
+        compare(resume=folder, show_progress=True)
     else:
-        compare(cfg, overwrite=True)
+        compare(cfg, overwrite=True, show_progress=True)
     target = DOCS / "bench" / "token_swarm" / task / part
     target.mkdir(parents=True, exist_ok=True)
     for name in COPIED:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 
 import yaml
 from click.testing import CliRunner
@@ -50,3 +51,59 @@ def test_errors_are_one_line_and_debug_shows_the_traceback(tmp_path, lora_expert
     assert missing.exit_code == 2 and "gone: expert folder not found" in missing.output
     usage = runner.invoke(main, ["run"])
     assert usage.exit_code == 2 and "CONFIG" in usage.output
+
+
+def test_non_positive_engine_limits_are_refused(tmp_path, lora_experts, mc_data):
+    """--batch-size 0 fell back to the default in silence; a negative one reached the engine.
+    Now the command line and ms.evaluate refuse them, naming the option."""
+    import pytest
+
+    import modelswarms as ms
+    from modelswarms.errors import ConfigError
+
+    runner = CliRunner()
+    for flag, value in (("--batch-size", "0"), ("--batch-size", "-4"), ("--max-items", "0")):
+        out = runner.invoke(main, ["eval", str(lora_experts[0]), "--data", str(mc_data),
+                                   flag, value])
+        assert out.exit_code == 2 and f"'{flag}': {value} is not in the range x>=1" in \
+            out.output, out.output
+    train = runner.invoke(main, ["experts", "train", "--data", str(mc_data), "--out",
+                                 str(tmp_path / "e"), "--max-length", "0"])
+    assert train.exit_code == 2 and "'--max-length': 0 is not in the range" in train.output
+    with pytest.raises(ConfigError, match="evaluate: model.batch_size: Input should be greater"):
+        ms.evaluate(lora_experts[0], mc_data, batch_size=0)
+    with pytest.raises(ConfigError, match="model.max_batch_tokens"):
+        ms.evaluate(lora_experts[0], mc_data, max_batch_tokens=-1)
+
+
+def test_a_missing_model_folder_is_named_as_such(tmp_path, mc_data):
+    runner = CliRunner()
+    out = runner.invoke(main, ["eval", str(tmp_path / "gone" / "best"), "--data", str(mc_data)])
+    assert out.exit_code == 2, out.output
+    assert f"{tmp_path / 'gone' / 'best'}: no such folder" in out.output
+    assert "hub" not in out.output.lower() and "connect" not in out.output.lower()
+
+
+def test_status_of_a_finished_and_of_a_stopped_run(tmp_path, lora_experts, mc_data,
+                                                   checkpoint_dies):
+    """A run stopped by an exception (Ctrl-C here) says so and how to resume; a finished one
+    its best; both only read the folder."""
+    cfg = config(tmp_path, lora_experts, mc_data, budget=12)
+    runner = CliRunner()
+    checkpoint_dies(2)
+    assert runner.invoke(main, ["run", cfg, "--quiet"]).exit_code != 0
+    checkpoint_dies(None)
+    stopped = runner.invoke(main, ["status", str(tmp_path / "run")])
+    assert stopped.exit_code == 0, stopped.output
+    assert "stopped (KeyboardInterrupt" in stopped.output
+    assert f"modelswarms run --resume {tmp_path / 'run'}" in stopped.output
+    # what history.jsonl holds (a resume drops the lines after the last checkpoint)
+    assert re.search(r"iteration \d/2, evaluations \d+/12, best dev", stopped.output)
+    assert runner.invoke(main, ["run", "--resume", str(tmp_path / "run"),
+                                "--quiet"]).exit_code == 0
+    done = runner.invoke(main, ["status", str(tmp_path / "run")])
+    report = json.loads((tmp_path / "run" / "report.json").read_text())
+    assert "finished" in done.output and f"best dev {report['best_dev']:.4f}" in done.output
+    assert "iteration 2/2" in done.output
+    nothing = runner.invoke(main, ["status", str(tmp_path)])
+    assert nothing.exit_code == 2 and "not a run or comparison folder" in nothing.output

@@ -334,3 +334,130 @@ def test_benchmark_page_rebuilds_from_docs_folders(stat_compare, tmp_path):
     parse_config(cfg)
     shutil.rmtree(docs / "bench")
     assert "No task has finished yet" in bench.render_page(docs)
+
+
+def _watch_cfg(tmp_path, lora_experts, mc_data, seeds, budget=12, max_iterations=2):
+    return _cfg(tmp_path, lora_experts, mc_data,
+                search={"particles": 4, "max_iterations": max_iterations, "patience": 100},
+                compare={"methods": ["experts", "linear", "swarm"], "seeds": seeds,
+                         "budget": budget})
+
+
+def test_a_comparison_in_a_log_shows_progress_and_its_table_grows_row_by_row(
+        tmp_path, lora_experts, mc_data, capsys, monkeypatch):
+    """stderr is no terminal here (as under nohup): a flushed line per search iteration and
+    per finished row, each with rows done, ETA; compare.md rewritten after every row, marked
+    partial, with the intervals of the rows so far."""
+    from modelswarms.runs import compare as cmp
+    from modelswarms.runs.status import folder_status, render
+
+    tables: list[str] = []
+    real = cmp.write_tables
+
+    def spy(report, out):
+        real(report, out)
+        tables.append((out / "compare.md").read_text())
+
+    monkeypatch.setattr(cmp, "write_tables", spy)
+    report = compare(_watch_cfg(tmp_path, lora_experts, mc_data, [0, 1]), show_progress=True)
+    lines = [x for x in capsys.readouterr().err.splitlines() if x.startswith("compare: [")]
+    assert lines[0].startswith("compare: [0/4 rows] 4 rows, 0 done before")
+    finished = [x for x in lines if " done in " in x]
+    assert [x.split("]")[0] for x in finished] == [f"compare: [{k}/4 rows" for k in (1, 2, 3, 4)]
+    steps = [x for x in lines if "Model Swarms (seed 1): iteration" in x]
+    assert len(steps) == 3 and "evaluations 12/12" in steps[-1]  # experts, then 2 moves
+    assert all("ETA " in x for x in lines)
+    # from the experts' scoring on, the ETA is a figure, and 0 at the end
+    assert all("ETA ?" not in x for x in lines[2:]) and lines[-1].endswith("ETA 0 s")
+    assert len(tables) == 5
+    for k, table in enumerate(tables[:4], 1):
+        assert f"Partial table: {k} of 4 rows done" in table
+    assert "Partial" not in tables[-1] and "partial" not in report
+    swarm_row = next(x for x in tables[2].splitlines() if x.startswith("| Model Swarms |"))
+    assert "[" in swarm_row  # an interval against the best expert, from the first seed
+    status = render(folder_status(tmp_path / "cmp"))
+    assert "4 of 4 rows done; finished" in status and "Partial" not in status
+
+
+CHILD = r'''
+import sys
+from modelswarms.config import load_config
+from modelswarms.runs.compare import compare
+compare(load_config(sys.argv[1]), overwrite=True, show_progress=True)
+'''
+
+
+def test_status_of_a_live_then_a_killed_comparison(tmp_path, lora_experts, mc_data):
+    """`modelswarms status` on a folder another process is writing, then on the same folder
+    after a SIGKILL: the rows so far and who writes, and not a byte of the folder changed."""
+    import os
+    import subprocess
+    import sys
+    import time
+
+    from modelswarms.config import dump_config
+
+    cfg = _watch_cfg(tmp_path, lora_experts, mc_data, list(range(30)), budget=40,
+                     max_iterations=9)
+    path = tmp_path / "cmp.yaml"
+    path.write_text(dump_config(cfg))
+    child = tmp_path / "child.py"
+    child.write_text(CHILD)
+    out, runner = tmp_path / "cmp", CliRunner()
+    with open(tmp_path / "log", "w") as log:
+        proc = subprocess.Popen([sys.executable, str(child), str(path)], stdout=log,
+                                stderr=log,
+                                env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)})
+        try:
+            deadline = time.monotonic() + 300
+            while len(_lines(out / "results.jsonl")) < 3:  # experts, linear, a swarm seed
+                assert proc.poll() is None and time.monotonic() < deadline, \
+                    (tmp_path / "log").read_text()[-2000:]
+                time.sleep(0.2)
+            live = runner.invoke(main, ["status", str(out)])
+            assert live.exit_code == 0, live.output
+            assert f"running (pid {proc.pid})" in live.output
+            assert "of 32 rows done" in live.output and "Partial table" in live.output
+            assert "| Model Swarms |" in live.output and "last line: [" in live.output
+            assert "compare: [" in (tmp_path / "log").read_text()  # the log shows it too
+        finally:
+            proc.kill()
+            proc.wait()
+    before = _snapshot(out)
+    done = len(_lines(out / "results.jsonl"))
+    killed = runner.invoke(main, ["status", str(out)])
+    assert killed.exit_code == 0, killed.output
+    assert f"process {proc.pid} ended without finishing" in killed.output
+    assert f"{done} of 32 rows done" in killed.output
+    assert f"Partial table: {done} of 32 rows done" in killed.output
+    assert f"compare --resume {out}" in killed.output
+    assert _snapshot(out) == before
+
+
+def _lines(path):
+    return path.read_text().splitlines() if path.exists() else []
+
+
+def _snapshot(folder):
+    return {p: (p.read_bytes(), p.stat().st_mtime_ns) for p in sorted(folder.rglob("*"))
+            if p.is_file()}
+
+
+def test_the_benchmark_script_shows_progress_unless_quiet(tmp_path, lora_experts, monkeypatch):
+    """The evidence run starts bench/benchmark_table.py with its output in a log: the
+    comparison's progress lines must reach it (`--quiet` turns them off)."""
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "bench" / "benchmark_table.py"
+    spec = importlib.util.spec_from_file_location("benchmark_table", path)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    asked = []
+    monkeypatch.setattr("modelswarms.runs.compare.compare",
+                        lambda *a, **kw: asked.append(kw["show_progress"]))
+    for flags in ([], ["--quiet"]):
+        args = bench.parser().parse_args(["--tasks", "capitals", "--out", str(tmp_path / "o"),
+                                          "--pool", str(lora_experts[0].parent), *flags])
+        bench.run_task("capitals", args)
+    assert asked == [True, False]

@@ -39,6 +39,7 @@ from safetensors.torch import load_file, save_file
 
 from modelswarms.cli import main
 from modelswarms.config import RunConfig
+from modelswarms.runs.folders import MARKER, FolderLock, mark
 from modelswarms.testing import (
     make_tiny_full_pool,
     make_tiny_gpt2,
@@ -124,12 +125,17 @@ PATH_KINDS = ["missing", "file", "empty folder", "under a file", "unwritable", "
 DATA_FAULTS = ["truncate", "not utf-8", "jsonl", "jsonl torn line", "no dev split",
                "empty dev", "empty test", "drop field", "field type", "answer outside",
                "one choice", "duplicate ids", "huge string", "empty strings", "top-level list",
-               "not an object", "nan answer", "choices list"]
+               "not an object", "nan answer", "choices list", "nan choice", "huge test string"]
 EXPERT_FAULTS = ["no weights", "truncated weights", "random bytes", "empty weights",
                  "no adapter config", "garbage adapter config", "adapter config list",
                  "other rank", "other targets", "missing base", "duplicate", "other base",
                  "full model", "tensor shape", "tensor dtype", "extra tensor",
-                 "missing tensor", "nan weights", "pickle only"]
+                 "missing tensor", "nan weights", "inf weights", "pickle only"]
+# issue 28: shapes that once lost a user's files or wrote a NaN model
+OVERLAPS = ["case folder", "expert", "inside expert", "data file", "base model"]
+DISAGREE = ["rank", "targets", "alpha nan", "alpha text", "rank text"]
+NONFINITE_KEYS = ["merge.weights", "merge.params.lambda", "search.inertia",
+                  "search.step_length", "coefficients.sigma", "compare.merge_params.linear"]
 
 # Legal variations: combinations of valid settings must give a result, not a crash.
 LEGAL = {"strategy": ["swarm", "cmaes", "random", "greedy_soup", "layer_swarm"],
@@ -162,7 +168,13 @@ mutation = st.one_of(
               st.integers(0, 10**6)),
     st.tuples(st.just("data"), st.sampled_from(DATA_FAULTS), st.integers(0, 10**6)),
     st.tuples(st.just("expert"), st.integers(0, 2), st.sampled_from(EXPERT_FAULTS)),
-    st.tuples(st.just("exists"), st.sampled_from(["empty", "full"])),
+    st.tuples(st.just("exists"), st.sampled_from(["empty", "full", "ours"])),
+    st.tuples(st.just("overlap"), st.sampled_from(OVERLAPS)),
+    st.just(("flag", "--overwrite")),
+    st.just(("held",)),
+    st.tuples(st.just("nonfinite"), st.sampled_from(NONFINITE_KEYS),
+              st.sampled_from([float("nan"), float("inf"), float("-inf")])),
+    st.tuples(st.just("disagree"), st.sampled_from(DISAGREE)),
 )
 
 
@@ -174,6 +186,7 @@ class Case:
     out: Path  # the folder a run would make
     out_existed: bool = False
     config: dict[str, Any] = field(default_factory=dict)
+    held: bool = False  # another process (here: another lock) writes the output folder
 
 
 def _valid_config(command: str, w: World, case: Path) -> dict[str, Any]:
@@ -285,6 +298,10 @@ def _data(fault: str | None, r: random.Random) -> bytes:
                                        1).encode()
     elif fault == "choices list":
         item["choices"] = list(item["choices"].values())
+    elif fault == "nan choice":
+        item["choices"][next(iter(item["choices"]))] = float("nan")
+    elif fault == "huge test string":  # found before the search, not after it
+        r.choice(test)["question"] = "why " * 50_000
     return json.dumps(doc).encode()
 
 
@@ -341,10 +358,47 @@ def _break_expert(src: Path, fault: str, case: Path, w: World, r: random.Random)
                 tensors[name].clone()
         elif fault == "missing tensor":
             del tensors[name]
-        elif fault == "nan weights":
-            tensors[name] = tensors[name].clone().fill_(float("nan"))
+        elif fault in ("nan weights", "inf weights"):
+            tensors[name] = tensors[name].clone().fill_(float("nan" if fault == "nan weights"
+                                                              else "-inf"))
         save_file(tensors, weights)
     return bad
+
+
+def _overlap(where: str, cfg: dict, case: Path, w: World) -> str:
+    """An output folder among the inputs (issue 28: `--overwrite` deleted them)."""
+    if where == "case folder":  # beside the config and the data: `output: {dir: .}`
+        return str(case)
+    if where == "data file":
+        return str(case / "data.json")
+    if where == "base model":  # the adapters' base, named by their configs only
+        return str(w.base)
+    own = case / "own_expert"
+    if not own.exists():
+        shutil.copytree(w.experts[1], own)
+    paths = cfg["experts"].get("paths") if isinstance(cfg.get("experts"), dict) else None
+    if isinstance(paths, list) and paths:
+        paths[-1] = str(own)
+    return str(own if where == "expert" else own / "runs")
+
+
+def _disagree(kind: str, cfg: dict, case: Path, w: World) -> None:
+    """Every expert's adapter config at odds with its own tensors (the same way in all, so
+    the pool agrees with itself)."""
+    value = {"rank": ("r", 7), "rank text": ("r", "four"), "targets": (
+        "target_modules", ["q_proj"]), "alpha nan": ("lora_alpha", float("nan")),
+        "alpha text": ("lora_alpha", "sixteen")}[kind]
+    paths = []
+    for i, src in enumerate(w.experts):
+        copy = case / f"agree_{i}"
+        if not copy.exists():
+            shutil.copytree(src, copy)
+        conf = json.loads((copy / "adapter_config.json").read_text())
+        conf[value[0]] = value[1]
+        (copy / "adapter_config.json").write_text(json.dumps(conf))
+        paths.append(str(copy))
+    if isinstance(cfg.get("experts"), dict):
+        cfg["experts"]["paths"] = paths
 
 
 def build_case(command: str, mutations: list[tuple], w: World, case: Path) -> Case:
@@ -357,9 +411,15 @@ def build_case(command: str, mutations: list[tuple], w: World, case: Path) -> Ca
         culprits.add("data.json")
     yaml_fault = None
     out = case / "out"
-    existed = False
+    existed = held = False
+    flags: list[str] = []
     for m in mutations:
         kind = m[0]
+        if kind == "nonfinite":
+            value = [m[2], 1.0, 1.0] if m[1] == "merge.weights" else (
+                {"weights": [m[2], 1.0, 1.0]} if m[1].endswith("linear") else m[2])
+            m = ("set", m[1], value)
+            kind = "set"
         if kind == "set":
             node, leaf = _walk(cfg, m[1], create=True)
             if node is not None:
@@ -403,14 +463,34 @@ def build_case(command: str, mutations: list[tuple], w: World, case: Path) -> Ca
                     paths.append(str(src))
                 culprits |= {Path(paths[i]).name, "expert"}
         elif kind == "exists":
+            if out != case and case not in out.parents:
+                continue  # the world's base model, shared by every example: never written
             try:
                 out.mkdir(parents=True, exist_ok=True)
                 if m[1] == "full":
                     (out / "something.txt").write_text("a user's file\n")
+                elif m[1] == "ours":  # what a run of ours left: --overwrite may replace it
+                    mark(out)
+                    (out / "history.jsonl").write_text("{}\n")
             except OSError:
                 continue  # the output path was already made unusable
             existed = True
             culprits |= {out.name, "exists"}
+        elif kind == "overlap":
+            node, leaf = _walk(cfg, "output.dir", create=True)
+            bad = _overlap(m[1], cfg, case, w)
+            if node is not None:
+                node[leaf] = bad
+                out = Path(bad)
+            culprits |= {"output.dir"}
+        elif kind == "flag":
+            flags.append(m[1])
+        elif kind == "held":
+            held = True
+            culprits |= {"in use", out.name}
+        elif kind == "disagree":
+            _disagree(m[1], cfg, case, w)
+            culprits |= {"adapter_config.json", "agree_0", "agree_1", "agree_2"}
     text = yaml.safe_dump(cfg, allow_unicode=True).encode()
     if yaml_fault:
         what, seed = yaml_fault[1], yaml_fault[2]
@@ -430,6 +510,8 @@ def build_case(command: str, mutations: list[tuple], w: World, case: Path) -> Ca
             "hswarm": ["hswarm", str(config), "--quiet"],
             "compare": ["compare", str(config)],
             "merge": ["merge", str(config)]}.get(command)
+    if argv is not None:
+        argv += flags
     if command == "eval":
         experts = cfg.get("experts") if isinstance(cfg.get("experts"), dict) else {}
         target = experts.get("paths")
@@ -438,7 +520,7 @@ def build_case(command: str, mutations: list[tuple], w: World, case: Path) -> Ca
         if not isinstance(experts.get("base_model"), str):
             argv += ["--base", str(w.base)]
     inputs = [p for p in case.rglob("*") if p.is_file() and out not in p.parents]
-    return Case(argv or [], culprits, inputs, out, existed, cfg)
+    return Case(argv or [], culprits, inputs, out, existed, cfg, held)
 
 
 MIXTURE_FAULTS = ["garbage", "not utf-8", "list", "no experts", "empty experts", "one expert",
@@ -590,7 +672,13 @@ def check(command: str, mutations: list[tuple], w: World) -> str:
         watched = [*c.inputs, *(w.root / d for d in ("base", "pool", "other_base",
                                                      "other_pool", "full", "gpt2"))]
         before = _digest(watched)
+        holder = None
+        if c.held:  # a second writer: the folder is locked as another process would hold it
+            with contextlib.suppress(OSError):
+                c.out.mkdir(parents=True, exist_ok=True)
+                holder = FolderLock(c.out).acquire()
         out_before = _digest([c.out]) if c.out.exists() else None
+        replaced = "--overwrite" in c.argv and (c.out / MARKER).is_file()  # ours: may go
         cwd = os.getcwd()
         os.chdir(case)  # a default relative path lands in the case, not in the repository
         try:
@@ -598,6 +686,11 @@ def check(command: str, mutations: list[tuple], w: World) -> str:
                 result = CliRunner().invoke(main, c.argv, catch_exceptions=True)
         finally:
             os.chdir(cwd)
+            if holder is not None:
+                holder.release()
+        after = _digest(watched)
+        lost = sum(after.get(f) != h for f, h in before.items())
+        TALLY["files lost"] = TALLY.get("files lost", 0) + lost
         if isinstance(result.exception, TimeoutError) and any(
                 isinstance(v, int) and abs(v) > 1000 for m in mutations for v in m[1:]
                 if m[0] == "set"):
@@ -606,7 +699,7 @@ def check(command: str, mutations: list[tuple], w: World) -> str:
         assert "Traceback" not in result.output + stderr, (c.argv, mutations, stderr)
         assert result.exit_code in (0, 2), (mutations, result.exit_code, stderr,
                                             result.exception)
-        assert _digest(watched) == before, ("an input file changed", mutations)
+        assert lost == 0 and after == before, ("an input file changed", mutations)
         if result.exit_code == 0:
             return "result"
         # ours ("error: ...") or click's for a malformed flag ("Error: Invalid value for ...")
@@ -618,7 +711,7 @@ def check(command: str, mutations: list[tuple], w: World) -> str:
             assert not c.out.exists() or (c.out / "checkpoint.safetensors").exists() or any(
                 c.out.rglob("checkpoint.safetensors")), ("a run that could not start left "
                                                           "its folder", mutations, line)
-        else:
+        elif not replaced:
             assert _digest([c.out]) == out_before, ("an existing folder changed", mutations)
         return line
     finally:
@@ -680,7 +773,43 @@ REGRESSIONS: list[tuple[str, list[tuple]]] = [
     ("run", [("set", "model.device", "")]),
     ("eval", [("set", "model.device", "cuda")]),
     ("run", [("set", "model.workers", 2)]),
+    # a utility type that is not text: TypeError (unhashable list) in the utility's tag
+    ("eval", [("set", "utility.type", [])]),
+    ("run", [("set", "utility.type", {"x": 1})]),
 ]
+
+
+# Issue 28's shapes, each on every CI whatever the generated set holds: output folders among
+# the inputs (with --overwrite), a second writer, non-finite numbers in configs, tensors and
+# data, expert configs at odds with their tensors.
+FAMILIES: list[tuple[str, list[tuple]]] = [
+    *((cmd, [("overlap", where), ("flag", "--overwrite")]) for cmd in ("run", "compare", "merge",
+                                                                      "hswarm")
+      for where in OVERLAPS),
+    ("run", [("exists", "full"), ("flag", "--overwrite")]),
+    ("merge", [("exists", "full"), ("flag", "--overwrite")]),
+    ("run", [("exists", "ours"), ("flag", "--overwrite")]),
+    *((cmd, [("held",)]) for cmd in ("run", "compare", "hswarm")),
+    ("run", [("held",), ("exists", "ours"), ("flag", "--overwrite")]),
+    *(("merge", [("set", "merge.method", method), ("nonfinite", "merge.weights", v)])
+      for method in ("linear", "task_arithmetic") for v in (float("nan"), float("inf"))),
+    ("merge", [("nonfinite", "merge.params.lambda", float("inf"))]),
+    ("run", [("nonfinite", "search.inertia", float("nan"))]),
+    ("compare", [("nonfinite", "compare.merge_params.linear", float("-inf"))]),
+    *((cmd, [("expert", 0, fault)]) for cmd in ("run", "merge", "eval")
+      for fault in ("nan weights", "inf weights")),
+    ("run", [("data", "nan choice", 0)]),
+    ("run", [("data", "huge test string", 0)]),
+    ("compare", [("data", "huge test string", 1)]),
+    *((cmd, [("disagree", kind)]) for cmd in ("run", "merge") for kind in DISAGREE),
+    ("eval", [("disagree", "rank")]),
+]
+
+
+@pytest.mark.parametrize(("command", "mutations"), FAMILIES)
+def test_fuzz_family(world, command, mutations):
+    TALLY["family examples"] = TALLY.get("family examples", 0) + 1
+    check(command, mutations, world)
 
 
 @pytest.mark.parametrize(("command", "mutations"), REGRESSIONS)

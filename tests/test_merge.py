@@ -211,3 +211,30 @@ def test_errors_name_the_method_and_key(call, words):
         call()
     for w in words:
         assert w in str(err.value)
+
+
+def test_the_readme_merge_table_names_what_the_config_takes():
+    """Each method's `merge.params` in the README are its params' fields, and `merge.weights`
+    says whether it takes per-expert weights (the table once listed `weights` as a
+    parameter, which `params: {weights: ...}` rejects)."""
+    from pathlib import Path
+
+    from modelswarms.config import parse_config
+
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    head = "| method | `merge.params` | `merge.weights` |"
+    rows = readme.split(head, 1)[1].split("\n\n", 1)[0].strip().splitlines()[1:]
+    seen = set()
+    for row in rows:
+        names, params, weights = (c.strip() for c in row.strip("|").split("|"))
+        listed = {p.split(" ")[0] for p in params.split(", ")}
+        for method in names.split("`")[1::2]:
+            spec = MERGE_METHODS[method]
+            assert listed == set(spec.params.model_fields), method
+            assert weights == ("yes" if spec.weighted else "no"), method
+            seen.add(method)
+    assert seen == set(MERGE_METHODS)
+    cfg = {"experts": {"paths": ["a", "b"]}, "data": {"path": "d.json"}}
+    parse_config({**cfg, "merge": {"method": "ties", "weights": [1.0, 0.5]}})
+    with pytest.raises(ConfigError, match="invalid params: weights"):
+        merge_tensors("ties", BASE + DELTAS[:2], BASE, params={"weights": [1.0, 0.5]})

@@ -54,10 +54,11 @@ def _wordlevel(vocab: list[str], pre: str):
 
 def test_vocabularies_align_on_the_bytes_their_tokens_stand_for():
     # SentencePiece's space marker and byte-fallback tokens, by hand
-    sp = _wordlevel(["<pad>", "</s>", "<unk>", "▁the", "<0x41>", "▁", "cat"], "sp")
+    sp = _wordlevel(["<pad>", "</s>", "<unk>", "▁the", "<0x41>", "▁", "cat", "A"], "sp")
     keys = token_keys(sp)
     assert keys[:2] == ["<|pad|>", EOS]
     assert keys[3] == b" the" and keys[4] == b"A" and keys[5] == b" " and keys[6] == b"cat"
+    assert keys[7] == b"A"
     # byte-level BPE: 'Ġ' is a space, 'Ċ' a newline
     bpe = make_byte_bpe_tokenizer()
     bkeys = token_keys(bpe)
@@ -71,6 +72,8 @@ def test_vocabularies_align_on_the_bytes_their_tokens_stand_for():
     assert ch_v.to_union[make_char_tokenizer().convert_tokens_to_ids("c")] == union.index[b"c"]
     # every end-of-sequence token is the one shared entry
     assert {int(v.to_union[v.eos_id]) for v in union.experts} == {union.eos}
+    # a byte with its own token is fed as that token, not as its earlier '<0xNN>' fallback
+    assert sp_v.encode(b"A the") == [7, 3]
     # a string that is one token for one expert is spelled in the other's tokens
     assert ch_v.encode(b" the") == make_char_tokenizer().encode(" the",
                                                                add_special_tokens=False)
@@ -131,6 +134,11 @@ def test_mixed_generation_is_the_same_batched_or_alone(experts):
     mix.set_weights([0.5, 0.5])
     prompts = [b"the quick brown", b"question: what is", b"0123"]
     alone = mix.generate(prompts, max_new_tokens=5)
+    # every chosen token but a row's last is fed to both experts; the character-level Llama
+    # takes each one of several characters as several of its tokens (re-tokenised)
+    fed = [t for row in alone for t in row[:4]]
+    assert mix.fed[("llama", "tokens")] == mix.fed[("gpt2", "tokens")] == len(fed) > 0
+    assert mix.fed[("llama", "retokenised")] == sum(len(mix.vocab.keys[t]) > 1 for t in fed)
     mix.batch_size = 3
     assert mix.generate(prompts, max_new_tokens=5) == alone
     # and a mixture of two is neither expert alone (the test would be empty if it were)
@@ -309,3 +317,35 @@ def test_distil_with_data_alone_scores_with_that_data(tmp_path, mc_data):
     assert again["kl_before"] == report["kl_before"]
     assert [r["name"] for r in again["rows"]] == [r["name"] for r in report["rows"]]
     assert (tmp_path / "student2" / "distillation.json").is_file()
+
+
+def test_an_embedded_model_is_named_not_located_in_a_mixture_export(tmp_path, monkeypatch):
+    """An embedded model (models.EMBEDDED) joins a mixture pool by its name; the export names
+    it (not this machine's cache folder), loads back, and a student distilled from it names it
+    as its base, as the shipped pool's adapters name smollm2. A tiny Llama stands in for the
+    embedded model, already in the cache."""
+    import dataclasses
+    import json
+
+    from modelswarms.evaluation.backend import load_standalone
+    from modelswarms.mixture import load_mixture, load_mixture_pool
+    from modelswarms.mixture.distil import distil
+    from modelswarms.mixture.pool import write_mixture
+    from modelswarms.models import EMBEDDED, SMOLLM2
+
+    monkeypatch.setenv("MODELSWARMS_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setitem(EMBEDDED, "tiny", dataclasses.replace(EMBEDDED[SMOLLM2], name="tiny",
+                                                              folder="tiny-llama"))
+    make_tiny_llama(tmp_path / "cache" / "tiny-llama")
+    gpt2 = make_tiny_gpt2(tmp_path / "gpt2")
+    pool = load_mixture_pool(["tiny", str(gpt2)])
+    assert pool.names == ["tiny", "gpt2"]
+    write_mixture(pool, torch.tensor([0.5, 0.5]), tmp_path / "mix")
+    spec = json.loads((tmp_path / "mix" / "mixture.json").read_text())
+    assert [e["path"] for e in spec["experts"]] == ["tiny", str(gpt2)]
+    mix = load_mixture(tmp_path / "mix")
+    distil(mix, 0, spec["experts"][0]["path"], ["the quick brown"], tmp_path / "student",
+           steps=1, max_new_tokens=3)
+    adapter = json.loads((tmp_path / "student" / "adapter_config.json").read_text())
+    assert adapter["base_model_name_or_path"] == "tiny"
+    load_standalone(str(tmp_path / "student"))  # its base resolves through the registry

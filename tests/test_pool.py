@@ -14,6 +14,7 @@ from safetensors.torch import load_file, save_file
 
 from modelswarms.errors import ExpertError
 from modelswarms.pool import ExpertPool, export_expert, load_pool
+from modelswarms.runs.folders import mark
 from modelswarms.testing import make_tiny_full_pool, make_tiny_llama, make_tiny_lora_pool
 
 ADAPTER = "adapter_model.safetensors"
@@ -290,6 +291,7 @@ def test_export_dtype_shared_storage_and_replace(fulls, tmp_path):
     tensors["lm_head.weight"] = tensors["model.embed_tokens.weight"]  # one storage, two names
     target = tmp_path / "out"
     target.mkdir()
+    mark(target)  # an earlier export of ours (a folder of the user's is refused: test_robust)
     (target / "stale.txt").write_text("old export")
     export_expert(pool, tensors, target)
     stored = load_file(target / "model.safetensors")

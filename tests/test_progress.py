@@ -10,7 +10,7 @@ import sys
 import pytest
 import rich.console
 
-from modelswarms.runs.progress import Progress
+from modelswarms.runs.progress import Progress, duration
 
 
 def records(n: int) -> list[dict]:
@@ -48,4 +48,19 @@ def test_a_notebook_with_ipywidgets_gets_the_bar(notebook, monkeypatch):
     monkeypatch.setattr(importlib.util, "find_spec",
                         lambda name, *a: spec if name == "ipywidgets" else None)
     progress = Progress(3, "swarm")
-    assert not progress.lines and not progress._bar.disable
+    assert not progress.lines and not progress.bar.disable
+
+
+def test_a_run_s_eta_is_bounded_by_its_budget(capsys):
+    """max_iterations far above what the budget allows read "251175000.0 min": the search
+    stops at the budget, so the ETA is the budget's, at the pace measured."""
+    with Progress(251175000, "swarm", budget=50) as progress:
+        progress.update({"iteration": 1, "utilities": [0.5], "global_best": 0.5,
+                         "evaluations": 20, "seconds": 5.0, "wall_time": 10.0})
+    line = capsys.readouterr().err.strip().splitlines()[-1]
+    assert "evals 20/50" in line and "ETA ≤15 s" in line, line  # 30 left at 0.5 s each
+
+
+def test_durations_read_at_a_glance():
+    assert [duration(s) for s in (None, 42, 600, 3 * 3600, 5 * 86400)] == [
+        "?", "42 s", "10.0 min", "3.0 h", "5.0 days"]

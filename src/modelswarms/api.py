@@ -24,7 +24,7 @@ from typing import Any
 import torch
 
 from .config import RunConfig, load_config, parse_config
-from .errors import ConfigError
+from .errors import ConfigError, ExpertError
 from .evaluation.utilities import ItemScores, register_utility
 
 
@@ -92,11 +92,13 @@ class SearchResult:
 
 
 def search(cfg: RunConfig | str | Path, *, run_dir: str | Path | None = None,
-           resume: bool = False, progress: bool = False) -> SearchResult | dict[str, Any]:
+           resume: bool = False, progress: bool = False,
+           accept_changes: bool = False) -> SearchResult | dict[str, Any]:
     """Run the config's strategy. Without `run_dir`, in memory: nothing is written and a
     SearchResult comes back (`output.trackers` still log, under output.tracking_dir or
     output.dir). With `run_dir`, as `modelswarms run` does (checkpoints, report,
-    exports; `resume=True` continues the folder's run) and its report comes back."""
+    exports; `resume=True` continues the folder's run, refused when its data, experts or
+    config changed since it started, unless `accept_changes`) and its report comes back."""
     from .runs.report import summarize
     from .runs.runner import run, search_loop
     from .runs.session import Session
@@ -106,7 +108,7 @@ def search(cfg: RunConfig | str | Path, *, run_dir: str | Path | None = None,
     cfg = _as_config(cfg)
     if run_dir is not None:
         if resume:
-            return run(resume=run_dir, show_progress=progress)
+            return run(resume=run_dir, show_progress=progress, accept_changes=accept_changes)
         cfg = _in_folder(cfg, run_dir)
         return run(cfg, show_progress=progress)
     spec = strategy_spec(cfg.strategy)
@@ -125,17 +127,20 @@ def search(cfg: RunConfig | str | Path, *, run_dir: str | Path | None = None,
 
 
 def compare(cfg: RunConfig | str | Path, *, out: str | Path | None = None,
-            resume: bool = False) -> dict[str, Any]:
+            resume: bool = False, accept_changes: bool = False,
+            progress: bool = False) -> dict[str, Any]:
     """`modelswarms compare`: every row of `compare.methods` at one budget, in a folder
-    (`out`, default output.dir) so that a killed comparison resumes."""
+    (`out`, default output.dir) so that a killed comparison resumes; `progress` shows rows
+    done, the search in flight and an ETA as the command does."""
     from .runs.compare import compare as run_compare
 
     cfg = _as_config(cfg)
     if out is not None and not resume:
         cfg = _in_folder(cfg, out)
     if resume:
-        return run_compare(resume=out or cfg.output.dir)
-    return run_compare(cfg)
+        return run_compare(resume=out or cfg.output.dir, accept_changes=accept_changes,
+                           show_progress=progress)
+    return run_compare(cfg, show_progress=progress)
 
 
 def merge(cfg: RunConfig | str | Path, *, out: str | Path | None = None,
@@ -157,12 +162,17 @@ def evaluate(model: str | Path, items: list[dict] | str | Path, *,
              max_items: int | None = None) -> ItemScores:
     """Score one adapter or model folder (say, a search's export) with a utility on items
     (a list, or a dataset file and its split)."""
-    from .config import utility_config
+    from .config import engine_config, utility_config
     from .evaluation.backend import load_standalone
     from .evaluation.data import load_items
     from .evaluation.generation import Batching, batching
     from .evaluation.utilities import build_utility
 
+    # a zero or negative limit would score nothing, or loop: refused here, as in a config
+    engine_config("evaluate", device=device, dtype=dtype, batch_size=batch_size,
+                  max_batch_tokens=max_batch_tokens)
+    if max_items is not None and max_items < 1:
+        raise ConfigError(f"evaluate: max_items: {max_items} scores no item; give 1 or more")
     utility = _utility_fields(utility)
     scorer = build_utility(utility_config(**utility))
     if isinstance(items, str | Path):
@@ -176,6 +186,10 @@ def evaluate(model: str | Path, items: list[dict] | str | Path, *,
         tok = loaded.tokenizer
     else:
         loaded, tok = load_standalone(str(model), base_model, device=device, dtype=dtype)
+        for name, p in loaded.named_parameters():
+            if not torch.isfinite(p).all():  # a NaN model still answers, and scores
+                raise ExpertError(f"{model}: parameter {name} holds NaN or infinite values; "
+                                  "a non-finite model is not scored")
     with batching(Batching(batch_size, max_batch_tokens)):
         return scorer.score(loaded, tok, items)
 

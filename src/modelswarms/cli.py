@@ -16,6 +16,7 @@ from .errors import ModelSwarmsError
 
 console = Console()
 errors = Console(stderr=True, soft_wrap=True)  # an error stays one line, whatever the width
+POSITIVE = click.IntRange(min=1)  # counts and engine limits: 0 would do nothing, or loop
 
 
 def _quiet_libraries() -> None:
@@ -64,7 +65,10 @@ def _run_options(fn):
         click.argument("config", required=False, type=click.Path(dir_okay=False)),
         click.option("--resume", "resume_dir", type=click.Path(file_okay=False),
                      help="Continue the run in this folder (its config.yaml is used)."),
-        click.option("--overwrite", is_flag=True, help="Replace an existing run folder."),
+        click.option("--overwrite", is_flag=True, help="Replace an existing run folder "
+                     "(only one a run of ours made)."),
+        click.option("--accept-changes", is_flag=True, help="Resume even though data, experts "
+                     "or config changed since the run started."),
         click.option("--quiet", is_flag=True, help="No progress display."),
         click.option("--debug", is_flag=True, help="Show tracebacks."),
     ]):
@@ -80,8 +84,8 @@ def main() -> None:
 
 @main.command()
 @_run_options
-def run(config: str | None, resume_dir: str | None, overwrite: bool, quiet: bool,
-        debug: bool) -> None:
+def run(config: str | None, resume_dir: str | None, overwrite: bool, accept_changes: bool,
+        quiet: bool, debug: bool) -> None:
     """Run a Model Swarms search described by CONFIG (YAML)."""
     from .config import load_config
     from .runs.runner import run as run_search
@@ -91,7 +95,7 @@ def run(config: str | None, resume_dir: str | None, overwrite: bool, quiet: bool
     _quiet_libraries()
     cfg = _guard(debug, load_config, config) if config else None
     report = _guard(debug, run_search, cfg, resume=resume_dir, overwrite=overwrite,
-                    show_progress=not quiet)
+                    show_progress=not quiet, accept_changes=accept_changes)
     print_report(report)
 
 
@@ -116,9 +120,12 @@ def merge(config: str, overwrite: bool, debug: bool) -> None:
 @click.option("--resume", "resume_dir", type=click.Path(file_okay=False),
               help="Continue the comparison in this folder.")
 @click.option("--overwrite", is_flag=True, help="Replace an existing output folder.")
+@click.option("--accept-changes", is_flag=True, help="Resume even though data, experts or "
+              "config changed since the comparison started.")
+@click.option("--quiet", is_flag=True, help="No progress display.")
 @click.option("--debug", is_flag=True, help="Show tracebacks.")
 def compare_cmd(config: str | None, resume_dir: str | None, overwrite: bool,
-                debug: bool) -> None:
+                accept_changes: bool, quiet: bool, debug: bool) -> None:
     """Compare Model Swarms with merges, ensembles and other searches (CONFIG's `compare:`)."""
     from .config import load_config
     from .runs.compare import compare
@@ -127,7 +134,8 @@ def compare_cmd(config: str | None, resume_dir: str | None, overwrite: bool,
         raise click.UsageError("give a CONFIG file, or --resume FOLDER")
     _quiet_libraries()
     cfg = _guard(debug, load_config, config) if config else None
-    report = _guard(debug, compare, cfg, resume=resume_dir, overwrite=overwrite)
+    report = _guard(debug, compare, cfg, resume=resume_dir, overwrite=overwrite,
+                    accept_changes=accept_changes, show_progress=not quiet)
     table = Table(title=f"{report['utility']} on {Path(report['dataset']).name}, budget "
                         f"{report['budget']}, seeds {report['seeds']}")
     for col in ("method", "dev", "test", "evals", "s"):
@@ -143,10 +151,21 @@ def compare_cmd(config: str | None, resume_dir: str | None, overwrite: bool,
     console.print(table)
 
 
+@main.command("status")
+@click.argument("folder", type=click.Path(file_okay=False))
+@click.option("--debug", is_flag=True, help="Show tracebacks.")
+def status_cmd(folder: str, debug: bool) -> None:
+    """Where the run or comparison in FOLDER stands (running, killed or finished) and its
+    table so far; reads the folder only, so a live run is not disturbed."""
+    from .runs.status import folder_status, render
+
+    click.echo(render(_guard(debug, folder_status, folder)), nl=False)
+
+
 @main.command("hswarm")
 @_run_options
-def hswarm_cmd(config: str | None, resume_dir: str | None, overwrite: bool, quiet: bool,
-               debug: bool) -> None:
+def hswarm_cmd(config: str | None, resume_dir: str | None, overwrite: bool,
+               accept_changes: bool, quiet: bool, debug: bool) -> None:
     """Heterogeneous Swarms: search a multi-LLM system's graph and its experts' weights
     (CONFIG's `hswarm:` section; defaults when it has none)."""
     from .config import load_config
@@ -157,7 +176,7 @@ def hswarm_cmd(config: str | None, resume_dir: str | None, overwrite: bool, quie
     _quiet_libraries()
     cfg = _guard(debug, load_config, config) if config else None
     report = _guard(debug, hswarm, cfg, resume=resume_dir, overwrite=overwrite,
-                    show_progress=not quiet)
+                    show_progress=not quiet, accept_changes=accept_changes)
     _print_rows(report, "system", f": {report['systems']} systems in {report['rounds']} rounds")
     console.print(f"system: {report['export']} (python {report['export']}/answer.py --help)")
 
@@ -176,11 +195,11 @@ def hswarm_cmd(config: str | None, resume_dir: str | None, overwrite: bool, quie
               "[default: the data's dev split].")
 @click.option("--prompts", "prompt_file", type=click.Path(dir_okay=False),
               help="A text file of prompts, one a line (instead of the data's questions).")
-@click.option("--steps", default=100, show_default=True)
+@click.option("--steps", default=100, show_default=True, type=POSITIVE)
 @click.option("--lr", default=1e-3, show_default=True)
-@click.option("--rank", default=8, show_default=True)
-@click.option("--max-new-tokens", default=32, show_default=True)
-@click.option("--max-items", type=int, help="Use only the first N prompts.")
+@click.option("--rank", default=8, show_default=True, type=POSITIVE)
+@click.option("--max-new-tokens", default=32, show_default=True, type=POSITIVE)
+@click.option("--max-items", type=POSITIVE, help="Use only the first N prompts.")
 @click.option("--no-report", is_flag=True, help="Do not score the student, the mixture and "
               "the experts after training.")
 @click.option("--debug", is_flag=True, help="Show tracebacks.")
@@ -237,8 +256,9 @@ def print_report(report: dict) -> None:
 @click.option("--split", default="test", show_default=True)
 @click.option("--utility", "utility_type", help="Utility name (default: multiple_choice).")
 @click.option("--base", "base_model", help="Base model of a LoRA adapter (folder, id, smollm2).")
-@click.option("--max-items", type=int, help="Score only the first N items.")
-@click.option("--batch-size", type=int)
+@click.option("--max-items", type=POSITIVE, help="Score only the first N items.")
+@click.option("--batch-size", type=POSITIVE, help="Most items in one forward "
+              "[default: the config's model.batch_size, else 16].")
 @click.option("--device", default=None)
 @click.option("--as-json", is_flag=True, help="Print the result as JSON.")
 @click.option("--debug", is_flag=True, help="Show tracebacks.")
@@ -286,7 +306,8 @@ def _evaluate(model_path, config, data, split, utility_type, base_model, max_ite
                       base_model=base_model or (cfg.experts.base_model if cfg else None),
                       device=device or (engine.device if engine else "auto"),
                       dtype=engine.dtype if engine else "auto",
-                      batch_size=batch_size or (engine.batch_size if engine else 16),
+                      batch_size=batch_size if batch_size is not None else (
+                          engine.batch_size if engine else 16),
                       max_batch_tokens=engine.max_batch_tokens if engine else 4096,
                       max_items=max_items)
     return {"model": model_path, "utility": ucfg.type, "data": data, "split": split,
@@ -307,11 +328,11 @@ def experts() -> None:
               help="Adapter folder to write (refused if it exists and is not empty).")
 @click.option("--base", "base_model", default="smollm2", show_default=True,
               help="Base model: a folder, a hub id, or smollm2.")
-@click.option("--rank", default=8, show_default=True)
-@click.option("--alpha", default=16, show_default=True)
+@click.option("--rank", default=8, show_default=True, type=POSITIVE)
+@click.option("--alpha", default=16, show_default=True, type=POSITIVE)
 @click.option("--target-modules", default="q_proj,k_proj,v_proj,o_proj", show_default=True)
 @click.option("--layers", help="Adapt only these layer indices, e.g. 14-29 or 0,1,2.")
-@click.option("--steps", default=100, show_default=True)
+@click.option("--steps", default=100, show_default=True, type=POSITIVE)
 @click.option("--epochs", type=float,
               help="Passes over the data; sets steps = ceil(epochs * items / batch size).")
 @click.option("--format", "train_format", type=click.Choice(["cloze", "letter"]),
@@ -321,15 +342,15 @@ def experts() -> None:
 @click.option("--device", default="auto", show_default=True,
               help="auto (cuda when available, else cpu) | cpu | cuda | cuda:N")
 @click.option("--lr", default=1e-3, show_default=True)
-@click.option("--batch-size", default=8, show_default=True)
-@click.option("--max-length", default=192, show_default=True)
-@click.option("--max-items", type=int, help="Train on the first N items only.")
+@click.option("--batch-size", default=8, show_default=True, type=POSITIVE)
+@click.option("--max-length", default=192, show_default=True, type=POSITIVE)
+@click.option("--max-items", type=POSITIVE, help="Train on the first N items only.")
 @click.option("--seed", default=0, show_default=True)
 @click.option("--source", help="Where the data comes from (for the data card).")
 @click.option("--licence", default="unknown", show_default=True,
               help="The data's licence (for the data card).")
 @click.option("--description", default="")
-@click.option("--threads", type=int, help="torch CPU threads.")
+@click.option("--threads", type=POSITIVE, help="torch CPU threads.")
 @click.option("--overwrite", is_flag=True)
 @click.option("--debug", is_flag=True, help="Show tracebacks.")
 def experts_train(data: str, split: str, out: str, base_model: str, rank: int, alpha: int,
@@ -341,8 +362,10 @@ def experts_train(data: str, split: str, out: str, base_model: str, rank: int, a
     """Fine-tune a LoRA expert on DATA; writes an adapter folder and its data card."""
     from .evaluation.data import load_items
     from .experts import train_lora
+    from .runs.folders import refuse_overlap
 
     _quiet_libraries()
+    _guard(debug, refuse_overlap, out, [("data", data)], "--out")
     items = _guard(debug, load_items, data, split, limit=max_items)
     path = _guard(debug, train_lora, base_model, items, out, rank=rank, alpha=alpha,
                   target_modules=tuple(m.strip() for m in target_modules.split(",")),
@@ -379,10 +402,10 @@ def _parse_layers(text: str | None) -> list[int] | None:
               "spare geography sources replacing forbidden ones).")
 @click.option("--shared", type=click.Path(file_okay=False),
               help="The shared/data/eval folder (default: ../shared/data/eval).")
-@click.option("--steps", type=int,
+@click.option("--steps", type=POSITIVE,
               help="Train this many steps instead of the recipe's epochs.")
 @click.option("--epochs", type=float, help="Override the recipe's epochs.")
-@click.option("--rank", type=int, help="Override the recipe's LoRA rank (alpha = 2 x rank).")
+@click.option("--rank", type=POSITIVE, help="Override the recipe's LoRA rank (alpha = 2 x rank).")
 @click.option("--lr", type=float, help="Override the recipe's learning rate.")
 @click.option("--format", "train_format", type=click.Choice(["cloze", "letter"]),
               help="Override the recipe's training format (cloze).")
@@ -391,7 +414,7 @@ def _parse_layers(text: str | None) -> list[int] | None:
 @click.option("--forbid", multiple=True,
               help="A benchmark target whose source must not train an expert (repeatable; "
               "mmlu, hellaswag, truthfulqa and capitals always are).")
-@click.option("--threads", type=int, help="torch CPU threads.")
+@click.option("--threads", type=POSITIVE, help="torch CPU threads.")
 @click.option("--debug", is_flag=True, help="Show tracebacks.")
 def experts_build_pool(out: str, only: tuple[str, ...], shared: str | None, steps: int | None,
                        epochs: float | None, rank: int | None, lr: float | None,

@@ -15,6 +15,7 @@ from pydantic import (
     ConfigDict,
     Discriminator,
     Field,
+    PrivateAttr,
     Tag,
     TypeAdapter,
     ValidationError,
@@ -23,10 +24,13 @@ from pydantic import (
 )
 
 from .errors import ConfigError
+from .models import EMBEDDED
 
 
 class StrictModel(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # NaN and infinity are refused in every number of a config: a NaN merge weight once
+    # wrote an all-NaN model and exited 0
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
 
 class ExpertsConfig(StrictModel):
@@ -180,7 +184,21 @@ class RewardConfig(StrictModel):
         return self
 
 
+class EstimateConfig(StrictModel):
+    """Fitness from fewer items (runs/estimate.py): candidates are scored on `items` anchor
+    items of dev and their full-dev utility is estimated from them."""
+
+    items: int = Field(ge=1, description="anchor items each candidate is scored on")
+    method: Literal["anchor", "random"] = Field(
+        "anchor", description="anchor: items stratified by clusters of the per-item "
+        "correctness patterns of the candidates scored on full dev first (tinyBenchmarks' "
+        "anchors, weighted by cluster size); random: a uniform random subset (a baseline)")
+
+
 class _UtilityBase(StrictModel):
+    estimate: EstimateConfig | None = Field(
+        None, description="score candidates on a few dev items and estimate full-dev "
+        "utility; the best is re-scored on full dev before it is reported or exported")
     on_invalid: Literal["stop", "worst"] = Field(
         "stop", description="a utility that returns NaN or infinity or raises: stop the run "
         "with a message naming it, or score that candidate -inf (never a best, the worst seen) "
@@ -341,7 +359,8 @@ UTILITY_CONFIGS: dict[str, type[StrictModel]] = {
 def _utility_tag(value: Any) -> str:
     kind = value.get("type", "multiple_choice") if isinstance(value, dict) else \
         getattr(value, "type", "multiple_choice")
-    return kind if kind in UTILITY_CONFIGS else "custom"
+    # a type that is not text (a list, a mapping) is the custom config's to refuse by name
+    return kind if isinstance(kind, str) and kind in UTILITY_CONFIGS else "custom"
 
 
 # `utility:` is one of these, chosen by its `type`: a key that belongs to another utility
@@ -359,6 +378,15 @@ UtilityConfig = Annotated[
     Discriminator(_utility_tag),
 ]
 _UTILITY_ADAPTER: TypeAdapter[Any] = TypeAdapter(UtilityConfig)
+
+
+def engine_config(source: str = "model", **fields: Any) -> ModelConfig:
+    """A ModelConfig from keyword fields (a command's flags, an API call's arguments): its
+    limits checked where they are declared, an error naming `source` and the key."""
+    try:
+        return ModelConfig.model_validate(fields)
+    except ValidationError as err:
+        raise ConfigError(_format_errors(err, source, prefix=("model",))) from None
 
 
 def utility_config(**fields: Any) -> Any:
@@ -565,6 +593,17 @@ class RunConfig(StrictModel):
     hswarm: HSwarmConfig | None = Field(
         None, description="`modelswarms hswarm`: Heterogeneous Swarms over the experts")
     seed: int = 0
+    _source: str | None = PrivateAttr(None)  # the file it was read from (load_config)
+
+    @property
+    def source(self) -> str | None:
+        return self._source
+
+    def __eq__(self, other: object) -> bool:
+        # what a config says, not where it was read from
+        if not isinstance(other, RunConfig):
+            return NotImplemented
+        return self.__dict__ == other.__dict__
 
     @model_validator(mode="before")
     @classmethod
@@ -603,7 +642,7 @@ class RunConfig(StrictModel):
 def _resolve(value: str, root: Path) -> str:
     # Hub ids ("org/name") stay as they are unless a folder of that name exists beside the config.
     p = Path(value).expanduser()
-    if p.is_absolute() or value == "smollm2":
+    if p.is_absolute() or value in EMBEDDED:
         return value
     candidate = root / p
     if candidate.exists() or value.startswith((".", "..")) or "/" not in value:
@@ -677,8 +716,9 @@ def load_config(path: str | Path) -> RunConfig:
         raise ConfigError(f"{path}: not valid YAML ({where}{problem})") from None
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: expected a mapping at the top level")
-    cfg = parse_config(data, str(path))
-    return resolve_paths(cfg, path.parent.resolve())
+    cfg = resolve_paths(parse_config(data, str(path)), path.parent.resolve())
+    cfg._source = str(path)
+    return cfg
 
 
 def resolve_paths(cfg: RunConfig, root: Path) -> RunConfig:

@@ -176,5 +176,20 @@ def load_standalone(path: str, base_model: str | None = None, *, device: str = "
                 from None
         return model, load_tokenizer(base, trust_remote_code)
     source = resolve_model(str(path))
+    if source == str(path) and not folder.exists():
+        if not _hub_id_like(str(path)):
+            raise ExpertError(f"{path}: no such folder")
+        try:
+            model = load_causal_lm(source, dt, dev, trust_remote_code)
+        except ExpertError as err:  # say first what a user most likely meant: a folder
+            raise ExpertError(f"{path}: no such folder, and not a model on the Hugging Face "
+                              f"hub either ({str(err).split(': ', 1)[-1]})") from None
+        return model, load_tokenizer(source, trust_remote_code)
     return load_causal_lm(source, dt, dev, trust_remote_code), load_tokenizer(
         source, trust_remote_code)
+
+
+def _hub_id_like(name: str) -> bool:
+    """Whether `name` could be a hub id ("org/model" or "model"), not only a path."""
+    return (not name.startswith((".", "/", "~")) and name.count("/") <= 1
+            and not name.endswith("/") and "\\" not in name)

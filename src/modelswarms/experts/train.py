@@ -397,6 +397,7 @@ def train_lora(
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from ..models import resolve_model
+    from ..runs.folders import MARKER, is_ours, mark, refuse_overlap
 
     out = Path(out)
     _check_format(format)
@@ -406,8 +407,14 @@ def train_lora(
         steps = epoch_steps(epochs, len(items), max(1, batch_size))
     if steps < 1 or batch_size < 1 or max_length < 8 or rank < 1:
         raise TrainError(f"{out}: steps, batch_size, rank must be >= 1 and max_length >= 8")
-    if out.exists() and any(out.iterdir()) and not overwrite:
-        raise TrainError(f"{out}: folder exists and is not empty (use overwrite)")
+    if out.exists() and any(out.iterdir()):
+        if not overwrite:
+            raise TrainError(f"{out}: folder exists and is not empty (use overwrite)")
+        if not (is_ours(out) or (out / "data_card.json").is_file()):
+            raise TrainError(f"{out}: holds files modelswarms did not write (no {MARKER} "
+                             "marker, no data_card.json); nothing was touched: choose another "
+                             "folder")
+    refuse_overlap(out, [("base model", resolve_model(base_model))], "--out")
     dev = resolve_device(device)
     if precision not in ("auto", "float32", "bf16-autocast"):
         raise TrainError(f"precision {precision!r}: expected auto, float32 or bf16-autocast")
@@ -519,6 +526,7 @@ def train_lora(
             "versions": _versions(),
         }
         _write_card(tmp, card)
+        mark(tmp)  # a later overwrite may replace it
         os.chmod(tmp, 0o755)  # mkdtemp makes 0700; an adapter folder is ordinary data
         for f in tmp.iterdir():
             os.chmod(f, 0o644)

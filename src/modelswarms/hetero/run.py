@@ -16,7 +16,9 @@ from ..runs.runner import run
 
 
 def hswarm(cfg: RunConfig | None = None, *, resume: str | Path | None = None,
-           overwrite: bool = False, show_progress: bool = True) -> dict[str, Any]:
+           overwrite: bool = False, show_progress: bool = True,
+           accept_changes: bool = False) -> dict[str, Any]:
     """Run (or resume) Heterogeneous Swarms and return its report."""
     return run(cfg, resume=resume, overwrite=overwrite, show_progress=show_progress,
+               accept_changes=accept_changes,
                strategy="hswarm")

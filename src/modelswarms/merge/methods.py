@@ -24,7 +24,8 @@ from .registry import merge_method
 
 class MergeParams(BaseModel):
     model_config = ConfigDict(
-        extra="forbid", frozen=True, validate_by_name=True, validate_by_alias=True
+        extra="forbid", frozen=True, validate_by_name=True, validate_by_alias=True,
+        allow_inf_nan=False,
     )
 
 

@@ -8,6 +8,7 @@ and returns the merged tensor. `merge_tensors` validates and calls it for one te
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -108,6 +109,9 @@ def _check(
         if len(weights) != n:
             raise ConfigError(f"merge method {method.name!r}: {len(weights)} weights for "
                               f"{n} experts")
+        if not all(math.isfinite(float(w)) for w in weights):
+            raise ConfigError(f"merge method {method.name!r}: weights {list(weights)} must be "
+                              "finite numbers")
 
 
 def _work_dtype(dtype: torch.dtype) -> torch.dtype:
@@ -140,6 +144,7 @@ def _apply(
     base: torch.Tensor | None,
     weights: Sequence[float] | None,
     generator: torch.Generator | None,
+    name: str = "",
 ) -> torch.Tensor:
     dtype = _work_dtype(tensors.dtype)
     if base is not None and base.shape != tensors.shape[1:]:
@@ -155,7 +160,14 @@ def _apply(
         None if base is None or not spec.needs_base else base.to(dtype),
         parsed, w, generator,
     )
-    return out.to(tensors.dtype)
+    out = out.to(tensors.dtype)
+    if not torch.isfinite(out).all():  # a merge never hands on (or writes) a NaN model
+        what = f"tensor {name}" if name else "the merged tensor"
+        source = ("the experts hold NaN or infinite values" if not torch.isfinite(tensors).all()
+                  else f"params {parsed.model_dump()}, weights {w.tolist()} overflow")
+        raise ConfigError(f"merge method {spec.name!r}: {what} comes out non-finite ({source}); "
+                          "nothing written")
+    return out
 
 
 def merge_vectors(
@@ -189,6 +201,6 @@ def merge_vectors(
         cut = slice(s.offset, s.offset + s.numel)
         slot_base = None if base is None else base[cut].view(s.shape)
         merged = _apply(spec, parsed, experts[:, cut].reshape(n, *s.shape), slot_base,
-                        weights, generator)
+                        weights, generator, s.name)
         out[cut] = merged.reshape(-1)
     return out

@@ -50,10 +50,13 @@ def _student(path: Path, rank: int, alpha: int):
         model = load_causal_lm(source, torch.float32, torch.device("cpu"))
         return PeftModel.from_pretrained(model, str(path), is_trainable=True), \
             load_tokenizer(source), base
-    model = load_causal_lm(str(path), torch.float32, torch.device("cpu"))
+    # an embedded model (mixture.json names it: smollm2, gemma3-270m) is its cached folder,
+    # and the adapter names it as the shipped pool's adapters name smollm2
+    source = resolve_model(str(path))
+    model = load_causal_lm(source, torch.float32, torch.device("cpu"))
     config = LoraConfig(r=rank, lora_alpha=alpha, target_modules="all-linear",
                         task_type="CAUSAL_LM")
-    return get_peft_model(model, config), load_tokenizer(str(path)), str(path)
+    return get_peft_model(model, config), load_tokenizer(source), str(path)
 
 
 def distillation_targets(mixture: MixtureLM, student: int, prompts: Sequence[str],
@@ -80,7 +83,12 @@ def distillation_targets(mixture: MixtureLM, student: int, prompts: Sequence[str
         probs = (probs / probs.sum(-1, keepdim=True).clamp_min(1e-30)).float().cpu()
         out.append((ids, len(head), probs))
     if not out:
-        raise ConfigError("distillation: no prompt gave a continuation to learn from")
+        empty = sum(1 for c in conts if not vocab.text_bytes(c))
+        raise ConfigError(
+            "distillation: no prompt gave a continuation to learn from"
+            + (f" (the mixture ended {empty} of {len(conts)} at once: an instruct model "
+               "asked outside its chat format often does; give prompts it continues, e.g. "
+               "with a worked example, in --prompts)" if empty else ""))
     return out
 
 

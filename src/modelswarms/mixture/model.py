@@ -21,6 +21,7 @@ mixture and call the methods below.
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Sequence
 from typing import Any
 
@@ -86,6 +87,11 @@ class MixtureLM:
         # utilities runs each expert once per item set).
         self._memo: dict[tuple, Any] = {}
         self.config = getattr(self.models[0], "config", None)
+        # Greedy generation, per expert name: chosen tokens fed to it, and how many of them
+        # were not one token of its own vocabulary (spelled in several of its tokens, or
+        # another expert's special fed as its end of text): the cost of the tokenizers
+        # differing.
+        self.fed: Counter = Counter()
 
     @property
     def n(self) -> int:
@@ -234,7 +240,7 @@ class MixtureLM:
         done = [False] * b
         result: list[list[int]] = [[] for _ in range(b)]
         eos = self.vocab.eos
-        for _ in range(max_new):
+        for step in range(max_new):
             probs = torch.zeros(b, len(self.vocab), dtype=torch.float64, device=self.device)
             for a, i in enumerate(active):
                 logp = self._feed(i, states[a], pending[a])
@@ -247,13 +253,22 @@ class MixtureLM:
                     done[r] = True
                 else:
                     result[r].append(t)
-            if all(done):
+            if all(done) or step == max_new - 1:
                 break
             for a, i in enumerate(active):
                 ev = self.vocab.experts[i]
                 pending[a] = [[ev.eos_id] if done[r] else self._as_own(i, choice[r])
                               for r in range(b)]
+                live = [r for r in range(b) if not done[r]]
+                self.fed[(self.names[i], "tokens")] += len(live)
+                self.fed[(self.names[i], "retokenised")] += sum(
+                    1 for r in live if not self._is_own(i, choice[r]))
         return result
+
+    def _is_own(self, i: int, union_id: int) -> bool:
+        """Whether the union token is one token of expert i (fed unchanged)."""
+        key = self.vocab.keys[union_id]
+        return isinstance(key, bytes) and key in self.vocab.experts[i].ids
 
     def _as_own(self, i: int, union_id: int) -> list[int]:
         key = self.vocab.keys[union_id]

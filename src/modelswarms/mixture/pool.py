@@ -36,15 +36,26 @@ def _check(path: Path) -> dict:
                       "folder (config.json)")
 
 
+def _path(source: str | Path) -> Path:
+    """An expert's folder: an embedded model's name (models.EMBEDDED: smollm2, gemma3-270m)
+    is that model's cached folder."""
+    from ..models import EMBEDDED, embedded_path
+
+    return embedded_path(str(source)) if str(source) in EMBEDDED else Path(source).expanduser()
+
+
 def load_mixture_pool(sources: Sequence[str | Path]) -> ExpertPool:
-    """The experts of a mixture (checked, not loaded: the evaluator loads the models)."""
-    paths = [Path(s).expanduser() for s in sources]
+    """The experts of a mixture (checked, not loaded: the evaluator loads the models). An
+    embedded model's name (models.EMBEDDED: smollm2, gemma3-270m) is that model's folder."""
+    from ..models import EMBEDDED
+
+    paths = [_path(s) for s in sources]
     seen: dict[str, int] = {}
     experts = []
     n = len(paths)
     for i, path in enumerate(paths):
         config = _check(path)
-        name = path.name or f"expert_{i}"
+        name = str(sources[i]) if str(sources[i]) in EMBEDDED else path.name or f"expert_{i}"
         seen[name] = seen.get(name, 0) + 1
         if seen[name] > 1:
             name = f"{name}_{seen[name]}"
@@ -52,6 +63,17 @@ def load_mixture_pool(sources: Sequence[str | Path]) -> ExpertPool:
         onehot[i] = 1.0
         experts.append(Expert(name, path, {WEIGHTS: onehot}, config))
     return ExpertPool("mixture", experts, None, paths[0], None)  # type: ignore[arg-type]
+
+
+def _source(expert: Expert) -> str:
+    """An expert's path as mixture.json names it: an embedded model by its name, so the
+    export does not depend on this machine's cache folder."""
+    from ..models import EMBEDDED, cache_dir
+
+    spec = EMBEDDED.get(expert.name)
+    if spec is not None and Path(expert.path) == cache_dir() / spec.folder:
+        return spec.name
+    return str(expert.path)
 
 
 def write_mixture(pool: ExpertPool, weights: torch.Tensor, folder: str | Path,
@@ -63,7 +85,7 @@ def write_mixture(pool: ExpertPool, weights: torch.Tensor, folder: str | Path,
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     w = mixing_weights(weights).tolist()
-    spec = {"experts": [{"name": e.name, "path": str(e.path), "weight": x}
+    spec = {"experts": [{"name": e.name, "path": _source(e), "weight": x}
                         for e, x in zip(pool.experts, w, strict=True)],
             "combination": "next-token distributions mixed in the union vocabulary; "
                            "sequence likelihoods mixed for log-likelihood scoring",
@@ -81,7 +103,7 @@ def load_mixture(folder: str | Path, *, device: str = "auto", dtype: str = "auto
     path = Path(folder) / MIXTURE_FILE
     try:
         spec = json.loads(path.read_text())
-        experts = [(e["name"], Path(e["path"]), float(e["weight"])) for e in spec["experts"]]
+        experts = [(e["name"], _path(e["path"]), float(e["weight"])) for e in spec["experts"]]
     except (OSError, KeyError, TypeError, ValueError) as err:
         raise ExpertError(f"{path}: not a mixture description ({err})") from None
     weights = [w for _, _, w in experts]

@@ -47,7 +47,13 @@ def _is_byte_level(tokenizer: Any) -> bool:
 
 def token_keys(tokenizer: Any) -> list[bytes | str]:
     """Each id's key in the union: the bytes it stands for, or a shared special entry."""
+    return _keys(tokenizer)[0]
+
+
+def _keys(tokenizer: Any) -> tuple[list[bytes | str], set[int]]:
+    """(token_keys, the ids of byte-fallback tokens '<0xNN>')."""
     byte_level = _is_byte_level(tokenizer)
+    fallback: set[int] = set()
     decoder = _byte_level_decoder()
     specials = {tokenizer.eos_token_id: EOS}
     if tokenizer.pad_token_id is not None and tokenizer.pad_token_id not in specials:
@@ -61,11 +67,12 @@ def token_keys(tokenizer: Any) -> list[bytes | str]:
             keys.append(f"<|special:{tok}|>")  # other specials stay the expert's own
         elif m := BYTE_TOKEN.match(tok):
             keys.append(bytes([int(m.group(1), 16)]))
+            fallback.add(i)
         elif byte_level and all(c in decoder for c in tok):
             keys.append(bytes(decoder[c] for c in tok))
         else:
             keys.append(tok.replace("▁", " ").encode("utf-8"))
-    return keys
+    return keys, fallback
 
 
 @dataclass
@@ -122,13 +129,16 @@ def align(named_tokenizers: list[tuple[str, Any]]) -> UnionVocab:
         if tok.eos_token_id is None:
             raise ExpertError(f"{name}: its tokenizer has no end-of-sequence token; a mixture "
                               "cannot tell when its generations end")
-        own = token_keys(tok)
+        own, fallback = _keys(tok)
         ids: dict[bytes, int] = {}
         for i, k in enumerate(own):
             if k not in index:
                 index[k] = len(keys)
                 keys.append(k)
-            if isinstance(k, bytes) and k and k not in ids:
+            # a byte's own token rather than its fallback '<0xNN>' (SentencePiece numbers the
+            # fallbacks first): the model has rarely seen a fallback where the byte has a
+            # token, and fed one it drifts (Gemma 3 continued '.' as '...')
+            if isinstance(k, bytes) and k and (k not in ids or ids[k] in fallback):
                 ids[k] = i
         experts.append(ExpertVocab(name, torch.tensor([index[k] for k in own]), ids,
                                    max((len(k) for k in ids), default=1), tok.eos_token_id))

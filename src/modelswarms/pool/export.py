@@ -14,6 +14,7 @@ from safetensors.torch import save_file
 
 from ..errors import ExpertError
 from ..models import BASE_NOTE, exported_base
+from .loading import check_finite
 
 if TYPE_CHECKING:
     from ..space import FlatSpace
@@ -59,7 +60,15 @@ def export_expert(pool: ExpertPool, tensors: dict[str, torch.Tensor], folder: st
     if folder.resolve() in inputs:  # replacing the folder would destroy an input expert
         raise ExpertError(f"{folder}: is the folder of expert {inputs[folder.resolve()]}; "
                           "export to a new folder, input experts are never overwritten")
+    from ..runs.folders import MARKER, is_ours, mark
+
+    if folder.is_dir() and any(folder.iterdir()) and not any(
+            is_ours(f) for f in (folder, *folder.resolve().parents)):
+        raise ExpertError(f"{folder}: exists and holds files modelswarms did not write (no "
+                          f"{MARKER} marker); an export never replaces it: choose another "
+                          "folder")
     out = _prepare(pool, tensors, dtype)
+    check_finite(folder, out, "a non-finite model is never written")
     meta = {str(k): str(v) for k, v in (metadata or {}).items()} | {"format": "pt"}
     folder.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=folder.parent, prefix=f".{folder.name}."))
@@ -75,6 +84,7 @@ def export_expert(pool: ExpertPool, tensors: dict[str, torch.Tensor], folder: st
                 (tmp / BASE_NOTE).write_text(json.dumps(note, indent=2))
         else:
             save_file(out, tmp / "model.safetensors", metadata=meta)
+        mark(tmp)  # an export of ours: a later export or --overwrite may replace it
         for name in ADAPTER_EXTRAS if pool.kind == "lora" else MODEL_FILES:
             if (pool.template / name).is_file():
                 shutil.copy2(pool.template / name, tmp / name)

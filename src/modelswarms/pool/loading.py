@@ -14,8 +14,8 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file
 
 from ..errors import ExpertError
-from ..models import adapter_base
-from .validate import validate_pool
+from ..models import EMBEDDED, adapter_base, embedded_path
+from .validate import check_adapter_config, validate_pool
 
 HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+")  # org/name, never a relative path like ./x
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl")
@@ -51,6 +51,8 @@ class ExpertPool:
 
 def _fetch(source: str) -> Path:
     """A local folder for `source`, downloading a hub id's safetensors and configs if needed."""
+    if source in EMBEDDED:
+        return embedded_path(source)
     path = Path(source).expanduser()
     if path.exists():
         if not path.is_dir():
@@ -88,6 +90,17 @@ def _read_safetensors(path: Path) -> dict[str, torch.Tensor]:
     except (SafetensorError, OSError, ValueError) as err:
         raise ExpertError(f"{path}: unreadable safetensors file, truncated or corrupt ({err})") \
             from None
+
+
+def check_finite(folder: Path, tensors: dict[str, torch.Tensor],
+                 what: str = "a non-finite expert is refused") -> None:
+    """Refuse weights with a NaN or infinite value: scored, they look like any model (a NaN
+    expert became a run's "best expert" and its export), and any merge with them is NaN."""
+    for name, t in tensors.items():
+        if t.is_floating_point() and not torch.isfinite(t).all():
+            bad = int((~torch.isfinite(t)).sum())
+            raise ExpertError(f"{folder}: tensor {name} holds {bad} NaN or infinite values of "
+                              f"{t.numel()}; {what}")
 
 
 def _weight_files(folder: Path) -> list[Path]:
@@ -128,7 +141,10 @@ def load_expert(source: str | Path, name: str | None = None) -> tuple[str, Exper
         config = read_json(folder / ADAPTER_CONFIG)
         # an export names the hub id for plain peft; its note says which base was really used
         config["base_model_name_or_path"] = adapter_base(folder, config)
-        return "lora", Expert(name, folder, _read_safetensors(folder / ADAPTER_WEIGHTS), config)
+        tensors = _read_safetensors(folder / ADAPTER_WEIGHTS)
+        check_adapter_config(folder, config, tensors)
+        check_finite(folder, tensors)
+        return "lora", Expert(name, folder, tensors, config)
     if (folder / "config.json").is_file():
         files = _weight_files(folder)
         if not files:
@@ -136,6 +152,7 @@ def load_expert(source: str | Path, name: str | None = None) -> tuple[str, Exper
         tensors: dict[str, torch.Tensor] = {}
         for f in files:
             tensors.update(_read_safetensors(f))
+        check_finite(folder, tensors)
         return "full", Expert(name, folder, tensors, read_json(folder / "config.json"))
     if any(p.suffix in PICKLE_SUFFIXES for p in folder.iterdir()):
         _refuse_pickles(folder)

@@ -6,8 +6,12 @@ the user can fix the one thing at fault.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
-from typing import TYPE_CHECKING
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import torch
 
 from ..errors import ExpertError
 
@@ -67,3 +71,33 @@ def _same_tensors(first: Expert, e: Expert) -> None:
         if u.dtype != t.dtype:
             raise ExpertError(f"{e.path}: expert {e.name} tensor {name} is {u.dtype} "
                               f"but {first.name} has {t.dtype}")
+
+
+def check_adapter_config(folder: Path, config: dict[str, Any],
+                         tensors: dict[str, torch.Tensor]) -> None:
+    """An adapter config that disagrees with its own tensors (a rank, target modules or
+    alpha that the weights do not have) is refused by name here, not deep inside peft."""
+    r, alpha = config.get("r"), config.get("lora_alpha")
+    if not isinstance(r, int) or isinstance(r, bool) or r < 1:
+        raise ExpertError(f"{folder}: adapter_config.json r={r!r} is not a positive integer")
+    if alpha is not None and (not isinstance(alpha, int | float) or isinstance(alpha, bool)
+                              or not math.isfinite(alpha)):
+        raise ExpertError(f"{folder}: adapter_config.json lora_alpha={alpha!r} is not a "
+                          "finite number")
+    targets = config.get("target_modules")
+    exact = not (config.get("rank_pattern") or {})
+    for name, t in tensors.items():
+        if ".lora_A." not in name and ".lora_B." not in name:
+            continue
+        module = name.split(".lora_")[0]
+        if isinstance(targets, list) and not any(
+                isinstance(x, str) and (module == x or module.endswith("." + x))
+                for x in targets):  # peft matches a target by the module path's end
+            raise ExpertError(f"{folder}: tensor {name} adapts a module that "
+                              f"adapter_config.json target_modules {targets} leaves out")
+        if t.dim() != 2:
+            continue  # not a linear layer's factor; validate_pool compares shapes
+        rank = t.shape[0] if ".lora_A." in name else t.shape[-1]
+        if exact and rank != r:
+            raise ExpertError(f"{folder}: tensor {name} has rank {rank} but "
+                              f"adapter_config.json says r={r}")

@@ -1,18 +1,23 @@
 """Legal but suspicious inputs: each is one warning on the console (and in run.log), printed
 once per session, and a counted event in the report. None stops a run: a user may mean it,
-but each has misled a benchmark of this project before (docs/RELIABILITY.md)."""
+but each has misled a benchmark of this project before (docs/RELIABILITY.md).
+
+And the one refusal that needs the loaded model, made before the search on every split the
+run scores: an item longer than the model reads (`check_lengths`)."""
 
 from __future__ import annotations
 
 import logging
 import math
 from collections import Counter
+from collections.abc import Iterator
 from typing import Any
 
 import torch
 from rich.console import Console
 from rich.markup import escape
 
+from ..errors import DataError
 from .scorer import Scorer, fingerprint
 
 log = logging.getLogger("modelswarms")
@@ -98,3 +103,42 @@ def check_budget(cfg: Any, search: Any, scorer: Scorer) -> None:
         warn(scorer, "small_budget", f"budget: {cfg.budget} evaluations allow {search.label} "
              f"{max(steps, 0)} iteration(s) of {n} particles after scoring the experts; it "
              f"can barely move (two iterations need a budget of {3 * n})")
+
+
+def _strings(node: Any, field: str = "") -> Iterator[tuple[str, str]]:
+    if isinstance(node, str):
+        yield field, node
+    elif isinstance(node, dict):
+        for k, v in node.items():
+            yield from _strings(v, f"{field}.{k}" if field else str(k))
+    elif isinstance(node, list):
+        for k, v in enumerate(node):
+            yield from _strings(v, f"{field}.{k}" if field else str(k))
+
+
+def check_lengths(evaluator: Any, splits: dict[str, list[dict] | None],
+                  source: str | None) -> None:
+    """Refuse, before the search, an item with one field longer than the model reads (its
+    max_position_embeddings), on every split the run scores: found while scoring, the test
+    split's would stop the run only after the whole search. A prompt holds at least each of
+    its fields (but the id), so this never refuses an item that fits; one that fits field by
+    field but not with its template is still refused when scored."""
+    tokenizer = getattr(evaluator, "tokenizer", None)
+    model = getattr(getattr(evaluator, "backend", None), "model", None)
+    limit = getattr(getattr(model, "config", None), "max_position_embeddings", None)
+    if tokenizer is None or not isinstance(limit, int):
+        return  # a mixture or Ray workers: their models check when they score
+    for split, items in splits.items():
+        for i, item in enumerate(items or []):
+            fields = {k: v for k, v in item.items() if k not in ("id", "split")}  # unread
+            for field, text in _strings(fields):
+                # a token covers at least one byte, a character at most four
+                if 4 * len(text) + 2 <= limit:
+                    continue
+                n = len(tokenizer(text, add_special_tokens=False)["input_ids"])
+                if n > limit:
+                    ident = f" (id {item['id']!r})" if "id" in item else ""
+                    raise DataError(f"{source or 'data'}: item {i}{ident} of split {split!r}: "
+                                    f"field {field!r} is {n} tokens, more than the model "
+                                    f"reads ({limit}, its max_position_embeddings); shorten "
+                                    "or drop it")

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import json
 import logging
-import shutil
 import statistics
 import time
 from pathlib import Path
@@ -23,9 +22,13 @@ from typing import Any
 from ..config import RunConfig, dump_config, load_config
 from ..errors import ConfigError, ModelSwarmsError, RunError
 from ..merge import MERGE_METHODS
-from .checkpoint import atomic_write_text, check_writable
-from .rows import RowContext, is_search, row_spec
-from .runner import logging_to, read_jsonl
+from .checkpoint import atomic_write_text
+from .folders import FolderLock, claim, config_inputs, lock_existing
+from .inputs import check_resume
+from .inputs import record as record_inputs
+from .progress import CompareProgress
+from .rows import RowContext, RowSpec, is_search, row_spec
+from .runner import logging_to, read_jsonl, remove_torn_writes
 from .session import Session
 from .stats import paired_bootstrap, seed_averaged_gain, unpack_scores
 from .trackers import check_trackers
@@ -46,13 +49,20 @@ def _check_methods(cfg: RunConfig) -> list[str]:
 
 
 def compare(cfg: RunConfig | None = None, *, resume: str | Path | None = None,
-            overwrite: bool = False, show_progress: bool = False) -> dict[str, Any]:
+            overwrite: bool = False, show_progress: bool = False,
+            accept_changes: bool = False) -> dict[str, Any]:
     if resume is not None:
         out = Path(resume)
         if not (out / "config.yaml").is_file():
             raise RunError(f"{out}: not a comparison folder (no config.yaml)")
-        cfg = load_config(out / "config.yaml")
-        check_trackers(cfg.output.trackers)
+        held: FolderLock = lock_existing(out)
+        try:
+            cfg = load_config(out / "config.yaml")
+            check_trackers(cfg.output.trackers)
+            check_resume(out, cfg, accept_changes)
+        except BaseException:
+            held.release()
+            raise
     else:
         assert cfg is not None
         # what can be checked without loading anything, before a folder is made
@@ -62,66 +72,120 @@ def compare(cfg: RunConfig | None = None, *, resume: str | Path | None = None,
         _check_methods(cfg)
         check_trackers(cfg.output.trackers)  # a missing package: before the folder is made
         out = Path(cfg.output.dir)
-        check_writable(out)
-        if out.exists() and any(out.iterdir()):
-            if not overwrite:
-                raise RunError(f"{out}: folder exists; resume it with `modelswarms compare "
-                               f"--resume {out}`, or pass --overwrite")
-            shutil.rmtree(out)
-        out.mkdir(parents=True, exist_ok=True)
-        atomic_write_text(out / "config.yaml", dump_config(cfg))
-    if cfg.compare is None:
-        raise ConfigError("compare: the config has no `compare:` section")
-    methods = _check_methods(cfg)
-    with logging_to(out):
-        try:
+        held = claim(out, inputs=config_inputs(cfg), overwrite=overwrite,
+                     exists_hint=f"resume it with `modelswarms compare --resume {out}`, or "
+                     "pass --overwrite")
+    try:
+        if resume is None:
+            atomic_write_text(out / "config.yaml", dump_config(cfg))
+            record_inputs(out, cfg)
+        if cfg.compare is None:
+            raise ConfigError("compare: the config has no `compare:` section")
+        methods = _check_methods(cfg)
+        with logging_to(out):
+            remove_torn_writes(out)  # a kill inside an atomic write (progress.json, tables)
             return _compare(cfg, out, methods, show_progress)
-        except ModelSwarmsError:
-            # as with a run: a comparison that could not start leaves no folder behind
-            if resume is None and not read_jsonl(out / "results.jsonl") and not any(
-                    out.rglob("checkpoint.safetensors")):
-                shutil.rmtree(out, ignore_errors=True)
-            raise
+    except ModelSwarmsError:
+        # as with a run: a comparison that could not start leaves no folder behind
+        if resume is None and not read_jsonl(out / "results.jsonl") and not any(
+                out.rglob("checkpoint.safetensors")):
+            held.abandon()
+        raise
+    finally:
+        held.release()
+
+
+def row_cost(spec: RowSpec, cfg: RunConfig, n: int, r: float) -> float:
+    """A row's estimated cost in dev evaluations (a test evaluation costs `r` of them), for
+    the ETA only: a search its budget and the test scores of its report, a merge one of
+    each, a reference row what its registration says."""
+    assert cfg.compare is not None
+    if spec.kind == "search":
+        return cfg.compare.budget + (cfg.output.top_k + 1) * r
+    if spec.kind == "merge":
+        return 1 + r
+    return spec.cost(n, r)
 
 
 def _compare(cfg: RunConfig, out: Path, methods: list[str], show_progress: bool):
-    session = Session.open(cfg)
+    assert cfg.compare is not None
     results_path = out / "results.jsonl"
     # a torn last line (a kill mid-write) is dropped: that row runs again
     done = {(rec["method"], rec["seed"]): rec for rec in read_jsonl(results_path)}
     lines = [json.dumps(r) for r in done.values()]
     atomic_write_text(results_path, "".join(x + "\n" for x in lines))
-
-    def record(rec: dict[str, Any]) -> None:
-        done[(rec["method"], rec["seed"])] = rec
-        with open(results_path, "a") as f:
-            f.write(json.dumps(rec) + "\n")
-
-    expert_dev = [r.value for r in session.score_many(session.experts, session.dev)]
-    for method in methods:
-        spec = row_spec(method)
-        seeds = cfg.compare.seeds if spec.seeded else [0]
-        for seed in seeds:
-            if (method, seed) in done:
-                continue
+    units = [(method, seed) for method in methods
+             for seed in (cfg.compare.seeds if row_spec(method).seeded else [0])]
+    todo = [u for u in units if u not in done]
+    n = len(cfg.experts.paths)
+    # priced once the data's sizes are known (below); the view needs only how many there are
+    watch = CompareProgress(out, [(f"{m} seed {s}", 0.0) for m, s in todo],
+                            len(units) - len(todo), enabled=show_progress)
+    with watch:
+        session = Session.open(cfg)
+        items = {"dev": len(session.dev), "test": len(session.test) if session.test else 0}
+        ratio = items["test"] / max(items["dev"], 1)
+        watch.units = [(label, row_cost(row_spec(m), cfg, n, ratio))
+                       for (label, _), (m, _) in zip(watch.units, todo, strict=True)]
+        watch.note(f"{items['dev']} dev / {items['test']} test items loaded; scoring the {n} "
+                   "experts on dev")
+        # in the blocks the evaluator forms anyway (the scores are the same), so that the
+        # first ETA comes after the first block, not after all the experts
+        k = max(1, getattr(session.evaluator, "group_size", n))
+        expert_dev: list[float] = []
+        for i in range(0, n, k):
+            start = time.perf_counter()
+            block = session.score_many(session.experts[i:i + k], session.dev)
+            expert_dev += [x.value for x in block]
+            watch.calibrate(time.perf_counter() - start, len(block),
+                            f"experts {len(expert_dev)}/{n} scored on dev",
+                            left=n - len(expert_dev))
+        for method, seed in todo:
+            spec = row_spec(method)
+            label = spec.label + (f" (seed {seed})" if spec.seeded else "")
+            watch.start_row(label)
             start = time.perf_counter()
             before = session.evaluations
             try:
-                rows = spec.rows(RowContext(cfg, session, out, seed, expert_dev, show_progress))
+                rows = spec.rows(RowContext(cfg, session, out, seed, expert_dev, show_progress,
+                                            view=watch.search_view))
             except ConfigError as err:  # e.g. slerp with more than two experts
                 log.warning("compare: %s skipped: %s", method, err)
                 rows = [{"name": spec.label, "skipped": str(err)}]
             for row in rows:
                 row.setdefault("evaluations", session.evaluations - before)
                 row.setdefault("seconds", round(time.perf_counter() - start, 2))
-            record({"method": method, "seed": seed, "rows": rows})
+            rec = {"method": method, "seed": seed, "rows": rows}
+            done[(method, seed)] = rec
+            with open(results_path, "a") as f:
+                f.write(json.dumps(rec) + "\n")
             log.info("compare: %s seed %d done", method, seed)
-    items = {"dev": len(session.dev), "test": len(session.test) if session.test else 0}
-    report = _table(cfg, methods, done, items)
+            # the table so far, readable while the rest runs (or after a kill)
+            write_tables(_table(cfg, methods, done, items,
+                                partial={"rows_done": len(done), "rows_total": len(units)}),
+                         out)
+            watch.finish_row(time.perf_counter() - start, _summary(rows))
+        report = _table(cfg, methods, done, items)
+        write_tables(report, out)
+        plot(report, out / "compare.png")
+    return report
+
+
+def write_tables(report: dict[str, Any], out: Path) -> None:
     atomic_write_text(out / "compare.json", json.dumps(report, indent=2))
     atomic_write_text(out / "compare.md", render_markdown(report))
-    plot(report, out / "compare.png")
-    return report
+
+
+def _summary(rows: list[dict[str, Any]]) -> str:
+    """A finished row in a few words: its dev and test scores (the best of several rows)."""
+    if "skipped" in rows[0]:
+        return f"skipped ({rows[0]['skipped']})"
+    scored = [r for r in rows if r.get("dev") is not None] or rows
+    best = max(scored, key=lambda r: r.get("dev") or 0.0)
+    what = f"{len(rows)} rows, best by dev {best['name']}: " if len(rows) > 1 else ""
+    test = f", test {best['test']:.4f}" if best.get("test") is not None else ""
+    dev = f"dev {best['dev']:.4f}" if best.get("dev") is not None else "dev -"
+    return f"{what}{dev}{test} ({best['evaluations']} evaluations)"
 
 
 def _stats(values: list[float]) -> tuple[float, float]:
@@ -134,7 +198,10 @@ PerItem = list[list[float] | None]
 
 
 def _table(cfg: RunConfig, methods: list[str], done: dict,
-           items: dict[str, int] | None = None) -> dict[str, Any]:
+           items: dict[str, int] | None = None,
+           partial: dict[str, int] | None = None) -> dict[str, Any]:
+    """The report of the rows in `done`; `partial` (rows done / rows in all) marks a table
+    of a comparison that is still running or was stopped."""
     rows: list[dict[str, Any]] = []
     per_item: list[PerItem] = []
     for method in methods:
@@ -171,10 +238,13 @@ def _table(cfg: RunConfig, methods: list[str], done: dict,
     for row, seeds in zip(rows, per_item, strict=True):
         if is_search(row["method"]) and "skipped" not in row:
             _intervals(row, seeds, references)
-    return {"utility": cfg.utility.type, "dataset": cfg.data_name,
-            "budget": cfg.compare.budget, "seeds": cfg.compare.seeds, "items": items,
-            "level": LEVEL, "resamples": RESAMPLES,
-            "references": {k: info for k, (info, _) in references.items()}, "rows": rows}
+    report = {"utility": cfg.utility.type, "dataset": cfg.data_name,
+              "budget": cfg.compare.budget, "seeds": cfg.compare.seeds, "items": items,
+              "level": LEVEL, "resamples": RESAMPLES,
+              "references": {k: info for k, (info, _) in references.items()}, "rows": rows}
+    if partial is not None:
+        report["partial"] = partial
+    return report
 
 
 def _seed_entry(seed: int, run: dict[str, Any]) -> dict[str, Any]:
@@ -268,6 +338,15 @@ def verdict_sentence(report: dict[str, Any]) -> str:
     return ""
 
 
+def _partial_lines(report: dict[str, Any]) -> list[str]:
+    if not (p := report.get("partial")):
+        return []
+    return [f"**Partial table: {p['rows_done']} of {p['rows_total']} rows done.** The "
+            "comparison is running or was stopped (`modelswarms status FOLDER` says which; "
+            "`modelswarms compare --resume FOLDER` goes on); the references and intervals "
+            "are those of the rows done so far and can change as rows are added.", ""]
+
+
 def _reference_lines(report: dict[str, Any]) -> list[str]:
     refs = report.get("references")
     if not refs:
@@ -329,7 +408,7 @@ def render_markdown(report: dict[str, Any]) -> str:
              f"Searches get {report['budget']} utility evaluations each; seeds "
              f"{report['seeds']} (mean ± standard deviation where a row has several)."
              + (f" {items['dev']} dev items, {items['test']} test items." if items else ""),
-             "", *_reference_lines(report),
+             "", *_partial_lines(report), *_reference_lines(report),
              f"| method | dev | test | Δ test vs best expert [{level}% CI] | "
              f"Δ test vs best merge [{level}% CI] | evaluations | seconds |",
              "| --- | ---: | ---: | ---: | ---: | ---: | ---: |"]

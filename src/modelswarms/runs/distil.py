@@ -3,6 +3,7 @@ experts, and the report that puts the student beside the mixture and the experts
 
 from __future__ import annotations
 
+import contextlib
 import json
 from pathlib import Path
 from typing import Any
@@ -14,7 +15,8 @@ from ..evaluation.utilities import build_utility
 from ..mixture import load_mixture
 from ..mixture.distil import distil, distillation_report, score_references
 from ..mixture.pool import MIXTURE_FILE
-from .checkpoint import atomic_write_text, check_writable
+from .checkpoint import atomic_write_text
+from .folders import check_output, mark
 
 
 def run_config_of(mixture: Path) -> Path | None:
@@ -59,9 +61,13 @@ def distil_mixture(mixture: str | Path, student: str, out: str | Path, *,
             raise ConfigError(f"distil: {flag} must be at least {least} (given {value})")
     if not lr > 0 or lr == float("inf"):
         raise ConfigError(f"distil: --lr must be a positive number (given {lr})")
-    check_writable(Path(out), "--out")
-    if Path(out).is_dir() and any(Path(out).iterdir()):
-        raise ConfigError(f"distil: --out {out} exists and is not empty; choose a new folder")
+    mixture_experts = []
+    with contextlib.suppress(OSError, ValueError, TypeError, AttributeError, KeyError):
+        mixture_experts = [("expert", e["path"]) for e in
+                           json.loads((Path(mixture) / MIXTURE_FILE).read_text())["experts"]]
+    check_output(out, key="--out", inputs=[
+        ("mixture", mixture), ("data", data), ("prompts", prompt_file), ("config", config),
+        *mixture_experts], exists_hint="choose a new folder")
     source = prompt_file or data or (data_cfg.name if data_cfg else "")
     notes = []
     if prompt_file:
@@ -120,4 +126,5 @@ def distil_mixture(mixture: str | Path, student: str, out: str | Path, *,
                       dataset=dataset, config=str(config) if config else None)
     result["notes"] = notes
     atomic_write_text(Path(out) / "distillation.json", json.dumps(result, indent=2))
+    mark(out)
     return result

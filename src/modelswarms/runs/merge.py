@@ -8,12 +8,12 @@ from pathlib import Path
 import torch
 
 from ..config import RunConfig
-from ..errors import ConfigError, RunError
+from ..errors import ConfigError
 from ..merge import MERGE_METHODS, merge_vectors
 from ..merge.base import base_vector, need_base
 from ..pool import export_vector, load_pool
 from ..space import FlatSpace
-from .checkpoint import check_writable
+from .folders import check_output, config_inputs
 
 
 def merge_to_folder(cfg: RunConfig, *, overwrite: bool = False) -> Path:
@@ -27,9 +27,7 @@ def merge_to_folder(cfg: RunConfig, *, overwrite: bool = False) -> Path:
         raise ConfigError(f"merge.method: unknown method {spec.method!r}; known: "
                           f"{', '.join(sorted(MERGE_METHODS))}")
     out = Path(cfg.output.dir)
-    check_writable(out)
-    if out.exists() and any(out.iterdir()) and not overwrite:
-        raise RunError(f"{out}: folder exists; pass --overwrite to replace it")
+    check_output(out, inputs=config_inputs(cfg), overwrite=overwrite)
     e = cfg.experts
     pool = load_pool(e.paths, base_model=e.base_model)
     if spec.weights is not None and len(spec.weights) != len(pool.experts):

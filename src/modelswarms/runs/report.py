@@ -123,6 +123,8 @@ def summarize(session: Session, search: SearchStrategy, history: list[dict[str, 
         "best_test_scores": pack_scores(best_test.scores) if best_test else None,
         "rows": rows, "events": dict(sorted(session.counts.items())),
     }
+    if (estimate := getattr(search, "estimate", None)) is not None:
+        report["estimate"] = estimate  # runs/estimate.py: the search saw estimates
     if hasattr(search, "best_coefficients"):  # searches in a space of merge coefficients
         report["best_coefficients"] = search.best_coefficients()
     return report
@@ -144,6 +146,13 @@ def render_markdown(report: dict[str, Any]) -> str:
         "| model | dev | test |", "| --- | ---: | ---: |",
     ]
     lines += [f"| {r['name']} | {_fmt(r['dev'])} | {_fmt(r['test'])} |" for r in report["rows"]]
+    if (e := report.get("estimate")) is not None:
+        lines += ["", f"Fitness estimated from {e['items']} of {e['dev_items']} dev items "
+                  f"(`{e['method']}`, chosen from the per-item scores of {e['fitted_on']} "
+                  f"candidates scored on full dev): {e['item_evaluations']} item-evaluations "
+                  f"in all, as many as {e['item_evaluations'] / e['dev_items']:.1f} full-dev "
+                  f"evaluations. The global best and top-k were re-scored on full dev "
+                  f"(the best's estimate was {e['estimated_best']:.4f})."]
     for ref, g in (report.get("test_gains") or {}).items():
         lines += ["", f"Test gain of the global best over the {ref}: {g['mean']:+.4f}, 95% "
                   f"interval [{g['low']:+.4f}, {g['high']:+.4f}] (paired bootstrap over the "

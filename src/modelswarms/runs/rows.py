@@ -31,6 +31,7 @@ class RowContext:
     seed: int
     expert_dev: list[float]
     show_progress: bool = False
+    view: Callable[..., Any] | None = None  # what a search row's loop reports to
 
 
 @dataclass(frozen=True)
@@ -40,14 +41,18 @@ class RowSpec:
     kind: str  # "reference", "merge" or "search" (searches get intervals and per-seed lines)
     seeded: bool  # run once per seed of compare.seeds
     rows: Callable[[RowContext], list[dict[str, Any]]]
+    # what a reference row costs for the ETA, in dev evaluations, given the number of experts
+    # and test items per dev item (merges and searches: compare.row_cost)
+    cost: Callable[[int, float], float] = lambda n, r: 1 + r
 
 
 REFERENCE_ROWS: dict[str, RowSpec] = {}
 
 
-def reference_row(name: str, label: str) -> Callable:
+def reference_row(name: str, label: str,
+                  cost: Callable[[int, float], float] = lambda n, r: 1 + r) -> Callable:
     def deco(fn: Callable[[RowContext], list[dict[str, Any]]]):
-        REFERENCE_ROWS[name] = RowSpec(name, label, "reference", False, fn)
+        REFERENCE_ROWS[name] = RowSpec(name, label, "reference", False, fn, cost)
         return fn
     return deco
 
@@ -92,21 +97,21 @@ def base_row(ctx: RowContext) -> list[dict[str, Any]]:
     return [{"name": "base model", **_scores(ctx.session, None)}]
 
 
-@reference_row("experts", "experts")
+@reference_row("experts", "experts", cost=lambda n, r: n * r)  # dev: scored at the start
 def expert_rows(ctx: RowContext) -> list[dict[str, Any]]:
     s = ctx.session
     return [{"name": f"expert: {n}", "dev": d, **_test(s, s.experts[i])}
             for i, (n, d) in enumerate(zip(s.pool.names, ctx.expert_dev, strict=True))]
 
 
-@reference_row("best_expert", "best expert")
+@reference_row("best_expert", "best expert", cost=lambda n, r: r)
 def best_expert_row(ctx: RowContext) -> list[dict[str, Any]]:
     s, names = ctx.session, ctx.session.pool.names
     i = max(range(len(names)), key=lambda j: ctx.expert_dev[j])
     return [{"name": f"best expert ({names[i]})", **_scores(s, s.experts[i])}]
 
 
-@reference_row("expert_vote", "top-k experts, majority vote")
+@reference_row("expert_vote", "top-k experts, majority vote", cost=lambda n, r: r)
 def expert_vote_row(ctx: RowContext) -> list[dict[str, Any]]:
     s, names = ctx.session, ctx.session.pool.names
     k = min(ctx.cfg.output.top_k, len(names))
@@ -122,7 +127,7 @@ def expert_vote_row(ctx: RowContext) -> list[dict[str, Any]]:
     return [row]
 
 
-@reference_row("logit_average", "experts, logit average")
+@reference_row("logit_average", "experts, logit average", cost=lambda n, r: n * (1 + r))
 def logit_average_row(ctx: RowContext) -> list[dict[str, Any]]:
     s = ctx.session
     if s.pool.kind == "mixture":  # the uniform mixture: logit averaging generalised
@@ -166,8 +171,10 @@ def search_row(ctx: RowContext, method: str) -> list[dict[str, Any]]:
     cfg = ctx.cfg
     assert cfg.compare is not None
     run_dir = ctx.out / "runs" / method / f"seed_{ctx.seed}"
+    views = {"view": ctx.view} if ctx.view is not None else {}
     if (run_dir / "config.yaml").exists():
-        report = run(resume=run_dir, show_progress=ctx.show_progress, session=ctx.session)
+        report = run(resume=run_dir, show_progress=ctx.show_progress, session=ctx.session,
+                     **views)
     else:
         sub = cfg.model_copy(update={
             "strategy": method, "seed": ctx.seed, "budget": cfg.compare.budget,
@@ -175,7 +182,8 @@ def search_row(ctx: RowContext, method: str) -> list[dict[str, Any]]:
                 # every row's trackers in the comparison's folder, each named by its path
                 "dir": str(run_dir), "tracking_dir": cfg.output.tracking_dir or str(ctx.out)})})
         # a folder without config.yaml holds only what a kill left mid-start: start over
-        report = run(sub, show_progress=ctx.show_progress, session=ctx.session, overwrite=True)
+        report = run(sub, show_progress=ctx.show_progress, session=ctx.session, overwrite=True,
+                     **views)
     label = strategy_spec(method).label
     if ctx.session.pool.kind == "mixture":  # a token swarm: the particles are mixing weights
         label += " over mixing weights"

@@ -12,7 +12,6 @@ import contextlib
 import itertools
 import json
 import logging
-import shutil
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -24,12 +23,14 @@ from ..search import SearchStrategy, strategy_spec
 from .checkpoint import (
     CheckpointWriter,
     atomic_write_text,
-    check_writable,
     load_checkpoint,
     save_checkpoint,
 )
 from .checks import check_budget
-from .progress import Progress
+from .folders import Claim, FolderLock, claim, config_inputs, lock_existing
+from .inputs import check_resume
+from .inputs import record as record_inputs
+from .progress import Progress, SearchView
 from .report import final_report
 from .session import Session
 from .trackers import Trackers
@@ -40,19 +41,19 @@ CONFIG, CHECKPOINT = "config.yaml", "checkpoint.safetensors"
 HISTORY, LOG = "history.jsonl", "run.log"
 
 
-def prepare_run_dir(cfg: RunConfig, overwrite: bool) -> Path:
+def prepare_run_dir(cfg: RunConfig, overwrite: bool) -> Claim:
+    """Claim the run folder (checked apart from every input, locked, emptied with
+    --overwrite when a run of ours made it) and write the config into it."""
     run_dir = Path(cfg.output.dir)
-    check_writable(run_dir)
-    if run_dir.exists() and any(run_dir.iterdir()):
-        if not overwrite:
-            raise RunError(
-                f"{run_dir}: run folder exists; resume it with `modelswarms run --resume "
-                f"{run_dir}`, or pass --overwrite to start again"
-            )
-        shutil.rmtree(run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(run_dir / CONFIG, dump_config(cfg))
-    return run_dir
+    held = claim(run_dir, inputs=config_inputs(cfg), overwrite=overwrite,
+                 exists_hint=f"resume it with `modelswarms run --resume {run_dir}`, or pass "
+                 "--overwrite to start again", what="run folder")
+    try:
+        atomic_write_text(run_dir / CONFIG, dump_config(cfg))
+    except BaseException:
+        held.abandon()
+        raise
+    return held
 
 
 @contextlib.contextmanager
@@ -90,14 +91,31 @@ def _read_history(path: Path, upto: int) -> list[dict[str, Any]]:
 
 def run(cfg: RunConfig | None = None, *, resume: str | Path | None = None,
         overwrite: bool = False, show_progress: bool = True,
-        session: Session | None = None, strategy: str | None = None) -> dict[str, Any]:
+        session: Session | None = None, strategy: str | None = None,
+        accept_changes: bool = False, view: SearchView = Progress) -> dict[str, Any]:
     """Run (or resume) a search and return its report. `session` reuses a resident model,
-    data and score cache opened for the same experts, data and utility (compare does).
-    `strategy` overrides the config's (the `hswarm` command)."""
+    data and score cache opened for the same experts, data and utility (compare does, and
+    checks its inputs itself). `strategy` overrides the config's (the `hswarm` command);
+    `view` shows the progress (compare: a row of its own view). A resume whose inputs
+    changed since the run started stops, unless `accept_changes`."""
+    held: FolderLock | None = None
     if resume is not None:
         run_dir = Path(resume)
         if not (run_dir / CONFIG).is_file():
             raise RunError(f"{run_dir}: not a run folder (no {CONFIG})")
+        held = lock_existing(run_dir)  # before anything in the folder is read or changed
+    try:
+        return _run(cfg, resume, overwrite, show_progress, session, strategy, accept_changes,
+                    held, view)
+    finally:
+        if held is not None:
+            held.release()
+
+
+def _run(cfg, resume, overwrite, show_progress, session, strategy, accept_changes,
+         held, view) -> dict[str, Any]:
+    if resume is not None:
+        run_dir = Path(resume)
         cfg = load_config(run_dir / CONFIG)
     assert cfg is not None
     if strategy is not None:
@@ -106,30 +124,40 @@ def run(cfg: RunConfig | None = None, *, resume: str | Path | None = None,
     if spec.prepare is not None:
         cfg = spec.prepare(cfg)
     cfg.need_data(f"strategy {cfg.strategy}")
+    if resume is not None and session is None:
+        check_resume(run_dir, cfg, accept_changes)
     # a missing tracker package fails here, before a folder is made
     trackers = Trackers(cfg, Path(resume if resume is not None else cfg.output.dir))
     if resume is None:
-        run_dir = prepare_run_dir(cfg, overwrite)
-    with logging_to(run_dir), trackers:
-        remove_torn_writes(run_dir)
-        try:
-            if session is None:
-                session = Session.open(cfg, need_test=cfg.output.evaluate_test)
-            else:
-                session.cfg = cfg
-            search, history = search_loop(cfg, run_dir, session, show_progress, trackers)
-        except ModelSwarmsError:
-            trackers.close(failed=True)  # before its files go with the folder
-            # a run that could not start (a missing expert, bad data, a utility failing on
-            # the first candidates) leaves no folder that would refuse the corrected config
-            # until --overwrite; one with a checkpoint holds work and stays, to be resumed
-            if resume is None and not (run_dir / CHECKPOINT).exists():
-                shutil.rmtree(run_dir, ignore_errors=True)
-            raise
-        report = (spec.report or final_report)(session, search, history, run_dir)
-        trackers.log_report(report)
-        log.info("done: best dev utility %.4f", report["best_dev"])
-        return report
+        held = prepare_run_dir(cfg, overwrite)
+        run_dir = held.folder
+    try:
+        with logging_to(run_dir), trackers:
+            remove_torn_writes(run_dir)
+            try:
+                if session is None:
+                    session = Session.open(cfg, need_test=cfg.output.evaluate_test)
+                    if resume is None:
+                        record_inputs(run_dir, cfg)
+                else:
+                    session.cfg = cfg
+                search, history = search_loop(cfg, run_dir, session, show_progress, trackers,
+                                              view)
+            except ModelSwarmsError:
+                trackers.close(failed=True)  # before its files go with the folder
+                # a run that could not start (a missing expert, bad data, a utility failing
+                # on the first candidates) leaves no folder that would refuse the corrected
+                # config until --overwrite; one with a checkpoint holds work and stays
+                if resume is None and not (run_dir / CHECKPOINT).exists():
+                    held.abandon()
+                raise
+            report = (spec.report or final_report)(session, search, history, run_dir)
+            trackers.log_report(report)
+            log.info("done: best dev utility %.4f", report["best_dev"])
+            return report
+    finally:
+        if resume is None:
+            held.release()
 
 
 def remove_torn_writes(run_dir: Path) -> None:
@@ -140,8 +168,8 @@ def remove_torn_writes(run_dir: Path) -> None:
 
 
 def search_loop(cfg: RunConfig, run_dir: Path | None, session: Session,
-                show_progress: bool = False, trackers: Trackers | None = None
-                ) -> tuple[SearchStrategy, list[dict[str, Any]]]:
+                show_progress: bool = False, trackers: Trackers | None = None,
+                view: SearchView = Progress) -> tuple[SearchStrategy, list[dict[str, Any]]]:
     """Every strategy's loop: ask, score, tell, checkpoint after every tell, a history line
     after every completed iteration (also to `trackers`, which it starts); resumes from
     `run_dir`'s checkpoint. Without a `run_dir` the search runs in memory only (the Python
@@ -149,6 +177,14 @@ def search_loop(cfg: RunConfig, run_dir: Path | None, session: Session,
     spec = strategy_spec(cfg.strategy)
     search = spec.build(cfg, session.experts, session.space)
     score = spec.scorer(session) if spec.scorer else session.dev_utilities
+    estimator = None
+    if (est := getattr(cfg.utility, "estimate", None)) is not None:
+        if spec.scorer is not None:
+            raise ConfigError(f"utility.estimate: strategy {cfg.strategy} scores its own "
+                              "candidates, not weight rows; remove utility.estimate")
+        from .estimate import FewItems
+
+        score = estimator = FewItems(session, est, cfg.seed)
     wall = 0.0
     history: list[dict[str, Any]] = []
     ckpt = run_dir / CHECKPOINT if run_dir is not None else None
@@ -156,6 +192,8 @@ def search_loop(cfg: RunConfig, run_dir: Path | None, session: Session,
         tensors, meta = load_checkpoint(ckpt)
         search.load_state_dict(tensors, meta.get("search", meta.get("swarm")))
         wall = meta["wall_time"]
+        if estimator is not None and "estimate" in meta:
+            estimator.load(meta["estimate"])
         history = _read_history(run_dir / HISTORY, search.iteration)
         log.info("resumed at iteration %d (%d evaluations)", search.iteration,
                  search.evaluations)
@@ -184,9 +222,10 @@ def search_loop(cfg: RunConfig, run_dir: Path | None, session: Session,
         in_flight.clear()
 
     try:
-        with Progress(spec.iterations(cfg), search.label, enabled=show_progress) as progress:
-            for rec in history:
-                progress.update(rec)
+        with view(spec.iterations(cfg), search.label, enabled=show_progress,
+                  budget=cfg.budget, folder=run_dir) as progress:
+            if history:  # a resumed run: where it stands, once
+                progress.update(history[-1])
             pending = 0.0  # seconds of the iteration in progress (a round may take two tells)
             while not search.done:
                 start = time.perf_counter()
@@ -200,6 +239,8 @@ def search_loop(cfg: RunConfig, run_dir: Path | None, session: Session,
                     rec = {"iteration": search.iteration, **done,
                            "evaluations": search.evaluations, "seconds": round(pending, 4),
                            "wall_time": round(wall, 4)}
+                    if estimator is not None:
+                        rec["item_evaluations"] = estimator.item_evaluations
                     if run_dir is not None:
                         with open(run_dir / HISTORY, "a") as f:
                             f.write(json.dumps(rec) + "\n")
@@ -215,7 +256,8 @@ def search_loop(cfg: RunConfig, run_dir: Path | None, session: Session,
                     in_flight.append(rec)
                 if writer is not None:
                     tensors, meta = search.state_dict()
-                    writer.submit(tensors, {"search": meta, "wall_time": wall})
+                    extra = {} if estimator is None else {"estimate": estimator.state()}
+                    writer.submit(tensors, {"search": meta, "wall_time": wall, **extra})
                 else:
                     checkpointed()  # in memory: nothing to wait for
             checkpointed()
@@ -229,4 +271,6 @@ def search_loop(cfg: RunConfig, run_dir: Path | None, session: Session,
         cost = getattr(search, "round_cost", getattr(search, "n", "its first"))
         raise ConfigError(f"budget: {cfg.budget} evaluations do not cover one round of "
                           f"{search.label} ({cost} candidates); raise the budget")
+    if estimator is not None:  # nothing is reported or exported on an estimate
+        return estimator.rescore(search, cfg.output.top_k), history
     return search, history

@@ -93,6 +93,8 @@ class Scorer:
                 seen.add(k)
                 todo.append(i)
         self.counts["cache_hits"] += len(keys) - len(todo)
+        if todo and vectors is not None:
+            todo = self._drop_nonfinite(vectors, todo, keys, len(items))
         if todo:
             try:
                 fresh = self.evaluator.score_many(
@@ -110,6 +112,21 @@ class Scorer:
         if utility is self.utility:
             self.evaluations += len(keys)
         return [self._cache[k] for k in keys]
+
+    def _drop_nonfinite(self, vectors: torch.Tensor, todo: list[int],
+                        keys: list[tuple[bytes, bytes, str]], n_items: int) -> list[int]:
+        """A candidate with a NaN or infinite weight is invalid, never evaluated: a model of
+        NaNs still answers (every logit NaN, argmax 0) and can score like any other. It
+        scores -inf, and the report counts it (`nonfinite_candidate`)."""
+        # a float64 sum is NaN or infinite exactly when a value is (weights never sum past
+        # 1e308), and allocates nothing the size of a row
+        finite = [bool(torch.isfinite(vectors[i].sum(dtype=torch.float64))) for i in todo]
+        for i, ok in zip(todo, finite, strict=True):
+            if not ok:
+                self.counts["nonfinite_candidate"] += 1
+                log.warning("a candidate with NaN or infinite weights scores -inf")
+                self._cache[keys[i]] = ItemScores(-math.inf, [0.0] * n_items, [""] * n_items)
+        return [i for i, ok in zip(todo, finite, strict=True) if ok]
 
     def utilities(self, vectors: torch.Tensor, items: list[dict]) -> list[float]:
         return [r.value for r in self.score_many(vectors, items)]

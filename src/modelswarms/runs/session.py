@@ -19,7 +19,7 @@ from ..evaluation.evaluator import Evaluator, ResidentEvaluator
 from ..evaluation.utilities import ItemScores, Utility, build_utility
 from ..pool import ExpertPool, export_vector, load_pool
 from ..space import FlatSpace
-from .checks import check_session
+from .checks import check_lengths, check_session
 from .scorer import Scorer, fingerprint, items_key
 
 __all__ = ["Session", "fingerprint", "items_key"]
@@ -84,6 +84,8 @@ class Session:
         experts = space.stack([x.tensors for x in pool.experts], device=evaluator.device)
         scorer = Scorer(evaluator, utility, cfg.utility.on_invalid)
         scorer.source = data.name if data is not None else None
+        check_lengths(evaluator, {data.dev_split if data else "dev": dev,
+                                  data.test_split if data else "test": test}, scorer.source)
         check_session(pool, experts, dev, cfg, scorer)
         return cls(cfg, pool, space, evaluator, scorer, dev, test, experts)
 

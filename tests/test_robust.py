@@ -1,0 +1,291 @@
+"""Nothing lost, whatever the user does (issue 28): each reproduction of the issue, through
+the command line, gives one clear line and leaves every input as it was."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import signal
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+from click.testing import CliRunner
+from safetensors.torch import load_file, save_file
+
+from modelswarms.cli import main
+from modelswarms.config import load_config
+from modelswarms.errors import ConfigError, ExpertError, RunError
+from modelswarms.pool import load_pool
+from modelswarms.runs.folders import MARKER, FolderLock, claim
+
+from .conftest import make_mc_items
+from .test_bad_inputs import digest
+
+
+def _project(tmp_path: Path, lora_experts, mc_data, output: str, **extra) -> Path:
+    """A user's folder: a config beside its data and two experts (copied: the test may
+    lose them)."""
+    proj = tmp_path / "proj"
+    proj.mkdir()
+    for i, e in enumerate(lora_experts[:2]):
+        shutil.copytree(e, proj / f"expert_{i}")
+    shutil.copy(mc_data, proj / "data.json")
+    cfg = {"experts": {"paths": ["expert_0", "expert_1"]}, "data": {"path": "data.json"},
+           "search": {"particles": 2, "max_iterations": 2}, "budget": 6,
+           "output": {"dir": output}, **extra}
+    (proj / "cfg.yaml").write_text(yaml.safe_dump(cfg))
+    return proj
+
+
+def _error_line(result) -> str:
+    lines = [x for x in result.stderr.splitlines() if x.startswith("error:")]
+    assert result.exit_code == 2 and len(lines) == 1, (result.exit_code, result.output,
+                                                       result.exception)
+    return lines[0]
+
+
+COMMANDS = {"run": ["run", "--quiet", "--overwrite"], "compare": ["compare", "--overwrite"],
+            "merge": ["merge", "--overwrite"], "hswarm": ["hswarm", "--quiet", "--overwrite"]}
+SECTIONS = {"compare": {"compare": {"methods": ["linear"], "budget": 4}},
+            "merge": {"merge": {"method": "linear"}}}
+
+
+@pytest.mark.parametrize("command", sorted(COMMANDS))
+@pytest.mark.parametrize(("output", "how"), [(".", "holds the config"),
+                                             ("expert_1", "is the expert"),
+                                             ("expert_0/runs", "lies inside the expert")])
+def test_overwrite_never_deletes_an_input(tmp_path, lora_experts, mc_data, command, output,
+                                          how):
+    """Issue 28, 1: `output: {dir: .}` beside config, data and experts removed them all under
+    --overwrite; `output.dir` naming an expert deleted it. Now: refused before anything."""
+    proj = _project(tmp_path, lora_experts, mc_data, output, **SECTIONS.get(command, {}))
+    before = digest([proj])
+    result = CliRunner().invoke(main, [*COMMANDS[command], str(proj / "cfg.yaml")])
+    line = _error_line(result)
+    assert "output.dir" in line and how in line, line
+    assert digest([proj]) == before
+    assert not (proj / "expert_0" / "runs").exists()
+
+
+@pytest.mark.parametrize("command", ["run", "merge"])
+def test_overwrite_refuses_a_folder_we_did_not_make(tmp_path, lora_experts, mc_data, command):
+    proj = _project(tmp_path, lora_experts, mc_data, "out", **SECTIONS.get(command, {}))
+    (proj / "out").mkdir()
+    (proj / "out" / "thesis.tex").write_text("years of work\n")
+    result = CliRunner().invoke(main, [*COMMANDS[command], str(proj / "cfg.yaml")])
+    assert "modelswarms did not write" in _error_line(result)
+    assert (proj / "out" / "thesis.tex").read_text() == "years of work\n"
+
+
+def test_overwrite_replaces_what_a_run_of_ours_made(tmp_path, lora_experts, mc_data):
+    proj = _project(tmp_path, lora_experts, mc_data, "out", merge={"method": "linear"})
+    runner = CliRunner()
+    assert runner.invoke(main, ["merge", str(proj / "cfg.yaml")]).exit_code == 0
+    assert (proj / "out" / MARKER).is_file()
+    result = runner.invoke(main, ["merge", "--overwrite", str(proj / "cfg.yaml")])
+    assert result.exit_code == 0, result.output
+
+
+HOLDER = textwrap.dedent("""
+    import fcntl, json, os, sys, time
+    fd = os.open(os.path.join(sys.argv[1], ".modelswarms"), os.O_RDWR | os.O_CREAT)
+    fcntl.flock(fd, fcntl.LOCK_EX)
+    os.write(fd, json.dumps({"made_by": "modelswarms", "pid": os.getpid()}).encode())
+    print("locked", flush=True)
+    time.sleep(60)
+""")
+
+
+@pytest.fixture
+def held_run_folder(tmp_path, lora_experts, mc_data):
+    """A run folder of ours (config.yaml and a history) locked by another process."""
+    proj = _project(tmp_path, lora_experts, mc_data, "out")
+    run_dir = proj / "out"
+    run_dir.mkdir()
+    cfg = load_config(proj / "cfg.yaml")
+    (run_dir / "config.yaml").write_text(yaml.safe_dump(cfg.model_dump(mode="json")))
+    (run_dir / "history.jsonl").write_text('{"iteration": 1}\n')
+    holder = subprocess.Popen([sys.executable, "-c", HOLDER, str(run_dir)],
+                              stdout=subprocess.PIPE, text=True)
+    assert holder.stdout.readline().strip() == "locked"
+    yield proj, run_dir, holder
+    holder.kill()
+    holder.wait()
+
+
+@pytest.mark.parametrize("argv", [["run", "--quiet", "--resume", "{dir}"],
+                                  ["run", "--quiet", "--overwrite", "{cfg}"],
+                                  ["hswarm", "--quiet", "--resume", "{dir}"],
+                                  ["compare", "--resume", "{dir}"]])
+def test_a_second_writer_is_refused(held_run_folder, argv):
+    """Issue 28, 2: two `run --resume` on one folder both wrote history; a `run --overwrite`
+    resumed from the other run's checkpoint. Now the second gets one line: folder and pid."""
+    proj, run_dir, holder = held_run_folder
+    before = digest([run_dir])
+    argv = [a.format(dir=run_dir, cfg=proj / "cfg.yaml") for a in argv]
+    line = _error_line(CliRunner().invoke(main, argv))
+    assert str(run_dir) in line and f"pid {holder.pid}" in line, line
+    assert digest([run_dir]) == before
+
+
+def test_the_lock_dies_with_its_holder(held_run_folder):
+    _, run_dir, holder = held_run_folder
+    with pytest.raises(RunError, match=f"pid {holder.pid}"):
+        FolderLock(run_dir).acquire()
+    holder.send_signal(signal.SIGKILL)
+    holder.wait()
+    # no stale lock: the kernel dropped it; and one process is one writer too
+    with FolderLock(run_dir).acquire(), pytest.raises(RunError, match="in use"):
+        FolderLock(run_dir).acquire()
+
+
+def test_claim_refuses_an_output_inside_an_input(tmp_path):
+    data = tmp_path / "data"
+    data.mkdir()
+    with pytest.raises(RunError, match="lies inside the data"):
+        claim(data / "run", inputs=[("data", data)])
+    assert not (data / "run").exists()
+
+
+@pytest.mark.parametrize("merge", [{"method": "linear", "weights": [".nan", 1]},
+                                   {"method": "linear", "weights": [".inf", 1]},
+                                   {"method": "task_arithmetic", "weights": [1, ".nan"]},
+                                   {"method": "task_arithmetic", "params": {"lambda": ".inf"}}])
+def test_non_finite_config_numbers_write_no_model(tmp_path, lora_experts, mc_data, merge):
+    """Issue 28, 3: `weights: [.nan, 1]` wrote an all-NaN model and exited 0."""
+    proj = _project(tmp_path, lora_experts, mc_data, "out")
+    text = (proj / "cfg.yaml").read_text() + yaml.safe_dump({"merge": merge}).replace(
+        "'.nan'", ".nan").replace("'.inf'", ".inf")
+    (proj / "cfg.yaml").write_text(text)
+    line = _error_line(CliRunner().invoke(main, ["merge", str(proj / "cfg.yaml")]))
+    assert "finite" in line and ("weights" in line or "lambda" in line), line
+    assert not (proj / "out").exists()
+
+
+def test_a_merge_that_overflows_writes_nothing(tmp_path, lora_experts, mc_data):
+    proj = _project(tmp_path, lora_experts, mc_data, "out",
+                    merge={"method": "task_arithmetic", "params": {"lambda": 1e38},
+                           "weights": [1e10, 1e10]})
+    line = _error_line(CliRunner().invoke(main, ["merge", str(proj / "cfg.yaml")]))
+    assert "comes out non-finite" in line and "tensor" in line, line
+    assert not (proj / "out").exists()
+
+
+def _nan_expert(src: Path, dest: Path) -> Path:
+    shutil.copytree(src, dest)
+    f = dest / "adapter_model.safetensors"
+    tensors = load_file(f)
+    name = sorted(tensors)[0]
+    tensors[name] = tensors[name].clone().fill_(float("nan"))
+    save_file(tensors, f)
+    return dest
+
+
+def test_a_nan_expert_is_refused_by_name(tmp_path, lora_experts):
+    """Issue 28, 3: a NaN expert became the run's "best expert" and its export."""
+    bad = _nan_expert(lora_experts[1], tmp_path / "nan_expert")
+    with pytest.raises(ExpertError, match="nan_expert: tensor .* NaN or infinite"):
+        load_pool([lora_experts[0], bad])
+
+
+def test_a_nan_particle_is_an_invalid_candidate(lora_experts, mc_data):
+    import modelswarms as ms
+    from modelswarms.runs.session import Session
+
+    cfg = ms.config(experts=lora_experts, data=mc_data, budget=6)
+    session = Session.open(cfg, need_test=False)
+    vectors = session.experts.clone()
+    vectors[1, 3] = float("nan")
+    values = session.dev_utilities(vectors)
+    assert values[1] == float("-inf") and all(v > float("-inf") for v in values[::2])
+    assert session.counts["nonfinite_candidate"] == 1
+
+
+def test_an_over_long_test_item_stops_the_run_before_the_search(tmp_path, lora_experts):
+    """Issue 28, 4: found only after the whole search, naming the file, not the item."""
+    test = make_mc_items(4, 1)
+    test[2]["question"] = "why " * 200  # 800 characters: the tiny model reads 512 tokens
+    data = tmp_path / "data.json"
+    data.write_text(json.dumps({"dev": make_mc_items(6, 0), "test": test}))
+    cfg = tmp_path / "cfg.yaml"
+    cfg.write_text(yaml.safe_dump({
+        "experts": {"paths": [str(p) for p in lora_experts]}, "data": {"path": str(data)},
+        "search": {"particles": 2, "max_iterations": 2}, "budget": 6,
+        "output": {"dir": str(tmp_path / "out")}}))
+    line = _error_line(CliRunner().invoke(main, ["run", "--quiet", str(cfg)]))
+    assert "data.json: item 2 (id 'q1-2') of split 'test': field 'question'" in line, line
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_resume_with_changed_inputs_stops_unless_told(tmp_path, lora_experts, mc_data):
+    proj = _project(tmp_path, lora_experts, mc_data, "out")
+    runner = CliRunner()
+    first = runner.invoke(main, ["run", "--quiet", str(proj / "cfg.yaml")])
+    assert first.exit_code == 0, first.output
+    run_dir = proj / "out"
+    assert runner.invoke(main, ["run", "--quiet", "--resume", str(run_dir)]).exit_code == 0
+
+    doc = json.loads((proj / "data.json").read_text())
+    doc["dev"] = doc["dev"][:-1]
+    (proj / "data.json").write_text(json.dumps(doc))
+    text = (run_dir / "config.yaml").read_text().replace("seed: 0", "seed: 1")
+    (run_dir / "config.yaml").write_text(text)
+    before = digest([run_dir])
+    line = _error_line(runner.invoke(main, ["run", "--quiet", "--resume", str(run_dir)]))
+    assert "inputs changed" in line and "data.json changed" in line and "seed" in line, line
+    assert "--accept-changes" in line
+    assert digest([run_dir]) == before
+    went_on = runner.invoke(main, ["run", "--quiet", "--resume", str(run_dir),
+                                   "--accept-changes"])
+    assert went_on.exit_code == 0, went_on.output
+    assert runner.invoke(main, ["run", "--quiet", "--resume", str(run_dir)]).exit_code == 0
+
+
+def test_finite_numbers_only_in_configs():
+    from modelswarms.config import parse_config
+
+    with pytest.raises(ConfigError, match="search.inertia: Input should be a finite number"):
+        parse_config({"experts": {"paths": ["a", "b"]}, "search": {"inertia": float("nan")}})
+    assert torch.isfinite(torch.tensor(parse_config(
+        {"experts": {"paths": ["a", "b"]}}).search.inertia))
+
+
+def test_an_export_replaces_its_own_folder_never_the_users(tmp_path, lora_experts):
+    from modelswarms.pool import export_vector
+    from modelswarms.space import FlatSpace
+
+    pool = load_pool(lora_experts)
+    space = FlatSpace.select(pool.experts[0].tensors)
+    vector = space.flatten(pool.experts[1].tensors)
+    export_vector(pool, space, vector, tmp_path / "adapted", {})
+    export_vector(pool, space, vector, tmp_path / "adapted", {})  # ours: replaced
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "notes.txt").write_text("mine\n")
+    with pytest.raises(ExpertError, match="modelswarms did not write"):
+        export_vector(pool, space, vector, mine, {})
+    assert [p.name for p in mine.iterdir()] == ["notes.txt"]
+
+
+def test_experts_train_and_distil_keep_out_of_their_inputs(tmp_path, mc_data):
+    data_dir = tmp_path / "data"
+    data_dir.mkdir()
+    shutil.copy(mc_data, data_dir / "d.json")
+    mix = tmp_path / "mix"
+    mix.mkdir()
+    (mix / "mixture.json").write_text(json.dumps({"experts": [
+        {"name": "a", "path": str(tmp_path / "a"), "weight": 1.0}]}))
+    before = digest([data_dir, mix])
+    runner = CliRunner()
+    line = _error_line(runner.invoke(main, ["experts", "train", "--data",
+                                            str(data_dir / "d.json"), "--out", str(data_dir)]))
+    assert "--out" in line and "holds the data" in line, line
+    line = _error_line(runner.invoke(main, ["distil", str(mix), "--student", "a", "--data",
+                                            str(data_dir / "d.json"), "--out", str(mix)]))
+    assert "--out" in line and "is the mixture" in line, line
+    assert digest([data_dir, mix]) == before
