@@ -266,6 +266,26 @@ def spread(scores: dict[str, Any]) -> dict[str, dict[str, Any]]:
     return out
 
 
+def quality_se(scores: dict[str, Any]) -> float:
+    """Standard error of `pool_quality`, the (expert, target) dev accuracies taken as
+    independent binomial means."""
+    cells = [(v, t["items"]) for t in scores["targets"].values() for v in t["experts"]]
+    per_target = len(scores["targets"])
+    experts = len(cells) // per_target
+    var = sum(v * (1 - v) / n for v, n in cells) / (experts * per_target) ** 2
+    return math.sqrt(var)
+
+
+def choose_recipe(recipes: list[dict[str, Any]]) -> int:
+    """The index of the cheapest recipe within one standard error of the best quality."""
+    best = max(recipes, key=lambda r: r["quality"])
+    floor = best["quality"] - quality_se(best["scores"])
+    tied = [i for i, r in enumerate(recipes) if r["quality"] >= floor]
+    return min(tied, key=lambda i: (recipes[i]["recipe"]["steps"] *
+                                    recipes[i]["recipe"]["batch_size"],
+                                    -recipes[i]["quality"]))
+
+
 def build_pools(targets: list[str], eval_dir: Path, work: Path, args,
                 chosen: dict[str, dict[str, Any]]) -> dict[str, Any]:
     """Sweep the recipes on the probe sources, then train the whole pool with the best."""
@@ -301,12 +321,14 @@ def build_pools(targets: list[str], eval_dir: Path, work: Path, args,
                 f"built in {seconds:.0f} s")
         if not sweep["recipes"]:
             raise SystemExit("pool: no recipe was tried")
-        best = max(range(len(sweep["recipes"])),
-                   key=lambda i: sweep["recipes"][i]["quality"])
-        sweep["chosen"] = best
+        sweep["chosen"] = choose_recipe(sweep["recipes"])
         sweep["probes"] = args.probes
-        sweep["rule"] = ("the recipe whose probe experts have the highest mean dev accuracy "
-                         "over the targets, each in its chosen scoring mode; dev only")
+        sweep["rule"] = ("quality: the probe experts' mean dev accuracy over the targets, each "
+                         "in its chosen scoring mode (dev only); the recipes within one "
+                         "standard error of the best quality tie, and of those the one with "
+                         "the fewest training tokens (steps x batch) is chosen, the higher "
+                         "quality breaking a tie: the pool must rebuild in well under an hour "
+                         "on 2 CPU cores")
         sweep_path.write_text(json.dumps(sweep, indent=1))
     if sweep.get("pool") is None:
         recipe = sweep["recipes"][sweep["chosen"]]["recipe"]
