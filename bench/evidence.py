@@ -401,9 +401,9 @@ def commit(paths: list[Path], message: str) -> None:
 
 
 def _rows_done(folder: Path) -> int:
-    path = folder / "results.jsonl"
-    return sum(1 for line in path.read_text().splitlines() if line.strip()) \
-        if path.exists() else 0
+    from modelswarms.runs.runner import read_jsonl  # a torn last line is not a finished row
+
+    return len(read_jsonl(folder / "results.jsonl"))
 
 
 def bench_command(task: str, args, chosen: dict[str, dict[str, Any]]) -> list[str]:
