@@ -53,7 +53,7 @@ from modelswarms.runs.stats import paired_bootstrap
 
 ROOT = Path(__file__).resolve().parents[1]
 EVAL = ROOT.parent / "shared" / "data" / "eval"
-EXPERTS = ["gsm8k", "medqa", "hearsay"]
+EXPERTS = ["gsm8k_solutions", "medqa", "squad"]
 LONG = Batching(16, 4096)  # the engine's defaults
 SHORT = Batching(256, 16384)  # examples/demo.yaml's: short cloze rows, wide batches
 # task: (where its items come from, cloze prompt template, batch limits)

@@ -29,7 +29,7 @@ from modelswarms.runs.session import Session
 
 ROOT = Path(__file__).resolve().parents[1]
 EVAL = ROOT.parent / "shared" / "data" / "eval"
-EXPERTS = ["citation_prediction_classification", "geo_continent", "medqa"]
+EXPERTS = ["coqa", "jeopardy", "medqa"]
 CASES = {
     "letter": ("mmlu.json", {}, "MMLU dev items, letter log-likelihood"),
     "cloze": ("hellaswag.json", {"scoring": "cloze_norm", "prompt": "{question}"},
