@@ -260,6 +260,7 @@ def test_suspicious_inputs_are_printed_once_and_counted(tmp_path, lora_experts, 
     data.write_text(json.dumps({"dev": items, "test": items[:4]}))
     cfg = parse_config({"experts": {"paths": [str(p) for p in lora_experts]},
                         "data": {"path": str(data)}, "budget": 6,
+                        "utility": {"scoring": "letter"},  # where positions matter
                         "output": {"dir": str(tmp_path / "run"), "evaluate_test": False}})
     report = run_search(cfg, show_progress=False)
     err = capsys.readouterr().err

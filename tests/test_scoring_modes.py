@@ -3,6 +3,8 @@ computations on tiny real models: one full forward per (prompt + option), no cac
 
 from __future__ import annotations
 
+import json
+
 import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -176,3 +178,115 @@ def test_option_logprobs_ways_agree_in_small_head_tiles(tiny, monkeypatch, packe
                                      packed=packed)[0]
     for p, opts, values in zip(PROMPTS, OPTIONS, got, strict=True):
         assert values == pytest.approx([hand_logprob(model, p, o) for o in opts], abs=1e-4)
+
+
+def _auto_cfg(experts, data, out, **utility):
+    from modelswarms.config import parse_config
+
+    return parse_config({"experts": {"paths": [str(p) for p in experts]},
+                         "data": {"path": str(data)},
+                         "utility": {"batch_size": 4, **utility}, "budget": 9,
+                         "search": {"max_iterations": 2},
+                         "output": {"dir": str(out), "top_k": 2}})
+
+
+def _without(report, *keys):
+    events = {k: v for k, v in report["events"].items() if k != "cache_hits"}
+    keys = (*keys, "exports", "search_seconds")  # where it is written, how long it took
+    return {**{k: v for k, v in report.items() if k not in keys}, "events": events}
+
+
+def test_auto_scoring_is_the_base_models_best_mode_on_dev(tmp_path, lora_experts, mc_data):
+    """The default chooses cloze, cloze_norm or letter by the base model's dev accuracy
+    (the first on a tie), once, says so in report, report.md, run.log and scoring.json,
+    and then runs exactly as a run that names that mode."""
+    from modelswarms.config import AUTO_SCORING
+    from modelswarms.runs.runner import run
+    from modelswarms.runs.session import Session
+
+    cfg = _auto_cfg(lora_experts, mc_data, tmp_path / "auto")
+    assert cfg.utility.scoring == "auto"
+    accuracy = {}
+    for mode in AUTO_SCORING:
+        named = _auto_cfg(lora_experts, mc_data, tmp_path / mode, scoring=mode)
+        session = Session.open(named, need_test=False)
+        accuracy[mode] = session.score(None, session.dev).value
+    chosen = max(AUTO_SCORING, key=accuracy.__getitem__)
+
+    report = run(cfg, show_progress=False)
+    assert report["scoring"] == {"scoring": chosen, "by": "the base model", "dev_items": 12,
+                                 "dev_accuracy": pytest.approx(accuracy)}
+    folder = tmp_path / "auto"
+    assert json.loads((folder / "scoring.json").read_text())["scoring"] == chosen
+    assert f"scoring: {chosen} (auto" in (folder / "run.log").read_text()
+    assert f"Multiple-choice scoring: {chosen} (auto" in (folder / "report.md").read_text()
+    named = run(_auto_cfg(lora_experts, mc_data, tmp_path / "named", scoring=chosen),
+                show_progress=False)
+    assert _without(report, "scoring") == _without(named)
+
+
+def test_a_resumed_auto_run_keeps_its_recorded_choice(tmp_path, lora_experts, mc_data,
+                                                       checkpoint_dies, monkeypatch):
+    from modelswarms.runs import scoring_choice, session
+    from modelswarms.runs.runner import run
+
+    whole = run(_auto_cfg(lora_experts, mc_data, tmp_path / "whole"), show_progress=False)
+    checkpoint_dies(2)
+    with pytest.raises(KeyboardInterrupt):
+        run(_auto_cfg(lora_experts, mc_data, tmp_path / "killed"), show_progress=False)
+    checkpoint_dies(None)
+    assert (tmp_path / "killed" / "scoring.json").is_file()
+
+    def chosen_again(*args, **kwargs):
+        raise AssertionError("a resumed run chose its scoring again")
+
+    monkeypatch.setattr(session, "choose_scoring", chosen_again)
+    resumed = run(resume=tmp_path / "killed", show_progress=False)
+    assert resumed["scoring"] == whole["scoring"]
+    assert _without(resumed) == _without(whole)
+    assert scoring_choice.read_choice(tmp_path / "killed") == whole["scoring"]
+
+
+def test_an_export_is_evaluated_with_its_runs_scoring(tmp_path, lora_experts, mc_data):
+    """`evaluate` (and `modelswarms eval`) of RUN/best scores as the run did; a folder that
+    is no run's export gets the mode its own scores favour, and says which."""
+    import modelswarms as ms
+    from modelswarms.runs.runner import run
+
+    report = run(_auto_cfg(lora_experts, mc_data, tmp_path / "r"), show_progress=False)
+    chosen = report["scoring"]["scoring"]
+    best = tmp_path / "r" / "best"
+    auto = ms.evaluate(best, mc_data, split="dev")
+    named = ms.evaluate(best, mc_data, split="dev", utility={"scoring": chosen})
+    assert auto.scores == named.scores and not any(k.startswith("scoring_") for k in auto.counts)
+    assert auto.value == report["best_dev"]
+
+    alone = ms.evaluate(lora_experts[0], mc_data, split="dev")
+    [mode] = [k.removeprefix("scoring_") for k in alone.counts if k.startswith("scoring_")]
+    values = {m: ms.evaluate(lora_experts[0], mc_data, split="dev", utility={"scoring": m}).value
+              for m in ("cloze", "cloze_norm", "letter")}
+    assert mode == max(values, key=values.get) and alone.value == values[mode]
+
+
+@pytest.mark.parametrize("scoring", ["cloze", "cloze_norm", "permuted"])
+def test_answer_positions_are_not_warned_about_where_position_plays_no_part(
+        tmp_path, lora_experts, scoring):
+    from modelswarms.config import parse_config
+    from modelswarms.runs.checks import answer_position
+    from modelswarms.runs.scorer import Scorer
+
+    class Quiet:  # an evaluator with nothing to report; the check never scores
+        def drain_events(self) -> dict:
+            return {}
+
+    items = make_mc_items(30, 0)
+    for it in items:  # every answer moved to option A
+        right = it["choices"][it["answer"]]
+        others = [v for v in it["choices"].values() if v != right]
+        it["choices"], it["answer"] = dict(zip("ABCD", [right, *others], strict=True)), "A"
+    for mode, warned in ((scoring, False), ("letter", True)):
+        scorer = Scorer(Quiet(), None)  # type: ignore[arg-type]
+        cfg = parse_config({"experts": {"paths": [str(p) for p in lora_experts]},
+                            "data": {"path": "x.json"}, "utility": {"scoring": mode}})
+        answer_position(items, cfg, scorer)
+        assert bool(scorer.warned) is warned, mode

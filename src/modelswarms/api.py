@@ -167,6 +167,7 @@ def evaluate(model: str | Path, items: list[dict] | str | Path, *,
     from .evaluation.data import load_items
     from .evaluation.generation import Batching, batching
     from .evaluation.utilities import build_utility
+    from .runs.scoring_choice import export_scoring
 
     # a zero or negative limit would score nothing, or loop: refused here, as in a config
     engine_config("evaluate", device=device, dtype=dtype, batch_size=batch_size,
@@ -174,7 +175,7 @@ def evaluate(model: str | Path, items: list[dict] | str | Path, *,
     if max_items is not None and max_items < 1:
         raise ConfigError(f"evaluate: max_items: {max_items} scores no item; give 1 or more")
     utility = _utility_fields(utility)
-    scorer = build_utility(utility_config(**utility))
+    scorer = build_utility(export_scoring(utility_config(**utility), model))
     if isinstance(items, str | Path):
         items = load_items(items, split, required=scorer.required_fields, limit=max_items)
     elif max_items is not None:

@@ -213,9 +213,14 @@ class _PromptedUtility(_UtilityBase):
     max_new_tokens: int = Field(16, ge=1, description="length of a generated answer")
 
 
-Scoring = Literal["letter", "cloze", "cloze_norm", "permuted", "generate"]
+Scoring = Literal["auto", "letter", "cloze", "cloze_norm", "permuted", "generate"]
+# what `auto` chooses among, in this order on a tie (runs/scoring_choice.py)
+AUTO_SCORING = ("cloze", "cloze_norm", "letter")
 SCORING_HELP = (
-    "multiple choice: the option letter's log-likelihood after the lettered list (letter); the "
+    "multiple choice: auto (the default) chooses among cloze, cloze_norm and letter by the "
+    "base model's dev accuracy, once per run (OLMES's rule; a pool without a base model: the "
+    "experts' mean), and the report says which; or the option letter's log-likelihood after "
+    "the lettered list (letter); the "
     "option text's log-likelihood after the question, summed (cloze, lm-eval's acc) or per "
     "character (cloze_norm, lm-eval's acc_norm); letter scoring averaged over the cyclic "
     "rotations of the options (permuted: cancels a letter prior); or greedy generation parsed "
@@ -223,7 +228,7 @@ SCORING_HELP = (
 
 
 class _ChoiceScoring(_PromptedUtility):
-    scoring: Scoring = Field("letter", description=SCORING_HELP)
+    scoring: Scoring = Field("auto", description=SCORING_HELP)
 
     @model_validator(mode="before")
     @classmethod

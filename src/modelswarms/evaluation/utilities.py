@@ -12,7 +12,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from ..config import UtilityConfig
+from ..config import AUTO_SCORING, UtilityConfig
 from ..errors import ConfigError, UtilityError
 from . import generation
 from .extract import extract_letter, extract_number, normalize_number
@@ -145,6 +145,10 @@ class MultipleChoice(_ScoresEachParticle):
     - permuted: letter scoring averaged over the cyclic rotations of the option order, so a
       model's preference for a letter is cancelled; costs one prompt per option.
     - generate: greedy generation parsed for a letter (the paper's way).
+    - auto: a run chooses one of cloze, cloze_norm, letter before it scores anything
+      (runs/scoring_choice.py). Scored here without a run (`evaluate` of a folder that is no
+      run's export), each call takes the mode in which its models are most accurate on
+      these items on average (OLMES's rule for one model), counted as `scoring_MODE`.
     """
 
     required_fields = ("question", "choices", "answer")
@@ -163,6 +167,8 @@ class MultipleChoice(_ScoresEachParticle):
                    particles: int) -> list[ItemScores]:
         letters = [list(it["choices"]) for it in items]
         mode = self.cfg.scoring
+        if mode == "auto":
+            return self._auto(model, tokenizer, items, particles)
         if mode in ("cloze", "cloze_norm"):
             per_particle = self._cloze(model, tokenizer, items, particles, mode == "cloze_norm")
         elif mode == "permuted":
@@ -175,6 +181,14 @@ class MultipleChoice(_ScoresEachParticle):
                                                 particles)
             per_particle = self._letter_logprobs(model, tokenizer, prompts, letters, particles)
         return [pick_options(items, logps) for logps in per_particle]
+
+    def _auto(self, model: Any, tokenizer: Any, items: list[dict],
+              particles: int) -> list[ItemScores]:
+        by_mode = {mode: type(self)(self.cfg.model_copy(update={"scoring": mode}))
+                   .score_many(model, tokenizer, items, particles) for mode in AUTO_SCORING}
+        best = max(AUTO_SCORING, key=lambda m: _mean([r.value for r in by_mode[m]]))
+        return [ItemScores(r.value, r.scores, r.predictions,
+                           {**r.counts, f"scoring_{best}": 1}, r.error) for r in by_mode[best]]
 
     def _letter_prompt(self, tokenizer: Any, item: dict, chat: bool) -> list[int]:
         text = render(tokenizer, multiple_choice_prompt(item, self.cfg.prompt), chat)

@@ -27,6 +27,8 @@ SMALL_DEV = 50  # below this a dev accuracy moves by >= 2 points per item: noise
 # How far above an even spread the commonest answer position must be, in standard errors of
 # a binomial share, to be called concentrated; a max over k positions needs a high bar.
 POSITION_Z = 2.5
+# multiple-choice scoring modes in which an option's position cannot earn a score
+POSITION_FREE = ("cloze", "cloze_norm", "permuted")
 
 
 def warn(scorer: Scorer, event: str, message: str) -> None:
@@ -65,7 +67,11 @@ def duplicate_experts(pool: Any, experts: torch.Tensor, scorer: Scorer) -> None:
 
 def answer_position(dev: list[dict], cfg: Any, scorer: Scorer) -> None:
     """Dev answers piled on one option position: a letter prior scores well there (the first
-    benchmark's 32-item dev sets rewarded exactly that)."""
+    benchmark's 32-item dev sets rewarded exactly that). Not under cloze, cloze_norm or
+    permuted scoring: the first two never show positions, the third shows every option at
+    every position."""
+    if getattr(cfg.utility, "scoring", None) in POSITION_FREE:
+        return
     positions: Counter = Counter()
     chance = 0.0
     for item in dev:
@@ -85,9 +91,9 @@ def answer_position(dev: list[dict], cfg: Any, scorer: Scorer) -> None:
         return
     letter = next((list(it["choices"])[pos] for it in dev if len(it["choices"]) > pos), pos)
     scoring = getattr(cfg.utility, "scoring", None)
-    hint = ("letter scoring rewards always giving it; consider `utility.scoring: cloze_norm` or "
-            "`permuted`" if scoring == "letter" else "a model that prefers that position "
-            "scores well without knowing more")
+    hint = ("letter scoring rewards always giving it; consider `utility.scoring: cloze`, "
+            "`cloze_norm` or `permuted`" if scoring == "letter" else "a model that prefers "
+            "that position scores well without knowing more")
     warn(scorer, "answer_position", f"data: {share:.0%} of the {n} dev answers are option "
          f"{pos + 1} ({letter!r}; an even spread gives {chance:.0%}): {hint}")
 

@@ -29,6 +29,7 @@ from .inputs import record as record_inputs
 from .progress import CompareProgress
 from .rows import RowContext, RowSpec, is_search, row_spec
 from .runner import logging_to, read_jsonl, remove_torn_writes
+from .scoring_choice import describe, read_choice, record_choice
 from .session import Session
 from .stats import paired_bootstrap, seed_averaged_gain, unpack_scores
 from .trackers import check_trackers
@@ -122,7 +123,10 @@ def _compare(cfg: RunConfig, out: Path, methods: list[str], show_progress: bool)
     watch = CompareProgress(out, [(f"{m} seed {s}", 0.0) for m, s in todo],
                             len(units) - len(todo), enabled=show_progress)
     with watch:
-        session = Session.open(cfg)
+        recorded = read_choice(out)
+        session = Session.open(cfg, scoring=recorded)
+        if session.scoring is not None and recorded is None:
+            record_choice(out, session.scoring)
         items = {"dev": len(session.dev), "test": len(session.test) if session.test else 0}
         ratio = items["test"] / max(items["dev"], 1)
         watch.units = [(label, row_cost(row_spec(m), cfg, n, ratio))
@@ -162,10 +166,10 @@ def _compare(cfg: RunConfig, out: Path, methods: list[str], show_progress: bool)
             log.info("compare: %s seed %d done", method, seed)
             # the table so far, readable while the rest runs (or after a kill)
             write_tables(_table(cfg, methods, done, items,
-                                partial={"rows_done": len(done), "rows_total": len(units)}),
-                         out)
+                                partial={"rows_done": len(done), "rows_total": len(units)},
+                                scoring=session.scoring), out)
             watch.finish_row(time.perf_counter() - start, _summary(rows))
-        report = _table(cfg, methods, done, items)
+        report = _table(cfg, methods, done, items, scoring=session.scoring)
         write_tables(report, out)
         plot(report, out / "compare.png")
     return report
@@ -199,9 +203,11 @@ PerItem = list[list[float] | None]
 
 def _table(cfg: RunConfig, methods: list[str], done: dict,
            items: dict[str, int] | None = None,
-           partial: dict[str, int] | None = None) -> dict[str, Any]:
+           partial: dict[str, int] | None = None,
+           scoring: dict[str, Any] | None = None) -> dict[str, Any]:
     """The report of the rows in `done`; `partial` (rows done / rows in all) marks a table
-    of a comparison that is still running or was stopped."""
+    of a comparison that is still running or was stopped; `scoring`: the mode
+    `utility.scoring: auto` chose."""
     rows: list[dict[str, Any]] = []
     per_item: list[PerItem] = []
     for method in methods:
@@ -242,6 +248,8 @@ def _table(cfg: RunConfig, methods: list[str], done: dict,
               "budget": cfg.compare.budget, "seeds": cfg.compare.seeds, "items": items,
               "level": LEVEL, "resamples": RESAMPLES,
               "references": {k: info for k, (info, _) in references.items()}, "rows": rows}
+    if scoring is not None:
+        report["scoring"] = scoring
     if partial is not None:
         report["partial"] = partial
     return report
@@ -407,7 +415,9 @@ def render_markdown(report: dict[str, Any]) -> str:
     lines = [f"# Comparison: `{report['utility']}` on `{report['dataset']}`", "",
              f"Searches get {report['budget']} utility evaluations each; seeds "
              f"{report['seeds']} (mean ± standard deviation where a row has several)."
-             + (f" {items['dev']} dev items, {items['test']} test items." if items else ""),
+             + (f" {items['dev']} dev items, {items['test']} test items." if items else "")
+             + (f" Multiple-choice {describe(report['scoring'])}." if "scoring" in report
+                else ""),
              "", *_partial_lines(report), *_reference_lines(report),
              f"| method | dev | test | Δ test vs best expert [{level}% CI] | "
              f"Δ test vs best merge [{level}% CI] | evaluations | seconds |",

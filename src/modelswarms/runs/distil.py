@@ -17,6 +17,7 @@ from ..mixture.distil import distil, distillation_report, score_references
 from ..mixture.pool import MIXTURE_FILE
 from .checkpoint import atomic_write_text
 from .folders import check_output, mark
+from .scoring_choice import export_scoring
 
 
 def run_config_of(mixture: Path) -> Path | None:
@@ -46,7 +47,7 @@ def distil_mixture(mixture: str | Path, student: str, out: str | Path, *,
 
     config = config or run_config_of(Path(mixture))
     cfg = load_config(config) if config else None
-    ucfg = cfg.utility if cfg else utility_config()
+    ucfg = export_scoring(cfg.utility if cfg else utility_config(), mixture)
     if data is not None:  # --data replaces the config's data, prompts and scores alike
         data_cfg: DataConfig | None = DataConfig(path=str(Path(data)))
     else:

@@ -13,6 +13,7 @@ from ..merge.mergekit import coefficients_config
 from ..search import SearchStrategy
 from .checkpoint import atomic_write_text
 from .ensemble import majority_vote
+from .scoring_choice import describe
 from .session import Session
 from .stats import pack_scores, paired_bootstrap, weak_to_strong
 
@@ -123,6 +124,8 @@ def summarize(session: Session, search: SearchStrategy, history: list[dict[str, 
         "best_test_scores": pack_scores(best_test.scores) if best_test else None,
         "rows": rows, "events": dict(sorted(session.counts.items())),
     }
+    if session.scoring is not None:  # utility.scoring: auto (runs/scoring_choice.py)
+        report["scoring"] = session.scoring
     if (estimate := getattr(search, "estimate", None)) is not None:
         report["estimate"] = estimate  # runs/estimate.py: the search saw estimates
     if hasattr(search, "best_coefficients"):  # searches in a space of merge coefficients
@@ -143,8 +146,10 @@ def render_markdown(report: dict[str, Any]) -> str:
         + (f"{report['particles']} particles, " if report["particles"] else "")
         + f"{report['iterations']} iterations, {report['evaluations']} evaluations, "
         f"{report['search_seconds']:.1f} s of search.", "",
-        "| model | dev | test |", "| --- | ---: | ---: |",
     ]
+    if (choice := report.get("scoring")) is not None:
+        lines += [f"Multiple-choice {describe(choice)}.", ""]
+    lines += ["| model | dev | test |", "| --- | ---: | ---: |"]
     lines += [f"| {r['name']} | {_fmt(r['dev'])} | {_fmt(r['test'])} |" for r in report["rows"]]
     if (e := report.get("estimate")) is not None:
         lines += ["", f"Fitness estimated from {e['items']} of {e['dev_items']} dev items "
@@ -184,6 +189,7 @@ def plot_history(history: list[dict[str, Any]], path: Path) -> None:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
 
     its = [r["iteration"] for r in history]
     fig, ax = plt.subplots(figsize=(7, 4))
@@ -198,6 +204,8 @@ def plot_history(history: list[dict[str, Any]], path: Path) -> None:
     if all("global_worst" in r for r in history):
         ax.plot(its, [r["global_worst"] for r in history], label="global worst",
                 linestyle="--")
+    # iterations are whole numbers; a few of them would get ticks at 0.5, 1.5, ...
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_xlabel("iteration")
     ax.set_ylabel("dev utility")
     ax.legend()

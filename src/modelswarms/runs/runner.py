@@ -32,6 +32,7 @@ from .inputs import check_resume
 from .inputs import record as record_inputs
 from .progress import Progress, SearchView
 from .report import final_report
+from .scoring_choice import read_choice, record_choice
 from .session import Session
 from .trackers import Trackers
 
@@ -136,11 +137,17 @@ def _run(cfg, resume, overwrite, show_progress, session, strategy, accept_change
             remove_torn_writes(run_dir)
             try:
                 if session is None:
-                    session = Session.open(cfg, need_test=cfg.output.evaluate_test)
+                    recorded = read_choice(run_dir) if resume is not None else None
+                    session = Session.open(cfg, need_test=cfg.output.evaluate_test,
+                                           scoring=recorded)
                     if resume is None:
                         record_inputs(run_dir, cfg)
+                    if session.scoring is not None and recorded is None:
+                        record_choice(run_dir, session.scoring)
                 else:
-                    session.cfg = cfg
+                    session.adopt(cfg)
+                    if session.scoring is not None:
+                        record_choice(run_dir, session.scoring)
                 search, history = search_loop(cfg, run_dir, session, show_progress, trackers,
                                               view)
             except ModelSwarmsError:

@@ -7,9 +7,11 @@ the loop's side of the evaluator seam.
 
 from __future__ import annotations
 
+import logging
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -21,8 +23,11 @@ from ..pool import ExpertPool, export_vector, load_pool
 from ..space import FlatSpace
 from .checks import check_lengths, check_session
 from .scorer import Scorer, fingerprint, items_key
+from .scoring_choice import choose_scoring, describe, is_auto, with_scoring
 
 __all__ = ["Session", "fingerprint", "items_key"]
+
+log = logging.getLogger("modelswarms")
 
 
 def open_pool(e: ExpertsConfig) -> tuple[ExpertPool, FlatSpace]:
@@ -58,12 +63,17 @@ class Session:
     dev: list[dict]
     test: list[dict] | None
     experts: torch.Tensor  # (experts x parameters), on the evaluator's device
+    # `utility.scoring: auto`: the mode chosen and why (runs/scoring_choice.py); `cfg` holds
+    # the chosen mode. None when the config names its mode.
+    scoring: dict[str, Any] | None = None
 
     @classmethod
     def open(cls, cfg: RunConfig, *, need_test: bool = True,
-             evaluator: Evaluator | None = None) -> Session:
+             evaluator: Evaluator | None = None,
+             scoring: dict[str, Any] | None = None) -> Session:
         """Load the pool, the evaluator (default: one resident model), the utility and the
-        data a run of `cfg` scores on."""
+        data a run of `cfg` scores on. Under `utility.scoring: auto` the mode is `scoring`
+        (a resumed run's recorded choice), else chosen here on the loaded dev items."""
         data = cfg.need_data("a search")
         pool, space = open_pool(cfg.experts)
         utility = build_utility(cfg.utility)
@@ -86,8 +96,20 @@ class Session:
         scorer.source = data.name if data is not None else None
         check_lengths(evaluator, {data.dev_split if data else "dev": dev,
                                   data.test_split if data else "test": test}, scorer.source)
+        if is_auto(cfg):
+            if scoring is None:
+                scoring = choose_scoring(scorer, cfg, dev, pool.kind, experts)
+                log.info(describe(scoring))
+            cfg = with_scoring(cfg, scoring)
+            scorer.utility = build_utility(cfg.utility)
+        else:
+            scoring = None
         check_session(pool, experts, dev, cfg, scorer)
-        return cls(cfg, pool, space, evaluator, scorer, dev, test, experts)
+        return cls(cfg, pool, space, evaluator, scorer, dev, test, experts, scoring)
+
+    def adopt(self, cfg: RunConfig) -> None:
+        """Run `cfg` (a compare row's, say) on this session: its scoring as chosen here."""
+        self.cfg = with_scoring(cfg, self.scoring)
 
     # The loop's calls, all through the scorer.
     def score(self, vector: torch.Tensor | None, items: list[dict]) -> ItemScores:

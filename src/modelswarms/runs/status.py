@@ -85,7 +85,8 @@ def _compare_status(folder: Path, cfg: Any) -> dict[str, Any]:
     if finished:
         who["state"] = "finished"
     partial = None if finished else {"rows_done": len(done), "rows_total": len(units)}
-    report = _table(cfg, methods, done, last.get("items"), partial=partial)
+    report = _table(cfg, methods, done, last.get("items"), partial=partial,
+                    scoring=last.get("scoring"))
     in_flight = None
     todo = [u for u in units if u not in done]
     if todo and who["state"] != "finished":
