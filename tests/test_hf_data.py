@@ -26,7 +26,7 @@ pa = pytest.importorskip("pyarrow")
 pq = pytest.importorskip("pyarrow.parquet")
 
 MC = ("question", "choices", "answer")
-README = Path(__file__).resolve().parents[1] / "README.md"
+DOC = Path(__file__).resolve().parents[1] / "docs" / "DATA.md"
 
 
 @pytest.fixture(autouse=True)
@@ -216,8 +216,8 @@ def test_a_tiny_run_and_eval_read_hf_data_through_the_cli(tmp_path, lora_experts
     assert "Traceback" not in failed.output
 
 
-def test_the_readme_example_runs(tmp_path, lora_experts):
-    section = README.read_text().split("## Data from Hugging Face datasets", 1)[1]
+def test_the_docs_example_runs(tmp_path, lora_experts):
+    section = DOC.read_text().split("## Data from Hugging Face datasets", 1)[1]
     example = yaml.safe_load(re.search(r"```yaml\n(.*?)```", section, re.S).group(1))
     for seed, file in enumerate(example["data"]["hf"]["data_files"].values()):
         write_parquet(tmp_path / file, mmlu_rows(make_mc_items(5, seed)))

@@ -28,7 +28,7 @@ from modelswarms.evaluation.utilities import build_utility  # noqa: E402
 from modelswarms.testing import make_tiny_gpt2, make_tiny_llama  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
-README = ROOT / "README.md"
+DOC = ROOT / "docs" / "DATA.md"
 CAPITALS = json.loads((ROOT / "examples" / "capitals.json").read_text())
 SPLIT_KEYS = {"train": "training_split", "validation": "validation_split", "test": "test_split"}
 MEAN = {"aggregation": "mean", "higher_is_better": True}
@@ -270,14 +270,14 @@ def test_search_in_memory_with_several_particles_per_forward(tmp_path, lora_expe
     assert [r.value for r in paired] == pytest.approx(expected, abs=1e-12)
 
 
-def readme_section() -> list[str]:
-    section = README.read_text().split("## lm-evaluation-harness tasks", 1)[1]
+def doc_section() -> list[str]:
+    section = DOC.read_text().split("## lm-evaluation-harness tasks", 1)[1]
     section = section.split("\n## ", 1)[0]
     return re.findall(r"```yaml\n(.*?)```", section, re.S)
 
 
-def test_the_readme_example_runs(tmp_path, lora_experts, monkeypatch):
-    run_config, *task_files = (yaml.safe_load(block) for block in readme_section())
+def test_the_docs_example_runs(tmp_path, lora_experts, monkeypatch):
+    run_config, *task_files = (yaml.safe_load(block) for block in doc_section())
     (tmp_path / "tasks").mkdir()
     for task in task_files:
         (tmp_path / "tasks" / f"{task['task']}.yaml").write_text(yaml.safe_dump(task))

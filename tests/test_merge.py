@@ -213,15 +213,15 @@ def test_errors_name_the_method_and_key(call, words):
         assert w in str(err.value)
 
 
-def test_the_readme_merge_table_names_what_the_config_takes():
-    """Each method's `merge.params` in the README are its params' fields, and `merge.weights`
-    says whether it takes per-expert weights (the table once listed `weights` as a
-    parameter, which `params: {weights: ...}` rejects)."""
+def test_the_docs_merge_table_names_what_the_config_takes():
+    """Each method's `merge.params` in docs/STRATEGIES.md are its params' fields, and
+    `merge.weights` says whether it takes per-expert weights (the table once listed `weights`
+    as a parameter, which `params: {weights: ...}` rejects)."""
     from pathlib import Path
 
     from modelswarms.config import parse_config
 
-    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    readme = (Path(__file__).resolve().parents[1] / "docs" / "STRATEGIES.md").read_text()
     head = "| method | `merge.params` | `merge.weights` |"
     rows = readme.split(head, 1)[1].split("\n\n", 1)[0].strip().splitlines()[1:]
     seen = set()

@@ -262,16 +262,16 @@ def test_driver_killed_and_resumed_gives_the_same_result(tmp_path, cluster, lora
     print(f"driver killed with {lines - 1} iterations written")
 
 
-def test_readme_ray_example_runs(tmp_path, cluster, lora_experts, mc_data):
-    """The README's config example ("Many GPUs or machines: Ray") is a valid `model:` and runs
-    here, on this machine's cluster and this module's engine settings."""
+def test_docs_ray_example_runs(tmp_path, cluster, lora_experts, mc_data):
+    """docs/PERFORMANCE.md's config example ("Many GPUs or machines: Ray") is a valid
+    `model:` and runs here, on this machine's cluster and this module's engine settings."""
     from modelswarms.config import ModelConfig
 
-    text = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    text = (Path(__file__).resolve().parents[1] / "docs" / "PERFORMANCE.md").read_text()
     section = text[text.index("## Many GPUs or machines: Ray"):]
     start = section.index("```yaml") + len("```yaml")
     model = yaml.safe_load(section[start : section.index("```", start)])["model"]
-    ModelConfig(**model)  # strict: a misspelt key in the README fails here
+    ModelConfig(**model)  # strict: a misspelt key in the docs fails here
     assert model["workers"] >= 1 and "ray_address" in model
     model.update({**MODEL, "workers": 2, "ray_address": cluster})
     path = write(tmp_path, "readme", lora_experts, mc_data, cluster)

@@ -23,7 +23,7 @@ from modelswarms.runs import runner
 from modelswarms.runs.compare import compare
 from modelswarms.runs.trackers import TRACKERS, Tracker, TrackingRun
 
-README = Path(__file__).resolve().parents[1] / "README.md"
+DOC = Path(__file__).resolve().parents[1] / "docs" / "TRACKING.md"
 
 
 def _cfg(tmp_path: Path, experts, data, trackers: list[str], **output: Any):
@@ -330,9 +330,9 @@ def test_a_tracker_that_fails_mid_run_is_dropped_and_the_run_goes_on(
     assert warning in caplog.text and warning in (tmp_path / "run" / "run.log").read_text()
 
 
-def test_the_readme_tracking_example_runs(tmp_path, lora_experts, mc_data):
+def test_the_docs_tracking_example_runs(tmp_path, lora_experts, mc_data):
     pytest.importorskip("tensorboard", reason="the tensorboard extra is not installed")
-    section = README.read_text().split("## Tracking experiments", 1)[1].split("\n## ", 1)[0]
+    section = DOC.read_text().split("# Tracking experiments", 1)[1]
     example = yaml.safe_load(re.search(r"```yaml\n(.*?)```", section, re.S).group(1))
     assert example["output"]["trackers"] == ["tensorboard"]
     # the shipped experts and data need SmolLM2; the tiny pool stands in for them
