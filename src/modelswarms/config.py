@@ -40,7 +40,9 @@ class ExpertsConfig(StrictModel):
         "default: the adapters' base_model_name_or_path")
     include: list[str] = Field(default_factory=list, description="globs of searched tensors")
     exclude: list[str] = Field(default_factory=list, description="globs of frozen tensors")
-    trust_remote_code: bool = False
+    trust_remote_code: bool = Field(
+        False, description="run a model folder's own code when loading it; off: only the "
+        "architectures transformers ships load")
     compose: Literal["weights", "mixture"] = Field(
         "weights", description="weights: one architecture, particles are weights; mixture: "
         "experts of any architecture, particles are mixing weights of their next-token "
@@ -55,13 +57,13 @@ class HFFields(StrictModel):
     """Our item field -> the dataset's column. A field left out is read from the column of
     its own name when there is one."""
 
-    question: str | None = None
+    question: str | None = Field(None, description="the question (HellaSwag: ctx)")
     choices: str | list[str] | None = Field(
         None, description="a column of options (a list, or ARC's {text, label}), or one "
         "column per option, e.g. [opa, opb, opc, opd]")
     answer: str | None = Field(None, description="the gold: an index, a letter or label, or "
                                "the option's text (multiple choice); the answer (exact match)")
-    id: str | None = None
+    id: str | None = Field(None, description="an item id, named in errors and reports")
     prompt: str | None = Field(None, description="reward_model / human_interest prompts")
 
 
@@ -77,7 +79,8 @@ class HFDataConfig(StrictModel):
         None, description="files, or split -> files; relative to the config file when `path` "
         "is a builder, else to the dataset")
     revision: str | None = Field(None, description="a hub branch, tag or commit")
-    fields: HFFields = HFFields()
+    fields: HFFields = Field(HFFields(), description="our item fields -> the dataset's "
+                             "columns")
     answer_format: Literal["auto", "index", "letter", "text"] = Field(
         "auto", description="how a multiple-choice gold is read; auto: the dataset's labels, "
         "else an integer is an index and a string whichever of index / letter / option text "
@@ -111,9 +114,12 @@ class DataConfig(StrictModel):
     test_path: str | None = Field(None, description="JSONL test file when `path` holds dev only")
     dev_split: str = Field("dev", description="the dev split: a JSON key, a JSONL item's "
                            "split, or a Hugging Face split (often 'validation')")
-    test_split: str = "test"
-    max_dev: int | None = Field(None, ge=1)
-    max_test: int | None = Field(None, ge=1)
+    test_split: str = Field("test", description="the test split (the report's test scores), "
+                            "named as dev_split is")
+    max_dev: int | None = Field(None, ge=1, description="the first items of the dev split; "
+                                "null: all")
+    max_test: int | None = Field(None, ge=1, description="the first items of the test split; "
+                                 "null: all")
 
     @model_validator(mode="after")
     def _one_source(self) -> DataConfig:
@@ -140,7 +146,9 @@ class JudgeConfig(StrictModel):
     OpenAI-compatible chat-completions endpoint. The API key is never part of the config:
     `api_key_env` names the environment variable that holds it."""
 
-    kind: Literal["endpoint", "local"] = "endpoint"
+    kind: Literal["endpoint", "local"] = Field(
+        "endpoint", description="endpoint: an OpenAI-compatible server; local: a Hugging Face "
+        "chat model run here")
     model: str = Field(description="endpoint model name, or a local folder / hub id / smollm2")
     base_url: str | None = Field(None, description="endpoint base URL, e.g. http://host:8000/v1")
     api_key_env: str | None = Field(None, description="environment variable holding the key")
@@ -171,11 +179,12 @@ class RewardConfig(StrictModel):
     (1-w)*reward + w*l, reverse 1 - reward."""
 
     model: str = Field(description="folder or hub id of the reward model")
-    variant: Literal["plain", "concise", "verbose", "reverse"] = "plain"
+    variant: Literal["plain", "concise", "verbose", "reverse"] = Field(
+        "plain", description="the reward as it is, or mixed with the answer's length (above)")
     low: float = Field(-5.0, description="raw reward mapped to 0")
     high: float = Field(5.0, description="raw reward mapped to 1")
     length_weight: float = Field(0.5, ge=0, le=1, description="w of concise / verbose")
-    batch_size: int = Field(8, ge=1)
+    batch_size: int = Field(8, ge=1, description="answers the reward model scores at once")
 
     @model_validator(mode="after")
     def _range(self) -> RewardConfig:
@@ -240,39 +249,55 @@ class _ChoiceScoring(_PromptedUtility):
 
 
 class MultipleChoiceConfig(_ChoiceScoring):
-    type: Literal["multiple_choice"] = "multiple_choice"
+    """Accuracy on multiple-choice items (`question`, `choices`, `answer`)."""
+
+    type: Literal["multiple_choice"] = Field(
+        "multiple_choice", description="the default utility type when `type` is left out")
 
 
 class ExactMatchConfig(_PromptedUtility):
-    type: Literal["exact_match"]
+    """Accuracy of greedy answers: numbers compared as numbers (GSM8K), other answers by
+    containment."""
+
+    type: Literal["exact_match"] = Field(description="exact_match")
 
 
 class MultiTaskConfig(_ChoiceScoring):
     """The harmonic mean over tasks: multiple choice where items have choices, else exact
     match; `scoring` is the multiple-choice tasks'."""
 
-    type: Literal["multi_task"]
+    type: Literal["multi_task"] = Field(description="multi_task")
 
 
 class AbstainQAConfig(_ChoiceScoring):
-    type: Literal["abstain_qa"]
+    """AbstainQA: the model answers, then judges its own answer true or false and abstains
+    when false; the utility is effective reliability, (right - wrong) / items."""
+
+    type: Literal["abstain_qa"] = Field(description="abstain_qa")
 
 
 class PythonUtilityConfig(_UtilityBase):
-    type: Literal["python"]
+    """A Python function of (model, tokenizer, items) returning a float, per-item floats or
+    ItemScores."""
+
+    type: Literal["python"] = Field(description="python")
     function: str = Field(pattern=r"^[^:\s]+:[^:\s]+$",
                           description="'module:function', called as fn(model, tokenizer, items)")
 
 
 class HumanInterestConfig(_PromptedUtility):
-    type: Literal["human_interest"]
+    """The mean rating an LLM judge gives the answers for an interest (`topic`)."""
+
+    type: Literal["human_interest"] = Field(description="human_interest")
     judge: JudgeConfig = Field(description="the LLM that rates the answers")
     topic: str = Field(min_length=1, description="the interest the judge rates for, e.g. "
                        "'finance'")
 
 
 class RewardModelConfig(_PromptedUtility):
-    type: Literal["reward_model"]
+    """The mean score a reward model gives the answers (`reward`)."""
+
+    type: Literal["reward_model"] = Field(description="reward_model")
     reward: RewardConfig = Field(description="the reward model")
 
 
@@ -280,7 +305,8 @@ class CustomUtilityConfig(_PromptedUtility):
     """A utility of the user's: a name given to `register_utility`, or 'module:Class' (a class
     or factory called with this config). Its own settings go under `params`."""
 
-    type: str = Field(min_length=1)
+    type: str = Field(min_length=1, description="a name given to register_utility, or "
+                      "'module:Class'")
     params: dict[str, Any] = Field(default_factory=dict, description="the utility's settings")
     judge: JudgeConfig | None = Field(None, description="a rater, for judged utilities")
 
@@ -294,7 +320,7 @@ class LmEvalConfig(_UtilityBase):
     model (evaluation/lm_eval_tasks.py). The tasks bring their documents: a run with this
     utility has no `data:` section."""
 
-    type: Literal["lm_eval"]
+    type: Literal["lm_eval"] = Field(description="lm_eval")
     tasks: list[str] = Field(min_length=1, description="lm-eval task names (registered, or "
                              "defined in include_path) or task YAML files")
     include_path: list[str] = Field(
@@ -411,22 +437,30 @@ def as_utility(cfg: Any, kind: str, **update: Any) -> Any:
 
 class SwarmConfig(StrictModel):
     particles: int | None = Field(None, ge=2, description="grow the population to this size")
-    inertia: float = Field(0.4, ge=0)
-    cognitive: float = Field(0.3, ge=0)
-    social: float = Field(0.3, ge=0)
-    repel: float = Field(0.3, ge=0)
-    use_repel: bool = True
-    random_factors: bool = True
-    step_length: float = Field(1.0, gt=0)
-    step_decay: float = Field(0.95, gt=0, le=1)
-    min_step: float = Field(0.1, ge=0)
-    start_velocity: Literal["random", "zero", "best"] = "random"
+    inertia: float = Field(0.4, ge=0, description="weight of a particle's own velocity")
+    cognitive: float = Field(0.3, ge=0, description="weight of the pull to its personal best")
+    social: float = Field(0.3, ge=0, description="weight of the pull to the global best")
+    repel: float = Field(0.3, ge=0, description="weight of the push away from the global worst")
+    use_repel: bool = Field(True, description="use the repel term")
+    random_factors: bool = Field(
+        True, description="scale the four weights by random factors each step and normalise "
+        "them to sum to 1 (the paper); false: the weights as given, normalised")
+    step_length: float = Field(1.0, gt=0, description="first step: x += step_length * v")
+    step_decay: float = Field(0.95, gt=0, le=1, description="step length multiplier per "
+                              "iteration")
+    min_step: float = Field(0.1, ge=0, description="the step length never decays below this")
+    start_velocity: Literal["random", "zero", "best"] = Field(
+        "random", description="first velocity: toward another random particle, zero, or "
+        "toward the global best after the first scoring")
     restart_patience: float = Field(0.5, gt=0, description="fraction of `patience`")
     restart_cooldown: int = Field(
         0, ge=0, description="extra iterations a restarted particle waits before it can restart")
-    patience: int = Field(10, ge=1)
-    max_iterations: int = Field(200, ge=0)
-    dtype: Literal["float32", "float64", "bfloat16", "float16"] = "float32"
+    patience: int = Field(10, ge=1, description="stop after this many iterations without a "
+                          "better global best")
+    max_iterations: int = Field(200, ge=0, description="stop after this many iterations (the "
+                                "experts' first scoring not counted)")
+    dtype: Literal["float32", "float64", "bfloat16", "float16"] = Field(
+        "float32", description="precision of the swarm's positions and velocities")
 
     @model_validator(mode="after")
     def _coefficients(self) -> SwarmConfig:
@@ -451,8 +485,10 @@ class CoefficientSearchConfig(StrictModel):
 class MergeSpec(StrictModel):
     """One merge: a method of the registry (modelswarms.merge), its parameters, weights."""
 
-    method: str
-    params: dict[str, Any] = Field(default_factory=dict)
+    method: str = Field(description="a merge method of the registry (modelswarms.merge): "
+                        "linear, ties, dare_ties, slerp, ...")
+    params: dict[str, Any] = Field(default_factory=dict, description="the method's "
+                                   "parameters, e.g. {density: 0.5}")
     weights: list[float] | None = Field(None, description="per expert, in pool order")
 
 
@@ -471,7 +507,8 @@ class CompareConfig(StrictModel):
                                  "breadcrumbs": {"density": 0.9, "gamma": 0.01},
                                  "breadcrumbs_ties": {"density": 0.9, "gamma": 0.01}},
         description="per merge method, its parameters")
-    seeds: list[int] = Field(default_factory=lambda: [0, 1, 2], min_length=1)
+    seeds: list[int] = Field(default_factory=lambda: [0, 1, 2], min_length=1,
+                             description="each seeded row (the searches) runs once per seed")
     budget: int = Field(100, ge=1, description="utility evaluations for every search")
 
 
@@ -558,9 +595,10 @@ class ModelConfig(StrictModel):
 
 
 class OutputConfig(StrictModel):
-    dir: str = "runs/run"
+    dir: str = Field("runs/run", description="the run folder (relative to the config file)")
     top_k: int = Field(3, ge=1, description="particles in the majority-vote ensemble and exports")
-    evaluate_test: bool = True
+    evaluate_test: bool = Field(True, description="score the test split for the report "
+                                "(false: dev only)")
     trackers: list[str] = Field(
         [], description="experiment trackers fed every iteration and the report: tensorboard, "
         "mlflow, wandb (each an extra: pip install 'modelswarms[NAME]')")
@@ -583,24 +621,33 @@ ENGINE_KEYS = ("batch_size", "max_batch_tokens")  # once utility keys, now model
 
 
 class RunConfig(StrictModel):
-    experts: ExpertsConfig
+    experts: ExpertsConfig = Field(description="the experts searched, and their base model")
     data: DataConfig | None = Field(
         None, description="the items a search scores (run, compare, hswarm; not merge)")
-    utility: UtilityConfig = MultipleChoiceConfig()
+    utility: UtilityConfig = Field(
+        MultipleChoiceConfig(), description="what a search maximises: one of the utility types "
+        "below, chosen by `type` (multiple_choice when left out)")
     strategy: str = Field(
-        "swarm", description="the search, a registered strategy: swarm (Model Swarms), cmaes "
-        "or random (over merge coefficients), greedy_soup, hswarm (Heterogeneous Swarms)")
-    search: SwarmConfig = SwarmConfig()
-    coefficients: CoefficientSearchConfig = CoefficientSearchConfig()
+        "swarm", description="the search, a registered strategy: swarm (Model Swarms), "
+        "layer_swarm (Model Swarms over layer-wise merge coefficients), cmaes or random (over "
+        "merge coefficients), greedy_soup, hswarm (Heterogeneous Swarms)")
+    search: SwarmConfig = Field(SwarmConfig(), description="Model Swarms' knobs (strategies "
+                                "swarm and layer_swarm, and hswarm's weight-step)")
+    coefficients: CoefficientSearchConfig = Field(
+        CoefficientSearchConfig(), description="CMA-ES and random search over merge "
+        "coefficients")
     budget: int | None = Field(None, ge=1, description="most utility evaluations a search may "
                                "use (every strategy); None: each strategy's own stop rules")
-    model: ModelConfig = ModelConfig()
-    output: OutputConfig = OutputConfig()
+    model: ModelConfig = Field(ModelConfig(), description="the engine: device, precision, "
+                               "batch limits, Ray workers")
+    output: OutputConfig = Field(OutputConfig(), description="the run folder, exports and "
+                                 "trackers")
     merge: MergeSpec | None = Field(None, description="`modelswarms merge`: the merge to make")
     compare: CompareConfig | None = Field(None, description="`modelswarms compare`: the rows")
     hswarm: HSwarmConfig | None = Field(
         None, description="`modelswarms hswarm`: Heterogeneous Swarms over the experts")
-    seed: int = 0
+    seed: int = Field(0, description="seed of every random draw (searches, bootstrap "
+                      "intervals): the same config gives the same run")
     _source: str | None = PrivateAttr(None)  # the file it was read from (load_config)
 
     @property

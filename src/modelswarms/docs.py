@@ -110,14 +110,18 @@ def render() -> str:
     lines = [HEAD]
     for model, paths in sections():
         under = ", ".join(f"`{p}`" for p in paths if p) or "the top level"
+        kind = model.model_fields.get("type")
+        if kind is not None and get_origin(kind.annotation) is Literal:
+            under += f" with `type: {get_args(kind.annotation)[0]}`"
         lines += [f"## {model.__name__}", "", f"Under {under}."]
         if intro := _intro(model):
             lines[-1] += " " + intro
         lines += ["", "| key | type | default | meaning |", "| --- | --- | --- | --- |"]
         for key, field in model.model_fields.items():
             meaning = " ".join((field.description or "").split()).replace("|", "\\|")
-            lines.append(f"| `{key}` | {type_name(field.annotation)} | "
-                         f"`{default_text(field)}` | {meaning} |")
+            default = default_text(field)
+            default = default if default == "required" else f"`{default}`"
+            lines.append(f"| `{key}` | {type_name(field.annotation)} | {default} | {meaning} |")
         lines.append("")
     return "\n".join(lines)
 
