@@ -71,7 +71,6 @@ def test_an_unchanged_particle_is_never_scored_twice(session):
 
 def test_out_of_memory_halves_the_batch_and_gives_the_same_scores(session):
     clean = session.score(session.experts[1], session.dev)
-    session.scorer._cache.clear()
     config = session.cfg.model_dump()
     counting = CountingUtility(session.utility, fail_above=2)
     session.utility = counting

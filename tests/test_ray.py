@@ -53,7 +53,7 @@ def cluster():
         yield ray.get_runtime_context().gcs_address
     finally:
         ray_pool.stop_actors()
-        assert ray_pool._SHARED is None
+        assert ray_pool.running_actors() is None
         ray.shutdown()
         torch.set_num_threads(threads)
 
@@ -109,7 +109,7 @@ def run_both(tmp_path, name, experts, data, address, **extra) -> tuple[dict, dic
 def test_swarm_on_two_actors_equals_one_process(tmp_path, cluster, lora_experts, mc_data):
     ref, got = run_both(tmp_path, "swarm", lora_experts, mc_data, cluster)
     assert got["iterations"] == ref["iterations"] == 6
-    ev = ray_pool._SHARED
+    ev = ray_pool.running_actors()
     assert ev is not None and len(ev.actors) == 2 and ev.group == 2
 
 
@@ -159,7 +159,7 @@ class Killer(threading.Thread):
         loading_killed: dict[int, bool] = {}
         unit_kills: dict[tuple[int, int], int] = {}  # (the call's dict, unit) -> kills
         while not self.stop.wait(self.rng.uniform(0.1, 1.0)):
-            ev = ray_pool._SHARED
+            ev = ray_pool.running_actors()
             if not self.armed.is_set() or self.kills >= self.quota or ev is None:
                 continue
             try:

@@ -142,6 +142,11 @@ class RayWorker:
 _SHARED: RayEvaluator | None = None  # the actors of this process, reused while the config fits
 
 
+def running_actors() -> RayEvaluator | None:
+    """The actors this process holds for its next search (None: none, or stopped)."""
+    return _SHARED
+
+
 def stop_actors() -> None:
     """Stop this process's actors now; otherwise they live until the process ends or a search
     with other experts or engine settings replaces them (Ray itself keeps running)."""
