@@ -817,10 +817,18 @@ def test_fuzz_regression(world, command, mutations):
     check(command, mutations, world)
 
 
-def test_fuzz_tally_is_written(request):
-    """MODELSWARMS_FUZZ_TALLY=FILE appends what this session's fuzz tests tried (the figures
-    of docs/RELIABILITY.md)."""
-    path = os.environ.get("MODELSWARMS_FUZZ_TALLY")
-    if path and TALLY:
-        with open(path, "a") as f:
-            f.write(json.dumps(TALLY, sort_keys=True) + "\n")
+def test_fuzz_tally_is_written(tmp_path):
+    """What this session's fuzz tests tried (the figures of docs/RELIABILITY.md) is appended
+    as one JSON line to MODELSWARMS_FUZZ_TALLY (here a temporary file when it is not set), and
+    no command counts more ended examples than it ran."""
+    if not TALLY:
+        pytest.skip("no fuzz test ran in this process (another worker ran them)")
+    path = Path(os.environ.get("MODELSWARMS_FUZZ_TALLY") or tmp_path / "tally.jsonl")
+    before = path.read_text().splitlines() if path.is_file() else []
+    with open(path, "a") as f:
+        f.write(json.dumps(TALLY, sort_keys=True) + "\n")
+    after = path.read_text().splitlines()
+    assert after[:-1] == before and json.loads(after[-1]) == TALLY
+    for command in FUZZ_EXAMPLES:
+        ended = TALLY.get(f"{command} results", 0) + TALLY.get(f"{command} errors", 0)
+        assert ended <= TALLY.get(f"{command} examples", 0), command

@@ -621,6 +621,9 @@ ENGINE_KEYS = ("batch_size", "max_batch_tokens")  # once utility keys, now model
 
 
 class RunConfig(StrictModel):
+    """A config file: the experts, their data and utility, the search and its budget, the
+    engine and the output; each command reads the sections it needs."""
+
     experts: ExpertsConfig = Field(description="the experts searched, and their base model")
     data: DataConfig | None = Field(
         None, description="the items a search scores (run, compare, hswarm; not merge)")

@@ -48,6 +48,9 @@ PLUGINS = ("modelswarms.hetero.search",)
 
 def register_strategy(name: str, *, label: str, iterations: Callable[[RunConfig], int],
                       **hooks: Any) -> Callable[[Build], Build]:
+    """`@register_strategy("mine", label=..., iterations=...)` on a builder
+    build(cfg, experts, space) of an ask/tell search makes `strategy: mine` available."""
+
     def deco(build: Build) -> Build:
         STRATEGIES[name] = StrategySpec(name, label, build, iterations, **hooks)
         return build
