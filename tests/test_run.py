@@ -299,3 +299,19 @@ def test_an_even_spread_of_answers_and_a_large_budget_say_nothing(tmp_path, lora
     answer_position(items, cfg, scorer)
     check_budget(cfg, Search(), scorer)
     assert not scorer.warned
+
+
+def test_the_utility_curves_count_iterations_in_whole_numbers(tmp_path, monkeypatch):
+    """A short run's plot once labelled its iteration axis 0.5, 1.5, ..."""
+    import matplotlib.pyplot as plt
+
+    from modelswarms.runs.report import plot_history
+
+    shown = []
+    monkeypatch.setattr(plt, "close", shown.append)  # keep the figure to read its axis
+    history = [{"iteration": i, "utilities": [0.1 * i, 0.2], "global_best": 0.2 + 0.1 * i}
+               for i in range(3)]
+    plot_history(history, tmp_path / "curves.png")
+    ticks = [t for t in shown[0].axes[0].get_xticks() if 0 <= t <= 2]
+    assert ticks and all(float(t).is_integer() for t in ticks)
+    assert (tmp_path / "curves.png").is_file()
