@@ -69,3 +69,17 @@ def test_repository_paths_named_in_the_pages_exist(page):
              if m.startswith(TRACKED) and "*" not in m}
     missing = sorted(p for p in named if not (ROOT / p).exists())
     assert not missing, f"{page.name} names paths that are not there: {missing}"
+
+
+@pytest.mark.parametrize(("page", "section"), [("README.md", "## Use it on your experts"),
+                                               ("docs/USAGE.md", "## The config")])
+def test_the_example_configs_are_valid(page, section):
+    """Strict: a misspelt or moved key in a page's example config fails here."""
+    import yaml
+
+    from modelswarms.config import parse_config
+
+    text = (ROOT / page).read_text().split(section, 1)[1]
+    block = re.search(r"```yaml\n(.*?)```", text, re.S).group(1)
+    cfg = parse_config(yaml.safe_load(block), page)
+    assert cfg.experts.paths and cfg.data is not None and cfg.utility.type == "multiple_choice"
