@@ -290,3 +290,20 @@ def test_answer_positions_are_not_warned_about_where_position_plays_no_part(
                             "data": {"path": "x.json"}, "utility": {"scoring": mode}})
         answer_position(items, cfg, scorer)
         assert bool(scorer.warned) is warned, mode
+
+
+def test_auto_scoring_of_full_models_is_the_experts_mean(tmp_path, full_experts, mc_data):
+    """Full models have no base model to ask: the experts' mean dev accuracy chooses."""
+    from modelswarms.config import AUTO_SCORING
+    from modelswarms.runs.session import Session
+
+    session = Session.open(_auto_cfg(full_experts, mc_data, tmp_path / "r"), need_test=False)
+    means = {}
+    for mode in AUTO_SCORING:
+        named = Session.open(_auto_cfg(full_experts, mc_data, tmp_path / mode, scoring=mode),
+                             need_test=False)
+        values = [r.value for r in named.score_many(named.experts, named.dev)]
+        means[mode] = sum(values) / len(values)
+    assert session.scoring["by"] == "the experts on average"
+    assert session.scoring["dev_accuracy"] == pytest.approx(means)
+    assert session.cfg.utility.scoring == max(AUTO_SCORING, key=means.__getitem__)
