@@ -118,10 +118,10 @@ def test_token_budget_batches_keep_every_item_once():
         assert all(4 * lengths[i] >= 3 * longest for i in b)
 
 
-def test_multiple_choice_matches_direct_argmax(tiny):
+def test_letter_scoring_matches_direct_argmax(tiny):
     model, tok = tiny
     items = make_mc_items(10, 5)
-    result = make_utility(type="multiple_choice", batch_size=3).score(
+    result = make_utility(type="multiple_choice", scoring="letter", batch_size=3).score(
         model, tok, items)
     letter_ids = [tok.convert_tokens_to_ids(x) for x in "ABCD"]  # " A" is two characters here
     for item, pred, score in zip(items, result.predictions, result.scores, strict=True):
