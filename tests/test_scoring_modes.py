@@ -11,7 +11,11 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from modelswarms.config import RunConfig, utility_config
 from modelswarms.evaluation import generation
-from modelswarms.evaluation.prompts import cloze_continuation, cloze_prompt
+from modelswarms.evaluation.prompts import (
+    cloze_continuation,
+    cloze_prompt,
+    multiple_choice_prompt,
+)
 from modelswarms.testing import make_tiny_llama, make_utility
 
 from .conftest import make_mc_items
@@ -99,15 +103,15 @@ def test_permuted_scoring_averages_every_rotation(tiny):
     items = _items()
     result = make_utility(scoring="permuted", batch_size=4).score(
         model, tok, items)
-    letter = make_utility(scoring="letter", batch_size=4)
     for it, pred in zip(items, result.predictions, strict=True):
         keys, texts = list(it["choices"]), list(it["choices"].values())
         n = len(keys)
         total = dict.fromkeys(texts, 0.0)
+        ids = [tok.convert_tokens_to_ids(k) for k in keys]  # " A" is two characters here
         for r in range(n):
             shown = {keys[t]: texts[(t + r) % n] for t in range(n)}
-            prompt = letter._letter_prompt(tok, {**it, "choices": shown}, False)
-            ids = letter._letter_ids(tok, keys)
+            text = multiple_choice_prompt({**it, "choices": shown}) + "\nThe answer is"
+            prompt = tok(text)["input_ids"]
             with torch.no_grad():
                 logp = torch.log_softmax(model(input_ids=torch.tensor([prompt])).logits[0, -1],
                                          -1)
