@@ -178,11 +178,12 @@ def test_hswarm_run_folder_report_and_exported_runner(tmp_path, lora_experts, mc
 def check_exported_runner(config: Path, tmp_path: Path) -> None:
     """The exported runner, a plain script, answers the test items as the search scored them."""
     from modelswarms.runs.checkpoint import load_checkpoint
+    from modelswarms.runs.scoring_choice import read_choice
 
     cfg = load_config(config)
     run_dir = Path(cfg.output.dir)
-    session = Session.open(cfg)
-    ev = SystemScorer(session.scorer, cfg.hswarm, cfg.utility)
+    session = Session.open(cfg, scoring=read_choice(run_dir))  # scored as the run scored
+    ev = SystemScorer(session.scorer, cfg.hswarm, session.cfg.utility)
     search = HeteroSwarm(session.experts, cfg)
     tensors, meta = load_checkpoint(run_dir / "checkpoint.safetensors")
     search.load_state_dict(tensors, meta["search"])

@@ -43,6 +43,11 @@ def choose_scoring(scorer: Scorer, cfg: RunConfig, dev: list[dict], kind: str,
     """Score the base model (`kind` "lora") or every expert on `dev` in each mode of
     AUTO_SCORING and keep the most accurate (the first on a tie). These scores are not
     search evaluations: no budget pays for them."""
+    if cfg.strategy == "hswarm":
+        # its exported system (system/answer.py) picks options by their letters, as the
+        # paper's nodes do; a system searched under another mode would not answer as searched
+        return {"scoring": "letter", "by": "strategy hswarm, whose exported system/answer.py "
+                "reads option letters", "dev_items": len(dev), "dev_accuracy": {}}
     if not any(isinstance(it.get("choices"), dict) for it in dev):
         # exact-match items only (a multi_task of such tasks): no mode changes a score
         return {"scoring": AUTO_SCORING[0], "by": "no multiple-choice items on dev",
