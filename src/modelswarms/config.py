@@ -523,7 +523,10 @@ class ModelConfig(StrictModel):
     run in memory, never this config."""
 
     device: str = Field("auto", description="auto, cpu, cuda or cuda:N")
-    dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
+    dtype: Literal["auto", "float32", "bfloat16", "float16", "int8"] = Field(
+        "auto", description="auto: float32 on CPU, bfloat16 on GPU; int8: dynamic int8 matmuls of "
+        "the base model's linear layers on a CPU (per-channel weight scales; the LoRA factors "
+        "and everything else stay float32)")
     batch_size: int = Field(16, ge=1, description="most items in one forward")
     max_batch_tokens: int = Field(
         4096, ge=1, description="most padded tokens in one forward (long items get small batches)")

@@ -42,10 +42,42 @@ def pick_device(device: str = "auto") -> torch.device:
 
 
 def pick_dtype(dtype: str, device: torch.device) -> torch.dtype:
+    """The dtype the weights load in; int8 loads float32 and `quantize_int8` follows."""
     if dtype == "auto":
         # CPUs are slow at half precision; GPUs are fast at it and short of memory.
         return torch.bfloat16 if device.type == "cuda" else torch.float32
+    if dtype == "int8":
+        if device.type != "cpu":
+            raise ConfigError("model.dtype int8: dynamic int8 matmuls run on a CPU only; use "
+                              "bfloat16 or float16 on a GPU")
+        return torch.float32
     return _DTYPES[dtype]
+
+
+def quantize_int8(model, keep: frozenset[int] = frozenset()) -> int:
+    """Swap every linear layer of the base model (not a LoRA factor) for a dynamically
+    quantised one: int8 weights with one scale per output channel, activations quantised per
+    call, float32 out. The LoRA factors, the LM head, norms, embeddings and attention stay
+    float32, so a
+    particle's LoRA delta is computed exactly as in float32. A layer whose weight's id is in
+    `keep` (a searched tensor of a full-model pool) stays float32. Returns how many were
+    swapped."""
+    import warnings
+
+    from torch.ao.quantization import per_channel_dynamic_qconfig, quantize_dynamic
+
+    # the LM head stays float32: it is tied to the embeddings, and its rounding would move
+    # every option's log-likelihood directly
+    head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+    keep = keep | ({id(head.weight)} if isinstance(head, torch.nn.Linear) else set())
+    names = {name for name, m in model.named_modules()
+             if type(m) is torch.nn.Linear and ".lora_" not in f".{name}"
+             and id(m.weight) not in keep}
+    with warnings.catch_warnings():  # torch.ao's eager quantisation says it is moving to torchao
+        warnings.simplefilter("ignore")
+        quantize_dynamic(model, {n: per_channel_dynamic_qconfig for n in names},
+                         dtype=torch.qint8, inplace=True)
+    return len(names)
 
 
 # What transformers and peft raise for files that are not what they should be (a corrupt
@@ -109,6 +141,10 @@ class ResidentModel:
             self.model = load_causal_lm(first, self.dtype, self.device, trust_remote_code)
         self.model.requires_grad_(False)
         self.flat = self._bind()
+        if dtype == "int8":
+            params = dict(self.model.named_parameters(remove_duplicate=False))
+            quantize_int8(self.model, frozenset(id(params[_live_name(pool, slot.name)])
+                                                for slot in space.slots))
 
     def _bind(self) -> torch.Tensor:
         params = dict(self.model.named_parameters(remove_duplicate=False))
@@ -174,6 +210,8 @@ def load_standalone(path: str, base_model: str | None = None, *, device: str = "
         except LOAD_ERRORS as err:
             raise ExpertError(f"{folder}: not an adapter of {base} ({first_line(err)})") \
                 from None
+        if dtype == "int8":
+            quantize_int8(model)
         return model, load_tokenizer(base, trust_remote_code)
     source = resolve_model(str(path))
     if source == str(path) and not folder.exists():
@@ -184,9 +222,11 @@ def load_standalone(path: str, base_model: str | None = None, *, device: str = "
         except ExpertError as err:  # say first what a user most likely meant: a folder
             raise ExpertError(f"{path}: no such folder, and not a model on the Hugging Face "
                               f"hub either ({str(err).split(': ', 1)[-1]})") from None
-        return model, load_tokenizer(source, trust_remote_code)
-    return load_causal_lm(source, dt, dev, trust_remote_code), load_tokenizer(
-        source, trust_remote_code)
+    else:
+        model = load_causal_lm(source, dt, dev, trust_remote_code)
+    if dtype == "int8":
+        quantize_int8(model)
+    return model, load_tokenizer(source, trust_remote_code)
 
 
 def _hub_id_like(name: str) -> bool:

