@@ -54,7 +54,7 @@ def test_config_in_code_is_validated_like_a_file(lora_experts, mc_data):
 
 def test_a_search_in_a_run_folder_and_a_merge_without_data(tmp_path, lora_experts, mc_data):
     cfg = ms.config(experts=lora_experts, data=mc_data, strategy="random", budget=10)
-    report = ms.search(cfg, run_dir=tmp_path / "run")
+    report = ms.search(cfg, run_dir=tmp_path / "run").report
     assert (tmp_path / "run" / "report.json").is_file() and report["evaluations"] <= 10
     merged = ms.merge(ms.config(experts=lora_experts, merge={"method": "linear"}),
                       out=tmp_path / "merged")
@@ -121,9 +121,9 @@ def test_a_strategy_registered_in_one_place_runs_everywhere(tmp_path, lora_exper
     cfg = ms.config(experts=lora_experts, data=mc_data, strategy="top_two_mean")
     result = ms.search(cfg)
     assert result.report["evaluations"] == len(lora_experts) + 1
-    report = ms.search(cfg, run_dir=tmp_path / "run")
+    report = ms.search(cfg, run_dir=tmp_path / "run").report
     assert report["best_dev"] == result.best_dev
-    assert ms.search(cfg, run_dir=tmp_path / "run", resume=True)["best_dev"] == result.best_dev
+    assert ms.search(cfg, run_dir=tmp_path / "run", resume=True).best_dev == result.best_dev
     table = ms.compare(ms.config(experts=lora_experts, data=mc_data,
                                  compare={"methods": ["best_expert", "top_two_mean"],
                                           "seeds": [0], "budget": 10}),
