@@ -147,3 +147,17 @@ def test_a_function_utility_is_named_so_a_run_resumes_elsewhere(lora_experts, mc
     assert "<locals>" in local.utility.type
     plain = cfg.model_copy(update={"budget": 3})
     assert ms.search(local).best_dev == pytest.approx(ms.search(plain).best_dev + 1.0)
+
+
+def test_config_takes_the_pool_load_pool_returns(lora_experts, full_experts, mc_data):
+    """What `ms.load_pool` returns is what `ms.config` takes: the same experts, the same
+    base model, as naming their folders."""
+    pool = ms.load_pool(lora_experts)
+    cfg = ms.config(experts=pool, data=mc_data)
+    assert [str(p) for p in cfg.experts.paths] == [str(e.path) for e in pool.experts]
+    assert cfg.experts.base_model == pool.base_model is not None
+    assert ms.load_pool(cfg.experts.paths, base_model=cfg.experts.base_model).names == \
+        pool.names
+    full = ms.config(experts=ms.load_pool(full_experts), data=mc_data)
+    assert full.experts.paths == [str(p) for p in full_experts] and \
+        full.experts.base_model is None

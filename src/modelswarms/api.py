@@ -26,26 +26,42 @@ import torch
 from .config import RunConfig, load_config, parse_config
 from .errors import ConfigError, ExpertError
 from .evaluation.utilities import ItemScores, register_utility
+from .pool import ExpertPool
 
 
-def config(*, experts: list[str | Path] | dict[str, Any], data: str | Path | dict[str, Any]
-           | None = None, utility: str | Callable[..., Any] | dict[str, Any] = "multiple_choice",
+def config(*, experts: list[str | Path] | dict[str, Any] | ExpertPool,
+           data: str | Path | dict[str, Any] | None = None,
+           utility: str | Callable[..., Any] | dict[str, Any] = "multiple_choice",
            **sections: Any) -> RunConfig:
     """A run config built in code; the same keys as a YAML config, validated the same way.
 
-    `experts`: adapter or model folders (or the `experts:` mapping). `data`: a dataset file
+    `experts`: adapter or model folders, the `experts:` mapping, or a pool `load_pool`
+    returned (its experts' folders and base model). `data`: a dataset file
     (or the `data:` mapping). `utility`: a registered name, the `utility:` mapping, or a
     Python function fn(model, tokenizer, items) -> float | per-item floats | ItemScores,
     registered under its qualified name. Other keywords are the config's other sections
     (strategy, budget, search, coefficients, model, output, compare, hswarm, seed).
     """
     utility = _utility_fields(utility)
-    raw: dict[str, Any] = {
-        "experts": experts if isinstance(experts, dict) else {"paths": [str(p) for p in experts]},
-        "utility": utility, **sections}
+    raw: dict[str, Any] = {"experts": _experts_fields(experts), "utility": utility, **sections}
     if data is not None:
         raw["data"] = data if isinstance(data, dict) else {"path": str(data)}
     return parse_config(raw, "modelswarms.config()")
+
+
+def _experts_fields(experts: list[str | Path] | dict[str, Any] | ExpertPool
+                   ) -> dict[str, Any]:
+    """The `experts:` mapping for folders, a mapping, or a loaded pool."""
+    if isinstance(experts, dict):
+        return experts
+    if isinstance(experts, ExpertPool):
+        fields: dict[str, Any] = {"paths": [str(e.path) for e in experts.experts]}
+        if experts.kind == "mixture":
+            fields["compose"] = "mixture"
+        elif experts.base_model is not None:
+            fields["base_model"] = experts.base_model
+        return fields
+    return {"paths": [str(p) for p in experts]}
 
 
 def _utility_fields(utility: str | Callable[..., Any] | dict[str, Any]) -> dict[str, Any]:
