@@ -1,5 +1,6 @@
-"""The Python API: what `import modelswarms` gives. Everything here is also a command; the
-commands are thin layers over these functions.
+"""The Python API: what `import modelswarms` gives. The commands that search, compare, merge,
+evaluate and distil (`run` and its alias `hswarm`, `compare`, `merge`, `eval`, `distil`) are
+thin layers over these functions.
 
     import modelswarms as ms
 
@@ -12,6 +13,9 @@ commands are thin layers over these functions.
     result = ms.search(cfg)                         # in memory: no run folder
     print(result.best_dev, result.report["rows"])
     result.save("adapted/")                         # a standard PEFT adapter folder
+
+    systems = ms.search(cfg, strategy="hswarm")     # Heterogeneous Swarms, also in memory
+    systems.best.dag, systems.save("system/")       # a multi-LLM system and its runner
 """
 
 from __future__ import annotations

@@ -213,10 +213,10 @@ def distil_cmd(mixture: str, student: str, out: str, data: str | None, config: s
     """Distil a token swarm's mixture (a folder with mixture.json) into one expert: a LoRA
     trained to match the mixture's next-token distributions; then the student, the mixture
     and each expert scored on dev and test (the run's utility and data, or --data)."""
-    from .runs.distil import distil_mixture
+    from .api import distil
 
     _quiet_libraries()
-    result = _guard(debug, distil_mixture, mixture, student, out, data=data, config=config,
+    result = _guard(debug, distil, mixture, student, out, data=data, config=config,
                     split=split, prompt_file=prompt_file, steps=steps, lr=lr, rank=rank,
                     max_new_tokens=max_new_tokens, max_items=max_items,
                     report=not no_report)
