@@ -41,7 +41,10 @@ class RowContext:
     expert_dev: list[float]
     show_progress: bool = False
     view: Callable[..., Any] | None = None  # what a search row's loop reports to
-    loop: SearchLoop | None = None  # runs the whole searches of the role / weight-only rows
+    # The loop's two entries, given by the caller (the loop's module reaches this one):
+    # search_loop for the searches of the role / weight-only rows, runner.run for search rows
+    loop: SearchLoop | None = None
+    run: Callable[..., dict[str, Any]] | None = None
     # where those searches keep their checkpoints: searches/<row>[/seed_<n>] (None: in memory)
     searches: Path | None = None
     seed_dirs: bool = True
@@ -187,10 +190,8 @@ def merge_row(ctx: RowContext, method: str) -> list[dict[str, Any]]:
 
 def search_row(ctx: RowContext, method: str) -> list[dict[str, Any]]:
     """A search strategy at the comparison's budget, in its own resumable run folder."""
-    from .runner import run  # the runner imports the report, which imports this package
-
-    cfg = ctx.cfg
-    assert cfg.compare is not None
+    cfg, run = ctx.cfg, ctx.run
+    assert cfg.compare is not None and run is not None  # compare gives it
     run_dir = ctx.out / "runs" / method / f"seed_{ctx.seed}"
     views = {"view": ctx.view} if ctx.view is not None else {}
     if (run_dir / "config.yaml").exists():
