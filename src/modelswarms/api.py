@@ -30,6 +30,7 @@ import torch
 from .config import RunConfig, load_config, parse_config
 from .errors import ConfigError, ExpertError
 from .evaluation.utilities import ItemScores, register_utility
+from .hetero import System
 from .pool import ExpertPool
 
 
@@ -98,7 +99,7 @@ class SearchResult:
     searched tensors, or, for Heterogeneous Swarms, a `System` (graph, node assignment and
     the experts' weights)."""
 
-    best: Any                     # torch.Tensor, or hetero.System
+    best: torch.Tensor | System
     best_dev: float
     report: dict[str, Any]        # what report.json holds (rows with dev / test, intervals)
     history: list[dict[str, Any]]
