@@ -36,7 +36,7 @@ SearchLoop = Callable[[RunConfig, Path | None, Session],
 class RowContext:
     cfg: RunConfig
     session: Session
-    out: Path           # the comparison's folder (searches run in out/runs/<method>/seed_<n>)
+    out: Path | None    # the comparison's or run's folder (None: in memory)
     seed: int
     expert_dev: list[float]
     show_progress: bool = False
@@ -45,7 +45,7 @@ class RowContext:
     # search_loop for the searches of the role / weight-only rows, runner.run for search rows
     loop: SearchLoop | None = None
     run: Callable[..., dict[str, Any]] | None = None
-    # where those searches keep their checkpoints: searches/<row>[/seed_<n>] (None: in memory)
+    # where a row's searches run: searches/<method>[/seed_<n>] (None: in memory)
     searches: Path | None = None
     seed_dirs: bool = True
     systems: int | None = None  # random DAGs drawn (default: the comparison's budget)
@@ -190,9 +190,10 @@ def merge_row(ctx: RowContext, method: str) -> list[dict[str, Any]]:
 
 def search_row(ctx: RowContext, method: str) -> list[dict[str, Any]]:
     """A search strategy at the comparison's budget, in its own resumable run folder."""
-    cfg, run = ctx.cfg, ctx.run
-    assert cfg.compare is not None and run is not None  # compare gives it
-    run_dir = ctx.out / "runs" / method / f"seed_{ctx.seed}"
+    cfg, run, run_dir = ctx.cfg, ctx.run, ctx.search_dir(method)
+    # compare gives the runner and its folder
+    assert cfg.compare is not None and run is not None and run_dir is not None
+    assert ctx.out is not None
     views = {"view": ctx.view} if ctx.view is not None else {}
     if (run_dir / "config.yaml").exists():
         report = run(resume=run_dir, show_progress=ctx.show_progress, session=ctx.session,

@@ -67,7 +67,7 @@ def baselines(run_dir: Path | None, cfg: RunConfig, session: Session, search: He
         atomic_write_text(run_dir / BASELINES, "".join(json.dumps(r) + "\n" for r in records))
         done = {r["key"]: r for r in records}
     # the compare rows of the same name, at this search's seed, budget and system count
-    ctx = RowContext(cfg, session, run_dir or Path("."), cfg.seed, singles, loop=loop,
+    ctx = RowContext(cfg, session, run_dir, cfg.seed, singles, loop=loop,
                      searches=None if run_dir is None else run_dir / "baselines",
                      seed_dirs=False, systems=max(search.evaluations, 1))
     rows = []
