@@ -648,7 +648,8 @@ class RunConfig(StrictModel):
     merge: MergeSpec | None = Field(None, description="`modelswarms merge`: the merge to make")
     compare: CompareConfig | None = Field(None, description="`modelswarms compare`: the rows")
     hswarm: HSwarmConfig | None = Field(
-        None, description="`modelswarms hswarm`: Heterogeneous Swarms over the experts")
+        None, description="strategy hswarm (or `modelswarms hswarm`): Heterogeneous Swarms' "
+        "settings")
     seed: int = Field(0, description="seed of every random draw (searches, bootstrap "
                       "intervals): the same config gives the same run")
     _source: str | None = PrivateAttr(None)  # the file it was read from (load_config)
