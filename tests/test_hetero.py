@@ -320,7 +320,10 @@ def test_hswarm_baselines_are_compare_rows(tmp_path, lora_experts, mc_data):
 
     cfg = load_config(write_config(tmp_path / "h", lora_experts, mc_data, max_rounds=2,
                                    baselines=["best_expert", "chain", "star", "role_only"]))
-    cfg = cfg.model_copy(update={"budget": 12})
+    # scoring named: `auto` would choose letter for hswarm (its answer.py) but by the base
+    # model for a comparison, and the rows would differ by their scoring, not their search
+    cfg = cfg.model_copy(update={"budget": 12, "utility": cfg.utility.model_copy(
+        update={"scoring": "letter"})})
     report = run(cfg, show_progress=False)
     raw = cfg.model_dump(mode="json", exclude_none=True)
     table = compare(parse_config({
