@@ -222,6 +222,89 @@ def test_an_over_long_test_item_stops_the_run_before_the_search(tmp_path, lora_e
     assert not (tmp_path / "out").exists()
 
 
+def _long_prompt_run(tmp_path: Path, paths, item: dict, **extra) -> Path:
+    """A run config whose test split's third item is `item`."""
+    test = make_mc_items(4, 1)
+    test[2] = {"id": "q1-2", **item}
+    data = tmp_path / "data.json"
+    data.write_text(json.dumps({"dev": make_mc_items(6, 0), "test": test}))
+    cfg = tmp_path / "cfg.yaml"
+    cfg.write_text(yaml.safe_dump({
+        "experts": {"paths": [str(p) for p in paths]}, "data": {"path": str(data)},
+        "search": {"particles": 2, "max_iterations": 2}, "budget": 6,
+        "output": {"dir": str(tmp_path / "out")}, **extra}))
+    return cfg
+
+
+# Each field fits the tiny model's 512 (character) tokens, the prompt as scored does not: the
+# lettered list holds both texts (300 and 330 characters), a cloze row the question and its
+# option, a question of 500 characters its template's 49 more.
+FIT_ALONE = {"question": "why " * 75, "choices": {"A": "so " * 110, "B": "no"}, "answer": "A"}
+
+
+@pytest.mark.parametrize(("utility", "item"), [
+    *(({"scoring": mode}, FIT_ALONE) for mode in ("letter", "cloze", "cloze_norm", "permuted",
+                                                  "generate")),
+    ({"type": "exact_match"}, {"question": "why " * 125, "answer": "7"}),
+])
+def test_a_prompt_longer_than_the_model_reads_is_found_before_the_search(
+        tmp_path, lora_experts, utility, item):
+    """Issue 28, 4: the length check counted each field alone, so an item that fits field by
+    field but not in its prompt was found only when scored: after the search, for the test
+    split. Now the rows are built by the utility's own code, before the search."""
+    cfg = _long_prompt_run(tmp_path, lora_experts, item, utility=utility)
+    line = _error_line(CliRunner().invoke(main, ["run", "--quiet", str(cfg)]))
+    field = "choices.A" if "choices" in item else "question"
+    assert f"data.json: item 2 (id 'q1-2') of split 'test': field {field!r}" in line, line
+    assert "makes its prompt, as the utility scores it," in line and "(512," in line, line
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_token_swarm_checks_lengths_before_the_search(tmp_path):
+    """The mixture evaluator skipped the check: each expert reads the text in its own tokens."""
+    from modelswarms.testing import make_tiny_gpt2, make_tiny_llama
+
+    experts = [make_tiny_llama(tmp_path / "llama"), make_tiny_gpt2(tmp_path / "gpt2")]
+    cfg = _long_prompt_run(tmp_path, experts, FIT_ALONE, experts={
+        "paths": [str(p) for p in experts], "compose": "mixture"},
+        utility={"scoring": "cloze", "chat_template": False})
+    line = _error_line(CliRunner().invoke(main, ["run", "--quiet", str(cfg)]))
+    assert "item 2 (id 'q1-2') of split 'test': field 'choices.A'" in line, line
+    assert "more than expert " in line and "(512," in line, line
+    assert not (tmp_path / "out").exists()
+
+
+def test_the_length_check_passes_what_fits(tmp_path, lora_experts):
+    """The check refuses nothing the scorer would score: 400-character texts, each alone in a
+    cloze row with its question, fit."""
+    item = {"question": "why " * 25, "choices": {"A": "so " * 130, "B": "no"}, "answer": "A"}
+    cfg = _long_prompt_run(tmp_path, lora_experts, item, utility={"scoring": "cloze"})
+    result = CliRunner().invoke(main, ["run", "--quiet", str(cfg)])
+    assert result.exit_code == 0, result.output
+
+
+@pytest.mark.parametrize(("utility", "change", "field"), [
+    ("multiple_choice", {"question": float("nan")}, "field 'question' is nan, not text"),
+    ("multiple_choice", {"question": 42}, "field 'question' is 42, not text"),
+    ("multiple_choice", {"choices": {"A": float("nan"), "B": "2"}},
+     "field 'choices.A' is nan, not text"),
+    ("multiple_choice", {"choices": {"A": None, "B": "2"}}, "field 'choices.A' is None"),
+    ("multiple_choice", {"choices": {}}, "'choices' has 0 option"),
+    ("multiple_choice", {"answer": "Z"}, "'answer' 'Z' is not one of its choices"),
+    ("exact_match", {"answer": float("nan")}, "field 'answer' is nan, not text or a finite"),
+    ("exact_match", {"answer": None}, "field 'answer' is None"),
+    ("exact_match", {"question": ["a", "list"]}, "field 'question' is ['a', 'list']"),
+])
+def test_an_item_field_that_would_read_as_nan_is_refused(tmp_path, lora_experts, utility,
+                                                         change, field):
+    """A NaN (JSON's NaN, or a gap in a dataset's column) was shown to the model as "nan"."""
+    cfg = _long_prompt_run(tmp_path, lora_experts, {**make_mc_items(4, 1)[2], **change},
+                           utility={"type": utility})
+    line = _error_line(CliRunner().invoke(main, ["run", "--quiet", str(cfg)]))
+    assert "data.json: item 2 (id 'q1-2') of 'test': " in line and field in line, line
+    assert not (tmp_path / "out").exists()
+
+
 def test_a_resume_with_changed_inputs_stops_unless_told(tmp_path, lora_experts, mc_data):
     proj = _project(tmp_path, lora_experts, mc_data, "out")
     runner = CliRunner()
