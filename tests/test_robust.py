@@ -144,6 +144,60 @@ def test_the_lock_dies_with_its_holder(held_run_folder):
         FolderLock(run_dir).acquire()
 
 
+def _progress(run_dir: Path, state: str, pid: int) -> None:
+    import socket
+    import time
+
+    (run_dir / "progress.json").write_text(json.dumps({
+        "kind": "run", "state": state, "pid": pid, "host": socket.gethostname(),
+        "updated": time.time(), "error": "KeyboardInterrupt"}))
+    (run_dir / "history.jsonl").write_text(json.dumps({
+        "iteration": 1, "evaluations": 4, "global_best": 0.5, "wall_time": 1.0}) + "\n")
+
+
+def _status(run_dir: Path, monkeypatch) -> str:
+    import fcntl
+
+    def refuse(*_):
+        raise AssertionError("status took a lock")
+
+    monkeypatch.setattr(fcntl, "flock", refuse)  # read-only: the probe never takes it
+    before = digest([run_dir])
+    result = CliRunner().invoke(main, ["status", str(run_dir)])
+    assert result.exit_code == 0, result.output
+    assert digest([run_dir]) == before
+    return result.output.splitlines()[0]
+
+
+def test_status_asks_the_lock_who_writes(held_run_folder, monkeypatch):
+    """progress.json and the lock both told whether a writer lives; the pid could lie (a
+    recycled pid, a progress.json from before a new writer started). Now the lock decides."""
+    _, run_dir, holder = held_run_folder
+    # the holder has not written progress.json yet; an earlier session's says "stopped"
+    _progress(run_dir, "stopped", 1)
+    assert f"running (pid {holder.pid})" in _status(run_dir, monkeypatch)
+    holder.send_signal(signal.SIGKILL)
+    holder.wait()
+    # "running" by a pid that lives (this test's own, as a recycled pid would), lock free
+    _progress(run_dir, "running", subprocess.os.getpid())
+    line = _status(run_dir, monkeypatch)
+    assert f"process {subprocess.os.getpid()} ended without finishing" in line, line
+
+
+def test_status_without_a_lock_table_asks_the_pid(held_run_folder, monkeypatch):
+    """No /proc/locks (not Linux), or a folder of an older version without the marker: the
+    pid progress.json names, as before."""
+    from modelswarms.runs import folders
+
+    _, run_dir, holder = held_run_folder
+    monkeypatch.setattr(folders, "PROC_LOCKS", run_dir / "no such table")
+    _progress(run_dir, "running", holder.pid)
+    assert f"running (pid {holder.pid})" in _status(run_dir, monkeypatch)
+    holder.send_signal(signal.SIGKILL)
+    holder.wait()
+    assert f"process {holder.pid} ended" in _status(run_dir, monkeypatch)
+
+
 def test_claim_refuses_an_output_inside_an_input(tmp_path):
     data = tmp_path / "data"
     data.mkdir()
