@@ -125,7 +125,8 @@ PATH_KINDS = ["missing", "file", "empty folder", "under a file", "unwritable", "
 DATA_FAULTS = ["truncate", "not utf-8", "jsonl", "jsonl torn line", "no dev split",
                "empty dev", "empty test", "drop field", "field type", "answer outside",
                "one choice", "duplicate ids", "huge string", "empty strings", "top-level list",
-               "not an object", "nan answer", "choices list", "nan choice", "huge test string"]
+               "not an object", "nan answer", "choices list", "nan choice", "huge test string",
+               "long test prompt", "nan question"]
 EXPERT_FAULTS = ["no weights", "truncated weights", "random bytes", "empty weights",
                  "no adapter config", "garbage adapter config", "adapter config list",
                  "other rank", "other targets", "missing base", "duplicate", "other base",
@@ -302,6 +303,12 @@ def _data(fault: str | None, r: random.Random) -> bytes:
         item["choices"][next(iter(item["choices"]))] = float("nan")
     elif fault == "huge test string":  # found before the search, not after it
         r.choice(test)["question"] = "why " * 50_000
+    elif fault == "long test prompt":  # each field fits the model, the prompt as scored not
+        it = r.choice(test)
+        it["question"] = "why " * 75
+        it["choices"][next(iter(it["choices"]))] = "so " * 110
+    elif fault == "nan question":  # read as "nan" before it was refused
+        item["question"] = float("nan")
     return json.dumps(doc).encode()
 
 
@@ -707,6 +714,9 @@ def check(command: str, mutations: list[tuple], w: World) -> str:
         assert len(lines) == 1 and len(stderr.strip().splitlines()) >= 1, (mutations, stderr)
         line = lines[0]
         assert any(s and s in line for s in c.culprits), (mutations, line, c.culprits)
+        if "max_position_embeddings" in line:  # found before the search: nothing to resume
+            assert not any(c.out.rglob("checkpoint.safetensors")), ("an over-long item found "
+                                                                     "after the search", line)
         if out_before is None:
             assert not c.out.exists() or (c.out / "checkpoint.safetensors").exists() or any(
                 c.out.rglob("checkpoint.safetensors")), ("a run that could not start left "
@@ -801,6 +811,11 @@ FAMILIES: list[tuple[str, list[tuple]]] = [
     ("run", [("data", "nan choice", 0)]),
     ("run", [("data", "huge test string", 0)]),
     ("compare", [("data", "huge test string", 1)]),
+    ("run", [("data", "long test prompt", 0)]),
+    ("compare", [("data", "long test prompt", 1)]),
+    ("hswarm", [("data", "long test prompt", 2)]),
+    ("run", [("data", "nan question", 0)]),
+    ("compare", [("data", "nan question", 0)]),
     *((cmd, [("disagree", kind)]) for cmd in ("run", "merge") for kind in DISAGREE),
     ("eval", [("disagree", "rank")]),
 ]
