@@ -260,22 +260,6 @@ def test_a_nan_particle_is_an_invalid_candidate(lora_experts, mc_data):
     assert session.counts["nonfinite_candidate"] == 1
 
 
-def test_an_over_long_test_item_stops_the_run_before_the_search(tmp_path, lora_experts):
-    """Issue 28, 4: found only after the whole search, naming the file, not the item."""
-    test = make_mc_items(4, 1)
-    test[2]["question"] = "why " * 200  # 800 characters: the tiny model reads 512 tokens
-    data = tmp_path / "data.json"
-    data.write_text(json.dumps({"dev": make_mc_items(6, 0), "test": test}))
-    cfg = tmp_path / "cfg.yaml"
-    cfg.write_text(yaml.safe_dump({
-        "experts": {"paths": [str(p) for p in lora_experts]}, "data": {"path": str(data)},
-        "search": {"particles": 2, "max_iterations": 2}, "budget": 6,
-        "output": {"dir": str(tmp_path / "out")}}))
-    line = _error_line(CliRunner().invoke(main, ["run", "--quiet", str(cfg)]))
-    assert "data.json: item 2 (id 'q1-2') of split 'test': field 'question'" in line, line
-    assert not (tmp_path / "out").exists()
-
-
 def _long_prompt_run(tmp_path: Path, paths, item: dict, **extra) -> Path:
     """A run config whose test split's third item is `item`."""
     test = make_mc_items(4, 1)
@@ -288,6 +272,16 @@ def _long_prompt_run(tmp_path: Path, paths, item: dict, **extra) -> Path:
         "search": {"particles": 2, "max_iterations": 2}, "budget": 6,
         "output": {"dir": str(tmp_path / "out")}, **extra}))
     return cfg
+
+
+def test_an_over_long_test_item_stops_the_run_before_the_search(tmp_path, lora_experts):
+    """Issue 28, 4: found only after the whole search, naming the file, not the item."""
+    # 800 characters: the tiny model reads 512 tokens
+    item = {**make_mc_items(4, 1)[2], "question": "why " * 200}
+    cfg = _long_prompt_run(tmp_path, lora_experts, item)
+    line = _error_line(CliRunner().invoke(main, ["run", "--quiet", str(cfg)]))
+    assert "data.json: item 2 (id 'q1-2') of split 'test': field 'question'" in line, line
+    assert not (tmp_path / "out").exists()
 
 
 # Each field fits the tiny model's 512 (character) tokens, the prompt as scored does not: the
