@@ -744,6 +744,8 @@ def _fuzz(command: str):
         TALLY[f"{command} examples"] = TALLY.get(f"{command} examples", 0) + 1
         for m in mutations:
             TALLY[m[0]] = TALLY.get(m[0], 0) + 1
+            if m[0] == "data":  # which data faults, so a figure can say how often each ran
+                TALLY[f"data: {m[1]}"] = TALLY.get(f"data: {m[1]}", 0) + 1
         end = "errors" if check(command, mutations, world) != "result" else "results"
         TALLY[f"{command} {end}"] = TALLY.get(f"{command} {end}", 0) + 1
 
