@@ -339,6 +339,7 @@ def test_the_length_check_passes_what_fits(tmp_path, lora_experts):
     ("multiple_choice", {"choices": {"A": None, "B": "2"}}, "field 'choices.A' is None"),
     ("multiple_choice", {"choices": {}}, "'choices' has 0 option"),
     ("multiple_choice", {"answer": "Z"}, "'answer' 'Z' is not one of its choices"),
+    ("multiple_choice", {"answer": [1, 2]}, "'answer' [1, 2] is not one of its choices"),
     ("exact_match", {"answer": float("nan")}, "field 'answer' is nan, not text or a finite"),
     ("exact_match", {"answer": None}, "field 'answer' is None"),
     ("exact_match", {"question": ["a", "list"]}, "field 'question' is ['a', 'list']"),

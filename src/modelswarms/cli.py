@@ -302,7 +302,7 @@ def _evaluate(model_path, config, data, split, utility_type, base_model, max_ite
         data = cfg.data_name
     engine = cfg.model if cfg else None
     start = time.perf_counter()
-    scores = evaluate(model_path, items, utility=ucfg.model_dump(), split=split,
+    scores = evaluate(model_path, items, utility=ucfg.model_dump(), split=split, source=data,
                       base_model=base_model or (cfg.experts.base_model if cfg else None),
                       device=device or (engine.device if engine else "auto"),
                       dtype=engine.dtype if engine else "auto",

@@ -116,7 +116,7 @@ def _choice_problem(item: dict) -> str | None:
         return "'choices' must map letters to option texts, e.g. {\"A\": \"Paris\", ...}"
     if len(choices) < 2:
         return f"'choices' has {len(choices)} option; a question needs at least 2"
-    if item["answer"] not in choices:
+    if not isinstance(item["answer"], str) or item["answer"] not in choices:
         return (f"'answer' {item['answer']!r} is not one of its choices "
                 f"({', '.join(map(str, choices))})")
     return None

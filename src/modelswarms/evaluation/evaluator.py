@@ -85,7 +85,19 @@ def _strings(node: Any, field: str = "") -> Iterator[tuple[str, str]]:
             yield from _strings(v, f"{field}.{k}" if field else str(k))
 
 
+# A row's length in the tokens the model runs, the most it reads, and who reads it.
 Reads = Callable[[list[int], list[int] | None], tuple[int, int | None, str]]
+
+
+def reads_of(model: Any) -> Reads:
+    """How `model` counts a row (what generation.fits_context checks while scoring): a
+    mixture has each expert count the text in its own tokens."""
+    if getattr(model, "is_mixture", False):
+        return lambda prompt, cont: model.reads(prompt + (cont or []))
+    limit = getattr(getattr(model, "config", None), "max_position_embeddings", None)
+    limit = limit if isinstance(limit, int) else None
+    return lambda prompt, cont: (len(prompt) + (1 if cont is None else len(cont)), limit,
+                                 "the model")
 
 
 def first_overlong(tokenizer: Any, utility: Utility, items: list[dict],
@@ -134,14 +146,7 @@ class CountingEvaluator:
     def overlong(self, items: list[dict], utility: Utility) -> Overlong | None:
         """The first item longer than the model reads as `utility` scores it (None: none);
         checked before a search, so the test split's is not found after it."""
-        return first_overlong(self.tokenizer, utility, items, self.reads)
-
-    def reads(self, prompt: list[int], cont: list[int] | None) -> tuple[int, int | None, str]:
-        """A row's length in the tokens the model runs, the most it reads, and who reads it
-        (what generation.fits_context checks while scoring)."""
-        limit = getattr(getattr(self.model, "config", None), "max_position_embeddings", None)
-        n = len(prompt) + (1 if cont is None else len(cont))
-        return n, limit if isinstance(limit, int) else None, "the model"
+        return first_overlong(self.tokenizer, utility, items, reads_of(self.model))
 
 
 class ResidentEvaluator(CountingEvaluator):

@@ -49,9 +49,6 @@ class MixtureEvaluator(CountingEvaluator):
     def model(self) -> MixtureLM:
         return self.mixture
 
-    def reads(self, prompt: list[int], cont: list[int] | None) -> tuple[int, int | None, str]:
-        return self.mixture.reads(prompt + (cont or []))
-
     def score_many(self, vectors: torch.Tensor | None, items: list[dict],
                    utility: Utility) -> list[ItemScores]:
         rows = [torch.full((self.mixture.n,), 1.0)] if vectors is None else list(vectors)

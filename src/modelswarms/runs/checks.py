@@ -17,7 +17,7 @@ from rich.console import Console
 from rich.markup import escape
 
 from ..errors import DataError
-from ..evaluation.evaluator import text_fields
+from ..evaluation.evaluator import Overlong, text_fields
 from .scorer import Scorer, fingerprint
 
 log = logging.getLogger("modelswarms")
@@ -115,16 +115,20 @@ def check_lengths(evaluator: Any, utility: Any, splits: dict[str, list[dict] | N
     if overlong is None:
         return  # an evaluator of the user's: it checks when it scores
     for split, items in splits.items():
-        if not items or (found := overlong(items, utility)) is None:
-            continue
-        item = items[found.index]
-        ident = f" (id {item['id']!r})" if "id" in item else ""
-        if found.field is not None:
-            what = f"field {found.field!r} is {found.tokens} tokens"
-        else:
-            field, text = max(text_fields(item), key=lambda x: len(x[1]), default=("?", ""))
-            what = (f"field {field!r} ({len(text)} characters, its longest) makes its prompt, "
-                    f"as the utility scores it, {found.tokens} tokens")
-        raise DataError(f"{source or 'data'}: item {found.index}{ident} of split {split!r}: "
-                        f"{what}, more than {found.reader} reads ({found.limit}, its "
-                        "max_position_embeddings); shorten or drop it")
+        if items and (found := overlong(items, utility)) is not None:
+            refuse_overlong(found, items, split, source)
+
+
+def refuse_overlong(found: Overlong, items: list[dict], split: str, source: str | None) -> None:
+    """The one line for an item too long: file, split, item and field."""
+    item = items[found.index]
+    ident = f" (id {item['id']!r})" if "id" in item else ""
+    if found.field is not None:
+        what = f"field {found.field!r} is {found.tokens} tokens"
+    else:
+        field, text = max(text_fields(item), key=lambda x: len(x[1]), default=("?", ""))
+        what = (f"field {field!r} ({len(text)} characters, its longest) makes its prompt, "
+                f"as the utility scores it, {found.tokens} tokens")
+    raise DataError(f"{source or 'data'}: item {found.index}{ident} of split {split!r}: "
+                    f"{what}, more than {found.reader} reads ({found.limit}, its "
+                    "max_position_embeddings); shorten or drop it")
