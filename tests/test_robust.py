@@ -308,6 +308,17 @@ def test_a_prompt_longer_than_the_model_reads_is_found_before_the_search(
     assert not (tmp_path / "out").exists()
 
 
+def test_eval_names_the_item_too_long(tmp_path, lora_experts):
+    """eval found it inside a batch: "data: an item is N tokens", no file, split or item."""
+    cfg = _long_prompt_run(tmp_path, lora_experts, FIT_ALONE)
+    line = _error_line(CliRunner().invoke(main, ["eval", str(lora_experts[0]), "--data",
+                                                 str(tmp_path / "data.json")]))
+    assert "data.json: item 2 (id 'q1-2') of split 'test': field 'choices.A'" in line, line
+    line = _error_line(CliRunner().invoke(main, ["eval", str(lora_experts[0]), "--config",
+                                                 str(cfg)]))
+    assert "data.json: item 2 (id 'q1-2') of split 'test'" in line, line
+
+
 def test_a_token_swarm_checks_lengths_before_the_search(tmp_path):
     """The mixture evaluator skipped the check: each expert reads the text in its own tokens."""
     from modelswarms.testing import make_tiny_gpt2, make_tiny_llama
