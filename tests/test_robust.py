@@ -333,6 +333,26 @@ def test_a_token_swarm_checks_lengths_before_the_search(tmp_path):
     assert not (tmp_path / "out").exists()
 
 
+def test_a_utility_without_rows_is_measured_field_by_field(tiny_base):
+    """A user's utility builds its prompts where the check cannot see: each field alone."""
+    from transformers import AutoTokenizer
+
+    from modelswarms.evaluation.evaluator import Overlong, first_overlong
+
+    class Mine:
+        name, required_fields = "mine", ("question",)
+
+    tok = AutoTokenizer.from_pretrained(tiny_base)
+    items = [{"id": "a", "question": "short"}, {"id": "b", "question": "x" * 600}]
+
+    def reads(prompt, cont):
+        return len(prompt) + (1 if cont is None else len(cont)), 512, "the model"
+
+    assert first_overlong(tok, Mine(), items, reads) == Overlong(1, 600, 512, "the model",
+                                                                 "question")
+    assert first_overlong(tok, Mine(), items[:1], reads) is None
+
+
 def test_the_length_check_passes_what_fits(tmp_path, lora_experts):
     """The check refuses nothing the scorer would score: 400-character texts, each alone in a
     cloze row with its question, fit."""
