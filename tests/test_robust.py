@@ -319,6 +319,16 @@ def test_eval_names_the_item_too_long(tmp_path, lora_experts):
     assert "data.json: item 2 (id 'q1-2') of split 'test'" in line, line
 
 
+def test_eval_of_a_config_checks_its_items(tmp_path, lora_experts):
+    """`eval --config` loaded the split without the utility's fields: a NaN question was
+    scored as the text "nan"."""
+    cfg = _long_prompt_run(tmp_path, lora_experts, {**make_mc_items(4, 1)[2],
+                                                    "question": float("nan")})
+    line = _error_line(CliRunner().invoke(main, ["eval", str(lora_experts[0]), "--config",
+                                                 str(cfg)]))
+    assert "data.json: item 2 (id 'q1-2') of 'test': field 'question' is nan" in line, line
+
+
 def test_a_token_swarm_checks_lengths_before_the_search(tmp_path):
     """The mixture evaluator skipped the check: each expert reads the text in its own tokens."""
     from modelswarms.testing import make_tiny_gpt2, make_tiny_llama
