@@ -311,3 +311,16 @@ def test_auto_scoring_of_full_models_is_the_experts_mean(tmp_path, full_experts,
     assert session.scoring["by"] == "the experts on average"
     assert session.scoring["dev_accuracy"] == pytest.approx(means)
     assert session.cfg.utility.scoring == max(AUTO_SCORING, key=means.__getitem__)
+
+
+def test_the_length_check_measures_every_mode_auto_may_take(tiny):
+    """Before the choice is made, `auto` is measured as every mode it may become."""
+    _, tok = tiny
+    items = _items()
+    auto = make_utility(batch_size=4).rows(tok, items)
+    modes = [make_utility(scoring=m, batch_size=4).rows(tok, items)
+             for m in ("cloze", "cloze_norm", "letter")]
+    for i, rows in enumerate(auto):
+        assert rows == [r for m in modes for r in m[i]]
+    assert max(len(p) for p, _ in auto[0]) == max(
+        len(p) for m in modes for p, _ in m[0])  # the longest prompt of any mode is in it
