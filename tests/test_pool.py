@@ -13,7 +13,7 @@ from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
 from modelswarms.errors import ExpertError
-from modelswarms.pool import ExpertPool, export_expert, load_pool
+from modelswarms.pool import WeightPool, export_expert, load_pool
 from modelswarms.runs.folders import mark
 from modelswarms.testing import make_tiny_full_pool, make_tiny_llama, make_tiny_lora_pool
 
@@ -320,7 +320,7 @@ def test_export_refuses_bad_state_dicts(loras, tmp_path):
 def test_inputs_never_modified(loras, fulls, tmp_path):
     before = folder_hashes(*loras, *fulls)
     for sources in (loras, fulls):
-        pool: ExpertPool = load_pool(sources)
+        pool: WeightPool = load_pool(sources)
         for expert in pool.experts:  # even in-place edits of loaded tensors stay in memory
             for t in expert.tensors.values():
                 t.mul_(3)

@@ -13,7 +13,7 @@ import torch
 
 from ..errors import ConfigError, ExpertError, first_line
 from ..models import adapter_base, resolve_model
-from ..pool import ExpertPool
+from ..pool import WeightPool
 from ..space import FlatSpace
 
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -110,40 +110,27 @@ def load_causal_lm(source: str, dtype: torch.dtype, device: torch.device,
     return model.to(device).eval()
 
 
-def _live_name(pool: ExpertPool, name: str) -> str:
-    # peft stores "...lora_A.weight" in files; the live parameter is "...lora_A.default.weight".
-    if pool.kind == "lora":
-        for part in (".lora_A.", ".lora_B.", ".lora_embedding_A", ".lora_embedding_B"):
-            if part in name:
-                head, tail = name.rsplit(".", 1)
-                return f"{head}.default.{tail}" if part.endswith(".") else f"{name}.default"
-    return name
-
-
 class ResidentModel:
     """The model of a pool held in memory, its searched weights bound to one flat buffer."""
 
-    def __init__(self, pool: ExpertPool, space: FlatSpace, *, device: str = "auto",
+    def __init__(self, pool: WeightPool, space: FlatSpace, *, device: str = "auto",
                  dtype: str = "auto", trust_remote_code: bool = False):
         self.pool, self.space = pool, space
         self.device = pick_device(device)
         self.dtype = pick_dtype(dtype, self.device)
-        first = str(pool.experts[0].path)
-        if pool.kind == "lora":
+        source = pool.model_source
+        self.tokenizer = load_tokenizer(source, trust_remote_code)
+        self.model = load_causal_lm(source, self.dtype, self.device, trust_remote_code)
+        if pool.adapter is not None:
             from peft import PeftModel
 
-            base = resolve_model(pool.base_model or "")
-            self.tokenizer = load_tokenizer(base, trust_remote_code)
-            model = load_causal_lm(base, self.dtype, self.device, trust_remote_code)
-            self.model = PeftModel.from_pretrained(model, first, is_trainable=False).eval()
-        else:
-            self.tokenizer = load_tokenizer(first, trust_remote_code)
-            self.model = load_causal_lm(first, self.dtype, self.device, trust_remote_code)
+            self.model = PeftModel.from_pretrained(self.model, str(pool.adapter),
+                                                   is_trainable=False).eval()
         self.model.requires_grad_(False)
         self.flat = self._bind()
         if dtype == "int8":
             params = dict(self.model.named_parameters(remove_duplicate=False))
-            quantize_int8(self.model, frozenset(id(params[_live_name(pool, slot.name)])
+            quantize_int8(self.model, frozenset(id(params[pool.live_name(slot.name)])
                                                 for slot in space.slots))
 
     def _bind(self) -> torch.Tensor:
@@ -151,7 +138,7 @@ class ResidentModel:
         first = self.pool.experts[0].tensors
         live = []
         for slot in self.space.slots:
-            name = _live_name(self.pool, slot.name)
+            name = self.pool.live_name(slot.name)
             if name not in params:
                 raise ExpertError(
                     f"{self.pool.experts[0].path}: tensor {slot.name} has no parameter "
@@ -177,7 +164,7 @@ class ResidentModel:
     @contextlib.contextmanager
     def base_model(self) -> Iterator[object]:
         """The model without its adapter (LoRA pools only)."""
-        if self.pool.kind != "lora":
+        if not self.pool.scores_base:
             raise ExpertError("the base model is only defined for pools of LoRA adapters")
         with self.model.disable_adapter():
             yield self.model

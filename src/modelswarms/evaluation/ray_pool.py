@@ -93,10 +93,10 @@ class RayWorker:
         self.error: ModelSwarmsError | None = None
         self.utilities: dict[int, Utility] = {}
         try:
-            from ..runs.session import local_evaluator, open_pool
+            from ..runs.session import open_pool
 
             pool, self.space = open_pool(experts)
-            self.evaluator = local_evaluator(pool, self.space, experts, model)
+            self.evaluator = pool.evaluator(self.space, experts, model)
         except ModelSwarmsError as err:  # the user's files: said on the driver in one line
             self.error = err
 

@@ -583,8 +583,6 @@ def install(model, searched: Iterable[torch.nn.Parameter], *, max_bytes: int | N
 def install_on(backend, *, max_bytes: int | None = None,
                counts: Counter | None = None) -> FrozenTrunk | None:
     """`install` for a ResidentModel: its searched parameters are its weight space's slots."""
-    from .backend import _live_name
-
     params = dict(backend.model.named_parameters(remove_duplicate=False))
-    searched = [params[_live_name(backend.pool, s.name)] for s in backend.space.slots]
+    searched = [params[backend.pool.live_name(s.name)] for s in backend.space.slots]
     return install(backend.model, searched, max_bytes=max_bytes, counts=counts)
