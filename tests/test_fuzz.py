@@ -96,7 +96,7 @@ def _config_keys(model: type = RunConfig, prefix: str = "") -> list[str]:
     """Every key of the config schema, dotted (the multiple-choice utility's keys)."""
     from pydantic import BaseModel
 
-    from modelswarms.config import MultipleChoiceConfig
+    from modelswarms.evaluation.utilities import MultipleChoiceConfig
 
     keys = []
     for name, info in model.model_fields.items():

@@ -14,11 +14,12 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
-from modelswarms.config import JudgeConfig, utility_config
+from modelswarms.config import utility_config
 from modelswarms.errors import ConfigError, UtilityError
 from modelswarms.evaluation import generation
 from modelswarms.evaluation.judges import (
     EndpointJudge,
+    JudgeConfig,
     LocalJudge,
     Rating,
     build_judge,

@@ -10,13 +10,13 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer
 
-from modelswarms.config import DataConfig, RewardConfig, parse_config
+from modelswarms.config import DataConfig, parse_config
 from modelswarms.errors import ConfigError
 from modelswarms.evaluation import generation
 from modelswarms.evaluation.data import load_split
 from modelswarms.evaluation.multitask import PRESETS, harmonic_mean
 from modelswarms.evaluation.prompts import multiple_choice_prompt
-from modelswarms.evaluation.reward import combine, normalise
+from modelswarms.evaluation.reward import RewardConfig, combine, normalise
 from modelswarms.testing import make_tiny_llama, make_tiny_reward_model, make_utility
 
 from .conftest import SHARED_EVAL, make_mc_items

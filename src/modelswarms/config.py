@@ -7,21 +7,19 @@ paths are resolved against the config file's folder, so a config can travel with
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, ClassVar, Literal
 
 import yaml
 from pydantic import (
     BaseModel,
     ConfigDict,
-    Discriminator,
     Field,
     PrivateAttr,
-    Tag,
-    TypeAdapter,
     ValidationError,
     field_validator,
     model_validator,
 )
+from pydantic_core import core_schema
 
 from .errors import ConfigError
 from .models import EMBEDDED
@@ -135,55 +133,6 @@ class DataConfig(StrictModel):
         return self.path or (f"preset {self.preset}" if self.preset else " + ".join(self.tasks))
 
 
-class JudgeConfig(StrictModel):
-    """An LLM that rates answers 1-10: a local Hugging Face chat model or any
-    OpenAI-compatible chat-completions endpoint. The API key is never part of the config:
-    `api_key_env` names the environment variable that holds it."""
-
-    kind: Literal["endpoint", "local"] = "endpoint"
-    model: str = Field(description="endpoint model name, or a local folder / hub id / smollm2")
-    base_url: str | None = Field(None, description="endpoint base URL, e.g. http://host:8000/v1")
-    api_key_env: str | None = Field(None, description="environment variable holding the key")
-    concurrency: int = Field(8, ge=1, description="requests in flight at once")
-    timeout: float = Field(60.0, gt=0, description="seconds per request")
-    retries: int = Field(3, ge=0, description="retries after a failed or timed-out request")
-    backoff: float = Field(1.0, ge=0, description="first retry delay in seconds; doubles")
-    max_tokens: int = Field(64, ge=1, description="tokens the judge may write")
-    cache_dir: str | None = Field(
-        None, description="on-disk rating cache; default $MODELSWARMS_CACHE/judge")
-    on_failure: Literal["exclude", "lowest", "error"] = Field(
-        "exclude", description="a failed, timed-out or unparseable rating: left out of the "
-        "mean, counted as the lowest rating, or stops the run; always counted in the report")
-    template: str | None = Field(
-        None, description="judge prompt with {topic}, {prompt}, {answer}")
-
-    @model_validator(mode="after")
-    def _endpoint_needs_url(self) -> JudgeConfig:
-        if self.kind == "endpoint" and not self.base_url:
-            raise ValueError("judge.base_url is required for an endpoint judge")
-        return self
-
-
-class RewardConfig(StrictModel):
-    """A local Hugging Face sequence-classification reward model; its raw score r becomes
-    clip((r - low) / (high - low), 0, 1). The variants mix in the answer's length
-    l = new tokens / max_new_tokens: concise (1-w)*reward + w*(1 - l), verbose
-    (1-w)*reward + w*l, reverse 1 - reward."""
-
-    model: str = Field(description="folder or hub id of the reward model")
-    variant: Literal["plain", "concise", "verbose", "reverse"] = "plain"
-    low: float = Field(-5.0, description="raw reward mapped to 0")
-    high: float = Field(5.0, description="raw reward mapped to 1")
-    length_weight: float = Field(0.5, ge=0, le=1, description="w of concise / verbose")
-    batch_size: int = Field(8, ge=1)
-
-    @model_validator(mode="after")
-    def _range(self) -> RewardConfig:
-        if self.high <= self.low:
-            raise ValueError("reward.high must be greater than reward.low")
-        return self
-
-
 class EstimateConfig(StrictModel):
     """Fitness from fewer items (runs/estimate.py): candidates are scored on `items` anchor
     items of dev and their full-dev utility is estimated from them."""
@@ -195,7 +144,15 @@ class EstimateConfig(StrictModel):
         "anchors, weighted by cluster size); random: a uniform random subset (a baseline)")
 
 
-class _UtilityBase(StrictModel):
+class UtilityBase(StrictModel):
+    """The keys every utility has. A utility's own config subclasses this beside its code and
+    declares itself with `register_utility(name, config=...)`; it says what it supports by
+    the class attributes and properties below, which orchestration reads instead of its
+    settings."""
+
+    # Its tasks bring their documents: a run with it has no `data:` section.
+    brings_documents: ClassVar[bool] = False
+
     estimate: EstimateConfig | None = Field(
         None, description="score candidates on a few dev items and estimate full-dev "
         "utility; the best is re-scored on full dev before it is reported or exported")
@@ -204,8 +161,23 @@ class _UtilityBase(StrictModel):
         "with a message naming it, or score that candidate -inf (never a best, the worst seen) "
         "and go on; counted as `invalid_utility` in the report either way")
 
+    @property
+    def log_likelihood(self) -> bool:
+        """It reads the model's next-token distributions only (no generation), so averaged
+        distributions (a logit average) can be scored."""
+        return False
 
-class _PromptedUtility(_UtilityBase):
+    @property
+    def documents_name(self) -> str:
+        """What its items are, for reports, when it brings its documents."""
+        return str(getattr(self, "type", "utility"))
+
+    def resolved(self, root: Path) -> UtilityBase:
+        """The config with its file paths made relative to `root` (the config's folder)."""
+        return self
+
+
+class PromptedUtility(UtilityBase):
     """A utility that prompts the model: its template, chat turn and answer length."""
 
     chat_template: bool | None = Field(None, description="None: use it when the tokenizer has one")
@@ -213,171 +185,53 @@ class _PromptedUtility(_UtilityBase):
     max_new_tokens: int = Field(16, ge=1, description="length of a generated answer")
 
 
-Scoring = Literal["letter", "cloze", "cloze_norm", "permuted", "generate"]
-SCORING_HELP = (
-    "multiple choice: the option letter's log-likelihood after the lettered list (letter); the "
-    "option text's log-likelihood after the question, summed (cloze, lm-eval's acc) or per "
-    "character (cloze_norm, lm-eval's acc_norm); letter scoring averaged over the cyclic "
-    "rotations of the options (permuted: cancels a letter prior); or greedy generation parsed "
-    "for a letter (generate, the paper's way)")
+# utility type -> its config class, filled by register_utility (evaluation/utilities.py);
+# "custom" is the config of a utility registered without one of its own.
+UTILITY_CONFIGS: dict[str, type[UtilityBase]] = {}
+DEFAULT_UTILITY = "multiple_choice"
 
 
-class _ChoiceScoring(_PromptedUtility):
-    scoring: Scoring = Field("letter", description=SCORING_HELP)
-
-    @model_validator(mode="before")
-    @classmethod
-    def _old_scoring_name(cls, data: Any) -> Any:
-        # "loglik" named the letter mode before the cloze modes existed
-        if isinstance(data, dict) and data.get("scoring") == "loglik":
-            data = {**data, "scoring": "letter"}
-        return data
-
-
-class MultipleChoiceConfig(_ChoiceScoring):
-    type: Literal["multiple_choice"] = "multiple_choice"
-
-
-class ExactMatchConfig(_PromptedUtility):
-    type: Literal["exact_match"]
-
-
-class MultiTaskConfig(_ChoiceScoring):
-    """The harmonic mean over tasks: multiple choice where items have choices, else exact
-    match; `scoring` is the multiple-choice tasks'."""
-
-    type: Literal["multi_task"]
-
-
-class AbstainQAConfig(_ChoiceScoring):
-    type: Literal["abstain_qa"]
-
-
-class PythonUtilityConfig(_UtilityBase):
-    type: Literal["python"]
-    function: str = Field(pattern=r"^[^:\s]+:[^:\s]+$",
-                          description="'module:function', called as fn(model, tokenizer, items)")
-
-
-class HumanInterestConfig(_PromptedUtility):
-    type: Literal["human_interest"]
-    judge: JudgeConfig = Field(description="the LLM that rates the answers")
-    topic: str = Field(min_length=1, description="the interest the judge rates for, e.g. "
-                       "'finance'")
-
-
-class RewardModelConfig(_PromptedUtility):
-    type: Literal["reward_model"]
-    reward: RewardConfig = Field(description="the reward model")
-
-
-class CustomUtilityConfig(_PromptedUtility):
-    """A utility of the user's: a name given to `register_utility`, or 'module:Class' (a class
-    or factory called with this config). Its own settings go under `params`."""
-
-    type: str = Field(min_length=1)
-    params: dict[str, Any] = Field(default_factory=dict, description="the utility's settings")
-    judge: JudgeConfig | None = Field(None, description="a rater, for judged utilities")
-
-
-LmEvalSplit = Literal["auto", "train", "validation", "test"]
-
-
-class LmEvalConfig(_UtilityBase):
-    """Tasks of lm-evaluation-harness (pip install 'modelswarms[lm-eval]'): lm-eval turns each
-    document into its prompt, options and target and computes the metric; our engine runs the
-    model (evaluation/lm_eval_tasks.py). The tasks bring their documents: a run with this
-    utility has no `data:` section."""
-
-    type: Literal["lm_eval"]
-    tasks: list[str] = Field(min_length=1, description="lm-eval task names (registered, or "
-                             "defined in include_path) or task YAML files")
-    include_path: list[str] = Field(
-        default_factory=list, description="folders of your own task YAML files (lm-eval's "
-        "include_path); relative to the config file")
-    metric: str | dict[str, str] | None = Field(
-        None, description="the metric maximised, for every task or per task: acc, acc_norm, "
-        "acc_bytes, acc_mutual_info (multiple_choice), exact_match or another per-document "
-        "mean (generate_until); default: each task's first metric")
-    filter: str | None = Field(
-        None, description="generate_until: the task's filter pipeline whose answer is scored "
-        "(e.g. strict-match); default: its first")
-    num_fewshot: int | None = Field(
-        None, ge=0, description="few-shot examples; default: the task's own, else 0 (as in "
-        "lm-eval, a task whose config says 0 stays at 0)")
-    fewshot_seed: int = Field(1234, description="seed of lm-eval's few-shot sampler "
-                              "(lm-eval's default)")
-    dev_split: LmEvalSplit = Field(
-        "auto", description="the task split the search scores; auto: validation, else "
-        "train, else test")
-    test_split: LmEvalSplit = Field(
-        "auto", description="the split of the report's test scores; auto: test, else the "
-        "documents of the dev split after the dev documents")
-    max_dev: int | None = Field(None, ge=1, description="first documents of the dev split, "
-                                "per task")
-    max_test: int | None = Field(None, ge=1, description="first documents of the test split, "
-                                 "per task")
-    add_bos_token: bool | None = Field(
-        None, description="lm-eval's add_bos_token: prepend BOS to every context; None: what "
-        "the tokenizer does by default (as lm-eval)")
-
-    @model_validator(mode="before")
-    @classmethod
-    def _one_path(cls, data: Any) -> Any:
-        if isinstance(data, dict) and isinstance(data.get("include_path"), str):
-            data = {**data, "include_path": [data["include_path"]]}
-        return data
-
-    @property
-    def documents_name(self) -> str:
-        """What the items are, for reports."""
-        return "lm_eval " + ", ".join(Path(t).stem if t.endswith((".yaml", ".yml")) else t
-                                      for t in self.tasks)
-
-    def resolved(self, root: Path) -> LmEvalConfig:
-        """include_path and task YAML files relative to `root` (the config's folder)."""
-        def local(p: str) -> str:
-            return str((root / Path(p).expanduser()).resolve())
-
-        return self.model_copy(update={
-            "include_path": [local(p) for p in self.include_path],
-            "tasks": [local(t) if t.endswith((".yaml", ".yml")) else t for t in self.tasks]})
-
-
-# utility types whose tasks bring their own documents: their runs take no `data:` section
-OWN_DOCUMENTS = ("lm_eval",)
-
-
-UTILITY_CONFIGS: dict[str, type[StrictModel]] = {
-    "multiple_choice": MultipleChoiceConfig, "exact_match": ExactMatchConfig,
-    "multi_task": MultiTaskConfig, "abstain_qa": AbstainQAConfig,
-    "python": PythonUtilityConfig, "human_interest": HumanInterestConfig,
-    "reward_model": RewardModelConfig, "lm_eval": LmEvalConfig,
-}
+def register_utility_config(name: str, config: type[UtilityBase]) -> None:
+    UTILITY_CONFIGS[name] = config
 
 
 def _utility_tag(value: Any) -> str:
-    kind = value.get("type", "multiple_choice") if isinstance(value, dict) else \
-        getattr(value, "type", "multiple_choice")
+    kind = value.get("type", DEFAULT_UTILITY) if isinstance(value, dict) else \
+        getattr(value, "type", DEFAULT_UTILITY)
     # a type that is not text (a list, a mapping) is the custom config's to refuse by name
     return kind if isinstance(kind, str) and kind in UTILITY_CONFIGS else "custom"
 
 
-# `utility:` is one of these, chosen by its `type`: a key that belongs to another utility
-# (say `topic` on multiple_choice) is an unknown key, not silently ignored.
-UtilityConfig = Annotated[
-    Annotated[MultipleChoiceConfig, Tag("multiple_choice")]
-    | Annotated[ExactMatchConfig, Tag("exact_match")]
-    | Annotated[MultiTaskConfig, Tag("multi_task")]
-    | Annotated[AbstainQAConfig, Tag("abstain_qa")]
-    | Annotated[PythonUtilityConfig, Tag("python")]
-    | Annotated[HumanInterestConfig, Tag("human_interest")]
-    | Annotated[RewardModelConfig, Tag("reward_model")]
-    | Annotated[LmEvalConfig, Tag("lm_eval")]
-    | Annotated[CustomUtilityConfig, Tag("custom")],
-    Discriminator(_utility_tag),
-]
-_UTILITY_ADAPTER: TypeAdapter[Any] = TypeAdapter(UtilityConfig)
+def _validate_utility(value: Any) -> UtilityBase:
+    """`utility:` is the registered config its `type` names: a key that belongs to another
+    utility (say `topic` on multiple_choice) is an unknown key, not silently ignored."""
+    if isinstance(value, UtilityBase):
+        return value
+    tag = _utility_tag(value)
+    try:
+        return UTILITY_CONFIGS[tag].model_validate(value)
+    except ValidationError as err:  # located under the tag, as a tagged union would be
+        raise ValidationError.from_exception_data(err.title, [
+            {"type": e["type"], "loc": (tag, *e["loc"]), "input": e["input"],
+             **({"ctx": e["ctx"]} if "ctx" in e else {})}
+            for e in err.errors()]) from None
+
+
+class _RegisteredUtility:
+    """The schema of `utility:`, built from the registry when it is used (the configs
+    register after this module is loaded)."""
+
+    @classmethod
+    def __get_pydantic_core_schema__(cls, source: Any, handler: Any) -> Any:
+        return core_schema.no_info_plain_validator_function(_validate_utility)
+
+    @classmethod
+    def __get_pydantic_json_schema__(cls, schema: Any, handler: Any) -> Any:
+        configs = list(dict.fromkeys(UTILITY_CONFIGS.values()))
+        return handler(core_schema.union_schema([c.__pydantic_core_schema__ for c in configs]))
+
+
+UtilityConfig = Annotated[UtilityBase, _RegisteredUtility]
 
 
 def engine_config(source: str = "model", **fields: Any) -> ModelConfig:
@@ -392,14 +246,14 @@ def engine_config(source: str = "model", **fields: Any) -> ModelConfig:
 def utility_config(**fields: Any) -> Any:
     """A utility config from keyword fields (`type` picks the kind; multiple_choice if none)."""
     try:
-        return _UTILITY_ADAPTER.validate_python(fields)
+        return _validate_utility(fields)
     except ValidationError as err:
         raise ConfigError(_format_errors(err, "utility config", prefix=("utility",))) from None
 
 
 def as_utility(cfg: Any, kind: str, **update: Any) -> Any:
     """`cfg`'s shared settings under another utility type (a utility built from parts)."""
-    target = UTILITY_CONFIGS.get(kind, CustomUtilityConfig)
+    target = UTILITY_CONFIGS.get(kind, UTILITY_CONFIGS["custom"])
     keep = {k: v for k, v in cfg.model_dump().items() if k in target.model_fields}
     return utility_config(**{**keep, "type": kind, **update})
 
@@ -581,7 +435,9 @@ class RunConfig(StrictModel):
     experts: ExpertsConfig
     data: DataConfig | None = Field(
         None, description="the items a search scores (run, compare, hswarm; not merge)")
-    utility: UtilityConfig = MultipleChoiceConfig()
+    utility: UtilityConfig = Field(default_factory=lambda: utility_config(),
+                                   description="what the search maximises; `type` picks the "
+                                   "utility, the other keys are that utility's")
     strategy: str = Field(
         "swarm", description="the search, a registered strategy: swarm (Model Swarms), cmaes "
         "or random (over merge coefficients), greedy_soup, hswarm (Heterogeneous Swarms)")
@@ -622,7 +478,7 @@ class RunConfig(StrictModel):
 
     @model_validator(mode="after")
     def _documents_once(self) -> RunConfig:
-        if self.data is not None and self.utility.type in OWN_DOCUMENTS:
+        if self.data is not None and self.utility.brings_documents:
             raise ValueError(f"data: utility type {self.utility.type} takes its documents from "
                              "its tasks; remove `data:` (utility.dev_split, test_split, max_dev "
                              "and max_test choose them)")
@@ -631,7 +487,7 @@ class RunConfig(StrictModel):
     def need_data(self, command: str) -> DataConfig | None:
         """The `data:` section; None when the utility's tasks bring their documents (lm_eval:
         the utility's `split_items` gives them)."""
-        if self.data is None and self.utility.type not in OWN_DOCUMENTS:
+        if self.data is None and not self.utility.brings_documents:
             raise ConfigError(f"data: {command} scores candidates on items; the config has no "
                               "`data:` section (path, tasks, preset or hf)")
         return self.data
@@ -741,8 +597,7 @@ def resolve_paths(cfg: RunConfig, root: Path) -> RunConfig:
         "dir": str((root / Path(cfg.output.dir).expanduser()).resolve()),
         "tracking_dir": _resolve(cfg.output.tracking_dir, root) if cfg.output.tracking_dir
         else None})
-    utility = cfg.utility.resolved(root) if isinstance(cfg.utility, LmEvalConfig) else \
-        cfg.utility
+    utility = cfg.utility.resolved(root)
     return cfg.model_copy(update={"experts": experts, "data": data, "output": output,
                                   "utility": utility})
 

@@ -1,1 +1,8 @@
-"""Evaluation: task data, prompts, batched scoring, utilities and the resident model."""
+"""Evaluation: task data, prompts, batched scoring, utilities and the resident model.
+
+The built-in utilities register themselves (and their configs, which `utility:` in a config
+is checked against) when their modules load; loading them here makes them known to any
+code that imports modelswarms.
+"""
+
+from . import abstain, judges, lm_eval_tasks, multitask, reward, utilities  # noqa: F401

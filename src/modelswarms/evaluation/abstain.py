@@ -9,18 +9,22 @@ are scored one at a time (no score_many).
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
 from ..config import UtilityConfig, as_utility
 from . import generation
 from .prompts import encode, multiple_choice_prompt, render, uses_chat
-from .utilities import ItemScores, _pad_id, build_utility, register_utility
+from .utilities import ChoiceScoring, ItemScores, _pad_id, build_utility, register_utility
 
 CHECK = ("{question}\nProposed answer: {letter}: {text}\n"
          "Is the proposed answer true or false?")
 
 
-@register_utility("abstain_qa")
+class AbstainQAConfig(ChoiceScoring):
+    type: Literal["abstain_qa"]
+
+
+@register_utility("abstain_qa", config=AbstainQAConfig)
 class AbstainQA:
     required_fields = ("question", "choices", "answer")
 

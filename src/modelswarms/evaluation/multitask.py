@@ -8,11 +8,17 @@ Model Swarms data files (`data.root`); MMLU subsets are picked by subject.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
 from ..config import UtilityConfig, as_utility
 from ..errors import DataError
-from .utilities import ItemScores, _ScoresEachParticle, build_utility, register_utility
+from .utilities import (
+    ChoiceScoring,
+    ItemScores,
+    _ScoresEachParticle,
+    build_utility,
+    register_utility,
+)
 
 _MEDICAL = ("anatomy", "clinical_knowledge", "college_medicine", "medical_genetics",
             "nutrition", "professional_medicine", "virology")
@@ -39,7 +45,14 @@ def harmonic_mean(values: list[float]) -> float:
     return len(values) / sum(1 / v for v in values)
 
 
-@register_utility("multi_task")
+class MultiTaskConfig(ChoiceScoring):
+    """The harmonic mean over tasks: multiple choice where items have choices, else exact
+    match; `scoring` is the multiple-choice tasks'."""
+
+    type: Literal["multi_task"]
+
+
+@register_utility("multi_task", config=MultiTaskConfig)
 class MultiTask(_ScoresEachParticle):
     """Harmonic mean over tasks; per item the task utility's score."""
 

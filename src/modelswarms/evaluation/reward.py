@@ -3,16 +3,17 @@
 The reward model is a local Hugging Face sequence-classification model with one output
 (e.g. a Skywork / ArmoRM-style RM), loaded once on the policy model's device and kept
 resident. It sees (prompt, answer) as a chat when its tokenizer has a template, else as
-"prompt\\n\\nanswer". Normalisation and variants: see RewardConfig in config.py.
+"prompt\\n\\nanswer". Normalisation and variants: see RewardConfig below.
 """
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
 import torch
+from pydantic import Field, model_validator
 
-from ..config import UtilityConfig
+from ..config import PromptedUtility, StrictModel, UtilityConfig
 from ..errors import ConfigError
 from . import generation
 from .prompts import encode, render, uses_chat
@@ -34,7 +35,32 @@ def combine(reward: float, length: float, variant: str, weight: float) -> float:
     return reward
 
 
-@register_utility("reward_model")
+class RewardConfig(StrictModel):
+    """A local Hugging Face sequence-classification reward model; its raw score r becomes
+    clip((r - low) / (high - low), 0, 1). The variants mix in the answer's length
+    l = new tokens / max_new_tokens: concise (1-w)*reward + w*(1 - l), verbose
+    (1-w)*reward + w*l, reverse 1 - reward."""
+
+    model: str = Field(description="folder or hub id of the reward model")
+    variant: Literal["plain", "concise", "verbose", "reverse"] = "plain"
+    low: float = Field(-5.0, description="raw reward mapped to 0")
+    high: float = Field(5.0, description="raw reward mapped to 1")
+    length_weight: float = Field(0.5, ge=0, le=1, description="w of concise / verbose")
+    batch_size: int = Field(8, ge=1)
+
+    @model_validator(mode="after")
+    def _range(self) -> RewardConfig:
+        if self.high <= self.low:
+            raise ValueError("reward.high must be greater than reward.low")
+        return self
+
+
+class RewardModelConfig(PromptedUtility):
+    type: Literal["reward_model"]
+    reward: RewardConfig = Field(description="the reward model")
+
+
+@register_utility("reward_model", config=RewardModelConfig)
 class RewardModel(_ScoresEachParticle):
     required_fields = ("prompt",)
 

@@ -10,12 +10,15 @@ import importlib
 import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, Literal, Protocol
 
-from ..config import UtilityConfig
+from pydantic import Field, model_validator
+
+from ..config import PromptedUtility, UtilityBase, UtilityConfig, register_utility_config
 from ..errors import ConfigError, UtilityError
 from . import generation
 from .extract import extract_letter, extract_number, normalize_number
+from .judges import JudgeConfig, build_judge
 from .prompts import (
     cloze_continuation,
     cloze_prompt,
@@ -25,6 +28,62 @@ from .prompts import (
     render,
     uses_chat,
 )
+
+# The configs of the utilities defined here (each registered with its utility below).
+
+Scoring = Literal["letter", "cloze", "cloze_norm", "permuted", "generate"]
+SCORING_HELP = (
+    "multiple choice: the option letter's log-likelihood after the lettered list (letter); the "
+    "option text's log-likelihood after the question, summed (cloze, lm-eval's acc) or per "
+    "character (cloze_norm, lm-eval's acc_norm); letter scoring averaged over the cyclic "
+    "rotations of the options (permuted: cancels a letter prior); or greedy generation parsed "
+    "for a letter (generate, the paper's way)")
+
+
+class ChoiceScoring(PromptedUtility):
+    scoring: Scoring = Field("letter", description=SCORING_HELP)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _old_scoring_name(cls, data: Any) -> Any:
+        # "loglik" named the letter mode before the cloze modes existed
+        if isinstance(data, dict) and data.get("scoring") == "loglik":
+            data = {**data, "scoring": "letter"}
+        return data
+
+
+class MultipleChoiceConfig(ChoiceScoring):
+    type: Literal["multiple_choice"] = "multiple_choice"
+
+    @property
+    def log_likelihood(self) -> bool:
+        return self.scoring != "generate"
+
+
+class ExactMatchConfig(PromptedUtility):
+    type: Literal["exact_match"]
+
+
+class PythonUtilityConfig(UtilityBase):
+    type: Literal["python"]
+    function: str = Field(pattern=r"^[^:\s]+:[^:\s]+$",
+                          description="'module:function', called as fn(model, tokenizer, items)")
+
+
+class HumanInterestConfig(PromptedUtility):
+    type: Literal["human_interest"]
+    judge: JudgeConfig = Field(description="the LLM that rates the answers")
+    topic: str = Field(min_length=1, description="the interest the judge rates for, e.g. "
+                       "'finance'")
+
+
+class CustomUtilityConfig(PromptedUtility):
+    """A utility of the user's: a name given to `register_utility`, or 'module:Class' (a class
+    or factory called with this config). Its own settings go under `params`."""
+
+    type: str = Field(min_length=1)
+    params: dict[str, Any] = Field(default_factory=dict, description="the utility's settings")
+    judge: JudgeConfig | None = Field(None, description="a rater, for judged utilities")
 
 
 @dataclass(frozen=True)
@@ -60,13 +119,19 @@ class _ScoresEachParticle:
 
 
 UTILITIES: dict[str, Callable[[UtilityConfig], Utility]] = {}
+register_utility_config("custom", CustomUtilityConfig)
 
 
-def register_utility(name: str, fn: Callable[..., Any] | None = None):
+def register_utility(name: str, fn: Callable[..., Any] | None = None, *,
+                     config: type[UtilityBase] | None = None):
     """`@register_utility("mine")` on a class makes `utility.type: mine` available (the class
     is called with the utility's config). `register_utility("mine", fn)` does the same for a
     plain function fn(model, tokenizer, items) returning a float, per-item floats or
-    ItemScores."""
+    ItemScores. `config`: the utility's own config class (a UtilityBase with `type:
+    Literal["mine"]`), so its keys are checked like a built-in utility's; without one its
+    settings go under `params`."""
+    if config is not None:
+        register_utility_config(name, config)
     if fn is not None:
         def factory(cfg: Any) -> Utility:
             utility = FunctionUtility(fn, name)
@@ -133,7 +198,7 @@ def pick_options(items: list[dict], logps: list[list[float]]) -> ItemScores:
     return ItemScores(_mean(scores), scores, preds)
 
 
-@register_utility("multiple_choice")
+@register_utility("multiple_choice", config=MultipleChoiceConfig)
 class MultipleChoice(_ScoresEachParticle):
     """Accuracy on multiple-choice items; `scoring` says how an option is chosen.
 
@@ -257,7 +322,7 @@ class MultipleChoice(_ScoresEachParticle):
         return results
 
 
-@register_utility("exact_match")
+@register_utility("exact_match", config=ExactMatchConfig)
 class ExactMatch(_ScoresEachParticle):
     """Greedy answer; numeric golds compare as numbers (GSM8K), others by containment."""
 
@@ -321,7 +386,7 @@ class FunctionUtility:
         return result
 
 
-@register_utility("python")
+@register_utility("python", config=PythonUtilityConfig)
 class PythonUtility(FunctionUtility):
     """`function: module:name`, called as fn(model, tokenizer, items)."""
 
@@ -335,7 +400,7 @@ class PythonUtility(FunctionUtility):
         self.cfg = cfg
 
 
-@register_utility("human_interest")
+@register_utility("human_interest", config=HumanInterestConfig)
 class HumanInterest(_ScoresEachParticle):
     """The paper's human-interest objective: the model answers each prompt, an LLM judge rates
     how well the answer serves someone interested in `topic` (1-10); utility = mean rating / 10.
@@ -348,8 +413,6 @@ class HumanInterest(_ScoresEachParticle):
     required_fields = ("prompt",)
 
     def __init__(self, cfg: UtilityConfig):
-        from .judges import build_judge
-
         self.cfg = cfg
         self.judge = build_judge(cfg.judge)  # once: a local judge loads its model once
 
