@@ -133,7 +133,7 @@ def logit_average_row(ctx: RowContext) -> list[dict[str, Any]]:
     if (uniform := s.pool.uniform_ensemble(s.experts)) is not None:
         return [{"name": f"experts, uniform {s.pool.kind}", **_scores(s, uniform)}]
     # every log-likelihood scoring reads the averaged distribution; generation does not
-    if not (s.cfg.utility.type == "multiple_choice" and s.cfg.utility.scoring != "generate"):
+    if not s.cfg.utility.log_likelihood:
         raise ConfigError("logit averaging needs the log-likelihood multiple_choice utility")
     if not hasattr(s.evaluator, "score_ensemble"):
         raise ConfigError("logit averaging: this evaluator cannot run experts side by side")
