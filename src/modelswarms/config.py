@@ -31,6 +31,15 @@ class StrictModel(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
 
+# experts.compose -> how its experts combine, filled by pool/base.py's register_pool (a pool
+# kind declares itself there; the names live here so a config is checked before any load).
+POOL_KINDS: list[str] = []
+
+
+def _compose_values(schema: dict[str, Any]) -> None:
+    schema["enum"] = sorted(POOL_KINDS)
+
+
 class ExpertsConfig(StrictModel):
     paths: list[str] = Field(min_length=1, description="LoRA adapter folders or model folders")
     base_model: str | None = Field(
@@ -39,10 +48,19 @@ class ExpertsConfig(StrictModel):
     include: list[str] = Field(default_factory=list, description="globs of searched tensors")
     exclude: list[str] = Field(default_factory=list, description="globs of frozen tensors")
     trust_remote_code: bool = False
-    compose: Literal["weights", "mixture"] = Field(
+    compose: str = Field(
         "weights", description="weights: one architecture, particles are weights; mixture: "
         "experts of any architecture, particles are mixing weights of their next-token "
-        "distributions (a token swarm)")
+        "distributions (a token swarm); or another registered pool kind",
+        json_schema_extra=_compose_values)
+
+    @field_validator("compose")
+    @classmethod
+    def _known_kind(cls, kind: str) -> str:
+        if kind not in POOL_KINDS:
+            raise ValueError(f"unknown pool kind {kind!r}; registered: "
+                             f"{', '.join(sorted(POOL_KINDS))}")
+        return kind
 
 
 # `datasets` builders that read local files named in data_files (a path, not a hub id)

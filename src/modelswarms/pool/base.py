@@ -13,6 +13,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, Protocol
 
+from ..config import POOL_KINDS as COMPOSE_NAMES
 from ..errors import ConfigError
 
 if TYPE_CHECKING:
@@ -77,6 +78,8 @@ def register_pool(compose: str) -> Callable[[type], type]:
     makes `experts.compose: name` open it."""
     def deco(cls: type) -> type:
         POOL_KINDS[compose] = cls
+        if compose not in COMPOSE_NAMES:
+            COMPOSE_NAMES.append(compose)
         return cls
     return deco
 

@@ -17,7 +17,6 @@ from ..config import ExpertsConfig, RunConfig
 from ..evaluation.data import load_split
 from ..evaluation.evaluator import Evaluator
 from ..evaluation.utilities import ItemScores, Utility, build_utility
-from ..mixture import pool as _mixture_pool  # noqa: F401  (registers experts.compose: mixture)
 from ..pool import Pool
 from ..pool import open_pool as open_kind
 from ..space import FlatSpace
