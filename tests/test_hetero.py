@@ -17,12 +17,12 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from modelswarms.cli import main
-from modelswarms.config import SwarmConfig, load_config
+from modelswarms.config import load_config
 from modelswarms.hetero import Dag, HeteroSwarm, chain, decode, hswarm, jfk_scores, star
 from modelswarms.hetero.graph import random_adjacency
 from modelswarms.hetero.system import SystemScorer
 from modelswarms.runs.session import Session
-from modelswarms.search.swarm import ModelSwarm
+from modelswarms.search.swarm import ModelSwarm, SwarmConfig
 
 
 def write_config(tmp_path: Path, experts, data, **hswarm_knobs) -> Path:

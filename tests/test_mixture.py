@@ -158,10 +158,10 @@ def test_experts_without_one_chat_format_refuse_a_chat_prompt(experts):
 def test_a_token_swarm_searches_mixing_weights_through_the_evaluator_seam(experts):
     """The loop's scorer and Model Swarms, unchanged, over a mixture evaluator: particles
     start as the experts (one-hot rows) and the search can only improve on them."""
-    from modelswarms.config import SwarmConfig
     from modelswarms.mixture.evaluator import MixtureEvaluator, mixing_weights
     from modelswarms.runs.scorer import Scorer
     from modelswarms.search import ModelSwarm
+    from modelswarms.search.swarm import SwarmConfig
 
     mix = MixtureLM(experts)
     utility = make_utility(scoring="cloze", chat_template=False)

@@ -10,7 +10,6 @@ import random
 import pytest
 import torch
 
-from modelswarms.config import SwarmConfig
 from modelswarms.runs.stats import (
     dev_ranks,
     pack_scores,
@@ -20,7 +19,7 @@ from modelswarms.runs.stats import (
     verdict,
     weak_to_strong,
 )
-from modelswarms.search.swarm import ModelSwarm
+from modelswarms.search.swarm import ModelSwarm, SwarmConfig
 
 
 def _percentile(sorted_values: list[float], q: float) -> float:

@@ -240,16 +240,37 @@ class _RegisteredUtility:
     register after this module is loaded)."""
 
     @classmethod
+    def members(cls) -> list[type[UtilityBase]]:
+        """The registered utility configs (for a reader that walks the config models)."""
+        return list(dict.fromkeys(UTILITY_CONFIGS.values()))
+
+    @classmethod
     def __get_pydantic_core_schema__(cls, source: Any, handler: Any) -> Any:
         return core_schema.no_info_plain_validator_function(_validate_utility)
 
     @classmethod
     def __get_pydantic_json_schema__(cls, schema: Any, handler: Any) -> Any:
-        configs = list(dict.fromkeys(UTILITY_CONFIGS.values()))
-        return handler(core_schema.union_schema([c.__pydantic_core_schema__ for c in configs]))
+        return handler(core_schema.union_schema([c.__pydantic_core_schema__
+                                                 for c in cls.members()]))
 
 
 UtilityConfig = Annotated[UtilityBase, _RegisteredUtility]
+
+
+def field_models(field: Any) -> list[type[BaseModel]]:
+    """The config models a field of a config model holds (a model, an optional one, a
+    union's members, or what is registered for it: every utility config, a strategy's
+    section), for readers that walk the config (the config reference, the fuzzer)."""
+    for marker in field.metadata:
+        if hasattr(marker, "members"):
+            return marker.members()
+
+    def models(annotation: Any) -> list[type[BaseModel]]:
+        if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+            return [annotation]
+        return [m for arg in getattr(annotation, "__args__", ()) for m in models(arg)]
+
+    return models(field.annotation)
 
 
 def engine_config(source: str = "model", **fields: Any) -> ModelConfig:
@@ -276,43 +297,39 @@ def as_utility(cfg: Any, kind: str, **update: Any) -> Any:
     return utility_config(**{**keep, "type": kind, **update})
 
 
-class SwarmConfig(StrictModel):
-    particles: int | None = Field(None, ge=2, description="grow the population to this size")
-    inertia: float = Field(0.4, ge=0)
-    cognitive: float = Field(0.3, ge=0)
-    social: float = Field(0.3, ge=0)
-    repel: float = Field(0.3, ge=0)
-    use_repel: bool = True
-    random_factors: bool = True
-    step_length: float = Field(1.0, gt=0)
-    step_decay: float = Field(0.95, gt=0, le=1)
-    min_step: float = Field(0.1, ge=0)
-    start_velocity: Literal["random", "zero", "best"] = "random"
-    restart_patience: float = Field(0.5, gt=0, description="fraction of `patience`")
-    restart_cooldown: int = Field(
-        0, ge=0, description="extra iterations a restarted particle waits before it can restart")
-    patience: int = Field(10, ge=1)
-    max_iterations: int = Field(200, ge=0)
-    dtype: Literal["float32", "float64", "bfloat16", "float16"] = "float32"
-
-    @model_validator(mode="after")
-    def _coefficients(self) -> SwarmConfig:
-        total = self.inertia + self.cognitive + self.social + (self.repel if self.use_repel else 0)
-        if total <= 0:
-            raise ValueError("inertia + cognitive + social (+ repel) must be > 0")
-        return self
+# Config sections a strategy reads (`search`, `coefficients`): each section's class lives
+# beside its strategy's code and registers here (search/swarm.py, search/coefficients.py).
+SECTIONS: dict[str, type[StrictModel]] = {}
 
 
-class CoefficientSearchConfig(StrictModel):
-    """CMA-ES and random search over merge coefficients: a candidate is sum_i c_i * expert_i
-    (one c per expert, or per expert and layer), started at the uniform soup c_i = 1/n."""
+def register_section(name: str, config: type[StrictModel]) -> None:
+    SECTIONS[name] = config
 
-    per_layer: bool = Field(False, description="one coefficient per expert and layer")
-    sigma: float = Field(0.5, gt=0, description="CMA-ES step size, in units of 1/n")
-    population: int | None = Field(None, ge=2, description="CMA-ES population (default: "
-                                   "cma's 4 + 3 ln(dimension))")
-    spread: float = Field(1.0, gt=0, description="random search: c_i ~ U(0, (1 + spread) / n)")
-    max_iterations: int = Field(200, ge=1, description="generations / rounds of 10 draws")
+
+def section(name: str, **fields: Any) -> Any:
+    """Section `name`'s config with `fields` set, the rest defaults."""
+    return SECTIONS[name](**fields)
+
+
+class Section:
+    """A config field whose model is the one registered as section `name` (checked when a
+    config is read, so the class can live beside the strategy that reads it)."""
+
+    def __init__(self, name: str):
+        self.name = name
+
+    def members(self) -> list[type[StrictModel]]:
+        return [SECTIONS[self.name]]
+
+    def __get_pydantic_core_schema__(self, source: Any, handler: Any) -> Any:
+        def validate(value: Any) -> Any:
+            model = SECTIONS[self.name]
+            return value if isinstance(value, model) else model.model_validate(value)
+
+        return core_schema.no_info_plain_validator_function(validate)
+
+    def __get_pydantic_json_schema__(self, schema: Any, handler: Any) -> Any:
+        return handler(SECTIONS[self.name].__pydantic_core_schema__)
 
 
 class MergeSpec(StrictModel):
@@ -355,8 +372,8 @@ class HSwarmConfig(StrictModel):
         "weights only; both: the method")
     decode: Literal["argmax", "top_p"] = Field("argmax", description="adjacency -> DAG")
     top_p: float = Field(0.9, gt=0, le=1, description="nucleus of the top_p decoding")
-    role_search: SwarmConfig = Field(
-        default_factory=lambda: SwarmConfig(patience=4),
+    role_search: Annotated[StrictModel, Section("search")] = Field(
+        default_factory=lambda: section("search", patience=4),
         description="PSO knobs of the role-step (the weight-step uses `search`)")
     node_answers: Literal["generate", "choice"] = Field(
         "generate", description="what a non-end node passes on: generated text (the paper), "
@@ -459,8 +476,12 @@ class RunConfig(StrictModel):
     strategy: str = Field(
         "swarm", description="the search, a registered strategy: swarm (Model Swarms), cmaes "
         "or random (over merge coefficients), greedy_soup, hswarm (Heterogeneous Swarms)")
-    search: SwarmConfig = SwarmConfig()
-    coefficients: CoefficientSearchConfig = CoefficientSearchConfig()
+    search: Annotated[StrictModel, Section("search")] = Field(
+        default_factory=lambda: section("search"), description="Model Swarms' knobs (swarm, "
+        "layer_swarm; hswarm's weight-step)")
+    coefficients: Annotated[StrictModel, Section("coefficients")] = Field(
+        default_factory=lambda: section("coefficients"), description="the knobs of searches "
+        "over merge coefficients (cmaes, random)")
     budget: int | None = Field(None, ge=1, description="most utility evaluations a search may "
                                "use (every strategy); None: each strategy's own stop rules")
     model: ModelConfig = ModelConfig()
