@@ -1,6 +1,7 @@
-"""Adding a utility is one file: its config and its code, registered together. The file below
-is all a user writes; `utility:` in a config is then checked against its config class like a
-built-in utility's, and a search runs with it."""
+"""Adding a utility or a pool kind is one file. A utility's file holds its config and its code,
+registered together; `utility:` in a config is then checked against its config class like a
+built-in utility's, and a search runs with it. A pool kind's file holds one class, and
+`experts.compose` accepts its name."""
 
 from __future__ import annotations
 
@@ -110,3 +111,43 @@ def test_without_the_file_the_type_is_a_custom_utility(lora_experts, mc_data, tm
     path = write_config(tmp_path, lora_experts, mc_data, {"type": "next_token", "token": 5})
     with pytest.raises(ConfigError, match="utility.token: unknown key for utility type custom"):
         load_config(path)
+
+
+POOL_FILE = '''
+"""LoRA adapters named by their position in the config: a pool kind in one class."""
+
+from modelswarms.pool import LoraPool, load_pool, register_pool
+
+
+@register_pool("numbered")
+class NumberedPool(LoraPool):
+    @classmethod
+    def open(cls, experts):
+        names = [f"no. {i}" for i in range(len(experts.paths))]
+        pool = load_pool(experts.paths, base_model=experts.base_model, names=names)
+        return cls(pool.experts, pool.base_model, pool.template, pool.adapter_config)
+'''
+
+
+def test_a_pool_kind_from_one_file_is_a_compose_value(tmp_path, lora_experts, mc_data,
+                                                      monkeypatch):
+    from modelswarms.pool import base
+
+    monkeypatch.setattr(base, "POOL_KINDS", dict(base.POOL_KINDS))
+    monkeypatch.setattr(base, "COMPOSE_NAMES", list(base.COMPOSE_NAMES))
+    monkeypatch.setattr(config_module, "POOL_KINDS", base.COMPOSE_NAMES)
+    experts = {"paths": [str(p) for p in lora_experts], "compose": "numbered"}
+    with pytest.raises(ConfigError, match="experts.compose: .*unknown pool kind 'numbered'"):
+        ms.config(experts=experts, data=mc_data)
+    (tmp_path / "plugin").mkdir()
+    (tmp_path / "plugin" / "numbered_pool.py").write_text(textwrap.dedent(POOL_FILE))
+    monkeypatch.syspath_prepend(str(tmp_path / "plugin"))
+    importlib.import_module("numbered_pool")
+    monkeypatch.delitem(__import__("sys").modules, "numbered_pool")
+
+    monkeypatch.chdir(tmp_path)
+    cfg = ms.config(experts=experts, data=mc_data, budget=8, search={"max_iterations": 1},
+                    output={"evaluate_test": False})
+    result = ms.search(cfg)
+    rows = [r["name"] for r in result.report["rows"]]
+    assert "expert: no. 0" in rows and "base model" in rows  # a LoRA pool: the base is scored
