@@ -33,13 +33,13 @@ from pathlib import Path
 import torch
 from safetensors.torch import save_file
 
-from modelswarms.config import RunConfig, SwarmConfig
+from modelswarms.config import RunConfig
 from modelswarms.evaluation.backend import load_causal_lm
 from modelswarms.models import smollm2_path
 from modelswarms.runs.checkpoint import save_checkpoint
 from modelswarms.runs.session import Session
 from modelswarms.search import ModelSwarm
-from modelswarms.search.swarm import coefficients
+from modelswarms.search.swarm import SwarmConfig, coefficients
 
 # bench/ is not a package: its shared module is importable once this folder is on the path
 # (`python bench/X.py` puts it there; runpy, as the tests use, does not)

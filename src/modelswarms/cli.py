@@ -86,17 +86,27 @@ def main() -> None:
 @_run_options
 def run(config: str | None, resume_dir: str | None, overwrite: bool, accept_changes: bool,
         quiet: bool, debug: bool) -> None:
-    """Run a Model Swarms search described by CONFIG (YAML)."""
+    """Run the search CONFIG (YAML) describes: its `strategy:` (Model Swarms by default;
+    `hswarm` for Heterogeneous Swarms)."""
+    _search(config, resume_dir, overwrite, accept_changes, quiet, debug)
+
+
+def _search(config: str | None, resume_dir: str | None, overwrite: bool, accept_changes: bool,
+            quiet: bool, debug: bool, strategy: str | None = None) -> None:
+    from .api import search
     from .config import load_config
-    from .runs.runner import run as run_search
 
     if (config is None) == (resume_dir is None):
         raise click.UsageError("give a CONFIG file, or --resume RUN_DIR")
     _quiet_libraries()
     cfg = _guard(debug, load_config, config) if config else None
-    report = _guard(debug, run_search, cfg, resume=resume_dir, overwrite=overwrite,
-                    show_progress=not quiet, accept_changes=accept_changes)
-    print_report(report)
+    if cfg is not None:
+        result = _guard(debug, search, cfg, run_dir=cfg.output.dir, overwrite=overwrite,
+                        progress=not quiet, strategy=strategy)
+    else:
+        result = _guard(debug, search, run_dir=resume_dir, resume=True, progress=not quiet,
+                        accept_changes=accept_changes)
+    print_report(result.report)
 
 
 @main.command()
@@ -105,12 +115,12 @@ def run(config: str | None, resume_dir: str | None, overwrite: bool, accept_chan
 @click.option("--debug", is_flag=True, help="Show tracebacks.")
 def merge(config: str, overwrite: bool, debug: bool) -> None:
     """Merge the pool with one classic method (the `merge:` section of CONFIG)."""
+    from .api import merge as merge_pool
     from .config import load_config
-    from .runs.merge import merge_to_folder
 
     _quiet_libraries()
     cfg = _guard(debug, load_config, config)
-    out = _guard(debug, merge_to_folder, cfg, overwrite=overwrite)
+    out = _guard(debug, merge_pool, cfg, overwrite=overwrite)
     console.print(f"{cfg.merge.method} merge of {len(cfg.experts.paths)} experts written to "
                   f"{out}")
 
@@ -127,15 +137,18 @@ def merge(config: str, overwrite: bool, debug: bool) -> None:
 def compare_cmd(config: str | None, resume_dir: str | None, overwrite: bool,
                 accept_changes: bool, quiet: bool, debug: bool) -> None:
     """Compare Model Swarms with merges, ensembles and other searches (CONFIG's `compare:`)."""
+    from .api import compare
     from .config import load_config
-    from .runs.compare import compare
 
     if (config is None) == (resume_dir is None):
         raise click.UsageError("give a CONFIG file, or --resume FOLDER")
     _quiet_libraries()
     cfg = _guard(debug, load_config, config) if config else None
-    report = _guard(debug, compare, cfg, resume=resume_dir, overwrite=overwrite,
-                    accept_changes=accept_changes, show_progress=not quiet)
+    if cfg is not None:
+        report = _guard(debug, compare, cfg, overwrite=overwrite, progress=not quiet)
+    else:
+        report = _guard(debug, compare, None, out=resume_dir, resume=True,
+                        accept_changes=accept_changes, progress=not quiet)
     table = Table(title=f"{report['utility']} on {Path(report['dataset']).name}, budget "
                         f"{report['budget']}, seeds {report['seeds']}")
     for col in ("method", "dev", "test", "evals", "s"):
@@ -166,19 +179,9 @@ def status_cmd(folder: str, debug: bool) -> None:
 @_run_options
 def hswarm_cmd(config: str | None, resume_dir: str | None, overwrite: bool,
                accept_changes: bool, quiet: bool, debug: bool) -> None:
-    """Heterogeneous Swarms: search a multi-LLM system's graph and its experts' weights
-    (CONFIG's `hswarm:` section; defaults when it has none)."""
-    from .config import load_config
-    from .hetero import hswarm
-
-    if (config is None) == (resume_dir is None):
-        raise click.UsageError("give a CONFIG file, or --resume RUN_DIR")
-    _quiet_libraries()
-    cfg = _guard(debug, load_config, config) if config else None
-    report = _guard(debug, hswarm, cfg, resume=resume_dir, overwrite=overwrite,
-                    show_progress=not quiet, accept_changes=accept_changes)
-    _print_rows(report, "system", f": {report['systems']} systems in {report['rounds']} rounds")
-    console.print(f"system: {report['export']} (python {report['export']}/answer.py --help)")
+    """Heterogeneous Swarms: `run` with `strategy: hswarm` whatever CONFIG's strategy (its
+    `hswarm:` section; defaults when it has none)."""
+    _search(config, resume_dir, overwrite, accept_changes, quiet, debug, strategy="hswarm")
 
 
 @main.command("distil")
@@ -210,10 +213,10 @@ def distil_cmd(mixture: str, student: str, out: str, data: str | None, config: s
     """Distil a token swarm's mixture (a folder with mixture.json) into one expert: a LoRA
     trained to match the mixture's next-token distributions; then the student, the mixture
     and each expert scored on dev and test (the run's utility and data, or --data)."""
-    from .runs.distil import distil_mixture
+    from .api import distil
 
     _quiet_libraries()
-    result = _guard(debug, distil_mixture, mixture, student, out, data=data, config=config,
+    result = _guard(debug, distil, mixture, student, out, data=data, config=config,
                     split=split, prompt_file=prompt_file, steps=steps, lr=lr, rank=rank,
                     max_new_tokens=max_new_tokens, max_items=max_items,
                     report=not no_report)
@@ -244,6 +247,12 @@ def _print_rows(report: dict, first: str, title_tail: str = "", subject: str = "
 
 
 def print_report(report: dict) -> None:
+    if report.get("method") == "hswarm":  # the best is a multi-LLM system
+        _print_rows(report, "system",
+                    f": {report['systems']} systems in {report['rounds']} rounds")
+        console.print(f"system: {report['export']} (python {report['export']}/answer.py "
+                      "--help)")
+        return
     _print_rows(report, "model")
     console.print(f"adapted model: {report['exports']['best']}")
 
@@ -404,8 +413,8 @@ def _parse_layers(text: str | None) -> list[int] | None:
 @click.option("--shared", type=click.Path(file_okay=False),
               help="The shared/data/eval folder (default: ../shared/data/eval).")
 @click.option("--steps", type=POSITIVE,
-              help="Train this many steps instead of the recipe's epochs.")
-@click.option("--epochs", type=float, help="Override the recipe's epochs.")
+              help="Override the recipe's optimiser steps (64).")
+@click.option("--epochs", type=float, help="Train whole epochs of each source instead of steps.")
 @click.option("--rank", type=POSITIVE, help="Override the recipe's LoRA rank (alpha = 2 x rank).")
 @click.option("--lr", type=float, help="Override the recipe's learning rate.")
 @click.option("--format", "train_format", type=click.Choice(["cloze", "letter"]),

@@ -297,8 +297,9 @@ def as_utility(cfg: Any, kind: str, **update: Any) -> Any:
     return utility_config(**{**keep, "type": kind, **update})
 
 
-# Config sections a strategy reads (`search`, `coefficients`): each section's class lives
-# beside its strategy's code and registers here (search/swarm.py, search/coefficients.py).
+# Config sections a strategy reads (`search`, `coefficients`, `hswarm`): each section's class
+# lives beside its strategy's code and registers here (search/swarm.py,
+# search/coefficients.py, hetero/system.py).
 SECTIONS: dict[str, type[StrictModel]] = {}
 
 
@@ -313,10 +314,11 @@ def section(name: str, **fields: Any) -> Any:
 
 class Section:
     """A config field whose model is the one registered as section `name` (checked when a
-    config is read, so the class can live beside the strategy that reads it)."""
+    config is read, so the class can live beside the strategy that reads it); `optional`: it
+    may be null."""
 
-    def __init__(self, name: str):
-        self.name = name
+    def __init__(self, name: str, optional: bool = False):
+        self.name, self.optional = name, optional
 
     def members(self) -> list[type[StrictModel]]:
         return [SECTIONS[self.name]]
@@ -324,12 +326,15 @@ class Section:
     def __get_pydantic_core_schema__(self, source: Any, handler: Any) -> Any:
         def validate(value: Any) -> Any:
             model = SECTIONS[self.name]
+            if value is None and self.optional:
+                return None
             return value if isinstance(value, model) else model.model_validate(value)
 
         return core_schema.no_info_plain_validator_function(validate)
 
     def __get_pydantic_json_schema__(self, schema: Any, handler: Any) -> Any:
-        return handler(SECTIONS[self.name].__pydantic_core_schema__)
+        inner = SECTIONS[self.name].__pydantic_core_schema__
+        return handler(core_schema.nullable_schema(inner) if self.optional else inner)
 
 
 class MergeSpec(StrictModel):
@@ -357,53 +362,6 @@ class CompareConfig(StrictModel):
         description="per merge method, its parameters")
     seeds: list[int] = Field(default_factory=lambda: [0, 1, 2], min_length=1)
     budget: int = Field(100, ge=1, description="utility evaluations for every search")
-
-
-class HSwarmConfig(StrictModel):
-    """Heterogeneous Swarms (ALGORITHMS.md section 2): a multi-LLM system is a DAG over the
-    experts; its roles (the graph) and weights (the experts) are searched in turn."""
-
-    graphs: int = Field(6, ge=2, description="role-step particles: adjacency matrices")
-    trials: int = Field(6, ge=1, description="weight-step: random model-to-node assignments")
-    max_rounds: int = Field(10, ge=1, description="role-step + weight-step rounds")
-    patience: int = Field(5, ge=1, description="rounds without a better system before stopping")
-    steps: Literal["both", "role", "weight"] = Field(
-        "both", description="role: graphs only (weights frozen); weight: a fixed chain graph, "
-        "weights only; both: the method")
-    decode: Literal["argmax", "top_p"] = Field("argmax", description="adjacency -> DAG")
-    top_p: float = Field(0.9, gt=0, le=1, description="nucleus of the top_p decoding")
-    role_search: Annotated[StrictModel, Section("search")] = Field(
-        default_factory=lambda: section("search", patience=4),
-        description="PSO knobs of the role-step (the weight-step uses `search`)")
-    node_answers: Literal["generate", "choice"] = Field(
-        "generate", description="what a non-end node passes on: generated text (the paper), "
-        "or, for multiple choice, the option it picks by log-likelihood ('B: Paris'); choice "
-        "costs one forward per item instead of a generation")
-    max_new_tokens: int = Field(48, ge=1, description="length of a non-end node's answer")
-    node_prompt: str = Field(
-        "{question}\nAnswer briefly.", description="what a source node is asked; {question} "
-        "is the task's prompt (with the choices for multiple choice)")
-    context_template: str = Field(
-        "{question}\n\nResponses of other models to this question follow; they may be wrong, "
-        "so use them only if they help.\n{responses}",
-        description="the question a non-source node gets: {question}, {responses}")
-    response_template: str = Field("Previous response {k}: {response}",
-                                   description="one predecessor's answer: {k}, {response}")
-    baselines: list[Literal["best_expert", "chain", "star", "random_dags", "role_only",
-                            "weight_only"]] = Field(
-        default_factory=lambda: ["best_expert", "chain", "star", "random_dags"],
-        description="rows of the report beside the search (role_only / weight_only are whole "
-        "searches at the same budget)")
-
-    @model_validator(mode="after")
-    def _templates(self) -> HSwarmConfig:
-        for key, fields in (("node_prompt", ["{question}"]),
-                            ("context_template", ["{question}", "{responses}"]),
-                            ("response_template", ["{response}"])):
-            missing = [f for f in fields if f not in getattr(self, key)]
-            if missing:
-                raise ValueError(f"{key} must contain {' and '.join(missing)}")
-        return self
 
 
 class ModelConfig(StrictModel):
@@ -488,7 +446,7 @@ class RunConfig(StrictModel):
     output: OutputConfig = OutputConfig()
     merge: MergeSpec | None = Field(None, description="`modelswarms merge`: the merge to make")
     compare: CompareConfig | None = Field(None, description="`modelswarms compare`: the rows")
-    hswarm: HSwarmConfig | None = Field(
+    hswarm: Annotated[StrictModel | None, Section("hswarm", optional=True)] = Field(
         None, description="`modelswarms hswarm`: Heterogeneous Swarms over the experts")
     seed: int = 0
     _source: str | None = PrivateAttr(None)  # the file it was read from (load_config)

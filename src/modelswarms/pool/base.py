@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, ClassVar, Protocol
+from typing import TYPE_CHECKING, Any, ClassVar, Protocol, runtime_checkable
 
 from ..config import POOL_KINDS as COMPOSE_NAMES
 from ..errors import ConfigError
@@ -24,8 +24,10 @@ if TYPE_CHECKING:
     from .loading import Expert
 
 
+@runtime_checkable
 class Pool(Protocol):
     kind: ClassVar[str]  # a name for logs and reports, never compared
+    compose: ClassVar[str]  # the `experts.compose` that opens it (set by register_pool)
     experts: list[Expert]
     base_model: str | None
     template: Path  # the folder whose config and tokenizer files an export copies
@@ -77,6 +79,7 @@ def register_pool(compose: str) -> Callable[[type], type]:
     """`@register_pool("name")` on a Pool class with a classmethod `open(experts_config)`
     makes `experts.compose: name` open it."""
     def deco(cls: type) -> type:
+        cls.compose = compose  # type: ignore[attr-defined]
         POOL_KINDS[compose] = cls
         if compose not in COMPOSE_NAMES:
             COMPOSE_NAMES.append(compose)

@@ -34,6 +34,18 @@ def _fsync_dir(folder: Path) -> None:
             os.close(fd)
 
 
+def read_jsonl(path: Path) -> list[dict[str, Any]]:
+    """The records of a JSON-lines file up to its first torn line (a kill mid-write)."""
+    records = []
+    if path.exists():
+        for line in path.read_text().splitlines():
+            try:
+                records.append(json.loads(line))
+            except json.JSONDecodeError:
+                break
+    return records
+
+
 def check_writable(folder: Path, key: str = "output.dir") -> None:
     """Refuse, before any work, an output folder that cannot be made: under a file, on a
     read-only file system, without permission. Nothing is created here."""

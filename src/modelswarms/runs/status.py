@@ -112,7 +112,7 @@ def _run_status(folder: Path, cfg: Any) -> dict[str, Any]:
         who["state"] = "finished"
     spec = strategy_spec(cfg.strategy)
     try:
-        max_iterations = spec.iterations(spec.prepare(cfg) if spec.prepare else cfg)
+        max_iterations = spec.iterations(spec.prepare(cfg))
     except Exception:  # a strategy whose length needs more than the config: not shown
         max_iterations = None
     last = history[-1] if history else None
