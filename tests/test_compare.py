@@ -15,7 +15,7 @@ from modelswarms.config import load_config, parse_config
 from modelswarms.errors import ConfigError
 from modelswarms.evaluation import generation
 from modelswarms.merge import merge_vectors
-from modelswarms.pool import load_pool
+from modelswarms.pool.kinds import load_pool
 from modelswarms.runs.compare import compare
 from modelswarms.runs.session import Session
 from modelswarms.space import FlatSpace

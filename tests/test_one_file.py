@@ -116,7 +116,8 @@ def test_without_the_file_the_type_is_a_custom_utility(lora_experts, mc_data, tm
 POOL_FILE = '''
 """LoRA adapters named by their position in the config: a pool kind in one class."""
 
-from modelswarms.pool import LoraPool, load_pool, register_pool
+from modelswarms.pool import register_pool
+from modelswarms.pool.kinds import LoraPool, load_pool
 
 
 @register_pool("numbered")

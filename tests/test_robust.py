@@ -20,7 +20,7 @@ from safetensors.torch import load_file, save_file
 from modelswarms.cli import main
 from modelswarms.config import load_config
 from modelswarms.errors import ConfigError, ExpertError, RunError
-from modelswarms.pool import load_pool
+from modelswarms.pool.kinds import load_pool
 from modelswarms.runs.folders import MARKER, FolderLock, claim
 
 from .conftest import make_mc_items

@@ -8,12 +8,14 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterator
+from pathlib import Path
+from typing import Protocol
 
 import torch
 
 from ..errors import ConfigError, ExpertError, first_line
 from ..models import adapter_base, resolve_model
-from ..pool import WeightPool
+from ..pool import Expert
 from ..space import FlatSpace
 
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -108,6 +110,23 @@ def load_causal_lm(source: str, dtype: torch.dtype, device: torch.device,
     except LOAD_ERRORS as err:
         raise ExpertError(f"{source}: cannot load the model ({first_line(err)})") from None
     return model.to(device).eval()
+
+
+class WeightPool(Protocol):
+    """What the resident model needs of a pool whose particles are weights (pool/kinds.py:
+    LoRA adapters, full checkpoints)."""
+
+    experts: list[Expert]
+    scores_base: bool  # a candidate of None is the model without its adapter
+    batches_particles: bool  # LoRA factors: several particles share a forward
+
+    @property
+    def model_source(self) -> str: ...
+
+    @property
+    def adapter(self) -> Path | None: ...
+
+    def live_name(self, name: str) -> str: ...
 
 
 class ResidentModel:

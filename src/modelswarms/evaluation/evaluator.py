@@ -23,10 +23,9 @@ import torch
 
 from ..config import ModelConfig
 from ..errors import ConfigError, UtilityError
-from ..pool import WeightPool
 from ..space import FlatSpace
 from . import generation
-from .backend import ResidentModel
+from .backend import ResidentModel, WeightPool
 from .generation import Batching
 from .multiplex import LogitAverage, ParticleBatch
 from .trunk import FrozenTrunk, install_on

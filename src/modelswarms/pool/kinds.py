@@ -1,6 +1,7 @@
 """Pools whose particles are weights of one architecture: LoRA adapters over one base model,
 or full checkpoints (`experts.compose: weights`, the default). `load_pool` reads the folders
-and picks the kind from what they hold."""
+and picks the kind from what they hold. These kinds build their evaluator, one resident model
+(evaluation/evaluator.py), so this module sits above the engine in the layers."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ import torch
 from safetensors.torch import save_file
 
 from ..errors import ConfigError, ExpertError
+from ..evaluation.evaluator import ResidentEvaluator
 from ..models import BASE_NOTE, exported_base, resolve_model
 from .base import register_pool
 from .export import ADAPTER_EXTRAS, MODEL_FILES, export_vector
@@ -79,9 +81,6 @@ class WeightPool:
         return export_vector(self, space, vector, folder, metadata)
 
     def evaluator(self, space: FlatSpace, experts: ExpertsConfig, model: ModelConfig) -> Any:
-        # The engine sits above the pools; a pool names its evaluator only when asked.
-        from ..evaluation.evaluator import ResidentEvaluator
-
         return ResidentEvaluator(self, space, model, trust_remote_code=experts.trust_remote_code)
 
     def identity(self, index: int) -> bytes | None:
