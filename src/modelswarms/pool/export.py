@@ -6,16 +6,15 @@ import os
 import shutil
 import tempfile
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 import torch
 
 from ..errors import ExpertError
-from .loading import check_finite
+from .loading import Expert, check_finite
 
 if TYPE_CHECKING:
     from ..space import FlatSpace
-    from .kinds import WeightPool
 
 # Non-weight files a model folder needs to load and to tokenise like the original.
 MODEL_FILES = ("config.json", "generation_config.json", "tokenizer.json", "tokenizer_config.json",
@@ -23,6 +22,17 @@ MODEL_FILES = ("config.json", "generation_config.json", "tokenizer.json", "token
                "chat_template.jinja", "added_tokens.json")
 # Adapter folders sometimes carry the tokenizer (e.g. with added tokens); keep it with the export.
 ADAPTER_EXTRAS = tuple(n for n in MODEL_FILES if n not in ("config.json", "generation_config.json"))
+
+
+class WeightPool(Protocol):
+    """What an export needs of a pool whose particles are weights (pool/kinds.py)."""
+
+    experts: list[Expert]
+    template: Path  # the folder whose config and tokenizer files are copied
+    export_files: tuple[str, ...]  # which of them
+
+    def write_weights(self, folder: Path, tensors: dict[str, torch.Tensor],
+                      metadata: dict[str, str]) -> None: ...
 
 
 def _prepare(pool: WeightPool, tensors: dict[str, torch.Tensor],
