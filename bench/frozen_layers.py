@@ -1,4 +1,4 @@
-"""The frozen trunk (evaluation/trunk.py) on SmolLM2: the same evaluations with and without.
+"""The frozen trunk (evaluation/engine/trunk.py) on SmolLM2: the same evaluations with and without.
 
 The shipped experts adapt layers 14-29 of SmolLM2-135M-Instruct's 30, so layers 0-13 are the
 same for every particle. Two sessions of one config side by side in one process, one with the

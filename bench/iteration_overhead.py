@@ -34,7 +34,7 @@ import torch
 from safetensors.torch import save_file
 
 from modelswarms.config import RunConfig, SwarmConfig
-from modelswarms.evaluation.backend import load_causal_lm
+from modelswarms.evaluation.engine.backend import load_causal_lm
 from modelswarms.models import smollm2_path
 from modelswarms.runs.checkpoint import save_checkpoint
 from modelswarms.runs.session import Session

@@ -216,10 +216,10 @@ def run_generation(args: argparse.Namespace) -> None:
     import torch
 
     from modelswarms.config import utility_config
-    from modelswarms.evaluation import generation
-    from modelswarms.evaluation.backend import load_standalone
-    from modelswarms.evaluation.prompts import qa_prompt
-    from modelswarms.evaluation.utilities import build_utility
+    from modelswarms.evaluation.data.prompts import qa_prompt
+    from modelswarms.evaluation.engine import generation
+    from modelswarms.evaluation.engine.backend import load_standalone
+    from modelswarms.evaluation.objectives.utilities import build_utility
     from modelswarms.mixture import MixtureLM
     from modelswarms.runs.stats import pack_scores
 

@@ -13,7 +13,7 @@ from click.testing import CliRunner
 from modelswarms.cli import main
 from modelswarms.config import load_config, parse_config
 from modelswarms.errors import ConfigError
-from modelswarms.evaluation import generation
+from modelswarms.evaluation.engine import generation
 from modelswarms.merge import merge_vectors
 from modelswarms.pool import load_pool
 from modelswarms.runs.compare import compare
@@ -76,7 +76,7 @@ def test_compare_rejects_unknown_methods(tmp_path, lora_experts, mc_data):
 
 def test_logit_average_is_the_mean_of_the_experts_probabilities(lora_experts, mc_data,
                                                                 tmp_path):
-    from modelswarms.evaluation.multiplex import LogitAverage, ParticleBatch
+    from modelswarms.evaluation.engine.multiplex import LogitAverage, ParticleBatch
 
     session = Session.open(_cfg(tmp_path, lora_experts, mc_data), need_test=False)
     prompts = [list(range(30, 52)) + [5, 6], list(range(30, 52)) + [7], [9, 8, 7]]

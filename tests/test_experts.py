@@ -279,7 +279,7 @@ def _char_ids(tok, text: str) -> list[int]:
 @pytest.mark.parametrize("bos", [False, True])
 @pytest.mark.parametrize("chat", [False, True])
 def test_cloze_labels_exactly_the_option_text_and_eos(bos, chat):
-    from modelswarms.evaluation.prompts import cloze_continuation, cloze_prompt, encode
+    from modelswarms.evaluation.data.prompts import cloze_continuation, cloze_prompt, encode
 
     tok = _bos_char_tokenizer() if bos else make_char_tokenizer(chat_template=chat)
     item = {"question": "Is it so?", "choices": {"A": "Support", "B": "Contradict"},

@@ -11,11 +11,11 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from modelswarms.errors import ConfigError, DataError, UtilityError
-from modelswarms.evaluation import generation
-from modelswarms.evaluation.data import load_items
-from modelswarms.evaluation.extract import extract_letter, extract_number
-from modelswarms.evaluation.prompts import multiple_choice_prompt
-from modelswarms.evaluation.utilities import ItemScores, register_utility
+from modelswarms.evaluation.data.items import load_items
+from modelswarms.evaluation.data.prompts import multiple_choice_prompt
+from modelswarms.evaluation.engine import generation
+from modelswarms.evaluation.objectives.extract import extract_letter, extract_number
+from modelswarms.evaluation.objectives.utilities import ItemScores, register_utility
 from modelswarms.testing import make_tiny_llama, make_utility
 
 from .conftest import make_mc_items

@@ -8,8 +8,8 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from modelswarms.config import RunConfig, utility_config
-from modelswarms.evaluation import generation
-from modelswarms.evaluation.prompts import cloze_continuation, cloze_prompt
+from modelswarms.evaluation.data.prompts import cloze_continuation, cloze_prompt
+from modelswarms.evaluation.engine import generation
 from modelswarms.testing import make_tiny_llama, make_utility
 
 from .conftest import make_mc_items

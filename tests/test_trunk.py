@@ -8,9 +8,9 @@ import pytest
 import torch
 
 from modelswarms.config import RunConfig
-from modelswarms.evaluation import generation
-from modelswarms.evaluation.multiplex import ParticleBatch
-from modelswarms.evaluation.trunk import FrozenTrunk, install_on
+from modelswarms.evaluation.engine import generation
+from modelswarms.evaluation.engine.multiplex import ParticleBatch
+from modelswarms.evaluation.engine.trunk import FrozenTrunk, install_on
 from modelswarms.runs.session import Session
 from modelswarms.testing import make_tiny_llama, make_tiny_lora_pool
 
@@ -401,7 +401,7 @@ def test_packed_options_reuse_the_trunk_exactly(upper_experts, mc_data, k, share
 def test_cloze_options_through_a_logit_average(upper_experts, mc_data):
     """multiplex.LogitAverage tiles its rows inside the model: the questions' cache holds
     three blocks, the row copy takes each block's rows, and the trunk computes one."""
-    from modelswarms.evaluation.multiplex import LogitAverage
+    from modelswarms.evaluation.engine.multiplex import LogitAverage
 
     plain = open_session(upper_experts, mc_data, trunk=False)
     memo = open_session(upper_experts, mc_data)
@@ -430,7 +430,7 @@ def test_cloze_options_through_a_logit_average(upper_experts, mc_data):
 def test_a_row_copy_is_keyed_only_while_its_source_is_unchanged(upper_experts, mc_data):
     """A row copy of a cache the trunk filled is keyed by that fill's key; a copy of a
     cache continued since, or one made before the memo was cleared, runs every layer."""
-    from modelswarms.evaluation.trunk import select_rows
+    from modelswarms.evaluation.engine.trunk import select_rows
 
     plain = open_session(upper_experts, mc_data, trunk=False)
     memo = open_session(upper_experts, mc_data)

@@ -13,7 +13,7 @@ from . import config as _config_module  # noqa: F401
 from . import merge as _merge_package  # noqa: F401
 from . import search as _search_package  # noqa: F401
 from .config import RunConfig, load_config
-from .evaluation.utilities import ItemScores, register_utility
+from .evaluation.objectives.utilities import ItemScores, register_utility
 from .pool import load_pool
 from .search import register_strategy
 

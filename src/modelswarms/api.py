@@ -25,7 +25,7 @@ import torch
 
 from .config import RunConfig, load_config, parse_config
 from .errors import ConfigError, ExpertError
-from .evaluation.utilities import ItemScores, register_utility
+from .evaluation.objectives.utilities import ItemScores, register_utility
 
 
 def config(*, experts: list[str | Path] | dict[str, Any], data: str | Path | dict[str, Any]
@@ -163,10 +163,10 @@ def evaluate(model: str | Path, items: list[dict] | str | Path, *,
     """Score one adapter or model folder (say, a search's export) with a utility on items
     (a list, or a dataset file and its split)."""
     from .config import engine_config, utility_config
-    from .evaluation.backend import load_standalone
-    from .evaluation.data import load_items
-    from .evaluation.generation import Batching, batching
-    from .evaluation.utilities import build_utility
+    from .evaluation.data.items import load_items
+    from .evaluation.engine.backend import load_standalone
+    from .evaluation.engine.generation import Batching, batching
+    from .evaluation.objectives.utilities import build_utility
 
     # a zero or negative limit would score nothing, or loop: refused here, as in a config
     engine_config("evaluate", device=device, dtype=dtype, batch_size=batch_size,

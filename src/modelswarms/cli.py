@@ -282,7 +282,7 @@ def _evaluate(model_path, config, data, split, utility_type, base_model, max_ite
     from .api import evaluate
     from .config import as_utility, load_config, utility_config
     from .errors import ConfigError
-    from .evaluation.data import load_split
+    from .evaluation.data.items import load_split
 
     cfg = load_config(config) if config else None
     if not data and not cfg:
@@ -294,7 +294,7 @@ def _evaluate(model_path, config, data, split, utility_type, base_model, max_ite
     if not data:
         data_cfg = cfg.need_data("eval")
         if data_cfg is None:  # the utility's tasks bring their documents (lm_eval)
-            from .evaluation.utilities import build_utility
+            from .evaluation.objectives.utilities import build_utility
 
             items = build_utility(ucfg).split_items(split)[:max_items]
         else:
@@ -360,7 +360,7 @@ def experts_train(data: str, split: str, out: str, base_model: str, rank: int, a
                   source: str | None, licence: str, description: str, threads: int | None,
                   overwrite: bool, debug: bool) -> None:
     """Fine-tune a LoRA expert on DATA; writes an adapter folder and its data card."""
-    from .evaluation.data import load_items
+    from .evaluation.data.items import load_items
     from .experts import train_lora
     from .runs.folders import refuse_overlap
 

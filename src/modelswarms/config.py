@@ -286,7 +286,7 @@ LmEvalSplit = Literal["auto", "train", "validation", "test"]
 class LmEvalConfig(_UtilityBase):
     """Tasks of lm-evaluation-harness (pip install 'modelswarms[lm-eval]'): lm-eval turns each
     document into its prompt, options and target and computes the metric; our engine runs the
-    model (evaluation/lm_eval_tasks.py). The tasks bring their documents: a run with this
+    model (evaluation/objectives/lm_eval_tasks.py). The tasks bring their documents: a run with this
     utility has no `data:` section."""
 
     type: Literal["lm_eval"]

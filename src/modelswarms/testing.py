@@ -179,13 +179,13 @@ class _Batched:
         return getattr(self._utility, name)
 
     def score(self, *args, **kwargs):
-        from .evaluation.generation import batching
+        from .evaluation.engine.generation import batching
 
         with batching(self._limits):
             return self._utility.score(*args, **kwargs)
 
     def score_many(self, *args, **kwargs):
-        from .evaluation.generation import batching
+        from .evaluation.engine.generation import batching
 
         with batching(self._limits):
             return self._utility.score_many(*args, **kwargs)
@@ -196,8 +196,8 @@ def make_utility(*, batch_size: int | None = None, max_batch_tokens: int | None 
     """A utility from config fields; batch limits (the engine's, not the utility's) given
     here apply to its calls."""
     from .config import utility_config
-    from .evaluation.generation import Batching
-    from .evaluation.utilities import build_utility
+    from .evaluation.engine.generation import Batching
+    from .evaluation.objectives.utilities import build_utility
 
     utility = build_utility(utility_config(**fields))
     if batch_size is None and max_batch_tokens is None:

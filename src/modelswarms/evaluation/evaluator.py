@@ -25,12 +25,12 @@ from ..config import ModelConfig
 from ..errors import ConfigError, UtilityError
 from ..pool import ExpertPool
 from ..space import FlatSpace
-from . import generation
-from .backend import ResidentModel
-from .generation import Batching
-from .multiplex import LogitAverage, ParticleBatch
-from .trunk import FrozenTrunk, install_on
-from .utilities import ItemScores, Utility
+from .engine import generation
+from .engine.backend import ResidentModel
+from .engine.generation import Batching
+from .engine.multiplex import LogitAverage, ParticleBatch
+from .engine.trunk import FrozenTrunk, install_on
+from .objectives.utilities import ItemScores, Utility
 
 log = logging.getLogger("modelswarms")
 

@@ -36,7 +36,7 @@ import torch
 from ..config import ExpertsConfig, ModelConfig
 from ..errors import ConfigError, ModelSwarmsError, RunError, first_line
 from ..space import FlatSpace
-from .utilities import ItemScores, Utility
+from .objectives.utilities import ItemScores, Utility
 
 log = logging.getLogger("modelswarms")
 

@@ -40,7 +40,7 @@ from typing import Any
 import torch
 
 from ..errors import DataError, ModelSwarmsError
-from ..evaluation.prompts import cloze_continuation, cloze_prompt
+from ..evaluation.data.prompts import cloze_continuation, cloze_prompt
 
 FORMATS = ("cloze", "letter")
 MC_INSTRUCTION = "Please choose an option that best answers the question."

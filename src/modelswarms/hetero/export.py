@@ -10,7 +10,7 @@ from pathlib import Path
 
 import torch
 
-from ..evaluation.prompts import QA_TEMPLATE
+from ..evaluation.data.prompts import QA_TEMPLATE
 from ..models import resolve_model
 from ..runs.session import Session
 from .graph import Dag, render

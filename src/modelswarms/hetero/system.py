@@ -19,9 +19,9 @@ import torch
 
 from ..config import HSwarmConfig, UtilityConfig
 from ..errors import DataError
-from ..evaluation import generation
-from ..evaluation.prompts import encode, multiple_choice_prompt, render, uses_chat
-from ..evaluation.utilities import ItemScores
+from ..evaluation.data.prompts import encode, multiple_choice_prompt, render, uses_chat
+from ..evaluation.engine import generation
+from ..evaluation.objectives.utilities import ItemScores
 from ..runs.scorer import Scorer
 from .graph import Dag
 

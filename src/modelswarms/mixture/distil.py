@@ -27,8 +27,8 @@ from typing import Any
 import torch
 
 from ..errors import ConfigError
-from ..evaluation.generation import _pad
-from ..evaluation.utilities import ItemScores
+from ..evaluation.engine.generation import _pad
+from ..evaluation.objectives.utilities import ItemScores
 from .model import MixtureLM
 
 
@@ -36,7 +36,7 @@ def _student(path: Path, rank: int, alpha: int):
     """(trainable PEFT model, tokenizer, base it names) for the student folder."""
     from peft import LoraConfig, PeftModel, get_peft_model
 
-    from ..evaluation.backend import load_causal_lm, load_tokenizer
+    from ..evaluation.engine.backend import load_causal_lm, load_tokenizer
     from ..models import resolve_model
 
     adapter = path / "adapter_config.json"
@@ -159,8 +159,8 @@ def score_references(mixture: MixtureLM, utility: dict[str, Any],
     item the experts cannot read fails before anything is written."""
     from ..config import ModelConfig, utility_config
     from ..errors import UtilityError
-    from ..evaluation.generation import Batching
-    from ..evaluation.utilities import build_utility
+    from ..evaluation.engine.generation import Batching
+    from ..evaluation.objectives.utilities import build_utility
     from .evaluator import MixtureEvaluator
 
     engine = engine or ModelConfig()
@@ -190,9 +190,9 @@ def distillation_report(mixture: MixtureLM, student: int, folder: str | Path,
     paired bootstrap intervals (as a run's report gives its global best's). The student is
     scored as `modelswarms eval` scores an adapter folder."""
     from ..config import ModelConfig, utility_config
-    from ..evaluation.backend import load_standalone
-    from ..evaluation.generation import Batching, batching
-    from ..evaluation.utilities import build_utility
+    from ..evaluation.engine.backend import load_standalone
+    from ..evaluation.engine.generation import Batching, batching
+    from ..evaluation.objectives.utilities import build_utility
     from ..runs.stats import pack_scores, paired_bootstrap
 
     engine = engine or ModelConfig()

@@ -14,10 +14,10 @@ from typing import Any
 
 import torch
 
-from ..evaluation import generation
+from ..evaluation.engine import generation
+from ..evaluation.engine.generation import Batching
 from ..evaluation.evaluator import CountingEvaluator
-from ..evaluation.generation import Batching
-from ..evaluation.utilities import ItemScores, Utility
+from ..evaluation.objectives.utilities import ItemScores, Utility
 from .model import MixtureLM
 
 
@@ -32,7 +32,7 @@ class MixtureEvaluator(CountingEvaluator):
     @classmethod
     def open(cls, pool: Any, model: Any) -> MixtureEvaluator:
         """Load every expert of a mixture pool (mixture/pool.py) as its own model."""
-        from ..evaluation.backend import load_standalone
+        from ..evaluation.engine.backend import load_standalone
 
         experts = [(e.name, *load_standalone(str(e.path), device=model.device,
                                               dtype=model.dtype)) for e in pool.experts]

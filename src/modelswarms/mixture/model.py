@@ -15,7 +15,7 @@ given to each expert as its own tokens, and
   batched (a token that is several tokens for an expert is fed as a left-padded chunk).
 
 Utilities run on a mixture unchanged: `MixtureLM` is what they get as the model and
-`UnionTokenizer` as the tokenizer; the scoring helpers of evaluation/generation.py see a
+`UnionTokenizer` as the tokenizer; the scoring helpers of evaluation/engine/generation.py see a
 mixture and call the methods below.
 """
 
@@ -28,7 +28,7 @@ from typing import Any
 import torch
 
 from ..errors import ConfigError
-from ..evaluation.generation import _pad, fits_context
+from ..evaluation.engine.generation import _pad, fits_context
 from .vocab import PAD, UnionVocab, align
 
 
@@ -193,7 +193,7 @@ class MixtureLM:
 
     def _score_continuations(self, i: int, prompts: Sequence[bytes],
                              continuations: Sequence[Sequence[bytes]]) -> list[list[float]]:
-        from ..evaluation import generation
+        from ..evaluation.engine import generation
 
         tok = self.tokenizers[i]
         own_prompts, own_conts = [], []
@@ -283,7 +283,7 @@ class MixtureLM:
         ids, chunk_mask = _pad(rows, state["pad"], left=True, device=self.device)
         mask = torch.cat([state["mask"], chunk_mask], dim=1)
         positions = state["pos"][:, None] + (chunk_mask.cumsum(-1) - 1).clamp(min=0)
-        from ..evaluation.generation import _cache_kwarg
+        from ..evaluation.engine.generation import _cache_kwarg
 
         out = self.models[i](input_ids=ids, attention_mask=mask, position_ids=positions,
                              use_cache=True, logits_to_keep=1,

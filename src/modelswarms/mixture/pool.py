@@ -97,7 +97,7 @@ def write_mixture(pool: ExpertPool, weights: torch.Tensor, folder: str | Path,
 def load_mixture(folder: str | Path, *, device: str = "auto", dtype: str = "auto",
                  batch_size: int = 16):
     """The MixtureLM a mixture.json describes (a token swarm's export), ready to score."""
-    from ..evaluation.backend import load_standalone
+    from ..evaluation.engine.backend import load_standalone
     from .model import MixtureLM
 
     path = Path(folder) / MIXTURE_FILE

@@ -10,8 +10,8 @@ from typing import Any
 
 from ..config import DataConfig, ModelConfig, load_config, utility_config
 from ..errors import ConfigError, DataError
-from ..evaluation.data import load_split, load_text
-from ..evaluation.utilities import build_utility
+from ..evaluation.data.items import load_split, load_text
+from ..evaluation.objectives.utilities import build_utility
 from ..mixture import load_mixture
 from ..mixture.distil import distil, distillation_report, score_references
 from ..mixture.pool import MIXTURE_FILE

@@ -1,7 +1,7 @@
 """What a run holds in memory: the pool, its weight space, an evaluator, the data, a scorer.
 
 `Session.open` only composes the parts, each loaded where it lives (pool/, space/,
-evaluation/evaluator.py, evaluation/data.py, runs/scorer.py); scoring goes through the scorer,
+evaluation/evaluator.py, evaluation/data/items.py, runs/scorer.py); scoring goes through the scorer,
 the loop's side of the evaluator seam.
 """
 
@@ -14,9 +14,9 @@ from pathlib import Path
 import torch
 
 from ..config import ExpertsConfig, ModelConfig, RunConfig
-from ..evaluation.data import load_split
+from ..evaluation.data.items import load_split
 from ..evaluation.evaluator import Evaluator, ResidentEvaluator
-from ..evaluation.utilities import ItemScores, Utility, build_utility
+from ..evaluation.objectives.utilities import ItemScores, Utility, build_utility
 from ..pool import ExpertPool, export_vector, load_pool
 from ..space import FlatSpace
 from .checks import check_lengths, check_session

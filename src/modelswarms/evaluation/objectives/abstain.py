@@ -11,9 +11,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from ..config import UtilityConfig, as_utility
-from . import generation
-from .prompts import encode, multiple_choice_prompt, render, uses_chat
+from ...config import UtilityConfig, as_utility
+from ..data.prompts import encode, multiple_choice_prompt, render, uses_chat
+from ..engine import generation
 from .utilities import ItemScores, _pad_id, build_utility, register_utility
 
 CHECK = ("{question}\nProposed answer: {letter}: {text}\n"

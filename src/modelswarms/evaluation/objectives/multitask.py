@@ -1,17 +1,18 @@
 """Multi-task utility: the harmonic mean of per-task accuracies, so no task can be traded away.
 
-Items carry a `task` field (set by `data.tasks` or `data.preset`, see evaluation/data.py); each
-task is scored by multiple choice when its items have choices, else by exact match, with the
-run's utility settings. The presets approximate the paper's four multi-task domains from the
-Model Swarms data files (`data.root`); MMLU subsets are picked by subject.
+Items carry a `task` field (set by `data.tasks` or `data.preset`, see
+evaluation/data/items.py); each task is scored by multiple choice when its items have choices,
+else by exact match, with the run's utility settings. The presets approximate the paper's four
+multi-task domains from the Model Swarms data files (`data.root`); MMLU subsets are picked by
+subject.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-from ..config import UtilityConfig, as_utility
-from ..errors import DataError
+from ...config import UtilityConfig, as_utility
+from ...errors import DataError
 from .utilities import ItemScores, _ScoresEachParticle, build_utility, register_utility
 
 _MEDICAL = ("anatomy", "clinical_knowledge", "college_medicine", "medical_genetics",

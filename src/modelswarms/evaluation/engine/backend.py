@@ -11,10 +11,10 @@ from collections.abc import Iterator
 
 import torch
 
-from ..errors import ConfigError, ExpertError, first_line
-from ..models import adapter_base, resolve_model
-from ..pool import ExpertPool
-from ..space import FlatSpace
+from ...errors import ConfigError, ExpertError, first_line
+from ...models import adapter_base, resolve_model
+from ...pool import ExpertPool
+from ...space import FlatSpace
 
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -188,7 +188,7 @@ def load_standalone(path: str, base_model: str | None = None, *, device: str = "
     """(model, tokenizer) for one adapter folder or model folder, as plain transformers/peft."""
     from pathlib import Path
 
-    from ..pool.loading import read_json
+    from ...pool.loading import read_json
 
     dev = pick_device(device)
     dt = pick_dtype(dtype, dev)
@@ -197,7 +197,7 @@ def load_standalone(path: str, base_model: str | None = None, *, device: str = "
     if adapter_cfg.is_file():
         from peft import PeftModel
 
-        from ..pool.loading import load_expert
+        from ...pool.loading import load_expert
 
         load_expert(folder)  # safetensors only, readable: checked here, not deep in peft
         base = base_model or adapter_base(folder, read_json(adapter_cfg))

@@ -32,8 +32,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..errors import ConfigError, DataError, first_line
-from . import generation
+from ...errors import ConfigError, DataError, first_line
+from ..engine import generation
 from .utilities import ItemScores, _pad_id, _ScoresEachParticle, register_utility
 
 CHOICE_METRICS = ("acc", "acc_norm", "acc_bytes", "acc_mutual_info")

@@ -91,7 +91,7 @@ def fits_context(model, lengths: Sequence[int]) -> None:
     limit = getattr(getattr(model, "config", None), "max_position_embeddings", None)
     longest = max(lengths, default=0)
     if isinstance(limit, int) and longest > limit:
-        from ..errors import DataError
+        from ...errors import DataError
 
         raise DataError(f"data: an item is {longest} tokens with its answer, more than the "
                         f"model reads ({limit}, its max_position_embeddings); shorten or drop "

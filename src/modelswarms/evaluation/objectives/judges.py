@@ -25,11 +25,11 @@ from contextlib import closing
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from ..config import JudgeConfig
-from ..errors import ConfigError
-from ..models import cache_dir, resolve_model
-from . import generation
-from .prompts import encode, render, uses_chat
+from ...config import JudgeConfig
+from ...errors import ConfigError
+from ...models import cache_dir, resolve_model
+from ..data.prompts import encode, render, uses_chat
+from ..engine import generation
 
 log = logging.getLogger(__name__)
 
@@ -275,7 +275,7 @@ class LocalJudge(Judge):
     def _load(self) -> tuple:
         with self._lock:
             if self._loaded is None:
-                from .backend import load_causal_lm, load_tokenizer, pick_device, pick_dtype
+                from ..engine.backend import load_causal_lm, load_tokenizer, pick_device, pick_dtype
 
                 source = resolve_model(self.cfg.model)
                 device = pick_device("auto")

@@ -12,10 +12,10 @@ from typing import Any
 
 import torch
 
-from ..config import UtilityConfig
-from ..errors import ConfigError
-from . import generation
-from .prompts import encode, render, uses_chat
+from ...config import UtilityConfig
+from ...errors import ConfigError
+from ..data.prompts import encode, render, uses_chat
+from ..engine import generation
 from .utilities import ItemScores, _mean, _pad_id, _ScoresEachParticle, register_utility
 
 
@@ -49,8 +49,8 @@ class RewardModel(_ScoresEachParticle):
     def _load(self, device: torch.device) -> None:
         from transformers import AutoModelForSequenceClassification
 
-        from ..models import resolve_model
-        from .backend import load_tokenizer
+        from ...models import resolve_model
+        from ..engine.backend import load_tokenizer
 
         path = resolve_model(self.cfg.reward.model)
         try:

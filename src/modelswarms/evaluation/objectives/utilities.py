@@ -12,11 +12,9 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from ..config import UtilityConfig
-from ..errors import ConfigError, UtilityError
-from . import generation
-from .extract import extract_letter, extract_number, normalize_number
-from .prompts import (
+from ...config import UtilityConfig
+from ...errors import ConfigError, UtilityError
+from ..data.prompts import (
     cloze_continuation,
     cloze_prompt,
     encode,
@@ -25,6 +23,8 @@ from .prompts import (
     render,
     uses_chat,
 )
+from ..engine import generation
+from .extract import extract_letter, extract_number, normalize_number
 
 
 @dataclass(frozen=True)
@@ -50,7 +50,7 @@ class BatchedUtility(Utility, Protocol):
     def score_many(self, model: Any, tokenizer: Any, items: list[dict],
                    particles: int) -> list[ItemScores]:
         """One ItemScores per particle, for a model running `particles` particles on row
-        blocks of every batch (evaluation/multiplex.py)."""
+        blocks of every batch (evaluation/engine/multiplex.py)."""
         ...
 
 

@@ -11,7 +11,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from ..errors import DataError
+from ...errors import DataError
 
 
 def load_text(path: Path) -> str:
@@ -110,7 +110,7 @@ def load_split(data: Any, split: str, *, required: Sequence[str] = (),
         path = data.test_path if is_test and data.test_path else data.path
         return load_items(path, split, required=required, limit=limit)
     if data.preset:
-        from .multitask import PRESETS
+        from ..objectives.multitask import PRESETS
 
         specs = {name: (Path(data.root) / file, subjects)
                  for name, (file, subjects) in PRESETS[data.preset].items()}
