@@ -44,7 +44,7 @@ import torch
 from modelswarms.config import ExpertsConfig, ModelConfig, utility_config
 from modelswarms.evaluation.data.items import load_items
 from modelswarms.evaluation.engine import generation
-from modelswarms.evaluation.engine.generation import Batching
+from modelswarms.evaluation.engine.batching import Batching
 from modelswarms.evaluation.engine.trunk import decoder_layers
 from modelswarms.evaluation.evaluator import ResidentEvaluator
 from modelswarms.evaluation.objectives.utilities import build_utility

@@ -144,7 +144,7 @@ def modes_table(base: str, tasks: dict[str, Path], n: int, device: str, out: Pat
         pick_device,
         pick_dtype,
     )
-    from modelswarms.evaluation.engine.generation import Batching, batching
+    from modelswarms.evaluation.engine.batching import Batching, batching
     from modelswarms.evaluation.objectives.utilities import build_utility
     from modelswarms.models import resolve_model
 

@@ -7,7 +7,7 @@ import torch
 
 from modelswarms.config import parse_config
 from modelswarms.errors import UtilityError
-from modelswarms.evaluation.engine.generation import current_batching
+from modelswarms.evaluation.engine.batching import current_batching
 from modelswarms.runs.session import Session, fingerprint
 
 

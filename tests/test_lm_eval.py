@@ -23,7 +23,7 @@ import modelswarms as ms  # noqa: E402
 from modelswarms.cli import main  # noqa: E402
 from modelswarms.config import parse_config, utility_config  # noqa: E402
 from modelswarms.errors import ConfigError  # noqa: E402
-from modelswarms.evaluation.engine.generation import Batching, batching  # noqa: E402
+from modelswarms.evaluation.engine.batching import Batching, batching  # noqa: E402
 from modelswarms.evaluation.objectives.utilities import build_utility  # noqa: E402
 from modelswarms.testing import make_tiny_gpt2, make_tiny_llama  # noqa: E402
 

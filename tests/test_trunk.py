@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from modelswarms.config import RunConfig
-from modelswarms.evaluation.engine import generation
+from modelswarms.evaluation.engine import batching, generation
 from modelswarms.evaluation.engine.multiplex import ParticleBatch
 from modelswarms.evaluation.engine.trunk import FrozenTrunk, install_on
 from modelswarms.runs.session import Session
@@ -152,7 +152,7 @@ def test_a_filled_cache_continues_exactly(upper_experts, mc_data):
     @torch.inference_mode()
     def two_stage(session):
         model = session.backend.model
-        kwarg = generation._cache_kwarg(model)
+        kwarg = batching.cache_kwarg(model)
         first = model(input_ids=ids, attention_mask=mask,
                       position_ids=(mask.cumsum(-1) - 1).clamp(min=0), use_cache=True)
         cache = getattr(first, "cache", None) or first.past_key_values
@@ -453,7 +453,7 @@ def test_a_row_copy_is_keyed_only_while_its_source_is_unchanged(upper_experts, m
         full = torch.cat([mask[rows], torch.ones_like(more)], dim=1)
         positions = mask[rows].sum(-1, keepdim=True) + torch.arange(2)
         return model(input_ids=more, attention_mask=full, position_ids=positions,
-                     use_cache=False, **{generation._cache_kwarg(model): copy}).logits
+                     use_cache=False, **{batching.cache_kwarg(model): copy}).logits
 
     for session in (plain, memo):
         session.backend.load(session.experts[0])

@@ -165,7 +165,7 @@ def evaluate(model: str | Path, items: list[dict] | str | Path, *,
     from .config import engine_config, utility_config
     from .evaluation.data.items import load_items
     from .evaluation.engine.backend import load_standalone
-    from .evaluation.engine.generation import Batching, batching
+    from .evaluation.engine.batching import Batching, batching
     from .evaluation.objectives.utilities import build_utility
 
     # a zero or negative limit would score nothing, or loop: refused here, as in a config

@@ -179,13 +179,13 @@ class _Batched:
         return getattr(self._utility, name)
 
     def score(self, *args, **kwargs):
-        from .evaluation.engine.generation import batching
+        from .evaluation.engine.batching import batching
 
         with batching(self._limits):
             return self._utility.score(*args, **kwargs)
 
     def score_many(self, *args, **kwargs):
-        from .evaluation.engine.generation import batching
+        from .evaluation.engine.batching import batching
 
         with batching(self._limits):
             return self._utility.score_many(*args, **kwargs)
@@ -196,7 +196,7 @@ def make_utility(*, batch_size: int | None = None, max_batch_tokens: int | None 
     """A utility from config fields; batch limits (the engine's, not the utility's) given
     here apply to its calls."""
     from .config import utility_config
-    from .evaluation.engine.generation import Batching
+    from .evaluation.engine.batching import Batching
     from .evaluation.objectives.utilities import build_utility
 
     utility = build_utility(utility_config(**fields))

@@ -25,9 +25,8 @@ from ..config import ModelConfig
 from ..errors import ConfigError, UtilityError
 from ..pool import ExpertPool
 from ..space import FlatSpace
-from .engine import generation
 from .engine.backend import ResidentModel
-from .engine.generation import Batching
+from .engine.batching import Batching, batching
 from .engine.multiplex import LogitAverage, ParticleBatch
 from .engine.trunk import FrozenTrunk, install_on
 from .objectives.utilities import ItemScores, Utility
@@ -141,7 +140,7 @@ class ResidentEvaluator(CountingEvaluator):
         again, down to one item per batch. The smaller limits stay for the rest of the run."""
         while True:
             try:
-                with generation.batching(self.batching):
+                with batching(self.batching):
                     return fn()
             except torch.OutOfMemoryError:
                 if self.batching.batch_size <= 1:

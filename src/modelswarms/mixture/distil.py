@@ -27,7 +27,7 @@ from typing import Any
 import torch
 
 from ..errors import ConfigError
-from ..evaluation.engine.generation import _pad
+from ..evaluation.engine.batching import pad as pad_rows
 from ..evaluation.objectives.utilities import ItemScores
 from .model import MixtureLM
 
@@ -94,7 +94,7 @@ def distillation_targets(mixture: MixtureLM, student: int, prompts: Sequence[str
 
 def _kl(model, batch: list[tuple[list[int], int, torch.Tensor]], pad: int) -> torch.Tensor:
     """Mean over continuation tokens of KL(target || student)."""
-    ids, mask = _pad([row for row, _, _ in batch], pad, left=False, device=model.device)
+    ids, mask = pad_rows([row for row, _, _ in batch], pad, left=False, device=model.device)
     logits = model(input_ids=ids, attention_mask=mask).logits.float()
     total, count = logits.new_zeros(()), 0
     for r, (row, start, target) in enumerate(batch):
@@ -159,7 +159,7 @@ def score_references(mixture: MixtureLM, utility: dict[str, Any],
     item the experts cannot read fails before anything is written."""
     from ..config import ModelConfig, utility_config
     from ..errors import UtilityError
-    from ..evaluation.engine.generation import Batching
+    from ..evaluation.engine.batching import Batching
     from ..evaluation.objectives.utilities import build_utility
     from .evaluator import MixtureEvaluator
 
@@ -191,7 +191,7 @@ def distillation_report(mixture: MixtureLM, student: int, folder: str | Path,
     scored as `modelswarms eval` scores an adapter folder."""
     from ..config import ModelConfig, utility_config
     from ..evaluation.engine.backend import load_standalone
-    from ..evaluation.engine.generation import Batching, batching
+    from ..evaluation.engine.batching import Batching, batching
     from ..evaluation.objectives.utilities import build_utility
     from ..runs.stats import pack_scores, paired_bootstrap
 

@@ -14,8 +14,7 @@ from typing import Any
 
 import torch
 
-from ..evaluation.engine import generation
-from ..evaluation.engine.generation import Batching
+from ..evaluation.engine.batching import Batching, batching
 from ..evaluation.evaluator import CountingEvaluator
 from ..evaluation.objectives.utilities import ItemScores, Utility
 from .model import MixtureLM
@@ -49,7 +48,7 @@ class MixtureEvaluator(CountingEvaluator):
                    utility: Utility) -> list[ItemScores]:
         rows = [torch.full((self.mixture.n,), 1.0)] if vectors is None else list(vectors)
         out = []
-        with generation.batching(self.batching):
+        with batching(self.batching):
             self.mixture.batch_size = self.batching.batch_size
             for row in rows:
                 self.mixture.set_weights(mixing_weights(row))

@@ -16,6 +16,7 @@ from ...config import UtilityConfig
 from ...errors import ConfigError
 from ..data.prompts import encode, render, uses_chat
 from ..engine import generation
+from ..engine.batching import batches, pad
 from .utilities import ItemScores, _mean, _pad_id, _ScoresEachParticle, register_utility
 
 
@@ -82,8 +83,8 @@ class RewardModel(_ScoresEachParticle):
             else:
                 rows.append(tok(f"{p}\n\n{a}")["input_ids"])
         out = [0.0] * len(rows)
-        for batch in generation._batches([len(r) for r in rows], self.cfg.reward.batch_size):
-            ids, mask = generation._pad([rows[i] for i in batch], tok.pad_token_id, left=False,
+        for batch in batches([len(r) for r in rows], self.cfg.reward.batch_size):
+            ids, mask = pad([rows[i] for i in batch], tok.pad_token_id, left=False,
                                         device=device)
             scores = self._rm(input_ids=ids, attention_mask=mask).logits[:, 0].float()
             for row, i in enumerate(batch):
