@@ -49,7 +49,7 @@ from modelswarms.evaluation.engine.trunk import decoder_layers
 from modelswarms.evaluation.evaluator import ResidentEvaluator
 from modelswarms.evaluation.objectives.utilities import build_utility
 from modelswarms.runs.session import open_pool
-from modelswarms.runs.stats import paired_bootstrap
+from modelswarms.stats import paired_bootstrap
 
 ROOT = Path(__file__).resolve().parents[1]
 EVAL = ROOT.parent / "shared" / "data" / "eval"

@@ -211,7 +211,7 @@ def test_compare_table_has_interval_columns_and_item_counts(stat_compare):
 
 
 def test_search_intervals_are_the_paired_bootstrap_of_the_stored_scores(stat_compare):
-    from modelswarms.runs.stats import paired_bootstrap, seed_averaged_gain, unpack_scores
+    from modelswarms.stats import paired_bootstrap, seed_averaged_gain, unpack_scores
 
     out, report = stat_compare
     res = _results(out)

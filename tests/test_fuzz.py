@@ -39,7 +39,7 @@ from safetensors.torch import load_file, save_file
 
 from modelswarms.cli import main
 from modelswarms.config import RunConfig
-from modelswarms.runs.folders import MARKER, FolderLock, mark
+from modelswarms.folders import MARKER, FolderLock, mark
 from modelswarms.testing import (
     make_tiny_full_pool,
     make_tiny_gpt2,

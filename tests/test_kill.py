@@ -17,9 +17,9 @@ import torch
 import yaml
 
 from modelswarms.config import load_config
+from modelswarms.folders import MARKER
 from modelswarms.runs import runner
 from modelswarms.runs.checkpoint import load_checkpoint
-from modelswarms.runs.folders import MARKER
 
 KILLS = int(os.environ.get("MODELSWARMS_KILLS", "20"))
 
@@ -29,6 +29,7 @@ KILLS = int(os.environ.get("MODELSWARMS_KILLS", "20"))
 CHILD = r'''
 import os, signal, sys
 from modelswarms.config import load_config
+from modelswarms import io as atomic
 from modelswarms.runs import checkpoint, runner
 
 action, target, mode = sys.argv[1:4]
@@ -43,14 +44,14 @@ if mode.startswith("write:"):
             os.kill(os.getpid(), signal.SIGKILL)
     checkpoint.save_file = torn
 elif mode.startswith("text:"):
-    n, calls, real_bytes = int(mode[5:]), [0], checkpoint.atomic_write_bytes
+    n, calls, real_bytes = int(mode[5:]), [0], atomic.atomic_write_bytes
     def torn_text(path, data):
         calls[0] += 1
         if calls[0] == n:
             (path.parent / f".{path.name}.killed.tmp").write_bytes(data[: len(data) // 2])
             os.kill(os.getpid(), signal.SIGKILL)
         real_bytes(path, data)
-    checkpoint.atomic_write_bytes = torn_text
+    atomic.atomic_write_bytes = torn_text
 if action == "new":
     runner.run(load_config(target), overwrite=True, show_progress=False)
 elif action == "resume":

@@ -362,7 +362,7 @@ def experts_train(data: str, split: str, out: str, base_model: str, rank: int, a
     """Fine-tune a LoRA expert on DATA; writes an adapter folder and its data card."""
     from .evaluation.data.items import load_items
     from .experts import train_lora
-    from .runs.folders import refuse_overlap
+    from .folders import refuse_overlap
 
     _quiet_libraries()
     _guard(debug, refuse_overlap, out, [("data", data)], "--out")

@@ -396,8 +396,8 @@ def train_lora(
     from safetensors.torch import load_file, save_file
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    from ..folders import MARKER, is_ours, mark, refuse_overlap
     from ..models import resolve_model
-    from ..runs.folders import MARKER, is_ours, mark, refuse_overlap
 
     out = Path(out)
     _check_format(format)

@@ -13,7 +13,7 @@ from typing import Any
 import torch
 
 from ..config import RunConfig
-from ..runs.checkpoint import atomic_write_text
+from ..io import atomic_write_text
 from ..runs.runner import read_jsonl, search_loop
 from ..runs.session import Session
 from .graph import Dag, chain, decode, random_adjacency, star

@@ -10,7 +10,7 @@ from typing import Any
 
 from ..config import RunConfig
 from ..errors import RunError
-from ..runs.checkpoint import atomic_write_text
+from ..io import atomic_write_text
 from ..runs.report import plot_history
 from ..runs.session import Session
 from .baselines import baselines, row

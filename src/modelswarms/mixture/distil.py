@@ -193,7 +193,7 @@ def distillation_report(mixture: MixtureLM, student: int, folder: str | Path,
     from ..evaluation.engine.backend import load_standalone
     from ..evaluation.engine.batching import Batching, batching
     from ..evaluation.objectives.utilities import build_utility
-    from ..runs.stats import pack_scores, paired_bootstrap
+    from ..stats import pack_scores, paired_bootstrap
 
     engine = engine or ModelConfig()
     scorer = build_utility(utility_config(**utility))

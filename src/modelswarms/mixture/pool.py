@@ -16,6 +16,7 @@ from pathlib import Path
 import torch
 
 from ..errors import ExpertError
+from ..io import atomic_write_text
 from ..pool import Expert, ExpertPool
 from ..pool.loading import read_json
 
@@ -79,7 +80,6 @@ def _source(expert: Expert) -> str:
 def write_mixture(pool: ExpertPool, weights: torch.Tensor, folder: str | Path,
                   metadata: dict[str, str] | None = None) -> Path:
     """A mixture's export: mixture.json naming each expert's folder and its weight."""
-    from ..runs.checkpoint import atomic_write_text
     from .evaluator import mixing_weights
 
     folder = Path(folder)

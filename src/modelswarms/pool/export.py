@@ -60,7 +60,7 @@ def export_expert(pool: ExpertPool, tensors: dict[str, torch.Tensor], folder: st
     if folder.resolve() in inputs:  # replacing the folder would destroy an input expert
         raise ExpertError(f"{folder}: is the folder of expert {inputs[folder.resolve()]}; "
                           "export to a new folder, input experts are never overwritten")
-    from ..runs.folders import MARKER, is_ours, mark
+    from ..folders import MARKER, is_ours, mark
 
     if folder.is_dir() and any(folder.iterdir()) and not any(
             is_ours(f) for f in (folder, *folder.resolve().parents)):

@@ -21,16 +21,16 @@ from typing import Any
 
 from ..config import RunConfig, dump_config, load_config
 from ..errors import ConfigError, ModelSwarmsError, RunError
+from ..folders import FolderLock, claim, config_inputs, lock_existing
+from ..io import atomic_write_text
 from ..merge import MERGE_METHODS
-from .checkpoint import atomic_write_text
-from .folders import FolderLock, claim, config_inputs, lock_existing
+from ..stats import paired_bootstrap, seed_averaged_gain, unpack_scores
 from .inputs import check_resume
 from .inputs import record as record_inputs
 from .progress import CompareProgress
 from .rows import RowContext, RowSpec, is_search, row_spec
 from .runner import logging_to, read_jsonl, remove_torn_writes
 from .session import Session
-from .stats import paired_bootstrap, seed_averaged_gain, unpack_scores
 from .trackers import check_trackers
 
 log = logging.getLogger("modelswarms")

@@ -9,11 +9,11 @@ import torch
 
 from ..config import RunConfig
 from ..errors import ConfigError
+from ..folders import check_output, config_inputs
 from ..merge import MERGE_METHODS, merge_vectors
 from ..merge.base import base_vector, need_base
 from ..pool import export_vector, load_pool
 from ..space import FlatSpace
-from .folders import check_output, config_inputs
 
 
 def merge_to_folder(cfg: RunConfig, *, overwrite: bool = False) -> Path:

@@ -18,9 +18,9 @@ from ..errors import ConfigError
 from ..merge import MERGE_METHODS, merge_vectors
 from ..merge.base import base_vector, need_base
 from ..search import strategy_names, strategy_spec
+from ..stats import pack_scores
 from .ensemble import majority_vote
 from .session import Session
-from .stats import pack_scores
 
 
 @dataclass

@@ -19,15 +19,11 @@ from typing import Any
 
 from ..config import RunConfig, dump_config, load_config
 from ..errors import ConfigError, ModelSwarmsError, RunError
+from ..folders import Claim, FolderLock, claim, config_inputs, lock_existing
+from ..io import atomic_write_text
 from ..search import SearchStrategy, strategy_spec
-from .checkpoint import (
-    CheckpointWriter,
-    atomic_write_text,
-    load_checkpoint,
-    save_checkpoint,
-)
+from .checkpoint import CheckpointWriter, load_checkpoint, save_checkpoint
 from .checks import check_budget
-from .folders import Claim, FolderLock, claim, config_inputs, lock_existing
 from .inputs import check_resume
 from .inputs import record as record_inputs
 from .progress import Progress, SearchView

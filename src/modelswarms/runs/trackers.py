@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from ..errors import ConfigError
-from .checkpoint import atomic_write_text
+from ..io import atomic_write_text
 
 if TYPE_CHECKING:
     from ..config import RunConfig
