@@ -21,7 +21,7 @@ from modelswarms.config import load_config, parse_config
 from modelswarms.errors import ConfigError
 from modelswarms.runs import runner
 from modelswarms.runs.compare import compare
-from modelswarms.runs.trackers import TRACKERS, Tracker, TrackingRun
+from modelswarms.trackers import TRACKERS, Tracker, TrackingRun
 
 README = Path(__file__).resolve().parents[1] / "README.md"
 

@@ -102,8 +102,8 @@ def search(cfg: RunConfig | str | Path, *, run_dir: str | Path | None = None,
     from .runs.report import summarize
     from .runs.runner import run, search_loop
     from .runs.session import Session
-    from .runs.trackers import Trackers
     from .search import strategy_spec
+    from .trackers import Trackers
 
     cfg = _as_config(cfg)
     if run_dir is not None:

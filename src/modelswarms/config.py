@@ -25,6 +25,7 @@ from pydantic import (
 
 from .errors import ConfigError
 from .models import EMBEDDED
+from .trackers import TRACKERS  # the registry's names; the packages are checked at run
 
 
 class StrictModel(BaseModel):
@@ -566,8 +567,6 @@ class OutputConfig(StrictModel):
     @field_validator("trackers")
     @classmethod
     def _known_trackers(cls, names: list[str]) -> list[str]:
-        from .runs.trackers import TRACKERS  # the registry; the packages are checked at run
-
         for name in names:
             if name not in TRACKERS:
                 raise ValueError(f"unknown tracker {name!r}; known: {', '.join(TRACKERS)}")

@@ -25,13 +25,13 @@ from ..folders import FolderLock, claim, config_inputs, lock_existing
 from ..io import atomic_write_text
 from ..merge import MERGE_METHODS
 from ..stats import paired_bootstrap, seed_averaged_gain, unpack_scores
+from ..trackers import check_trackers
 from .inputs import check_resume
 from .inputs import record as record_inputs
 from .progress import CompareProgress
 from .rows import RowContext, RowSpec, is_search, row_spec
 from .runner import logging_to, read_jsonl, remove_torn_writes
 from .session import Session
-from .trackers import check_trackers
 
 log = logging.getLogger("modelswarms")
 LEVEL, RESAMPLES, BOOTSTRAP_SEED = 0.95, 10000, 0

@@ -22,6 +22,7 @@ from ..errors import ConfigError, ModelSwarmsError, RunError
 from ..folders import Claim, FolderLock, claim, config_inputs, lock_existing
 from ..io import atomic_write_text
 from ..search import SearchStrategy, strategy_spec
+from ..trackers import Trackers
 from .checkpoint import CheckpointWriter, load_checkpoint, save_checkpoint
 from .checks import check_budget
 from .inputs import check_resume
@@ -29,7 +30,6 @@ from .inputs import record as record_inputs
 from .progress import Progress, SearchView
 from .report import final_report
 from .session import Session
-from .trackers import Trackers
 
 log = logging.getLogger("modelswarms")
 

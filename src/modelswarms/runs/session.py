@@ -17,6 +17,9 @@ from ..config import ExpertsConfig, ModelConfig, RunConfig
 from ..evaluation.data.items import load_split
 from ..evaluation.evaluator import Evaluator, ResidentEvaluator
 from ..evaluation.objectives.utilities import ItemScores, Utility, build_utility
+from ..evaluation.ray_pool import RayEvaluator
+from ..mixture.evaluator import MixtureEvaluator
+from ..mixture.pool import load_mixture_pool
 from ..pool import ExpertPool, export_vector, load_pool
 from ..space import FlatSpace
 from .checks import check_lengths, check_session
@@ -29,8 +32,6 @@ def open_pool(e: ExpertsConfig) -> tuple[ExpertPool, FlatSpace]:
     """The experts of a config and their searched weight space (a Ray actor opens its own
     with this, from the same config)."""
     if e.compose == "mixture":
-        from ..mixture.pool import load_mixture_pool
-
         pool = load_mixture_pool(e.paths)
     else:
         pool = load_pool(e.paths, base_model=e.base_model)
@@ -42,10 +43,14 @@ def local_evaluator(pool: ExpertPool, space: FlatSpace, e: ExpertsConfig,
     """The evaluator of this process: a mixture's models side by side, or one resident
     model."""
     if pool.kind == "mixture":
-        from ..mixture.evaluator import MixtureEvaluator
-
         return MixtureEvaluator.open(pool, model)
     return ResidentEvaluator(pool, space, model, trust_remote_code=e.trust_remote_code)
+
+
+def open_local(e: ExpertsConfig, model: ModelConfig) -> tuple[FlatSpace, Evaluator]:
+    """A Ray actor's evaluator and weight space, opened from the run's config."""
+    pool, space = open_pool(e)
+    return space, local_evaluator(pool, space, e, model)
 
 
 @dataclass
@@ -76,9 +81,7 @@ class Session:
             test = load_split(data, data.test_split, required=utility.required_fields,
                               limit=data.max_test) if need_test else None
         if evaluator is None and cfg.model.workers is not None:
-            from ..evaluation.ray_pool import RayEvaluator
-
-            evaluator = RayEvaluator.open(cfg.experts, cfg.model, space)
+            evaluator = RayEvaluator.open(cfg.experts, cfg.model, space, open_local)
         elif evaluator is None:
             evaluator = local_evaluator(pool, space, cfg.experts, cfg.model)
         experts = space.stack([x.tensors for x in pool.experts], device=evaluator.device)
