@@ -140,13 +140,13 @@ def compare_cmd(config: str | None, resume_dir: str | None, overwrite: bool,
                         f"{report['budget']}, seeds {report['seeds']}")
     for col in ("method", "dev", "test", "evals", "s"):
         table.add_column(col, justify="left" if col == "method" else "right")
-    from .runs.compare import _pm
+    from .runs.compare import plus_minus
 
     for row in report["rows"]:
         if "skipped" in row:
             table.add_row(row["name"], "skipped", "", "", "")
         else:
-            table.add_row(row["name"], _pm(row, "dev"), _pm(row, "test"),
+            table.add_row(row["name"], plus_minus(row, "dev"), plus_minus(row, "test"),
                           f"{row['evaluations']:.0f}", f"{row['seconds']:.1f}")
     console.print(table)
 

@@ -92,7 +92,8 @@ def distillation_targets(mixture: MixtureLM, student: int, prompts: Sequence[str
     return out
 
 
-def _kl(model, batch: list[tuple[list[int], int, torch.Tensor]], pad: int) -> torch.Tensor:
+def kl_to_targets(model, batch: list[tuple[list[int], int, torch.Tensor]], pad: int
+                  ) -> torch.Tensor:
     """Mean over continuation tokens of KL(target || student)."""
     ids, mask = pad_rows([row for row, _, _ in batch], pad, left=False, device=model.device)
     logits = model(input_ids=ids, attention_mask=mask).logits.float()
@@ -121,11 +122,11 @@ def distil(mixture: MixtureLM, student: int, student_path: str | Path, prompts: 
     params = [p for p in model.parameters() if p.requires_grad]
     optimiser = torch.optim.AdamW(params, lr=lr)
     with torch.no_grad():
-        before = float(_kl(model.eval(), targets, pad))
+        before = float(kl_to_targets(model.eval(), targets, pad))
     model.train()
     for step in range(steps):
         batch = rng.sample(targets, min(batch_size, len(targets)))
-        loss = _kl(model, batch, pad)
+        loss = kl_to_targets(model, batch, pad)
         optimiser.zero_grad()
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
@@ -134,7 +135,7 @@ def distil(mixture: MixtureLM, student: int, student_path: str | Path, prompts: 
             log(f"distil step {step + 1}/{steps}: KL {loss.item():.4f}")
     model.eval()
     with torch.no_grad():
-        after = float(_kl(model, targets, pad))
+        after = float(kl_to_targets(model, targets, pad))
     if not math.isfinite(after):  # before anything is written: no half result to clean up
         raise ConfigError(f"distillation diverged (KL is not finite); lower the learning rate "
                           f"(--lr, now {lr:g})")

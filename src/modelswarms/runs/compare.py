@@ -161,11 +161,11 @@ def _compare(cfg: RunConfig, out: Path, methods: list[str], show_progress: bool)
                 f.write(json.dumps(rec) + "\n")
             log.info("compare: %s seed %d done", method, seed)
             # the table so far, readable while the rest runs (or after a kill)
-            write_tables(_table(cfg, methods, done, items,
+            write_tables(comparison_table(cfg, methods, done, items,
                                 partial={"rows_done": len(done), "rows_total": len(units)}),
                          out)
             watch.finish_row(time.perf_counter() - start, _summary(rows))
-        report = _table(cfg, methods, done, items)
+        report = comparison_table(cfg, methods, done, items)
         write_tables(report, out)
         plot(report, out / "compare.png")
     return report
@@ -197,7 +197,7 @@ def _stats(values: list[float]) -> tuple[float, float]:
 PerItem = list[list[float] | None]
 
 
-def _table(cfg: RunConfig, methods: list[str], done: dict,
+def comparison_table(cfg: RunConfig, methods: list[str], done: dict,
            items: dict[str, int] | None = None,
            partial: dict[str, int] | None = None) -> dict[str, Any]:
     """The report of the rows in `done`; `partial` (rows done / rows in all) marks a table
@@ -222,7 +222,7 @@ def _table(cfg: RunConfig, methods: list[str], done: dict,
             for split in ("dev", "test"):
                 values = [r[split] for r in runs if r.get(split) is not None]
                 row[split] = values
-                row[f"{split}_mean"], row[f"{split}_std"] = _stats(values) if values else \
+                row[f"{split}mean"], row[f"{split}_std"] = _stats(values) if values else \
                     (None, None)
             if runs[0].get("correctness_emergence") is not None:
                 row["correctness_emergence"] = [r["correctness_emergence"] for r in runs]
@@ -294,8 +294,8 @@ def _intervals(row: dict[str, Any], seeds: PerItem,
         row[field] = whole
 
 
-def _pm(row: dict[str, Any], split: str) -> str:
-    mean = row.get(f"{split}_mean")
+def plus_minus(row: dict[str, Any], split: str) -> str:
+    mean = row.get(f"{split}mean")
     if mean is None:
         return "-"
     return f"{mean:.4f}" + (f" ± {row[f'{split}_std']:.4f}" if row["seeds"] > 1 else "")
@@ -418,7 +418,7 @@ def render_markdown(report: dict[str, Any]) -> str:
             continue
         search = is_search(row.get("method", ""))
         vs = [_ci(row.get(f"vs_{k}")) if search else "" for k in REFERENCE_LABELS]
-        lines.append(f"| {row['name']} | {_pm(row, 'dev')} | {_pm(row, 'test')} | "
+        lines.append(f"| {row['name']} | {plus_minus(row, 'dev')} | {plus_minus(row, 'test')} | "
                      f"{vs[0]} | {vs[1]} | {row['evaluations']:.0f} | {row['seconds']:.1f} |")
     if sentence := verdict_sentence(report):
         lines += ["", sentence]

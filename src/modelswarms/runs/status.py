@@ -71,7 +71,7 @@ def folder_status(folder: str | Path) -> dict[str, Any]:
 
 
 def _compare_status(folder: Path, cfg: Any) -> dict[str, Any]:
-    from .compare import _table, render_markdown
+    from .compare import comparison_table, render_markdown
     from .rows import row_spec
     from .runner import read_jsonl
 
@@ -85,7 +85,7 @@ def _compare_status(folder: Path, cfg: Any) -> dict[str, Any]:
     if finished:
         who["state"] = "finished"
     partial = None if finished else {"rows_done": len(done), "rows_total": len(units)}
-    report = _table(cfg, methods, done, last.get("items"), partial=partial)
+    report = comparison_table(cfg, methods, done, last.get("items"), partial=partial)
     in_flight = None
     todo = [u for u in units if u not in done]
     if todo and who["state"] != "finished":

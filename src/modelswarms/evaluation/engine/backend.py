@@ -110,7 +110,7 @@ def load_causal_lm(source: str, dtype: torch.dtype, device: torch.device,
     return model.to(device).eval()
 
 
-def _live_name(pool: ExpertPool, name: str) -> str:
+def live_name(pool: ExpertPool, name: str) -> str:
     # peft stores "...lora_A.weight" in files; the live parameter is "...lora_A.default.weight".
     if pool.kind == "lora":
         for part in (".lora_A.", ".lora_B.", ".lora_embedding_A", ".lora_embedding_B"):
@@ -143,7 +143,7 @@ class ResidentModel:
         self.flat = self._bind()
         if dtype == "int8":
             params = dict(self.model.named_parameters(remove_duplicate=False))
-            quantize_int8(self.model, frozenset(id(params[_live_name(pool, slot.name)])
+            quantize_int8(self.model, frozenset(id(params[live_name(pool, slot.name)])
                                                 for slot in space.slots))
 
     def _bind(self) -> torch.Tensor:
@@ -151,7 +151,7 @@ class ResidentModel:
         first = self.pool.experts[0].tensors
         live = []
         for slot in self.space.slots:
-            name = _live_name(self.pool, slot.name)
+            name = live_name(self.pool, slot.name)
             if name not in params:
                 raise ExpertError(
                     f"{self.pool.experts[0].path}: tensor {slot.name} has no parameter "

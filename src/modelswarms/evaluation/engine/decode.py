@@ -104,9 +104,9 @@ class BufferCache(Cache):
         super().__init__(layers=layers)
         # the frozen-layer memo (trunk.py) treats a cache it has seen as a continuation and
         # leaves its forwards alone: decoding steps are never keyed
-        from .trunk import _SEEN
+        from .trunk import SEEN
 
-        setattr(self, _SEEN, True)
+        setattr(self, SEEN, True)
 
 
 def supported(model) -> str | None:

@@ -18,7 +18,7 @@ from collections.abc import Iterator
 import torch
 
 from ...errors import ConfigError
-from .backend import ResidentModel, _live_name
+from .backend import ResidentModel, live_name
 
 
 def _stacked(flat: torch.Tensor, offset: int, numel: int, shape: tuple[int, ...]) -> torch.Tensor:
@@ -37,7 +37,7 @@ class ParticleBatch:
         space = backend.space
         self.flat = torch.zeros(k_max, space.dim, dtype=backend.flat.dtype,
                                 device=backend.device)
-        slots = {_live_name(backend.pool, s.name): s for s in space.slots}
+        slots = {live_name(backend.pool, s.name): s for s in space.slots}
         self.layers: list[tuple[torch.nn.Module, torch.Tensor, torch.Tensor, float]] = []
         for name, module in backend.model.named_modules():
             if not isinstance(module, LoraLinear) or "default" not in module.lora_A:

@@ -14,7 +14,7 @@ from typing import Any
 from ...config import UtilityConfig, as_utility
 from ..data.prompts import encode, multiple_choice_prompt, render, uses_chat
 from ..engine import generation
-from .utilities import ItemScores, _pad_id, build_utility, register_utility
+from .utilities import ItemScores, build_utility, pad_id, register_utility
 
 CHECK = ("{question}\nProposed answer: {letter}: {text}\n"
          "Is the proposed answer true or false?")
@@ -46,7 +46,7 @@ class AbstainQA:
             prompts.append(encode(tokenizer, render(tokenizer, text, chat) + (
                 "The proposed answer is" if chat else "\nThe proposed answer is"), chat))
         verdicts = self._verdicts(tokenizer)
-        limits = dict(pad_id=_pad_id(tokenizer))
+        limits = dict(pad_id=pad_id(tokenizer))
         if all(len(v) == 1 for v in verdicts):
             logps = generation.next_token_logprobs(
                 model, prompts, [v[0] for v in verdicts], **limits)[0]

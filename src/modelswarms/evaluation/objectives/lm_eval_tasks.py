@@ -34,7 +34,7 @@ from typing import Any
 
 from ...errors import ConfigError, DataError, first_line
 from ..engine import generation
-from .utilities import ItemScores, _pad_id, _ScoresEachParticle, register_utility
+from .utilities import ItemScores, ScoresEachParticle, pad_id, register_utility
 
 CHOICE_METRICS = ("acc", "acc_norm", "acc_bytes", "acc_mutual_info")
 OUTPUT_TYPES = ("multiple_choice", "generate_until")
@@ -328,7 +328,7 @@ def task_spec(name: str, task: Any, cfg: Any) -> TaskSpec:
 
 
 @register_utility("lm_eval")
-class LmEvalTasks(_ScoresEachParticle):
+class LmEvalTasks(ScoresEachParticle):
     """lm-evaluation-harness tasks, scored by our engine; the utility is the mean of the
     chosen metric over all documents of all tasks (lm-eval's size-weighted group mean)."""
 
@@ -449,7 +449,7 @@ class LmEvalTasks(_ScoresEachParticle):
                 item_slots.append((p, seen[tuple(tail)]))
             slots.append(item_slots)
         per_particle = generation.option_logprobs(model, prompts, options,
-                                                  pad_id=_pad_id(tokenizer), particles=particles)
+                                                  pad_id=pad_id(tokenizer), particles=particles)
         return [[[logps[a][b] for a, b in item_slots] for item_slots in slots]
                 for logps in per_particle]
 
@@ -489,7 +489,7 @@ class LmEvalTasks(_ScoresEachParticle):
                     counts["lm_eval_truncated"] += 1
                 prompts.append(ids)
             per_particle = generation.generate(
-                model, prompts, max_new_tokens=max_gen, pad_id=_pad_id(tokenizer),
+                model, prompts, max_new_tokens=max_gen, pad_id=pad_id(tokenizer),
                 eos_id=sorted(eos) or None, particles=particles, stop_strings=until,
                 tokenizer=tokenizer)
             for p, outs in enumerate(per_particle):

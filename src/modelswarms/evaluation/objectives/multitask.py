@@ -13,7 +13,7 @@ from typing import Any
 
 from ...config import UtilityConfig, as_utility
 from ...errors import DataError
-from .utilities import ItemScores, _ScoresEachParticle, build_utility, register_utility
+from .utilities import ItemScores, ScoresEachParticle, build_utility, register_utility
 
 _MEDICAL = ("anatomy", "clinical_knowledge", "college_medicine", "medical_genetics",
             "nutrition", "professional_medicine", "virology")
@@ -41,7 +41,7 @@ def harmonic_mean(values: list[float]) -> float:
 
 
 @register_utility("multi_task")
-class MultiTask(_ScoresEachParticle):
+class MultiTask(ScoresEachParticle):
     """Harmonic mean over tasks; per item the task utility's score."""
 
     required_fields = ("task",)

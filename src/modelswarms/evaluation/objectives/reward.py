@@ -17,7 +17,7 @@ from ...errors import ConfigError
 from ..data.prompts import encode, render, uses_chat
 from ..engine import generation
 from ..engine.batching import batches, pad
-from .utilities import ItemScores, _mean, _pad_id, _ScoresEachParticle, register_utility
+from .utilities import ItemScores, ScoresEachParticle, mean, pad_id, register_utility
 
 
 def normalise(raw: float, low: float, high: float) -> float:
@@ -36,7 +36,7 @@ def combine(reward: float, length: float, variant: str, weight: float) -> float:
 
 
 @register_utility("reward_model")
-class RewardModel(_ScoresEachParticle):
+class RewardModel(ScoresEachParticle):
     required_fields = ("prompt",)
 
     def __init__(self, cfg: UtilityConfig):
@@ -97,7 +97,7 @@ class RewardModel(_ScoresEachParticle):
         prompts = [encode(tokenizer, render(tokenizer, str(it["prompt"]), chat), chat)
                    for it in items]
         per_particle = generation.generate(
-            model, prompts, max_new_tokens=self.cfg.max_new_tokens, pad_id=_pad_id(tokenizer),
+            model, prompts, max_new_tokens=self.cfg.max_new_tokens, pad_id=pad_id(tokenizer),
             eos_id=tokenizer.eos_token_id, particles=particles)
         device = next(model.parameters()).device
         r = self.cfg.reward
@@ -108,5 +108,5 @@ class RewardModel(_ScoresEachParticle):
             scores = [combine(normalise(x, r.low, r.high),
                               min(1.0, len(ids) / self.cfg.max_new_tokens), r.variant,
                               r.length_weight) for x, ids in zip(raw, outs, strict=True)]
-            results.append(ItemScores(_mean(scores), scores, answers))
+            results.append(ItemScores(mean(scores), scores, answers))
         return results

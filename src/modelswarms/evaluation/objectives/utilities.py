@@ -54,7 +54,7 @@ class BatchedUtility(Utility, Protocol):
         ...
 
 
-class _ScoresEachParticle:
+class ScoresEachParticle:
     def score(self, model: Any, tokenizer: Any, items: list[dict]) -> ItemScores:
         return self.score_many(model, tokenizer, items, 1)[0]  # type: ignore[attr-defined]
 
@@ -107,12 +107,12 @@ def build_utility(cfg: UtilityConfig) -> Utility:
     return UTILITIES[cfg.type](cfg)
 
 
-def _pad_id(tokenizer: Any) -> int:
+def pad_id(tokenizer: Any) -> int:
     return tokenizer.pad_token_id if tokenizer.pad_token_id is not None else \
         tokenizer.eos_token_id
 
 
-def _mean(scores: list[float]) -> float:
+def mean(scores: list[float]) -> float:
     return sum(scores) / len(scores)
 
 
@@ -130,11 +130,11 @@ def pick_options(items: list[dict], logps: list[list[float]]) -> ItemScores:
     preds = [ls[max(range(len(lp)), key=lp.__getitem__)] for ls, lp in
              zip(letters, logps, strict=True)]
     scores = [float(p == it["answer"]) for p, it in zip(preds, items, strict=True)]
-    return ItemScores(_mean(scores), scores, preds)
+    return ItemScores(mean(scores), scores, preds)
 
 
 @register_utility("multiple_choice")
-class MultipleChoice(_ScoresEachParticle):
+class MultipleChoice(ScoresEachParticle):
     """Accuracy on multiple-choice items; `scoring` says how an option is chosen.
 
     - letter: the option letter with the highest log-likelihood after the paper's prompt
@@ -183,7 +183,7 @@ class MultipleChoice(_ScoresEachParticle):
     def _letter_logprobs(self, model: Any, tokenizer: Any, prompts: list[list[int]],
                          letters: list[list[str]], particles: int) -> list[list[list[float]]]:
         """[particle][item][option]: log p(letter | prompt)."""
-        pad = _pad_id(tokenizer)
+        pad = pad_id(tokenizer)
         # Items with different option sets (TruthfulQA: 2 to 13 options) still need one
         # forward each: read every letter any item uses at the prompt's end and keep each
         # item's own, instead of one sequence per option (5-6x the work there).
@@ -209,7 +209,7 @@ class MultipleChoice(_ScoresEachParticle):
         options = [[tokenizer.encode(cloze_continuation(t), add_special_tokens=False)
                     for t in ts] for ts in texts]
         per_particle = generation.option_logprobs(
-            model, prompts, options, pad_id=_pad_id(tokenizer), particles=particles)
+            model, prompts, options, pad_id=pad_id(tokenizer), particles=particles)
         if not per_char:
             return per_particle
         return [per_character(items, logps) for logps in per_particle]
@@ -244,7 +244,7 @@ class MultipleChoice(_ScoresEachParticle):
                             prompts: list[list[int]], letters: list[list[str]],
                             particles: int) -> list[ItemScores]:
         per_particle = generation.generate(
-            model, prompts, max_new_tokens=self.cfg.max_new_tokens, pad_id=_pad_id(tokenizer),
+            model, prompts, max_new_tokens=self.cfg.max_new_tokens, pad_id=pad_id(tokenizer),
             eos_id=tokenizer.eos_token_id, particles=particles)
         results = []
         for outs in per_particle:
@@ -252,13 +252,13 @@ class MultipleChoice(_ScoresEachParticle):
             preds = [extract_letter(t, ls) or "" for t, ls in zip(texts, letters, strict=True)]
             scores = [float(p == it["answer"]) for p, it in zip(preds, items, strict=True)]
             # No letter found is a wrong answer, as in the paper, but the report counts it.
-            results.append(ItemScores(_mean(scores), scores, preds,
+            results.append(ItemScores(mean(scores), scores, preds,
                                       {"mc_unparsed": preds.count("")}))
         return results
 
 
 @register_utility("exact_match")
-class ExactMatch(_ScoresEachParticle):
+class ExactMatch(ScoresEachParticle):
     """Greedy answer; numeric golds compare as numbers (GSM8K), others by containment."""
 
     required_fields = ("question", "answer")
@@ -272,7 +272,7 @@ class ExactMatch(_ScoresEachParticle):
         prompts = [encode(tokenizer, render(tokenizer, qa_prompt(it, self.cfg.prompt), chat),
                           chat) for it in items]
         per_particle = generation.generate(
-            model, prompts, max_new_tokens=self.cfg.max_new_tokens, pad_id=_pad_id(tokenizer),
+            model, prompts, max_new_tokens=self.cfg.max_new_tokens, pad_id=pad_id(tokenizer),
             eos_id=tokenizer.eos_token_id, particles=particles)
         return [self._judge(tokenizer, items, outs) for outs in per_particle]
 
@@ -289,7 +289,7 @@ class ExactMatch(_ScoresEachParticle):
                 ok = " ".join(gold.lower().split()) in pred.lower()
             preds.append(pred)
             scores.append(float(ok))
-        return ItemScores(_mean(scores), scores, preds)
+        return ItemScores(mean(scores), scores, preds)
 
 
 class FunctionUtility:
@@ -312,7 +312,7 @@ class FunctionUtility:
             result = out
         elif isinstance(out, list | tuple):
             scores = [float(x) for x in out]
-            result = ItemScores(_mean(scores), scores, [repr(x) for x in scores])
+            result = ItemScores(mean(scores), scores, [repr(x) for x in scores])
         else:
             value = float(out)
             result = ItemScores(value, [value] * len(items), [""] * len(items))
@@ -336,7 +336,7 @@ class PythonUtility(FunctionUtility):
 
 
 @register_utility("human_interest")
-class HumanInterest(_ScoresEachParticle):
+class HumanInterest(ScoresEachParticle):
     """The paper's human-interest objective: the model answers each prompt, an LLM judge rates
     how well the answer serves someone interested in `topic` (1-10); utility = mean rating / 10.
 
@@ -359,7 +359,7 @@ class HumanInterest(_ScoresEachParticle):
         texts = [(self.cfg.prompt or "{prompt}").format(**it) for it in items]
         prompts = [encode(tokenizer, render(tokenizer, t, chat), chat) for t in texts]
         per_particle = generation.generate(
-            model, prompts, max_new_tokens=self.cfg.max_new_tokens, pad_id=_pad_id(tokenizer),
+            model, prompts, max_new_tokens=self.cfg.max_new_tokens, pad_id=pad_id(tokenizer),
             eos_id=tokenizer.eos_token_id, particles=particles)
         answers = [[tokenizer.decode(ids, skip_special_tokens=True).strip() for ids in outs]
                    for outs in per_particle]
@@ -386,5 +386,5 @@ class HumanInterest(_ScoresEachParticle):
             else:
                 scores.append(0.1 if policy == "lowest" else math.nan)
         rated = [s for s in scores if not math.isnan(s)]
-        value = _mean(rated) if rated else 0.0
+        value = mean(rated) if rated else 0.0
         return ItemScores(value, scores, answers, counts)
