@@ -13,9 +13,10 @@ from transformers import AutoModelForCausalLM, AutoModelForSequenceClassificatio
 from modelswarms.config import DataConfig, RewardConfig, parse_config
 from modelswarms.errors import ConfigError
 from modelswarms.evaluation.data.items import load_split
+from modelswarms.evaluation.data.presets import PRESETS
 from modelswarms.evaluation.data.prompts import multiple_choice_prompt
 from modelswarms.evaluation.engine import generation
-from modelswarms.evaluation.objectives.multitask import PRESETS, harmonic_mean
+from modelswarms.evaluation.objectives.multitask import harmonic_mean
 from modelswarms.evaluation.objectives.reward import combine, normalise
 from modelswarms.testing import make_tiny_llama, make_tiny_reward_model, make_utility
 
