@@ -34,6 +34,7 @@ from typing import Any
 from ..errors import DataError
 from ..evaluation.data.olmo import LETTERS as OLMO_LETTERS
 from ..evaluation.data.olmo import documents as olmo_documents
+from .train import train_lora
 
 LETTERS = "ABCD"
 FORBIDDEN = ("mmlu", "hellaswag", "truthfulqa", "capitals")  # targets: never an expert's data
@@ -437,8 +438,6 @@ def build_pool(out: str | Path, *, names: list[str] | None = None, shared: Path 
     beyond `FORBIDDEN` whose sources must not train an expert (see `pool_sources`). `device`:
     "auto" (cuda when available), "cpu", "cuda"...
     """
-    from .train import train_lora
-
     out = Path(out)
     chosen = pool_sources(names, forbidden, log=log)
     if not chosen:

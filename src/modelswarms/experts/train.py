@@ -41,6 +41,8 @@ import torch
 
 from ..errors import DataError, ModelSwarmsError
 from ..evaluation.data.prompts import cloze_continuation, cloze_prompt
+from ..folders import MARKER, is_ours, mark, refuse_overlap
+from ..models import resolve_model
 
 FORMATS = ("cloze", "letter")
 MC_INSTRUCTION = "Please choose an option that best answers the question."
@@ -395,9 +397,6 @@ def train_lora(
     from peft import LoraConfig, get_peft_model
     from safetensors.torch import load_file, save_file
     from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    from ..folders import MARKER, is_ours, mark, refuse_overlap
-    from ..models import resolve_model
 
     out = Path(out)
     _check_format(format)

@@ -6,7 +6,9 @@ from __future__ import annotations
 import torch
 
 from ..errors import ConfigError, ExpertError
+from ..models import resolve_model
 from ..pool import ExpertPool
+from ..pool.loading import load_expert
 from ..space import FlatSpace
 
 
@@ -17,9 +19,6 @@ def base_vector(pool: ExpertPool, space: FlatSpace, device: torch.device | str =
         return torch.zeros(space.dim, dtype=dtype, device=device)
     if not pool.base_model:
         return None
-    from ..models import resolve_model
-    from ..pool.loading import load_expert
-
     kind, base = load_expert(resolve_model(pool.base_model), name="base model")
     if kind != "full":
         raise ConfigError(f"experts.base_model: {pool.base_model} is not a full model folder")

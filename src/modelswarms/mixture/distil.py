@@ -26,9 +26,16 @@ from typing import Any
 
 import torch
 
-from ..errors import ConfigError
+from ..config import ModelConfig, utility_config
+from ..errors import ConfigError, UtilityError
+from ..evaluation.engine.backend import load_causal_lm, load_standalone, load_tokenizer
+from ..evaluation.engine.batching import Batching, batching
 from ..evaluation.engine.batching import pad as pad_rows
-from ..evaluation.objectives.utilities import ItemScores
+from ..evaluation.objectives.utilities import ItemScores, build_utility
+from ..models import resolve_model
+from ..pool.loading import read_json
+from ..stats import pack_scores, paired_bootstrap
+from .evaluator import MixtureEvaluator
 from .model import MixtureLM
 
 
@@ -36,13 +43,8 @@ def _student(path: Path, rank: int, alpha: int):
     """(trainable PEFT model, tokenizer, base it names) for the student folder."""
     from peft import LoraConfig, PeftModel, get_peft_model
 
-    from ..evaluation.engine.backend import load_causal_lm, load_tokenizer
-    from ..models import resolve_model
-
     adapter = path / "adapter_config.json"
     if adapter.is_file():
-        from ..pool.loading import read_json
-
         base = read_json(adapter).get("base_model_name_or_path")
         if not base:
             raise ConfigError(f"{path}: the student adapter names no base model")
@@ -158,12 +160,6 @@ def score_references(mixture: MixtureLM, utility: dict[str, Any],
     """Per split: each expert's scores (its one-hot mixture, exactly as the token swarm scored
     it), then the mixture's, through the mixture's evaluator. Done before training, so an
     item the experts cannot read fails before anything is written."""
-    from ..config import ModelConfig, utility_config
-    from ..errors import UtilityError
-    from ..evaluation.engine.batching import Batching
-    from ..evaluation.objectives.utilities import build_utility
-    from .evaluator import MixtureEvaluator
-
     engine = engine or ModelConfig()
     scorer = build_utility(utility_config(**utility))
     evaluator = MixtureEvaluator(mixture, Batching(engine.batch_size, engine.max_batch_tokens))
@@ -190,12 +186,6 @@ def distillation_report(mixture: MixtureLM, student: int, folder: str | Path,
     and test, and the student's test gains over the mixture and over the best expert with
     paired bootstrap intervals (as a run's report gives its global best's). The student is
     scored as `modelswarms eval` scores an adapter folder."""
-    from ..config import ModelConfig, utility_config
-    from ..evaluation.engine.backend import load_standalone
-    from ..evaluation.engine.batching import Batching, batching
-    from ..evaluation.objectives.utilities import build_utility
-    from ..stats import pack_scores, paired_bootstrap
-
     engine = engine or ModelConfig()
     scorer = build_utility(utility_config(**utility))
     # loaded once for both splits, as `evaluate` (api.py) loads an adapter folder

@@ -14,6 +14,7 @@ from typing import Any
 
 import torch
 
+from ..evaluation.engine.backend import load_standalone
 from ..evaluation.engine.batching import Batching, batching
 from ..evaluation.evaluator import CountingEvaluator
 from ..evaluation.objectives.utilities import ItemScores, Utility
@@ -31,8 +32,6 @@ class MixtureEvaluator(CountingEvaluator):
     @classmethod
     def open(cls, pool: Any, model: Any) -> MixtureEvaluator:
         """Load every expert of a mixture pool (mixture/pool.py) as its own model."""
-        from ..evaluation.engine.backend import load_standalone
-
         experts = [(e.name, *load_standalone(str(e.path), device=model.device,
                                               dtype=model.dtype)) for e in pool.experts]
         mixture = MixtureLM(experts, batch_size=model.batch_size)

@@ -28,6 +28,7 @@ from typing import Any
 import torch
 
 from ..errors import ConfigError
+from ..evaluation.engine import generation
 from ..evaluation.engine.batching import cache_kwarg
 from ..evaluation.engine.batching import pad as pad_rows
 from ..evaluation.engine.generation import fits_context
@@ -195,8 +196,6 @@ class MixtureLM:
 
     def _score_continuations(self, i: int, prompts: Sequence[bytes],
                              continuations: Sequence[Sequence[bytes]]) -> list[list[float]]:
-        from ..evaluation.engine import generation
-
         tok = self.tokenizers[i]
         own_prompts, own_conts = [], []
         for p, conts in zip(prompts, continuations, strict=True):

@@ -13,6 +13,7 @@ import torch
 from safetensors.torch import save_file
 
 from ..errors import ExpertError
+from ..folders import MARKER, is_ours, mark
 from ..models import BASE_NOTE, exported_base
 from .loading import check_finite
 
@@ -60,8 +61,6 @@ def export_expert(pool: ExpertPool, tensors: dict[str, torch.Tensor], folder: st
     if folder.resolve() in inputs:  # replacing the folder would destroy an input expert
         raise ExpertError(f"{folder}: is the folder of expert {inputs[folder.resolve()]}; "
                           "export to a new folder, input experts are never overwritten")
-    from ..folders import MARKER, is_ours, mark
-
     if folder.is_dir() and any(folder.iterdir()) and not any(
             is_ours(f) for f in (folder, *folder.resolve().parents)):
         raise ExpertError(f"{folder}: exists and holds files modelswarms did not write (no "

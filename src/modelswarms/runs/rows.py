@@ -20,6 +20,7 @@ from ..merge.base import base_vector, need_base
 from ..search import strategy_names, strategy_spec
 from ..stats import pack_scores
 from .ensemble import majority_vote
+from .runner import run
 from .session import Session
 
 
@@ -166,8 +167,6 @@ def merge_row(ctx: RowContext, method: str) -> list[dict[str, Any]]:
 
 def search_row(ctx: RowContext, method: str) -> list[dict[str, Any]]:
     """A search strategy at the comparison's budget, in its own resumable run folder."""
-    from .runner import run  # the runner imports the report, which imports this package
-
     cfg = ctx.cfg
     assert cfg.compare is not None
     run_dir = ctx.out / "runs" / method / f"seed_{ctx.seed}"

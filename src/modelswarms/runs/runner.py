@@ -25,6 +25,7 @@ from ..search import SearchStrategy, strategy_spec
 from ..trackers import Trackers
 from .checkpoint import CheckpointWriter, load_checkpoint, save_checkpoint
 from .checks import check_budget
+from .estimate import FewItems
 from .inputs import check_resume
 from .inputs import record as record_inputs
 from .progress import Progress, SearchView
@@ -178,8 +179,6 @@ def search_loop(cfg: RunConfig, run_dir: Path | None, session: Session,
         if spec.scorer is not None:
             raise ConfigError(f"utility.estimate: strategy {cfg.strategy} scores its own "
                               "candidates, not weight rows; remove utility.estimate")
-        from .estimate import FewItems
-
         score = estimator = FewItems(session, est, cfg.seed)
     wall = 0.0
     history: list[dict[str, Any]] = []

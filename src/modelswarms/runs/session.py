@@ -19,7 +19,7 @@ from ..evaluation.evaluator import Evaluator, ResidentEvaluator
 from ..evaluation.objectives.utilities import ItemScores, Utility, build_utility
 from ..evaluation.ray_pool import RayEvaluator
 from ..mixture.evaluator import MixtureEvaluator
-from ..mixture.pool import load_mixture_pool
+from ..mixture.pool import load_mixture_pool, write_mixture
 from ..pool import ExpertPool, export_vector, load_pool
 from ..space import FlatSpace
 from .checks import check_lengths, check_session
@@ -135,8 +135,6 @@ class Session:
         """Write `vector` as a standard adapter / model folder (frozen tensors: expert 0's);
         a mixture's as mixture.json (its experts' folders and weights)."""
         if self.pool.kind == "mixture":
-            from ..mixture.pool import write_mixture
-
             return write_mixture(self.pool, vector, folder, metadata)
         return export_vector(self.pool, self.space, vector, folder, metadata)
 

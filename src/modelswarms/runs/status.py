@@ -16,7 +16,11 @@ from typing import Any
 
 from ..config import load_config
 from ..errors import RunError
+from ..search import strategy_spec
+from .compare import comparison_table, render_markdown
 from .progress import STATE, duration, search_eta
+from .rows import row_spec
+from .runner import HISTORY, read_jsonl
 
 
 def _read_json(path: Path) -> dict[str, Any] | None:
@@ -71,10 +75,6 @@ def folder_status(folder: str | Path) -> dict[str, Any]:
 
 
 def _compare_status(folder: Path, cfg: Any) -> dict[str, Any]:
-    from .compare import comparison_table, render_markdown
-    from .rows import row_spec
-    from .runner import read_jsonl
-
     methods = cfg.compare.methods
     units = [(m, s) for m in methods for s in (cfg.compare.seeds if row_spec(m).seeded
                                                   else [0])]
@@ -102,9 +102,6 @@ def _compare_status(folder: Path, cfg: Any) -> dict[str, Any]:
 
 
 def _run_status(folder: Path, cfg: Any) -> dict[str, Any]:
-    from ..search import strategy_spec
-    from .runner import HISTORY, read_jsonl
-
     history = read_jsonl(folder / HISTORY)
     who = writer(folder)
     report = _read_json(folder / "report.json")

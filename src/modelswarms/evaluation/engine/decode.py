@@ -35,6 +35,7 @@ import torch
 from transformers.cache_utils import Cache, DynamicLayer
 
 from .batching import batches, cache_of, inputs, limits, pad, tile
+from .trunk import SEEN
 
 log = logging.getLogger("modelswarms")
 
@@ -104,8 +105,6 @@ class BufferCache(Cache):
         super().__init__(layers=layers)
         # the frozen-layer memo (trunk.py) treats a cache it has seen as a continuation and
         # leaves its forwards alone: decoding steps are never keyed
-        from .trunk import SEEN
-
         setattr(self, SEEN, True)
 
 

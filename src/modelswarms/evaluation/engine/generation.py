@@ -15,6 +15,7 @@ from dataclasses import dataclass
 
 import torch
 
+from ...errors import DataError
 from .batching import (
     Batching,
     batches,
@@ -27,6 +28,7 @@ from .batching import (
     pad,
     tile,
 )
+from .trunk import decoder_layers, select_rows
 
 
 def fits_context(model, lengths: Sequence[int]) -> None:
@@ -35,8 +37,6 @@ def fits_context(model, lengths: Sequence[int]) -> None:
     limit = getattr(getattr(model, "config", None), "max_position_embeddings", None)
     longest = max(lengths, default=0)
     if isinstance(limit, int) and longest > limit:
-        from ...errors import DataError
-
         raise DataError(f"data: an item is {longest} tokens with its answer, more than the "
                         f"model reads ({limit}, its max_position_embeddings); shorten or drop "
                         f"the items that long ({sum(n > limit for n in lengths)} of "
@@ -187,8 +187,6 @@ def option_logprobs(model, prompts: Sequence[Sequence[int]],
     limits count an item once per option (the second pass holds that many rows). The copy
     is made by trunk.select_rows, so the frozen-layer memo serves the second pass too.
     """
-    from .trunk import select_rows
-
     if getattr(model, "is_mixture", False):
         return [_mixture_continuations(model, prompts, options)]
     fits_context(model, [len(p) + max(map(len, o), default=0) for p, o in
@@ -265,8 +263,6 @@ def packs(model) -> bool:
     """Whether `_packed_option_logprobs` serves `model`: a transformers (or peft-wrapped)
     causal LM of a known architecture, full attention in every layer, on a CPU. On a GPU the
     two-pass way keeps SDPA's fused kernels (a custom mask rules them out)."""
-    from .trunk import decoder_layers
-
     try:
         from peft import PeftModel
     except ImportError:  # pragma: no cover - peft is a dependency
@@ -432,8 +428,6 @@ def _packed_option_logprobs(model, prompts: Sequence[Sequence[int]],
     the question runs once, no padding sits between options, no cache is copied, and the LM
     head runs on the columns whose log-probabilities are read and nowhere else. The frozen
     trunk (trunk.py) keys these forwards like any other (ids, mask, positions)."""
-    from .trunk import decoder_layers
-
     device = device_of(model)
     inner = decoder_layers(model)[0]
     base = model.get_base_model() if hasattr(model, "get_base_model") else model
@@ -489,6 +483,8 @@ def generate(model, prompts: Sequence[Sequence[int]], *, max_new_tokens: int, pa
     engine does not know); decode.py computes them with every particle of a batch in one
     forward, the shared prompt head run once, preallocated caches, no host sync per token
     and, on a GPU, CUDA graphs."""
+    # decode.py subclasses transformers' cache classes, so importing it imports transformers
+    # (seconds): `import modelswarms` and the CLI's start do without until something generates
     from . import decode
 
     if getattr(model, "is_mixture", False):

@@ -80,6 +80,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from .backend import live_name
+
 SEEN = "_modelswarms_trunk_seen"  # set on every cache object the trunk has handled
 _ATTR = "_modelswarms_trunk"  # the decoder model's installed trunk
 _ORIGIN = "_modelswarms_trunk_origin"  # on a cache the trunk filled / a row copy of one
@@ -583,8 +585,6 @@ def install(model, searched: Iterable[torch.nn.Parameter], *, max_bytes: int | N
 def install_on(backend, *, max_bytes: int | None = None,
                counts: Counter | None = None) -> FrozenTrunk | None:
     """`install` for a ResidentModel: its searched parameters are its weight space's slots."""
-    from .backend import live_name
-
     params = dict(backend.model.named_parameters(remove_duplicate=False))
     searched = [params[live_name(backend.pool, s.name)] for s in backend.space.slots]
     return install(backend.model, searched, max_bytes=max_bytes, counts=counts)

@@ -30,6 +30,7 @@ from ...errors import ConfigError
 from ...models import cache_dir, resolve_model
 from ..data.prompts import encode, render, uses_chat
 from ..engine import generation
+from ..engine.backend import load_causal_lm, load_tokenizer, pick_device, pick_dtype
 
 log = logging.getLogger(__name__)
 
@@ -275,8 +276,6 @@ class LocalJudge(Judge):
     def _load(self) -> tuple:
         with self._lock:
             if self._loaded is None:
-                from ..engine.backend import load_causal_lm, load_tokenizer, pick_device, pick_dtype
-
                 source = resolve_model(self.cfg.model)
                 device = pick_device("auto")
                 self._loaded = (load_causal_lm(source, pick_dtype("auto", device), device),

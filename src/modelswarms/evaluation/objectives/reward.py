@@ -14,8 +14,10 @@ import torch
 
 from ...config import UtilityConfig
 from ...errors import ConfigError
+from ...models import resolve_model
 from ..data.prompts import encode, render, uses_chat
 from ..engine import generation
+from ..engine.backend import load_tokenizer
 from ..engine.batching import batches, pad
 from .utilities import ItemScores, ScoresEachParticle, mean, pad_id, register_utility
 
@@ -49,9 +51,6 @@ class RewardModel(ScoresEachParticle):
 
     def _load(self, device: torch.device) -> None:
         from transformers import AutoModelForSequenceClassification
-
-        from ...models import resolve_model
-        from ..engine.backend import load_tokenizer
 
         path = resolve_model(self.cfg.reward.model)
         try:

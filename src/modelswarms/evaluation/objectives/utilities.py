@@ -25,6 +25,7 @@ from ..data.prompts import (
 )
 from ..engine import generation
 from .extract import extract_letter, extract_number, normalize_number
+from .judges import build_judge
 
 
 @dataclass(frozen=True)
@@ -348,8 +349,6 @@ class HumanInterest(ScoresEachParticle):
     required_fields = ("prompt",)
 
     def __init__(self, cfg: UtilityConfig):
-        from .judges import build_judge
-
         self.cfg = cfg
         self.judge = build_judge(cfg.judge)  # once: a local judge loads its model once
 
