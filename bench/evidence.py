@@ -566,10 +566,10 @@ def smoke(args) -> None:
     cfg = parse_config({
         "experts": {"base_model": base, "paths": [str(p) for p in experts]},
         "data": {"path": str(data)},
-        "utility": {"scoring": CHOSEN, "batch_size": 8},
+        "utility": {"scoring": CHOSEN},
         "search": {"particles": 4},
         "coefficients": {"population": 4},
-        "model": {"device": args.device, "particles_per_forward": 4},
+        "model": {"device": args.device, "particles_per_forward": 4, "batch_size": 8},
         "compare": {"methods": ["base", "experts", "best_expert", "expert_vote",
                                 "logit_average", "linear", "ties", "dare_ties", "greedy_soup",
                                 "random", "cmaes", "swarm"], "seeds": [0, 1], "budget": 12},

@@ -63,7 +63,7 @@ def main() -> None:
     cfg = RunConfig.model_validate({
         "experts": {"paths": [str(ROOT / "experts" / "smollm2" / e) for e in EXPERTS]},
         "data": {"path": str(EVAL / data), "max_dev": args.items},
-        "utility": {"type": "multiple_choice", "batch_size": 16, **utility},
+        "utility": {"type": "multiple_choice", **utility}, "model": {"batch_size": 16},
     })
     plain = Session.open(cfg, need_test=False)
     plain.trunk.remove()

@@ -130,7 +130,7 @@ def main() -> None:
         cfg = RunConfig.model_validate({
             "experts": {"paths": [str(p) for p in experts], "base_model": "smollm2"},
             "data": {"path": str(MMLU), "max_dev": args.items},
-            "utility": {"type": "multiple_choice", "batch_size": 16},
+            "utility": {"type": "multiple_choice"}, "model": {"batch_size": 16},
             "search": {"random_factors": True},
         })
         session = Session.open(cfg, need_test=False)

@@ -28,7 +28,7 @@ def _cfg(tmp_path, lora_experts, mc_data, **extra):
     return parse_config({
         "experts": {"paths": [str(p) for p in lora_experts]},
         "data": {"path": str(mc_data), "max_dev": 8, "max_test": 8},
-        "utility": {"batch_size": 8},
+        "model": {"batch_size": 8},
         "search": {"particles": 4},
         "coefficients": {"population": 4},
         "compare": {"methods": METHODS, "seeds": [0, 1], "budget": 12,
@@ -185,7 +185,7 @@ def stat_compare(tmp_path_factory, lora_experts, mc_data):
     cfg = parse_config({
         "experts": {"paths": [str(p) for p in lora_experts]},
         "data": {"path": str(mc_data), "max_dev": 8, "max_test": 8},
-        "utility": {"batch_size": 8},
+        "model": {"batch_size": 8},
         "search": {"particles": 4},
         "coefficients": {"population": 4},
         "compare": {"methods": STAT_METHODS, "seeds": [0, 1], "budget": 12},

@@ -76,7 +76,7 @@ def _config(tmp_path: Path, experts, data, out: str) -> Path:
     path.write_text(yaml.safe_dump({
         "experts": {"paths": [str(p) for p in experts]},
         "data": {"path": str(data)},
-        "utility": {"type": "multiple_choice", "batch_size": 4},
+        "utility": {"type": "multiple_choice"}, "model": {"batch_size": 4},
         "search": {"max_iterations": 25, "patience": 100, "particles": 5},
         "output": {"dir": str(tmp_path / out), "top_k": 2},
         "seed": 11,
@@ -199,7 +199,7 @@ def test_twenty_kills_of_a_comparison_change_nothing(tmp_path, lora_experts, mc_
         path.write_text(yaml.safe_dump({
             "experts": {"paths": [str(p) for p in lora_experts]},
             "data": {"path": str(mc_data), "max_dev": 6, "max_test": 6},
-            "utility": {"batch_size": 6}, "search": {"particles": 4},
+            "model": {"batch_size": 6}, "search": {"particles": 4},
             "coefficients": {"population": 4},
             "compare": {"methods": ["base", "experts", "best_expert", "ties", "dare_ties",
                                     "greedy_soup", "random", "cmaes", "swarm"],
@@ -235,7 +235,7 @@ def test_killed_hswarm_runs_change_nothing(tmp_path, lora_experts, mc_data):
         path.write_text(yaml.safe_dump({
             "experts": {"paths": [str(p) for p in lora_experts]},
             "data": {"path": str(mc_data), "max_dev": 6, "max_test": 6},
-            "utility": {"batch_size": 6},
+            "model": {"batch_size": 6},
             "hswarm": {"graphs": 3, "trials": 3, "max_rounds": 4, "patience": 10,
                        "max_new_tokens": 3, "baselines": ["chain", "random_dags", "role_only"]},
             "output": {"dir": str(tmp_path / out)}, "seed": 2,
@@ -279,7 +279,7 @@ def test_killed_token_swarm_runs_change_nothing(tmp_path, mc_data):
         path.write_text(yaml.safe_dump({
             "experts": {"paths": [str(p) for p in experts], "compose": "mixture"},
             "data": {"path": str(mc_data), "max_dev": 8, "max_test": 8},
-            "utility": {"scoring": "cloze", "chat_template": False, "batch_size": 8},
+            "utility": {"scoring": "cloze", "chat_template": False}, "model": {"batch_size": 8},
             "search": {"particles": 4, "patience": 100}, "budget": 60,
             "output": {"dir": str(tmp_path / out), "top_k": 2}, "seed": 3,
         }))

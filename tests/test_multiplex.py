@@ -56,8 +56,8 @@ def test_session_scores_several_particles_per_forward(lora_experts, mc_data, uti
         cfg = RunConfig.model_validate({
             "experts": {"paths": [str(p) for p in lora_experts]},
             "data": {"path": str(mc_data), "max_dev": 6},
-            "utility": {"type": utility, "batch_size": 4, "max_new_tokens": 4},
-            "model": {"particles_per_forward": k},
+            "utility": {"type": utility, "max_new_tokens": 4},
+            "model": {"particles_per_forward": k, "batch_size": 4},
         })
         return Session.open(cfg, need_test=False)
 

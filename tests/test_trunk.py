@@ -33,8 +33,8 @@ def open_session(experts, data, *, k=1, trunk=True, include=(), exclude=(), **ut
         "experts": {"paths": [str(p) for p in experts], "include": list(include),
                     "exclude": list(exclude)},
         "data": {"path": str(data), "max_dev": 8},
-        "utility": {"type": "multiple_choice", "batch_size": 4, **utility},
-        "model": {"particles_per_forward": k},
+        "utility": {"type": "multiple_choice", **utility},
+        "model": {"particles_per_forward": k, "batch_size": 4},
     })
     session = Session.open(cfg, need_test=False)
     if not trunk and session.trunk is not None:

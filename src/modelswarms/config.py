@@ -226,14 +226,6 @@ SCORING_HELP = (
 class _ChoiceScoring(_PromptedUtility):
     scoring: Scoring = Field("letter", description=SCORING_HELP)
 
-    @model_validator(mode="before")
-    @classmethod
-    def _old_scoring_name(cls, data: Any) -> Any:
-        # "loglik" named the letter mode before the cloze modes existed
-        if isinstance(data, dict) and data.get("scoring") == "loglik":
-            data = {**data, "scoring": "letter"}
-        return data
-
 
 class MultipleChoiceConfig(_ChoiceScoring):
     type: Literal["multiple_choice"] = "multiple_choice"
@@ -573,9 +565,6 @@ class OutputConfig(StrictModel):
         return names
 
 
-ENGINE_KEYS = ("batch_size", "max_batch_tokens")  # once utility keys, now model's
-
-
 class RunConfig(StrictModel):
     experts: ExpertsConfig
     data: DataConfig | None = Field(
@@ -606,18 +595,6 @@ class RunConfig(StrictModel):
         if not isinstance(other, RunConfig):
             return NotImplemented
         return self.__dict__ == other.__dict__
-
-    @model_validator(mode="before")
-    @classmethod
-    def _engine_keys_moved(cls, data: Any) -> Any:
-        # Configs (and run folders) written before batch limits moved to `model:` still load.
-        if isinstance(data, dict) and isinstance(data.get("utility"), dict):
-            utility = dict(data["utility"])
-            moved = {k: utility.pop(k) for k in ENGINE_KEYS if k in utility}
-            if moved:
-                model = data.get("model") if isinstance(data.get("model"), dict) else {}
-                data = {**data, "utility": utility, "model": {**moved, **model}}
-        return data
 
     @model_validator(mode="after")
     def _documents_once(self) -> RunConfig:

@@ -222,7 +222,7 @@ def comparison_table(cfg: RunConfig, methods: list[str], done: dict,
             for split in ("dev", "test"):
                 values = [r[split] for r in runs if r.get(split) is not None]
                 row[split] = values
-                row[f"{split}mean"], row[f"{split}_std"] = _stats(values) if values else \
+                row[f"{split}_mean"], row[f"{split}_std"] = _stats(values) if values else \
                     (None, None)
             if runs[0].get("correctness_emergence") is not None:
                 row["correctness_emergence"] = [r["correctness_emergence"] for r in runs]
@@ -295,7 +295,7 @@ def _intervals(row: dict[str, Any], seeds: PerItem,
 
 
 def plus_minus(row: dict[str, Any], split: str) -> str:
-    mean = row.get(f"{split}mean")
+    mean = row.get(f"{split}_mean")
     if mean is None:
         return "-"
     return f"{mean:.4f}" + (f" ± {row[f'{split}_std']:.4f}" if row["seeds"] > 1 else "")
