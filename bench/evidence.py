@@ -378,6 +378,24 @@ def install_pool(folder: Path, pool: Path, scores: dict[str, Any], device: str) 
             task: {"scoring": t["scoring"], "items": t["items"], "accuracy": t["experts"][i],
                    "base_accuracy": t["base"]} for task, t in scores["targets"].items()}, note)
     write_pool_index(pool)
+    with (pool / "POOL.md").open("a") as f:
+        f.write(spread_markdown(spread(scores)))
+
+
+def spread_markdown(spread_of: dict[str, dict[str, Any]]) -> str:
+    """POOL.md's measure of the pool's skills: a pool whose experts sit within a standard
+    error of the base model on every target gives a search nothing to combine."""
+    lines = ["", "## Spread against the standard error", "",
+             "Per target: the experts' dev accuracies (range and standard deviation) against "
+             "one standard error of a dev accuracy at the experts' mean, and how many experts "
+             "are above and below the base model.", "",
+             "| target | items | base | experts | their sd | one se | above / below base |",
+             "| --- | ---: | ---: | --- | ---: | ---: | ---: |"]
+    for task, s in spread_of.items():
+        lines.append(f"| {task} | {s['items']} | {s['base']:.3f} | {s['min']:.3f}-"
+                     f"{s['max']:.3f} | {s['sd']:.3f} | {s['se']:.3f} | "
+                     f"{s['above_base']} / {s['below_base']} |")
+    return "\n".join(lines) + "\n"
 
 
 # ---------------------------------------------------------------- stage 4 and 5

