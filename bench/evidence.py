@@ -419,7 +419,7 @@ def commit(paths: list[Path], message: str) -> None:
 
 
 def _rows_done(folder: Path) -> int:
-    from modelswarms.runs.runner import read_jsonl  # a torn last line is not a finished row
+    from modelswarms.io import read_jsonl  # a torn last line is not a finished row
 
     return len(read_jsonl(folder / "results.jsonl"))
 

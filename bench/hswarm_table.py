@@ -66,7 +66,7 @@ def config(task: str, seed: int, experts: list[str], args: argparse.Namespace) -
 def run_task(task: str, args: argparse.Namespace) -> list[dict]:
     """One report per seed (run, resumed or read back)."""
     from modelswarms.config import load_config
-    from modelswarms.hetero import hswarm
+    from modelswarms.runs.runner import run
 
     experts = pick_experts(task, args.hswarm_experts, args.max_dev)
     shown = not getattr(args, "quiet", False)  # benchmark_table's --quiet
@@ -77,12 +77,12 @@ def run_task(task: str, args: argparse.Namespace) -> list[dict]:
             reports.append(json.loads((folder / "report.json").read_text()))
             continue
         if (folder / "config.yaml").exists():
-            reports.append(hswarm(resume=folder, show_progress=shown))
+            reports.append(run(resume=folder, show_progress=shown))
             continue
         path = OUT / task / f"seed{seed}.yaml"
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(yaml.safe_dump(config(task, seed, experts, args), sort_keys=False))
-        reports.append(hswarm(load_config(path), show_progress=shown))
+        reports.append(run(load_config(path), show_progress=shown, strategy="hswarm"))
     return reports
 
 

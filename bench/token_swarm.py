@@ -77,7 +77,7 @@ def run_part(task: str, part: str, args: argparse.Namespace) -> Path:
 
 
 def _seed_scores(folder: Path, method: str) -> list[list[float]]:
-    from modelswarms.runs.runner import read_jsonl
+    from modelswarms.io import read_jsonl
     from modelswarms.stats import unpack_scores
 
     out = []

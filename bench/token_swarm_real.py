@@ -138,7 +138,7 @@ def run_mixture(task: str, args: argparse.Namespace) -> None:
 
 
 def _records(path: Path) -> list[dict[str, Any]]:
-    from modelswarms.runs.runner import read_jsonl
+    from modelswarms.io import read_jsonl
 
     return read_jsonl(path) if path.exists() else []
 

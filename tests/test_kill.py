@@ -57,11 +57,9 @@ if action == "new":
 elif action == "resume":
     runner.run(resume=target, show_progress=False)
 elif action == "hswarm-new":
-    from modelswarms.hetero import hswarm
-    hswarm(load_config(target), overwrite=True, show_progress=False)
+    runner.run(load_config(target), overwrite=True, show_progress=False, strategy="hswarm")
 elif action == "hswarm-resume":
-    from modelswarms.hetero import hswarm
-    hswarm(resume=target, show_progress=False)
+    runner.run(resume=target, show_progress=False)
 elif action == "compare-new":
     from modelswarms.runs.compare import compare
     compare(load_config(target), overwrite=True)
@@ -228,7 +226,7 @@ def test_twenty_kills_of_a_comparison_change_nothing(tmp_path, lora_experts, mc_
 def test_killed_hswarm_runs_change_nothing(tmp_path, lora_experts, mc_data):
     """Heterogeneous Swarms: kills land in the search, the baselines (one of them a whole
     role-only search in its own folder) and the export."""
-    from modelswarms.hetero import hswarm
+    from modelswarms.runs.runner import run
 
     def cfg_path(out: str) -> Path:
         path = tmp_path / f"{out}.yaml"
@@ -242,7 +240,7 @@ def test_killed_hswarm_runs_change_nothing(tmp_path, lora_experts, mc_data):
         }))
         return path
 
-    ref = hswarm(load_config(cfg_path("ref")), show_progress=False)
+    ref = run(load_config(cfg_path("ref")), show_progress=False, strategy="hswarm")
     out = tmp_path / "killed"
 
     def after_kill() -> None:

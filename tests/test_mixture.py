@@ -190,7 +190,7 @@ def test_a_token_swarm_run_folder_and_compare_over_two_architectures(tmp_path, m
     cfg = ms.config(experts={"paths": [str(p) for p in experts], "compose": "mixture"},
                     data=mc_data, utility={"scoring": "cloze", "chat_template": False},
                     budget=12, search={"particles": 4})
-    report = ms.search(cfg, run_dir=tmp_path / "run")
+    report = ms.search(cfg, run_dir=tmp_path / "run").report
     names = [r["name"] for r in report["rows"]]
     assert names[:2] == ["expert: llama", "expert: gpt2"] and "base model" not in names
     assert report["best_dev"] >= max(r["dev"] for r in report["rows"][:2])
@@ -200,7 +200,7 @@ def test_a_token_swarm_run_folder_and_compare_over_two_architectures(tmp_path, m
     # the export scores as the search scored it
     assert ms.evaluate(tmp_path / "run" / "best", mc_data, split="dev", utility={
         "scoring": "cloze", "chat_template": False}).value == report["best_dev"]
-    assert ms.search(cfg, run_dir=tmp_path / "run", resume=True)["best_dev"] == \
+    assert ms.search(cfg, run_dir=tmp_path / "run", resume=True).best_dev == \
         report["best_dev"]
     table = ms.compare(cfg.model_copy(update={"compare": ms.config(
         experts=experts, compare={"methods": ["experts", "logit_average", "ties", "swarm",
@@ -252,7 +252,7 @@ def test_the_distil_command_learns_a_token_swarms_export(tmp_path, mc_data):
     cfg = ms.config(experts={"paths": [str(p) for p in experts], "compose": "mixture"},
                     data={"path": str(mc_data), "max_dev": 8, "max_test": 8}, utility=utility,
                     budget=8, search={"particles": 4})
-    run = ms.search(cfg, run_dir=tmp_path / "run")
+    run = ms.search(cfg, run_dir=tmp_path / "run").report
     args = ["distil", str(tmp_path / "run" / "best"), "--student", "gpt2", "--out",
             str(tmp_path / "student"), "--steps", "5", "--max-new-tokens", "4",
             "--max-items", "3"]

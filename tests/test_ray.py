@@ -28,7 +28,6 @@ pytestmark = [pytest.mark.xdist_group("ray"), pytest.mark.long]
 
 from modelswarms.config import load_config  # noqa: E402
 from modelswarms.evaluation import ray_pool  # noqa: E402
-from modelswarms.hetero import hswarm  # noqa: E402
 from modelswarms.runs import runner  # noqa: E402
 from modelswarms.runs.checkpoint import load_checkpoint  # noqa: E402
 from modelswarms.runs.compare import compare  # noqa: E402
@@ -134,10 +133,10 @@ def test_hswarm_on_actors_equals_one_process(tmp_path, cluster, lora_experts, mc
              "search": {"patience": 10},
              "hswarm": {"graphs": 3, "trials": 3, "max_rounds": 2, "patience": 5,
                         "max_new_tokens": 4, "baselines": ["chain"]}}
-    ref = hswarm(load_config(write(tmp_path, "h_local", lora_experts, mc_data, None,
-                                   **extra)), show_progress=False)
-    got = hswarm(load_config(write(tmp_path, "h_ray", lora_experts, mc_data, cluster,
-                                   **extra)), show_progress=False)
+    ref = runner.run(load_config(write(tmp_path, "h_local", lora_experts, mc_data, None,
+                                       **extra)), show_progress=False, strategy="hswarm")
+    got = runner.run(load_config(write(tmp_path, "h_ray", lora_experts, mc_data, cluster,
+                                       **extra)), show_progress=False, strategy="hswarm")
     for key in ("rows", "best_dev", "best_test", "graph", "assignment", "systems"):
         assert got[key] == ref[key], key
     assert history(tmp_path / "h_ray") == history(tmp_path / "h_local")

@@ -160,7 +160,7 @@ def test_layer_swarm_starts_at_the_experts_and_searches_per_layer_coefficients(
     assert torch.equal(first[: len(lora_experts)], session.experts.to(first.dtype))
     groups = search.cmap.groups
     assert len(groups) >= 2 and search.swarm.x.shape == (4, len(lora_experts) * len(groups))
-    report = ms.search(cfg, run_dir=tmp_path / "run")
+    report = ms.search(cfg, run_dir=tmp_path / "run").report
     coef = report["best_coefficients"]
     assert coef["groups"] == groups and len(coef["coefficients"]) == len(lora_experts)
     assert report["best_dev"] >= max(r["dev"] for r in report["rows"]
@@ -181,7 +181,7 @@ def test_coefficient_results_of_full_models_are_written_as_a_mergekit_config(
 
     cfg = ms.config(experts=full_experts, data=mc_data, strategy=strategy, budget=12,
                     search={"particles": 4}, coefficients={"per_layer": True, "population": 4})
-    report = ms.search(cfg, run_dir=tmp_path / "run")
+    report = ms.search(cfg, run_dir=tmp_path / "run").report
     mk = yaml.safe_load((tmp_path / "run" / "best" / "mergekit.yaml").read_text())
     assert mk["merge_method"] == "linear" and mk["parameters"] == {"normalize": False}
     experts = [load_file(next((p).glob("*.safetensors"))) for p in full_experts]

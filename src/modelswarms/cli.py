@@ -12,7 +12,8 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from .api import evaluate
+from .api import compare, distil, evaluate, search
+from .api import merge as merge_pool
 from .config import as_utility, load_config, utility_config
 from .errors import ConfigError, ModelSwarmsError
 from .evaluation.data.items import load_items, load_split
@@ -20,11 +21,7 @@ from .evaluation.objectives.utilities import build_utility
 from .experts import train_lora
 from .experts.sources import build_pool, recipe_overrides
 from .folders import refuse_overlap
-from .hetero import hswarm
-from .runs.compare import compare, plus_minus
-from .runs.distil import distil_mixture
-from .runs.merge import merge_to_folder
-from .runs.runner import run as run_search
+from .runs.compare import plus_minus
 from .runs.status import folder_status, render
 
 console = Console()
@@ -99,14 +96,24 @@ def main() -> None:
 @_run_options
 def run(config: str | None, resume_dir: str | None, overwrite: bool, accept_changes: bool,
         quiet: bool, debug: bool) -> None:
-    """Run a Model Swarms search described by CONFIG (YAML)."""
+    """Run the search CONFIG (YAML) describes: its `strategy:` (Model Swarms by default;
+    `hswarm` for Heterogeneous Swarms)."""
+    _search(config, resume_dir, overwrite, accept_changes, quiet, debug)
+
+
+def _search(config: str | None, resume_dir: str | None, overwrite: bool, accept_changes: bool,
+            quiet: bool, debug: bool, strategy: str | None = None) -> None:
     if (config is None) == (resume_dir is None):
         raise click.UsageError("give a CONFIG file, or --resume RUN_DIR")
     _quiet_libraries()
     cfg = _guard(debug, load_config, config) if config else None
-    report = _guard(debug, run_search, cfg, resume=resume_dir, overwrite=overwrite,
-                    show_progress=not quiet, accept_changes=accept_changes)
-    print_report(report)
+    if cfg is not None:
+        result = _guard(debug, search, cfg, run_dir=cfg.output.dir, overwrite=overwrite,
+                        progress=not quiet, strategy=strategy)
+    else:
+        result = _guard(debug, search, run_dir=resume_dir, resume=True, progress=not quiet,
+                        accept_changes=accept_changes)
+    print_report(result.report)
 
 
 @main.command()
@@ -117,7 +124,7 @@ def merge(config: str, overwrite: bool, debug: bool) -> None:
     """Merge the pool with one classic method (the `merge:` section of CONFIG)."""
     _quiet_libraries()
     cfg = _guard(debug, load_config, config)
-    out = _guard(debug, merge_to_folder, cfg, overwrite=overwrite)
+    out = _guard(debug, merge_pool, cfg, overwrite=overwrite)
     console.print(f"{cfg.merge.method} merge of {len(cfg.experts.paths)} experts written to "
                   f"{out}")
 
@@ -138,8 +145,11 @@ def compare_cmd(config: str | None, resume_dir: str | None, overwrite: bool,
         raise click.UsageError("give a CONFIG file, or --resume FOLDER")
     _quiet_libraries()
     cfg = _guard(debug, load_config, config) if config else None
-    report = _guard(debug, compare, cfg, resume=resume_dir, overwrite=overwrite,
-                    accept_changes=accept_changes, show_progress=not quiet)
+    if cfg is not None:
+        report = _guard(debug, compare, cfg, overwrite=overwrite, progress=not quiet)
+    else:
+        report = _guard(debug, compare, None, out=resume_dir, resume=True,
+                        accept_changes=accept_changes, progress=not quiet)
     table = Table(title=f"{report['utility']} on {Path(report['dataset']).name}, budget "
                         f"{report['budget']}, seeds {report['seeds']}")
     for col in ("method", "dev", "test", "evals", "s"):
@@ -166,16 +176,9 @@ def status_cmd(folder: str, debug: bool) -> None:
 @_run_options
 def hswarm_cmd(config: str | None, resume_dir: str | None, overwrite: bool,
                accept_changes: bool, quiet: bool, debug: bool) -> None:
-    """Heterogeneous Swarms: search a multi-LLM system's graph and its experts' weights
-    (CONFIG's `hswarm:` section; defaults when it has none)."""
-    if (config is None) == (resume_dir is None):
-        raise click.UsageError("give a CONFIG file, or --resume RUN_DIR")
-    _quiet_libraries()
-    cfg = _guard(debug, load_config, config) if config else None
-    report = _guard(debug, hswarm, cfg, resume=resume_dir, overwrite=overwrite,
-                    show_progress=not quiet, accept_changes=accept_changes)
-    _print_rows(report, "system", f": {report['systems']} systems in {report['rounds']} rounds")
-    console.print(f"system: {report['export']} (python {report['export']}/answer.py --help)")
+    """Heterogeneous Swarms: `run` with `strategy: hswarm` whatever CONFIG's strategy (its
+    `hswarm:` section; defaults when it has none)."""
+    _search(config, resume_dir, overwrite, accept_changes, quiet, debug, strategy="hswarm")
 
 
 @main.command("distil")
@@ -208,7 +211,7 @@ def distil_cmd(mixture: str, student: str, out: str, data: str | None, config: s
     trained to match the mixture's next-token distributions; then the student, the mixture
     and each expert scored on dev and test (the run's utility and data, or --data)."""
     _quiet_libraries()
-    result = _guard(debug, distil_mixture, mixture, student, out, data=data, config=config,
+    result = _guard(debug, distil, mixture, student, out, data=data, config=config,
                     split=split, prompt_file=prompt_file, steps=steps, lr=lr, rank=rank,
                     max_new_tokens=max_new_tokens, max_items=max_items,
                     report=not no_report)
@@ -239,6 +242,12 @@ def _print_rows(report: dict, first: str, title_tail: str = "", subject: str = "
 
 
 def print_report(report: dict) -> None:
+    if report.get("method") == "hswarm":  # the best is a multi-LLM system
+        _print_rows(report, "system",
+                    f": {report['systems']} systems in {report['rounds']} rounds")
+        console.print(f"system: {report['export']} (python {report['export']}/answer.py "
+                      "--help)")
+        return
     _print_rows(report, "model")
     console.print(f"adapted model: {report['exports']['best']}")
 

@@ -13,7 +13,7 @@ graph it sits in.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 import torch
 
@@ -21,9 +21,19 @@ from ..config import HSwarmConfig, UtilityConfig
 from ..errors import DataError
 from ..evaluation.data.prompts import encode, multiple_choice_prompt, render, uses_chat
 from ..evaluation.engine import generation
-from ..evaluation.objectives.utilities import ItemScores
-from ..runs.scorer import Scorer
+from ..evaluation.objectives.utilities import ItemScores, Utility
 from .graph import Dag
+
+
+class Scorer(Protocol):
+    """What systems are scored through: the run's scorer (runs/scorer.py), so node answers
+    and end nodes share its cache, counts and invalid-utility policy."""
+
+    def score(self, vector: torch.Tensor | None, items: list[dict],
+              utility: Utility | None = None) -> ItemScores: ...
+
+    def score_many(self, vectors: torch.Tensor | None, items: list[dict],
+                   utility: Utility | None = None) -> list[ItemScores]: ...
 
 
 def task_text(item: dict, template: str | None = None) -> str:
@@ -68,7 +78,10 @@ class NodeAnswers:
         self.cfg = cfg
         self.chat_template = getattr(task, "chat_template", None)
         self.template = getattr(task, "prompt", None)
-        self.cache_key = f"{cfg.model_dump_json()}|{self.chat_template}|{self.template}"
+        # what the answers depend on, so searches with other hswarm knobs (a report's role-only
+        # baseline) share them
+        self.cache_key = (f"{cfg.node_prompt}|{cfg.max_new_tokens}|{self.chat_template}|"
+                          f"{self.template}")
 
     def score(self, model: Any, tokenizer: Any, items: list[dict]) -> ItemScores:
         return self.score_many(model, tokenizer, items, 1)[0]

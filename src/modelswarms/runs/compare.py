@@ -22,7 +22,7 @@ from typing import Any
 from ..config import RunConfig, dump_config, load_config
 from ..errors import ConfigError, ModelSwarmsError, RunError
 from ..folders import FolderLock, claim, config_inputs, lock_existing
-from ..io import atomic_write_text
+from ..io import atomic_write_text, read_jsonl
 from ..merge import MERGE_METHODS
 from ..stats import paired_bootstrap, seed_averaged_gain, unpack_scores
 from ..trackers import check_trackers
@@ -30,7 +30,7 @@ from .inputs import check_resume
 from .inputs import record as record_inputs
 from .progress import CompareProgress
 from .rows import RowContext, RowSpec, is_search, row_spec
-from .runner import logging_to, read_jsonl, remove_torn_writes
+from .runner import logging_to, remove_torn_writes, run, search_loop
 from .session import Session
 
 log = logging.getLogger("modelswarms")
@@ -148,7 +148,8 @@ def _compare(cfg: RunConfig, out: Path, methods: list[str], show_progress: bool)
             before = session.evaluations
             try:
                 rows = spec.rows(RowContext(cfg, session, out, seed, expert_dev, show_progress,
-                                            view=watch.search_view))
+                                            view=watch.search_view, loop=search_loop,
+                                            run=run, searches=out / "runs"))
             except ConfigError as err:  # e.g. slerp with more than two experts
                 log.warning("compare: %s skipped: %s", method, err)
                 rows = [{"name": spec.label, "skipped": str(err)}]

@@ -16,11 +16,12 @@ from typing import Any
 
 from ..config import load_config
 from ..errors import RunError
+from ..io import read_jsonl
 from ..search import strategy_spec
 from .compare import comparison_table, render_markdown
 from .progress import STATE, duration, search_eta
 from .rows import row_spec
-from .runner import HISTORY, read_jsonl
+from .runner import HISTORY
 
 
 def _read_json(path: Path) -> dict[str, Any] | None:
@@ -109,7 +110,7 @@ def _run_status(folder: Path, cfg: Any) -> dict[str, Any]:
         who["state"] = "finished"
     spec = strategy_spec(cfg.strategy)
     try:
-        max_iterations = spec.iterations(spec.prepare(cfg) if spec.prepare else cfg)
+        max_iterations = spec.iterations(spec.prepare(cfg))
     except Exception:  # a strategy whose length needs more than the config: not shown
         max_iterations = None
     last = history[-1] if history else None
