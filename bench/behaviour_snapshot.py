@@ -44,7 +44,7 @@ def main(out: Path) -> None:
     data = out / "d.json"
     data.write_text(json.dumps({"dev": make_mc_items(12, 0), "test": make_mc_items(16, 1)}))
     common = {"experts": {"paths": [str(p) for p in experts]}, "data": {"path": str(data)},
-              "utility": {"type": "multiple_choice", "batch_size": 4}}
+              "utility": {"type": "multiple_choice"}, "model": {"batch_size": 4}}
     result = {}
     for strategy in ("swarm", "cmaes", "random", "greedy_soup"):
         cfg = parse_config({**common, "strategy": strategy, "budget": 24,

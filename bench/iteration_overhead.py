@@ -34,7 +34,7 @@ import torch
 from safetensors.torch import save_file
 
 from modelswarms.config import RunConfig
-from modelswarms.evaluation.backend import load_causal_lm
+from modelswarms.evaluation.engine.backend import load_causal_lm
 from modelswarms.models import smollm2_path
 from modelswarms.runs.checkpoint import save_checkpoint
 from modelswarms.runs.session import Session
@@ -130,7 +130,7 @@ def main() -> None:
         cfg = RunConfig.model_validate({
             "experts": {"paths": [str(p) for p in experts], "base_model": "smollm2"},
             "data": {"path": str(MMLU), "max_dev": args.items},
-            "utility": {"type": "multiple_choice", "batch_size": 16},
+            "utility": {"type": "multiple_choice"}, "model": {"batch_size": 16},
             "search": {"random_factors": True},
         })
         session = Session.open(cfg, need_test=False)

@@ -39,7 +39,7 @@ from safetensors.torch import load_file, save_file
 
 from modelswarms.cli import main
 from modelswarms.config import RunConfig
-from modelswarms.runs.folders import MARKER, FolderLock, mark
+from modelswarms.folders import MARKER, FolderLock, mark
 from modelswarms.testing import (
     make_tiny_full_pool,
     make_tiny_gpt2,
@@ -95,7 +95,7 @@ def world(tmp_path_factory, no_ray) -> World:
 def _config_keys(model: type = RunConfig, prefix: str = "") -> list[str]:
     """Every key of the config schema, dotted (the multiple-choice utility's keys)."""
     from modelswarms.config import field_models
-    from modelswarms.evaluation.utilities import MultipleChoiceConfig
+    from modelswarms.evaluation.objectives.utilities import MultipleChoiceConfig
 
     keys = []
     for name, info in model.model_fields.items():

@@ -14,7 +14,7 @@ import yaml
 import modelswarms as ms
 from modelswarms.config import RunConfig, load_config
 from modelswarms.errors import ConfigError
-from modelswarms.evaluation import utilities
+from modelswarms.evaluation.objectives import utilities
 
 config_module = importlib.import_module("modelswarms.config")  # ms.config is the function
 
@@ -28,7 +28,7 @@ from pydantic import Field
 
 from modelswarms import register_utility
 from modelswarms.config import UtilityBase
-from modelswarms.evaluation.utilities import ItemScores
+from modelswarms.evaluation.objectives.utilities import ItemScores
 
 
 class NextTokenConfig(UtilityBase):
@@ -98,7 +98,7 @@ def test_a_utility_from_one_file_is_checked_and_searched(tmp_path, lora_experts,
     assert len(experts) == len(lora_experts) and result.best_dev >= max(experts)
     # the score is the file's own computation: the exported adapter, loaded without
     # modelswarms, gives the same value
-    from modelswarms.evaluation.backend import load_standalone
+    from modelswarms.evaluation.engine.backend import load_standalone
 
     model, tok = load_standalone(str(result.save(tmp_path / "adapted")))
     again = next_token.NextToken(cfg.utility).score(model, tok, result.session.dev)

@@ -13,9 +13,9 @@ from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
 from modelswarms.errors import ExpertError
+from modelswarms.folders import mark
 from modelswarms.pool import export_expert
 from modelswarms.pool.kinds import FullPool, LoraPool, WeightPool, load_pool
-from modelswarms.runs.folders import mark
 from modelswarms.testing import make_tiny_full_pool, make_tiny_llama, make_tiny_lora_pool
 
 ADAPTER = "adapter_model.safetensors"

@@ -20,8 +20,8 @@ from safetensors.torch import load_file, save_file
 from modelswarms.cli import main
 from modelswarms.config import load_config
 from modelswarms.errors import ConfigError, ExpertError, RunError
+from modelswarms.folders import MARKER, FolderLock, claim
 from modelswarms.pool.kinds import load_pool
-from modelswarms.runs.folders import MARKER, FolderLock, claim
 
 from .conftest import make_mc_items
 from .test_bad_inputs import digest

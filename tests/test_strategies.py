@@ -121,7 +121,7 @@ def test_strategies_run_end_to_end_and_resume(tmp_path, lora_experts, mc_data, s
         return parse_config({
             "experts": {"paths": [str(p) for p in lora_experts]},
             "data": {"path": str(mc_data), "max_dev": 8, "max_test": 8},
-            "utility": {"batch_size": 8},
+            "model": {"batch_size": 8},
             "strategy": strategy, "budget": 12,
             "coefficients": {"population": 4},
             "output": {"dir": str(tmp_path / out), "top_k": 2},

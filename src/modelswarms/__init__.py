@@ -17,7 +17,7 @@ from . import merge as _merge_package  # noqa: F401
 from . import mixture as _mixture_package  # noqa: F401
 from . import search as _search_package  # noqa: F401
 from .config import RunConfig, load_config
-from .evaluation.utilities import ItemScores, register_utility
+from .evaluation.objectives.utilities import ItemScores, register_utility
 from .pool.kinds import load_pool
 from .search import register_strategy
 

@@ -23,6 +23,7 @@ from pydantic_core import core_schema
 
 from .errors import ConfigError
 from .models import EMBEDDED
+from .trackers import TRACKERS  # the registry's names; the packages are checked at run
 
 
 class StrictModel(BaseModel):
@@ -413,15 +414,10 @@ class OutputConfig(StrictModel):
     @field_validator("trackers")
     @classmethod
     def _known_trackers(cls, names: list[str]) -> list[str]:
-        from .runs.trackers import TRACKERS  # the registry; the packages are checked at run
-
         for name in names:
             if name not in TRACKERS:
                 raise ValueError(f"unknown tracker {name!r}; known: {', '.join(TRACKERS)}")
         return names
-
-
-ENGINE_KEYS = ("batch_size", "max_batch_tokens")  # once utility keys, now model's
 
 
 class RunConfig(StrictModel):
@@ -460,18 +456,6 @@ class RunConfig(StrictModel):
         if not isinstance(other, RunConfig):
             return NotImplemented
         return self.__dict__ == other.__dict__
-
-    @model_validator(mode="before")
-    @classmethod
-    def _engine_keys_moved(cls, data: Any) -> Any:
-        # Configs (and run folders) written before batch limits moved to `model:` still load.
-        if isinstance(data, dict) and isinstance(data.get("utility"), dict):
-            utility = dict(data["utility"])
-            moved = {k: utility.pop(k) for k in ENGINE_KEYS if k in utility}
-            if moved:
-                model = data.get("model") if isinstance(data.get("model"), dict) else {}
-                data = {**data, "utility": utility, "model": {**moved, **model}}
-        return data
 
     @model_validator(mode="after")
     def _documents_once(self) -> RunConfig:

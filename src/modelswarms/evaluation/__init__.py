@@ -1,8 +1,3 @@
-"""Evaluation: task data, prompts, batched scoring, utilities and the resident model.
-
-The built-in utilities register themselves (and their configs, which `utility:` in a config
-is checked against) when their modules load; loading them here makes them known to any
-code that imports modelswarms.
-"""
-
-from . import abstain, judges, lm_eval_tasks, multitask, reward, utilities  # noqa: F401
+"""Evaluation, in three layers: data (items and prompts), engine (the model and its scoring
+primitives), objectives (utilities); evaluator.py and ray_pool.py, the evaluator seam, sit
+on top of all three."""

@@ -24,12 +24,11 @@ import torch
 from ..config import ModelConfig
 from ..errors import ConfigError, UtilityError
 from ..space import FlatSpace
-from . import generation
-from .backend import ResidentModel, WeightPool
-from .generation import Batching
-from .multiplex import LogitAverage, ParticleBatch
-from .trunk import FrozenTrunk, install_on
-from .utilities import ItemScores, Utility
+from .engine.backend import ResidentModel, WeightPool
+from .engine.batching import Batching, batching
+from .engine.multiplex import LogitAverage, ParticleBatch
+from .engine.trunk import FrozenTrunk, install_on
+from .objectives.utilities import ItemScores, Utility
 
 log = logging.getLogger("modelswarms")
 
@@ -140,7 +139,7 @@ class ResidentEvaluator(CountingEvaluator):
         again, down to one item per batch. The smaller limits stay for the rest of the run."""
         while True:
             try:
-                with generation.batching(self.batching):
+                with batching(self.batching):
                     return fn()
             except torch.OutOfMemoryError:
                 if self.batching.batch_size <= 1:

@@ -20,9 +20,9 @@ from pydantic import Field, model_validator
 
 from ..config import Section, StrictModel, UtilityConfig, register_section, section
 from ..errors import DataError
-from ..evaluation import generation
-from ..evaluation.prompts import encode, multiple_choice_prompt, render, uses_chat
-from ..evaluation.utilities import ItemScores, Utility
+from ..evaluation.data.prompts import encode, multiple_choice_prompt, render, uses_chat
+from ..evaluation.engine import generation
+from ..evaluation.objectives.utilities import ItemScores, Utility
 from .graph import Dag
 
 

@@ -18,9 +18,13 @@ from typing import TYPE_CHECKING, Any, ClassVar
 import torch
 
 from ..errors import ExpertError
+from ..evaluation.engine.backend import load_standalone
+from ..io import atomic_write_text
+from ..models import EMBEDDED, cache_dir, embedded_path
 from ..pool import Expert, register_pool
 from ..pool.loading import read_json
 from .evaluator import MixtureEvaluator, mixing_weights
+from .model import MixtureLM
 
 if TYPE_CHECKING:
     from ..config import ExpertsConfig, ModelConfig
@@ -46,8 +50,6 @@ def _check(path: Path) -> dict:
 def _path(source: str | Path) -> Path:
     """An expert's folder: an embedded model's name (models.EMBEDDED: smollm2, gemma3-270m)
     is that model's cached folder."""
-    from ..models import EMBEDDED, embedded_path
-
     return embedded_path(str(source)) if str(source) in EMBEDDED else Path(source).expanduser()
 
 
@@ -104,8 +106,6 @@ class MixturePool:
 def load_mixture_pool(sources: Sequence[str | Path]) -> MixturePool:
     """The experts of a mixture (checked, not loaded: the evaluator loads the models). An
     embedded model's name (models.EMBEDDED: smollm2, gemma3-270m) is that model's folder."""
-    from ..models import EMBEDDED
-
     paths = [_path(s) for s in sources]
     seen: dict[str, int] = {}
     experts = []
@@ -125,8 +125,6 @@ def load_mixture_pool(sources: Sequence[str | Path]) -> MixturePool:
 def _source(expert: Expert) -> str:
     """An expert's path as mixture.json names it: an embedded model by its name, so the
     export does not depend on this machine's cache folder."""
-    from ..models import EMBEDDED, cache_dir
-
     spec = EMBEDDED.get(expert.name)
     if spec is not None and Path(expert.path) == cache_dir() / spec.folder:
         return spec.name
@@ -136,8 +134,6 @@ def _source(expert: Expert) -> str:
 def write_mixture(pool: MixturePool, weights: torch.Tensor, folder: str | Path,
                   metadata: dict[str, str] | None = None) -> Path:
     """A mixture's export: mixture.json naming each expert's folder and its weight."""
-    from ..runs.checkpoint import atomic_write_text
-
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     w = mixing_weights(weights).tolist()
@@ -153,9 +149,6 @@ def write_mixture(pool: MixturePool, weights: torch.Tensor, folder: str | Path,
 def load_mixture(folder: str | Path, *, device: str = "auto", dtype: str = "auto",
                  batch_size: int = 16):
     """The MixtureLM a mixture.json describes (a token swarm's export), ready to score."""
-    from ..evaluation.backend import load_standalone
-    from .model import MixtureLM
-
     path = Path(folder) / MIXTURE_FILE
     try:
         spec = json.loads(path.read_text())

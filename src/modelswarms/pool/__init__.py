@@ -4,8 +4,8 @@ are weights (LoraPool, FullPool, load_pool) are pool/kinds.py, which sits above 
 that scores them and so is not imported here."""
 
 from .base import POOL_KINDS, Pool, open_pool, pool_kind, register_pool
+from .expert import Expert
 from .export import export_expert, export_vector
-from .loading import Expert
 
 __all__ = ["POOL_KINDS", "Expert", "Pool", "export_expert", "export_vector", "open_pool",
            "pool_kind", "register_pool"]

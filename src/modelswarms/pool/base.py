@@ -21,7 +21,7 @@ if TYPE_CHECKING:
 
     from ..config import ExpertsConfig, ModelConfig
     from ..space import FlatSpace
-    from .loading import Expert
+    from .expert import Expert
 
 
 @runtime_checkable

@@ -11,7 +11,9 @@ from typing import TYPE_CHECKING, Protocol
 import torch
 
 from ..errors import ExpertError
-from .loading import Expert, check_finite
+from ..folders import MARKER, is_ours, mark
+from .expert import Expert
+from .loading import check_finite
 
 if TYPE_CHECKING:
     from ..space import FlatSpace
@@ -67,8 +69,6 @@ def export_expert(pool: WeightPool, tensors: dict[str, torch.Tensor], folder: st
     if folder.resolve() in inputs:  # replacing the folder would destroy an input expert
         raise ExpertError(f"{folder}: is the folder of expert {inputs[folder.resolve()]}; "
                           "export to a new folder, input experts are never overwritten")
-    from ..runs.folders import MARKER, is_ours, mark
-
     if folder.is_dir() and any(folder.iterdir()) and not any(
             is_ours(f) for f in (folder, *folder.resolve().parents)):
         raise ExpertError(f"{folder}: exists and holds files modelswarms did not write (no "

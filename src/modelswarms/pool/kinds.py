@@ -18,8 +18,9 @@ from ..errors import ConfigError, ExpertError
 from ..evaluation.evaluator import ResidentEvaluator
 from ..models import BASE_NOTE, exported_base, resolve_model
 from .base import register_pool
+from .expert import Expert
 from .export import ADAPTER_EXTRAS, MODEL_FILES, export_vector
-from .loading import Expert, load_expert, unique_names
+from .loading import load_expert, unique_names
 from .validate import validate_pool
 
 if TYPE_CHECKING:

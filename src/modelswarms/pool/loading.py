@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import re
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -15,21 +14,12 @@ from safetensors.torch import load_file
 
 from ..errors import ExpertError
 from ..models import EMBEDDED, adapter_base, embedded_path
+from .expert import Expert
 from .validate import check_adapter_config
 
 HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+")  # org/name, never a relative path like ./x
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl")
 ADAPTER_CONFIG, ADAPTER_WEIGHTS = "adapter_config.json", "adapter_model.safetensors"
-
-
-@dataclass(frozen=True)
-class Expert:
-    """One expert; `config` (an addition to the contract) is its adapter or model config."""
-
-    name: str
-    path: Path
-    tensors: dict[str, torch.Tensor] = field(repr=False)
-    config: dict[str, Any] = field(default_factory=dict, repr=False)  # adapter or model config
 
 
 def _fetch(source: str) -> Path:

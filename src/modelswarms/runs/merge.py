@@ -9,10 +9,10 @@ import torch
 
 from ..config import RunConfig
 from ..errors import ConfigError
+from ..folders import check_output, config_inputs
 from ..merge import MERGE_METHODS, merge_vectors
 from ..merge.base import need_base
 from ..pool import pool_kind
-from .folders import check_output, config_inputs
 from .session import open_pool
 
 

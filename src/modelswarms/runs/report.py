@@ -9,12 +9,12 @@ from typing import Any
 
 import yaml
 
+from ..io import atomic_write_text
 from ..merge.mergekit import coefficients_config
 from ..search import SearchStrategy
-from .checkpoint import atomic_write_text
+from ..stats import pack_scores, paired_bootstrap, weak_to_strong
 from .ensemble import majority_vote
 from .session import Session
-from .stats import pack_scores, paired_bootstrap, weak_to_strong
 
 
 def _row(name: str, dev: float | None, test: float | None, **extra: Any) -> dict[str, Any]:

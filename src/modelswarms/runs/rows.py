@@ -23,9 +23,9 @@ from ..merge import MERGE_METHODS, merge_vectors
 from ..merge.base import need_base
 from ..search import HeteroSwarm, SearchStrategy, strategy_names, strategy_spec
 from ..search.hswarm import prepare as prepare_hswarm
+from ..stats import pack_scores
 from .ensemble import majority_vote
 from .session import Session
-from .stats import pack_scores
 
 # runner.search_loop: (cfg, run_dir or None, session) -> (strategy, history)
 SearchLoop = Callable[[RunConfig, Path | None, Session],

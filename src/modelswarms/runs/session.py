@@ -1,7 +1,7 @@
 """What a run holds in memory: the pool, its weight space, an evaluator, the data, a scorer.
 
 `Session.open` only composes the parts, each loaded where it lives (pool/, space/,
-evaluation/evaluator.py, evaluation/data.py, runs/scorer.py); scoring goes through the scorer,
+evaluation/evaluator.py, evaluation/data/items.py, runs/scorer.py); scoring goes through the scorer,
 the loop's side of the evaluator seam.
 """
 
@@ -13,10 +13,11 @@ from pathlib import Path
 
 import torch
 
-from ..config import ExpertsConfig, RunConfig
-from ..evaluation.data import load_split
+from ..config import ExpertsConfig, ModelConfig, RunConfig
+from ..evaluation.data.items import load_split
 from ..evaluation.evaluator import Evaluator
-from ..evaluation.utilities import ItemScores, Utility, build_utility
+from ..evaluation.objectives.utilities import ItemScores, Utility, build_utility
+from ..evaluation.ray_pool import RayEvaluator
 from ..pool import Pool
 from ..pool import open_pool as open_kind
 from ..space import FlatSpace
@@ -31,6 +32,12 @@ def open_pool(e: ExpertsConfig) -> tuple[Pool, FlatSpace]:
     weight space (a Ray actor opens its own with this, from the same config)."""
     pool = open_kind(e)
     return pool, FlatSpace.select(pool.experts[0].tensors, e.include, e.exclude)
+
+
+def open_local(e: ExpertsConfig, model: ModelConfig) -> tuple[FlatSpace, Evaluator]:
+    """A Ray actor's evaluator and weight space, opened from the run's config."""
+    pool, space = open_pool(e)
+    return space, pool.evaluator(space, e, model)
 
 
 @dataclass
@@ -61,9 +68,7 @@ class Session:
             test = load_split(data, data.test_split, required=utility.required_fields,
                               limit=data.max_test) if need_test else None
         if evaluator is None and cfg.model.workers is not None:
-            from ..evaluation.ray_pool import RayEvaluator
-
-            evaluator = RayEvaluator.open(cfg.experts, cfg.model, space)
+            evaluator = RayEvaluator.open(cfg.experts, cfg.model, space, open_local)
         elif evaluator is None:
             evaluator = pool.evaluator(space, cfg.experts, cfg.model)
         experts = space.stack([x.tensors for x in pool.experts], device=evaluator.device)

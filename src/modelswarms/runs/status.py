@@ -16,7 +16,12 @@ from typing import Any
 
 from ..config import load_config
 from ..errors import RunError
+from ..io import read_jsonl
+from ..search import strategy_spec
+from .compare import comparison_table, render_markdown
 from .progress import STATE, duration, search_eta
+from .rows import row_spec
+from .runner import HISTORY
 
 
 def _read_json(path: Path) -> dict[str, Any] | None:
@@ -71,10 +76,6 @@ def folder_status(folder: str | Path) -> dict[str, Any]:
 
 
 def _compare_status(folder: Path, cfg: Any) -> dict[str, Any]:
-    from .compare import _table, render_markdown
-    from .rows import row_spec
-    from .runner import read_jsonl
-
     methods = cfg.compare.methods
     units = [(m, s) for m in methods for s in (cfg.compare.seeds if row_spec(m).seeded
                                                   else [0])]
@@ -85,7 +86,7 @@ def _compare_status(folder: Path, cfg: Any) -> dict[str, Any]:
     if finished:
         who["state"] = "finished"
     partial = None if finished else {"rows_done": len(done), "rows_total": len(units)}
-    report = _table(cfg, methods, done, last.get("items"), partial=partial)
+    report = comparison_table(cfg, methods, done, last.get("items"), partial=partial)
     in_flight = None
     todo = [u for u in units if u not in done]
     if todo and who["state"] != "finished":
@@ -102,9 +103,6 @@ def _compare_status(folder: Path, cfg: Any) -> dict[str, Any]:
 
 
 def _run_status(folder: Path, cfg: Any) -> dict[str, Any]:
-    from ..search import strategy_spec
-    from .runner import HISTORY, read_jsonl
-
     history = read_jsonl(folder / HISTORY)
     who = writer(folder)
     report = _read_json(folder / "report.json")

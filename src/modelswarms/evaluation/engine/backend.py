@@ -13,10 +13,11 @@ from typing import Protocol
 
 import torch
 
-from ..errors import ConfigError, ExpertError, first_line
-from ..models import adapter_base, resolve_model
-from ..pool import Expert
-from ..space import FlatSpace
+from ...errors import ConfigError, ExpertError, first_line
+from ...models import adapter_base, resolve_model
+from ...pool import Expert
+from ...pool.loading import load_expert, read_json
+from ...space import FlatSpace
 
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -192,18 +193,12 @@ class ResidentModel:
 def load_standalone(path: str, base_model: str | None = None, *, device: str = "auto",
                     dtype: str = "auto", trust_remote_code: bool = False):
     """(model, tokenizer) for one adapter folder or model folder, as plain transformers/peft."""
-    from pathlib import Path
-
-    from ..pool.loading import read_json
-
     dev = pick_device(device)
     dt = pick_dtype(dtype, dev)
     folder = Path(path)
     adapter_cfg = folder / "adapter_config.json"
     if adapter_cfg.is_file():
         from peft import PeftModel
-
-        from ..pool.loading import load_expert
 
         load_expert(folder)  # safetensors only, readable: checked here, not deep in peft
         base = base_model or adapter_base(folder, read_json(adapter_cfg))

@@ -17,7 +17,7 @@ from collections.abc import Iterator
 
 import torch
 
-from ..errors import ConfigError
+from ...errors import ConfigError
 from .backend import ResidentModel
 
 

@@ -80,7 +80,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-_SEEN = "_modelswarms_trunk_seen"  # set on every cache object the trunk has handled
+SEEN = "_modelswarms_trunk_seen"  # set on every cache object the trunk has handled
 _ATTR = "_modelswarms_trunk"  # the decoder model's installed trunk
 _ORIGIN = "_modelswarms_trunk_origin"  # on a cache the trunk filled / a row copy of one
 # layer arguments the key already covers (the 4-D mask and the rotary tables are functions of
@@ -357,7 +357,7 @@ class FrozenTrunk:
                 kwargs.get("output_attentions") or kwargs.get("output_hidden_states"):
             return None
         cache = kwargs.get("cache", kwargs.get("past_key_values"))
-        if cache is not None and getattr(cache, _SEEN, False):
+        if cache is not None and getattr(cache, SEEN, False):
             return None  # a continuation: decoding steps of generate
         use_cache = kwargs.get("use_cache")
         wanted = use_cache is True or (cache is not None and use_cache is not False)
@@ -438,7 +438,7 @@ class FrozenTrunk:
         None when the trunk cannot key it."""
         prefix = self._prefix(cache, rows)
         if cache is not None:
-            setattr(cache, _SEEN, True)
+            setattr(cache, SEEN, True)
         if prefix is None:
             return None
         past, prefix_digest, source = prefix

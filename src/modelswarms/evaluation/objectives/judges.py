@@ -28,11 +28,12 @@ from typing import Literal
 
 from pydantic import Field, model_validator
 
-from ..config import StrictModel
-from ..errors import ConfigError
-from ..models import cache_dir, resolve_model
-from . import generation
-from .prompts import encode, render, uses_chat
+from ...config import StrictModel
+from ...errors import ConfigError
+from ...models import cache_dir, resolve_model
+from ..data.prompts import encode, render, uses_chat
+from ..engine import generation
+from ..engine.backend import load_causal_lm, load_tokenizer, pick_device, pick_dtype
 
 
 class JudgeConfig(StrictModel):
@@ -308,8 +309,6 @@ class LocalJudge(Judge):
     def _load(self) -> tuple:
         with self._lock:
             if self._loaded is None:
-                from .backend import load_causal_lm, load_tokenizer, pick_device, pick_dtype
-
                 source = resolve_model(self.cfg.model)
                 device = pick_device("auto")
                 self._loaded = (load_causal_lm(source, pick_dtype("auto", device), device),

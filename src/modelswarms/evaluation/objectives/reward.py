@@ -13,11 +13,14 @@ from typing import Any, Literal
 import torch
 from pydantic import Field, model_validator
 
-from ..config import PromptedUtility, StrictModel, UtilityConfig
-from ..errors import ConfigError
-from . import generation
-from .prompts import encode, render, uses_chat
-from .utilities import ItemScores, _mean, _pad_id, _ScoresEachParticle, register_utility
+from ...config import PromptedUtility, StrictModel, UtilityConfig
+from ...errors import ConfigError
+from ...models import resolve_model
+from ..data.prompts import encode, render, uses_chat
+from ..engine import generation
+from ..engine.backend import load_tokenizer
+from ..engine.batching import batches, pad
+from .utilities import ItemScores, ScoresEachParticle, mean, pad_id, register_utility
 
 
 def normalise(raw: float, low: float, high: float) -> float:
@@ -61,7 +64,7 @@ class RewardModelConfig(PromptedUtility):
 
 
 @register_utility("reward_model", config=RewardModelConfig)
-class RewardModel(_ScoresEachParticle):
+class RewardModel(ScoresEachParticle):
     required_fields = ("prompt",)
 
     def __init__(self, cfg: UtilityConfig):
@@ -74,9 +77,6 @@ class RewardModel(_ScoresEachParticle):
 
     def _load(self, device: torch.device) -> None:
         from transformers import AutoModelForSequenceClassification
-
-        from ..models import resolve_model
-        from .backend import load_tokenizer
 
         path = resolve_model(self.cfg.reward.model)
         try:
@@ -108,8 +108,8 @@ class RewardModel(_ScoresEachParticle):
             else:
                 rows.append(tok(f"{p}\n\n{a}")["input_ids"])
         out = [0.0] * len(rows)
-        for batch in generation._batches([len(r) for r in rows], self.cfg.reward.batch_size):
-            ids, mask = generation._pad([rows[i] for i in batch], tok.pad_token_id, left=False,
+        for batch in batches([len(r) for r in rows], self.cfg.reward.batch_size):
+            ids, mask = pad([rows[i] for i in batch], tok.pad_token_id, left=False,
                                         device=device)
             scores = self._rm(input_ids=ids, attention_mask=mask).logits[:, 0].float()
             for row, i in enumerate(batch):
@@ -122,7 +122,7 @@ class RewardModel(_ScoresEachParticle):
         prompts = [encode(tokenizer, render(tokenizer, str(it["prompt"]), chat), chat)
                    for it in items]
         per_particle = generation.generate(
-            model, prompts, max_new_tokens=self.cfg.max_new_tokens, pad_id=_pad_id(tokenizer),
+            model, prompts, max_new_tokens=self.cfg.max_new_tokens, pad_id=pad_id(tokenizer),
             eos_id=tokenizer.eos_token_id, particles=particles)
         device = next(model.parameters()).device
         r = self.cfg.reward
@@ -133,5 +133,5 @@ class RewardModel(_ScoresEachParticle):
             scores = [combine(normalise(x, r.low, r.high),
                               min(1.0, len(ids) / self.cfg.max_new_tokens), r.variant,
                               r.length_weight) for x, ids in zip(raw, outs, strict=True)]
-            results.append(ItemScores(_mean(scores), scores, answers))
+            results.append(ItemScores(mean(scores), scores, answers))
         return results

@@ -34,10 +34,10 @@ from typing import Any, ClassVar, Literal
 
 from pydantic import Field, model_validator
 
-from ..config import UtilityBase
-from ..errors import ConfigError, DataError, first_line
-from . import generation
-from .utilities import ItemScores, _pad_id, _ScoresEachParticle, register_utility
+from ...config import UtilityBase
+from ...errors import ConfigError, DataError, first_line
+from ..engine import generation
+from .utilities import ItemScores, ScoresEachParticle, pad_id, register_utility
 
 LmEvalSplit = Literal["auto", "train", "validation", "test"]
 
@@ -397,7 +397,7 @@ def task_spec(name: str, task: Any, cfg: Any) -> TaskSpec:
 
 
 @register_utility("lm_eval", config=LmEvalConfig)
-class LmEvalTasks(_ScoresEachParticle):
+class LmEvalTasks(ScoresEachParticle):
     """lm-evaluation-harness tasks, scored by our engine; the utility is the mean of the
     chosen metric over all documents of all tasks (lm-eval's size-weighted group mean)."""
 
@@ -518,7 +518,7 @@ class LmEvalTasks(_ScoresEachParticle):
                 item_slots.append((p, seen[tuple(tail)]))
             slots.append(item_slots)
         per_particle = generation.option_logprobs(model, prompts, options,
-                                                  pad_id=_pad_id(tokenizer), particles=particles)
+                                                  pad_id=pad_id(tokenizer), particles=particles)
         return [[[logps[a][b] for a, b in item_slots] for item_slots in slots]
                 for logps in per_particle]
 
@@ -558,7 +558,7 @@ class LmEvalTasks(_ScoresEachParticle):
                     counts["lm_eval_truncated"] += 1
                 prompts.append(ids)
             per_particle = generation.generate(
-                model, prompts, max_new_tokens=max_gen, pad_id=_pad_id(tokenizer),
+                model, prompts, max_new_tokens=max_gen, pad_id=pad_id(tokenizer),
                 eos_id=sorted(eos) or None, particles=particles, stop_strings=until,
                 tokenizer=tokenizer)
             for p, outs in enumerate(per_particle):

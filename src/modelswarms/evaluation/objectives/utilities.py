@@ -12,14 +12,11 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol
 
-from pydantic import Field, model_validator
+from pydantic import Field
 
-from ..config import PromptedUtility, UtilityBase, UtilityConfig, register_utility_config
-from ..errors import ConfigError, UtilityError
-from . import generation
-from .extract import extract_letter, extract_number, normalize_number
-from .judges import JudgeConfig, build_judge
-from .prompts import (
+from ...config import PromptedUtility, UtilityBase, UtilityConfig, register_utility_config
+from ...errors import ConfigError, UtilityError
+from ..data.prompts import (
     cloze_continuation,
     cloze_prompt,
     encode,
@@ -28,6 +25,9 @@ from .prompts import (
     render,
     uses_chat,
 )
+from ..engine import generation
+from .extract import extract_letter, extract_number, normalize_number
+from .judges import JudgeConfig, build_judge
 
 # The configs of the utilities defined here (each registered with its utility below).
 
@@ -42,14 +42,6 @@ SCORING_HELP = (
 
 class ChoiceScoring(PromptedUtility):
     scoring: Scoring = Field("letter", description=SCORING_HELP)
-
-    @model_validator(mode="before")
-    @classmethod
-    def _old_scoring_name(cls, data: Any) -> Any:
-        # "loglik" named the letter mode before the cloze modes existed
-        if isinstance(data, dict) and data.get("scoring") == "loglik":
-            data = {**data, "scoring": "letter"}
-        return data
 
 
 class MultipleChoiceConfig(ChoiceScoring):
@@ -109,11 +101,11 @@ class BatchedUtility(Utility, Protocol):
     def score_many(self, model: Any, tokenizer: Any, items: list[dict],
                    particles: int) -> list[ItemScores]:
         """One ItemScores per particle, for a model running `particles` particles on row
-        blocks of every batch (evaluation/multiplex.py)."""
+        blocks of every batch (evaluation/engine/multiplex.py)."""
         ...
 
 
-class _ScoresEachParticle:
+class ScoresEachParticle:
     def score(self, model: Any, tokenizer: Any, items: list[dict]) -> ItemScores:
         return self.score_many(model, tokenizer, items, 1)[0]  # type: ignore[attr-defined]
 
@@ -172,12 +164,12 @@ def build_utility(cfg: UtilityConfig) -> Utility:
     return UTILITIES[cfg.type](cfg)
 
 
-def _pad_id(tokenizer: Any) -> int:
+def pad_id(tokenizer: Any) -> int:
     return tokenizer.pad_token_id if tokenizer.pad_token_id is not None else \
         tokenizer.eos_token_id
 
 
-def _mean(scores: list[float]) -> float:
+def mean(scores: list[float]) -> float:
     return sum(scores) / len(scores)
 
 
@@ -195,11 +187,11 @@ def pick_options(items: list[dict], logps: list[list[float]]) -> ItemScores:
     preds = [ls[max(range(len(lp)), key=lp.__getitem__)] for ls, lp in
              zip(letters, logps, strict=True)]
     scores = [float(p == it["answer"]) for p, it in zip(preds, items, strict=True)]
-    return ItemScores(_mean(scores), scores, preds)
+    return ItemScores(mean(scores), scores, preds)
 
 
 @register_utility("multiple_choice", config=MultipleChoiceConfig)
-class MultipleChoice(_ScoresEachParticle):
+class MultipleChoice(ScoresEachParticle):
     """Accuracy on multiple-choice items; `scoring` says how an option is chosen.
 
     - letter: the option letter with the highest log-likelihood after the paper's prompt
@@ -248,7 +240,7 @@ class MultipleChoice(_ScoresEachParticle):
     def _letter_logprobs(self, model: Any, tokenizer: Any, prompts: list[list[int]],
                          letters: list[list[str]], particles: int) -> list[list[list[float]]]:
         """[particle][item][option]: log p(letter | prompt)."""
-        pad = _pad_id(tokenizer)
+        pad = pad_id(tokenizer)
         # Items with different option sets (TruthfulQA: 2 to 13 options) still need one
         # forward each: read every letter any item uses at the prompt's end and keep each
         # item's own, instead of one sequence per option (5-6x the work there).
@@ -274,7 +266,7 @@ class MultipleChoice(_ScoresEachParticle):
         options = [[tokenizer.encode(cloze_continuation(t), add_special_tokens=False)
                     for t in ts] for ts in texts]
         per_particle = generation.option_logprobs(
-            model, prompts, options, pad_id=_pad_id(tokenizer), particles=particles)
+            model, prompts, options, pad_id=pad_id(tokenizer), particles=particles)
         if not per_char:
             return per_particle
         return [per_character(items, logps) for logps in per_particle]
@@ -309,7 +301,7 @@ class MultipleChoice(_ScoresEachParticle):
                             prompts: list[list[int]], letters: list[list[str]],
                             particles: int) -> list[ItemScores]:
         per_particle = generation.generate(
-            model, prompts, max_new_tokens=self.cfg.max_new_tokens, pad_id=_pad_id(tokenizer),
+            model, prompts, max_new_tokens=self.cfg.max_new_tokens, pad_id=pad_id(tokenizer),
             eos_id=tokenizer.eos_token_id, particles=particles)
         results = []
         for outs in per_particle:
@@ -317,13 +309,13 @@ class MultipleChoice(_ScoresEachParticle):
             preds = [extract_letter(t, ls) or "" for t, ls in zip(texts, letters, strict=True)]
             scores = [float(p == it["answer"]) for p, it in zip(preds, items, strict=True)]
             # No letter found is a wrong answer, as in the paper, but the report counts it.
-            results.append(ItemScores(_mean(scores), scores, preds,
+            results.append(ItemScores(mean(scores), scores, preds,
                                       {"mc_unparsed": preds.count("")}))
         return results
 
 
 @register_utility("exact_match", config=ExactMatchConfig)
-class ExactMatch(_ScoresEachParticle):
+class ExactMatch(ScoresEachParticle):
     """Greedy answer; numeric golds compare as numbers (GSM8K), others by containment."""
 
     required_fields = ("question", "answer")
@@ -337,7 +329,7 @@ class ExactMatch(_ScoresEachParticle):
         prompts = [encode(tokenizer, render(tokenizer, qa_prompt(it, self.cfg.prompt), chat),
                           chat) for it in items]
         per_particle = generation.generate(
-            model, prompts, max_new_tokens=self.cfg.max_new_tokens, pad_id=_pad_id(tokenizer),
+            model, prompts, max_new_tokens=self.cfg.max_new_tokens, pad_id=pad_id(tokenizer),
             eos_id=tokenizer.eos_token_id, particles=particles)
         return [self._judge(tokenizer, items, outs) for outs in per_particle]
 
@@ -354,7 +346,7 @@ class ExactMatch(_ScoresEachParticle):
                 ok = " ".join(gold.lower().split()) in pred.lower()
             preds.append(pred)
             scores.append(float(ok))
-        return ItemScores(_mean(scores), scores, preds)
+        return ItemScores(mean(scores), scores, preds)
 
 
 class FunctionUtility:
@@ -377,7 +369,7 @@ class FunctionUtility:
             result = out
         elif isinstance(out, list | tuple):
             scores = [float(x) for x in out]
-            result = ItemScores(_mean(scores), scores, [repr(x) for x in scores])
+            result = ItemScores(mean(scores), scores, [repr(x) for x in scores])
         else:
             value = float(out)
             result = ItemScores(value, [value] * len(items), [""] * len(items))
@@ -401,7 +393,7 @@ class PythonUtility(FunctionUtility):
 
 
 @register_utility("human_interest", config=HumanInterestConfig)
-class HumanInterest(_ScoresEachParticle):
+class HumanInterest(ScoresEachParticle):
     """The paper's human-interest objective: the model answers each prompt, an LLM judge rates
     how well the answer serves someone interested in `topic` (1-10); utility = mean rating / 10.
 
@@ -422,7 +414,7 @@ class HumanInterest(_ScoresEachParticle):
         texts = [(self.cfg.prompt or "{prompt}").format(**it) for it in items]
         prompts = [encode(tokenizer, render(tokenizer, t, chat), chat) for t in texts]
         per_particle = generation.generate(
-            model, prompts, max_new_tokens=self.cfg.max_new_tokens, pad_id=_pad_id(tokenizer),
+            model, prompts, max_new_tokens=self.cfg.max_new_tokens, pad_id=pad_id(tokenizer),
             eos_id=tokenizer.eos_token_id, particles=particles)
         answers = [[tokenizer.decode(ids, skip_special_tokens=True).strip() for ids in outs]
                    for outs in per_particle]
@@ -449,5 +441,5 @@ class HumanInterest(_ScoresEachParticle):
             else:
                 scores.append(0.1 if policy == "lowest" else math.nan)
         rated = [s for s in scores if not math.isnan(s)]
-        value = _mean(rated) if rated else 0.0
+        value = mean(rated) if rated else 0.0
         return ItemScores(value, scores, answers, counts)
