@@ -19,6 +19,7 @@ import torch
 
 from ..errors import ExpertError
 from ..pool import Expert, register_pool
+from ..pool.base import PoolDefaults
 from ..pool.loading import read_json
 from .evaluator import MixtureEvaluator, mixing_weights
 
@@ -53,17 +54,14 @@ def _path(source: str | Path) -> Path:
 
 @register_pool("mixture")
 @dataclass(frozen=True)
-class MixturePool:
+class MixturePool(PoolDefaults):
     """Experts composed at their output: a particle is a row of mixing weights (one per
     expert), scored by a MixtureLM of the experts' own models and exported as mixture.json.
     Weights of different architectures do not add, so there are no merges and no base."""
 
     kind: ClassVar[str] = "mixture"
-    scores_base: ClassVar[bool] = False
-    batches_particles: ClassVar[bool] = False
     adds_weights: ClassVar[bool] = False
     coordinates: ClassVar[str] = "mixing weights"
-    mergekit: ClassVar[bool] = False
 
     experts: list[Expert]
     template: Path
@@ -72,10 +70,6 @@ class MixturePool:
     @classmethod
     def open(cls, experts: ExpertsConfig) -> MixturePool:
         return load_mixture_pool(experts.paths)
-
-    @property
-    def names(self) -> list[str]:
-        return [e.name for e in self.experts]
 
     @property
     def tensor_names(self) -> list[str]:
