@@ -22,6 +22,7 @@ from ..evaluation.engine.backend import load_standalone
 from ..io import atomic_write_text
 from ..models import EMBEDDED, cache_dir, embedded_path
 from ..pool import Expert, register_pool
+from ..pool.base import PoolDefaults
 from ..pool.loading import read_json
 from .evaluator import MixtureEvaluator, mixing_weights
 from .model import MixtureLM
@@ -55,17 +56,14 @@ def _path(source: str | Path) -> Path:
 
 @register_pool("mixture")
 @dataclass(frozen=True)
-class MixturePool:
+class MixturePool(PoolDefaults):
     """Experts composed at their output: a particle is a row of mixing weights (one per
     expert), scored by a MixtureLM of the experts' own models and exported as mixture.json.
     Weights of different architectures do not add, so there are no merges and no base."""
 
     kind: ClassVar[str] = "mixture"
-    scores_base: ClassVar[bool] = False
-    batches_particles: ClassVar[bool] = False
     adds_weights: ClassVar[bool] = False
     coordinates: ClassVar[str] = "mixing weights"
-    mergekit: ClassVar[bool] = False
 
     experts: list[Expert]
     template: Path
@@ -74,10 +72,6 @@ class MixturePool:
     @classmethod
     def open(cls, experts: ExpertsConfig) -> MixturePool:
         return load_mixture_pool(experts.paths)
-
-    @property
-    def names(self) -> list[str]:
-        return [e.name for e in self.experts]
 
     @property
     def tensor_names(self) -> list[str]:

@@ -72,6 +72,27 @@ class Pool(Protocol):
         ...
 
 
+class PoolDefaults:
+    """What a pool kind supports unless it says otherwise, and what every kind derives from
+    its experts the same way (a kind's class subclasses this and overrides what differs)."""
+
+    scores_base: ClassVar[bool] = False
+    batches_particles: ClassVar[bool] = False
+    adds_weights: ClassVar[bool] = True
+    coordinates: ClassVar[str] = ""
+    mergekit: ClassVar[bool] = False
+
+    @property
+    def names(self) -> list[str]:
+        return [e.name for e in self.experts]  # type: ignore[attr-defined]
+
+    def identity(self, index: int) -> bytes | None:
+        return None
+
+    def uniform_ensemble(self, experts: torch.Tensor) -> torch.Tensor | None:
+        return None
+
+
 POOL_KINDS: dict[str, Any] = {}  # compose -> a Pool class with open(ExpertsConfig)
 
 

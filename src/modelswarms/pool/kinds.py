@@ -17,7 +17,7 @@ from safetensors.torch import save_file
 from ..errors import ConfigError, ExpertError
 from ..evaluation.evaluator import ResidentEvaluator
 from ..models import BASE_NOTE, exported_base, resolve_model
-from .base import register_pool
+from .base import PoolDefaults, register_pool
 from .expert import Expert
 from .export import ADAPTER_EXTRAS, MODEL_FILES, export_vector
 from .loading import load_expert, unique_names
@@ -33,27 +33,18 @@ LORA_PARTS = (".lora_A.", ".lora_B.", ".lora_embedding_A", ".lora_embedding_B")
 
 @register_pool("weights")
 @dataclass(frozen=True)
-class WeightPool:
+class WeightPool(PoolDefaults):
     """Experts that are points of one weight space: a particle is their weights, scored by
     one resident model (evaluation/evaluator.py) and written as a folder of that model's
     kind."""
 
     kind: ClassVar[str]
-    scores_base: ClassVar[bool] = False
-    batches_particles: ClassVar[bool] = False
-    adds_weights: ClassVar[bool] = True
-    coordinates: ClassVar[str] = ""
-    mergekit: ClassVar[bool] = False
     weights_file: ClassVar[str]
     export_files: ClassVar[tuple[str, ...]]
 
     experts: list[Expert]
     base_model: str | None
     template: Path
-
-    @property
-    def names(self) -> list[str]:
-        return [e.name for e in self.experts]
 
     @property
     def tensor_names(self) -> list[str]:
@@ -83,12 +74,6 @@ class WeightPool:
 
     def evaluator(self, space: FlatSpace, experts: ExpertsConfig, model: ModelConfig) -> Any:
         return ResidentEvaluator(self, space, model, trust_remote_code=experts.trust_remote_code)
-
-    def identity(self, index: int) -> bytes | None:
-        return None
-
-    def uniform_ensemble(self, experts: torch.Tensor) -> torch.Tensor | None:
-        return None
 
     def base_vector(self, space: FlatSpace, device: torch.device | str = "cpu",
                     dtype: torch.dtype | None = None) -> torch.Tensor | None:
