@@ -281,6 +281,26 @@ def test_readme_ray_example_runs(tmp_path, cluster, lora_experts, mc_data):
     assert report["iterations"] == 6
 
 
+def test_an_over_long_item_is_found_on_the_actors_before_the_search(tmp_path, cluster,
+                                                                     lora_experts):
+    """The Ray evaluator skipped the length check (the tokenizer and model live on the
+    actors): an actor measures the rows, before the search."""
+    from modelswarms.errors import DataError
+
+    from .conftest import make_mc_items
+
+    test = make_mc_items(4, 1)
+    test[1]["choices"]["A"] = "so " * 150  # alone it fits 512 tokens; in the lettered list not
+    test[1]["question"] = "why " * 50
+    data = tmp_path / "long.json"
+    data.write_text(json.dumps({"dev": make_mc_items(6, 0), "test": test}))
+    cfg = load_config(write(tmp_path, "long", lora_experts, data, cluster))
+    with pytest.raises(DataError, match=r"item 1 \(id 'q1-1'\) of split 'test': field "
+                                        r"'choices.A' .* more than the model reads \(512"):
+        runner.run(cfg, show_progress=False)
+    assert not (tmp_path / "long").exists()
+
+
 def test_without_ray_one_config_error(monkeypatch, lora_experts, mc_data, tmp_path):
     from modelswarms.errors import ConfigError
     from modelswarms.runs.session import Session

@@ -32,11 +32,13 @@ from .errors import ConfigError, ExpertError
 from .evaluation.data.items import load_items
 from .evaluation.engine.backend import load_standalone
 from .evaluation.engine.batching import Batching, batching
+from .evaluation.evaluator import first_overlong, reads_of
 from .evaluation.objectives.utilities import ItemScores, build_utility, register_utility
 from .hetero import System
 from .mixture import load_mixture
 from .pool import ExpertPool
 from .runs.candidates import candidate_kind
+from .runs.checks import refuse_overlong
 from .runs.compare import compare as run_compare
 from .runs.distil import distil_mixture
 from .runs.merge import merge_to_folder
@@ -212,9 +214,9 @@ def evaluate(model: str | Path, items: list[dict] | str | Path, *,
              utility: str | Callable[..., Any] | dict[str, Any] = "multiple_choice",
              split: str = "test", base_model: str | None = None, device: str = "auto",
              dtype: str = "auto", batch_size: int = 16, max_batch_tokens: int = 4096,
-             max_items: int | None = None) -> ItemScores:
+             max_items: int | None = None, source: str | None = None) -> ItemScores:
     """Score one adapter or model folder (say, a search's export) with a utility on items
-    (a list, or a dataset file and its split)."""
+    (a list, or a dataset file and its split). `source` names a list's origin in messages."""
     # a zero or negative limit would score nothing, or loop: refused here, as in a config
     engine_config("evaluate", device=device, dtype=dtype, batch_size=batch_size,
                   max_batch_tokens=max_batch_tokens)
@@ -222,6 +224,7 @@ def evaluate(model: str | Path, items: list[dict] | str | Path, *,
         raise ConfigError(f"evaluate: max_items: {max_items} scores no item; give 1 or more")
     utility = _utility_fields(utility)
     scorer = build_utility(utility_config(**utility))
+    source = str(items) if isinstance(items, str | Path) else source
     if isinstance(items, str | Path):
         items = load_items(items, split, required=scorer.required_fields, limit=max_items)
     elif max_items is not None:
@@ -235,6 +238,10 @@ def evaluate(model: str | Path, items: list[dict] | str | Path, *,
             if not torch.isfinite(p).all():  # a NaN model still answers, and scores
                 raise ExpertError(f"{model}: parameter {name} holds NaN or infinite values; "
                                   "a non-finite model is not scored")
+    # the whole split is measured before any is scored: one line naming the item, not a
+    # count of rows found too long inside a batch
+    if (found := first_overlong(tok, scorer, items, reads_of(loaded))) is not None:
+        refuse_overlong(found, items, split, source)
     with batching(Batching(batch_size, max_batch_tokens)):
         return scorer.score(loaded, tok, items)
 

@@ -294,12 +294,13 @@ def _evaluate(model_path, config, data, split, utility_type, base_model, max_ite
         data_cfg = cfg.need_data("eval")
         if data_cfg is None:  # the utility's tasks bring their documents (lm_eval)
             items = build_utility(ucfg).split_items(split)[:max_items]
-        else:
-            items = load_split(data_cfg, split)[:max_items]
+        else:  # checked as a run checks them: a field the utility reads, by item
+            items = load_split(data_cfg, split,
+                               required=build_utility(ucfg).required_fields)[:max_items]
         data = cfg.data_name
     engine = cfg.model if cfg else None
     start = time.perf_counter()
-    scores = evaluate(model_path, items, utility=ucfg.model_dump(), split=split,
+    scores = evaluate(model_path, items, utility=ucfg.model_dump(), split=split, source=data,
                       base_model=base_model or (cfg.experts.base_model if cfg else None),
                       device=device or (engine.device if engine else "auto"),
                       dtype=engine.dtype if engine else "auto",

@@ -37,7 +37,7 @@ import torch
 from ..config import ExpertsConfig, ModelConfig
 from ..errors import ConfigError, ModelSwarmsError, RunError, first_line
 from ..space import FlatSpace
-from .evaluator import Evaluator
+from .evaluator import Evaluator, Overlong
 from .objectives.utilities import ItemScores, Utility
 
 log = logging.getLogger("modelswarms")
@@ -127,6 +127,13 @@ class RayWorker:
         except ModelSwarmsError as err:  # raised again on the driver, as in one process
             return None, self.evaluator.drain_events(), err
         return out, self.evaluator.drain_events(), None
+
+    def overlong(self, token: int, boxed: list, items: list[dict]
+                 ) -> tuple[Overlong | None, Exception | None]:
+        try:
+            return self.evaluator.overlong(items, self._utility(token, boxed)), None
+        except ModelSwarmsError as err:
+            return None, err
 
     def ensemble(self, token: int, boxed: list, vectors: torch.Tensor,
                  items: list[dict]) -> tuple[list[ItemScores] | None, dict, Exception | None]:
@@ -266,6 +273,14 @@ class RayEvaluator:
             units = [self.ray.put(rows[s : s + self.group].clone())
                      for s in range(0, len(rows), self.group)]
         return self._dispatch("score", units, items, utility)
+
+    def overlong(self, items: list[dict], utility: Utility) -> Overlong | None:
+        """As a local evaluator's, asked of one actor: the models and tokenizers live there."""
+        token, boxed = self._boxed(utility)
+        found, err = self.ray.get(self.actors[0].overlong.remote(token, boxed, items))
+        if err is not None:
+            raise err
+        return found
 
     def score_ensemble(self, vectors: torch.Tensor, items: list[dict],
                        utility: Utility) -> ItemScores:

@@ -43,6 +43,10 @@ class MixtureEvaluator(CountingEvaluator):
         self.batching = batching or Batching()
         self.events: Counter = Counter()
 
+    @property
+    def model(self) -> MixtureLM:
+        return self.mixture
+
     def score_many(self, vectors: torch.Tensor | None, items: list[dict],
                    utility: Utility) -> list[ItemScores]:
         rows = [torch.full((self.mixture.n,), 1.0)] if vectors is None else list(vectors)

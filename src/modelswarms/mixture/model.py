@@ -111,14 +111,32 @@ class MixtureLM:
 
     # -------------------------------------------------------------- each expert's own tokens
     def _own(self, i: int, data: bytes, specials: bool = True) -> list[int]:
+        ids = self._own_ids(i, data, specials)
+        fits_context(self.models[i], [len(ids) + 1])
+        return ids
+
+    def _own_ids(self, i: int, data: bytes, specials: bool = True) -> list[int]:
         """Expert i's tokens of `data`: its tokenizer's own segmentation when the bytes are
         whole characters, else the byte-exact split."""
         try:
-            ids = self.tokenizers[i].encode(data.decode("utf-8"), add_special_tokens=specials)
+            return self.tokenizers[i].encode(data.decode("utf-8"), add_special_tokens=specials)
         except UnicodeDecodeError:
-            ids = self.vocab.experts[i].encode(data)
-        fits_context(self.models[i], [len(ids) + 1])
-        return ids
+            return self.vocab.experts[i].encode(data)
+
+    def reads(self, ids: Sequence[int]) -> tuple[int, int | None, str]:
+        """The longest a row of union `ids` is in any expert's own tokens (as `_own` counts
+        it while scoring), that expert's limit, and its name; each expert reads the text in
+        its own tokens, so one with a shorter context or a finer vocabulary may not fit."""
+        data = self.vocab.text_bytes(list(ids))
+        worst = (0, None, "the model")
+        for i, model in enumerate(self.models):
+            limit = getattr(getattr(model, "config", None), "max_position_embeddings", None)
+            if not isinstance(limit, int):
+                continue
+            n = len(self._own_ids(i, data)) + 1
+            if worst[1] is None or n - limit > worst[0] - worst[1]:
+                worst = (n, limit, f"expert {self.names[i]}")
+        return worst
 
     def _batches(self, n: int) -> list[range]:
         size = max(1, self.batch_size)

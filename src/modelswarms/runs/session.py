@@ -87,7 +87,7 @@ class Session:
         experts = space.stack([x.tensors for x in pool.experts], device=evaluator.device)
         scorer = Scorer(evaluator, utility, cfg.utility.on_invalid)
         scorer.source = data.name if data is not None else None
-        check_lengths(evaluator, {data.dev_split if data else "dev": dev,
+        check_lengths(evaluator, utility, {data.dev_split if data else "dev": dev,
                                   data.test_split if data else "test": test}, scorer.source)
         check_session(pool, experts, dev, cfg, scorer)
         return cls(cfg, pool, space, evaluator, scorer, dev, test, experts)

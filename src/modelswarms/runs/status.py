@@ -2,8 +2,11 @@
 
 It only reads (config.yaml, results.jsonl, history.jsonl, report.json, progress.json): the
 process writing the folder, if any, is not disturbed, and a killed one's folder is read as
-it was left. Whether a writer is alive is asked of the operating system by the pid that
-progress.json names (on the same host only)."""
+it was left. Whether a writer is alive is asked of the kernel's lock table: a writer holds
+the folder's lock (folders.py) for its whole life, and the kernel drops it when the
+process dies, so a recycled pid or a progress.json left by a killed run is not mistaken for a
+live writer. A folder without the lock's marker (an older version's), or a system without
+/proc/locks, falls back to the pid progress.json names (on the same host only)."""
 
 from __future__ import annotations
 
@@ -16,6 +19,7 @@ from typing import Any
 
 from ..config import load_config
 from ..errors import RunError
+from ..folders import probe_lock
 from ..io import read_jsonl
 from ..search import strategy_spec
 from .compare import comparison_table, render_markdown
@@ -49,10 +53,19 @@ def writer(folder: Path) -> dict[str, Any]:
     "running", "stopped" (an error or Ctrl-C, said in `error`), "gone" (the process ended
     without a word: killed, or a crash), "elsewhere" (another host: unknown) or "unknown"
     (no progress.json: a folder of an older version)."""
-    state = _read_json(folder / STATE)
-    if state is None and folder.name.startswith("seed_") and folder.parents[1].name == "runs":
+    owner = folder
+    if folder.name.startswith("seed_") and folder.parents[1].name == "runs" and \
+            not (folder / STATE).is_file():
         # a search row of a comparison (FOLDER/runs/METHOD/seed_N): its comparison writes it
-        state = _read_json(folder.parents[2] / STATE)
+        owner = folder.parents[2]
+    state = _read_json(owner / STATE)
+    lock = probe_lock(owner)
+    if lock is not None and lock[0]:
+        # held: a writer lives, whatever progress.json last said (it may not have written yet)
+        out = dict(state or {})
+        out.update(state="running", pid=lock[1], host=socket.gethostname())
+        out["age_s"] = time.time() - out.get("updated", time.time())
+        return out
     if state is None:
         return {"state": "unknown"}
     out = dict(state)
@@ -60,8 +73,8 @@ def writer(folder: Path) -> dict[str, Any]:
     if state.get("state") == "running":
         if state.get("host") != socket.gethostname():
             out["state"] = "elsewhere"
-        elif not _alive(int(state.get("pid", -1))):
-            out["state"] = "gone"
+        elif lock is not None or not _alive(int(state.get("pid", -1))):
+            out["state"] = "gone"  # the lock is free: its holder died
     return out
 
 

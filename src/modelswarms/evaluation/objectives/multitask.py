@@ -36,24 +36,33 @@ class MultiTask(ScoresEachParticle):
             self._subs[kind] = build_utility(as_utility(self.cfg, kind))
         return self._subs[kind]
 
-    def score_many(self, model: Any, tokenizer: Any, items: list[dict],
-                   particles: int) -> list[ItemScores]:
+    def _groups(self, items: list[dict]) -> list[tuple[list[int], Any]]:
+        """Each task's item indices and the utility that scores them."""
         groups: dict[str, list[int]] = {}
         for i, it in enumerate(items):
             groups.setdefault(str(it["task"]), []).append(i)
         if len(groups) < 2:
             raise DataError(f"multi_task needs items of at least two tasks, got "
                             f"{', '.join(groups) or 'none'}")
+        return [(idx, self._sub("multiple_choice" if all("choices" in items[i] for i in idx)
+                                else "exact_match")) for idx in groups.values()]
+
+    def rows(self, tokenizer: Any, items: list[dict]) -> list[list[Any]]:
+        out: list[list[Any]] = [[] for _ in items]
+        for idx, sub in self._groups(items):
+            for i, rows in zip(idx, sub.rows(tokenizer, [items[i] for i in idx]), strict=True):
+                out[i] = rows
+        return out
+
+    def score_many(self, model: Any, tokenizer: Any, items: list[dict],
+                   particles: int) -> list[ItemScores]:
         scores = [[0.0] * len(items) for _ in range(particles)]
         preds = [[""] * len(items) for _ in range(particles)]
         per_task: list[list[float]] = [[] for _ in range(particles)]
         counts: list[dict[str, int]] = [{} for _ in range(particles)]
-        for idx in groups.values():
+        for idx, sub in self._groups(items):
             sub_items = [items[i] for i in idx]
-            kind = "multiple_choice" if all("choices" in it for it in sub_items) \
-                else "exact_match"
-            for p, r in enumerate(self._sub(kind).score_many(model, tokenizer, sub_items,
-                                                              particles)):
+            for p, r in enumerate(sub.score_many(model, tokenizer, sub_items, particles)):
                 per_task[p].append(r.value)
                 for k, v in r.counts.items():
                     counts[p][k] = counts[p].get(k, 0) + v

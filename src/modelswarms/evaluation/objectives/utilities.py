@@ -47,6 +47,18 @@ class Utility(Protocol):
     def score(self, model: Any, tokenizer: Any, items: list[dict]) -> ItemScores: ...
 
 
+# One sequence a utility runs for an item: its prompt's tokens, then the continuation scored
+# after them (None: one token is read there, or generation starts).
+Row = tuple[list[int], list[int] | None]
+
+
+class RowsUtility(Utility, Protocol):
+    def rows(self, tokenizer: Any, items: list[dict]) -> list[list[Row]]:
+        """Per item, the rows scoring it runs, built by the code that scores it: what the
+        length check before a search measures (runs/checks.py)."""
+        ...
+
+
 class BatchedUtility(Utility, Protocol):
     def score_many(self, model: Any, tokenizer: Any, items: list[dict],
                    particles: int) -> list[ItemScores]:
@@ -160,6 +172,23 @@ class MultipleChoice(ScoresEachParticle):
                 return [i[0] for i in ids]
         return None
 
+    def rows(self, tokenizer: Any, items: list[dict]) -> list[list[Row]]:
+        mode = self.cfg.scoring
+        if mode in ("cloze", "cloze_norm"):
+            prompts, options = self._cloze_inputs(tokenizer, items)
+            return [[(p, o) for o in opts] for p, opts in zip(prompts, options, strict=True)]
+        chat = uses_chat(tokenizer, self.cfg.chat_template)
+        shown, where = self._rotations(items) if mode == "permuted" else (
+            items, [(i, 0) for i in range(len(items))])
+        one_token = mode == "generate" or self._letter_ids(
+            tokenizer, sorted({x for it in shown for x in it["choices"]})) is not None
+        out: list[list[Row]] = [[] for _ in items]
+        for (i, _), it in zip(where, shown, strict=True):
+            prompt = self._letter_prompt(tokenizer, it, chat)
+            out[i] += [(prompt, None)] if one_token else [
+                (prompt, c) for c in self._letter_continuations(tokenizer, list(it["choices"]))]
+        return out
+
     def score_many(self, model: Any, tokenizer: Any, items: list[dict],
                    particles: int) -> list[ItemScores]:
         letters = [list(it["choices"]) for it in items]
@@ -195,13 +224,18 @@ class MultipleChoice(ScoresEachParticle):
                 [[lp[column[x]] for x in ls] for ls, lp in zip(letters, logps, strict=True)]
                 for logps in generation.next_token_logprobs(
                     model, prompts, ids, pad_id=pad, particles=particles)]
-        conts = [[tokenizer.encode(" " + x, add_special_tokens=False) for x in ls]
-                 for ls in letters]
+        conts = [self._letter_continuations(tokenizer, ls) for ls in letters]
         return generation.continuation_logprobs(
             model, prompts, conts, pad_id=pad, particles=particles)
 
-    def _cloze(self, model: Any, tokenizer: Any, items: list[dict], particles: int,
-               per_char: bool) -> list[list[list[float]]]:
+    @staticmethod
+    def _letter_continuations(tokenizer: Any, letters: list[str]) -> list[list[int]]:
+        """The letters as scored when one is not a single token: whole words after a space."""
+        return [tokenizer.encode(" " + x, add_special_tokens=False) for x in letters]
+
+    def _cloze_inputs(self, tokenizer: Any, items: list[dict]
+                      ) -> tuple[list[list[int]], list[list[list[int]]]]:
+        """Each item's context tokens and its options' tokens after it."""
         # lm-eval scores continuations of the raw text; a chat turn is used only when asked
         chat = bool(self.cfg.chat_template)
         prompts = [encode(tokenizer, render(tokenizer, cloze_prompt(it, self.cfg.prompt), chat),
@@ -209,6 +243,11 @@ class MultipleChoice(ScoresEachParticle):
         texts = [[str(v) for v in it["choices"].values()] for it in items]
         options = [[tokenizer.encode(cloze_continuation(t), add_special_tokens=False)
                     for t in ts] for ts in texts]
+        return prompts, options
+
+    def _cloze(self, model: Any, tokenizer: Any, items: list[dict], particles: int,
+               per_char: bool) -> list[list[list[float]]]:
+        prompts, options = self._cloze_inputs(tokenizer, items)
         per_particle = generation.option_logprobs(
             model, prompts, options, pad_id=pad_id(tokenizer), particles=particles)
         if not per_char:
@@ -219,15 +258,7 @@ class MultipleChoice(ScoresEachParticle):
                   particles: int) -> list[list[list[float]]]:
         """Mean over rotations r of log p(letter showing option s in rotation r)."""
         chat = uses_chat(tokenizer, self.cfg.chat_template)
-        shown, where = [], []  # rotated items; (item, rotation) of each
-        for i, it in enumerate(items):
-            keys, values = list(it["choices"]), list(it["choices"].values())
-            n = len(keys)
-            for r in range(n):
-                # rotation r shows option (t + r) mod n under letter t
-                shown.append({**it, "choices": {keys[t]: values[(t + r) % n]
-                                                for t in range(n)}})
-                where.append((i, r))
+        shown, where = self._rotations(items)
         prompts = [self._letter_prompt(tokenizer, it, chat) for it in shown]
         rotated = self._letter_logprobs(model, tokenizer, prompts,
                                         [list(it["choices"]) for it in shown], particles)
@@ -240,6 +271,20 @@ class MultipleChoice(ScoresEachParticle):
                     sums[i][(t + r) % n] += lp[t]
             out.append([[v / len(s) for v in s] for s in sums])
         return out
+
+    @staticmethod
+    def _rotations(items: list[dict]) -> tuple[list[dict], list[tuple[int, int]]]:
+        """Every item under every cyclic rotation of its options; (item, rotation) of each."""
+        shown, where = [], []
+        for i, it in enumerate(items):
+            keys, values = list(it["choices"]), list(it["choices"].values())
+            n = len(keys)
+            for r in range(n):
+                # rotation r shows option (t + r) mod n under letter t
+                shown.append({**it, "choices": {keys[t]: values[(t + r) % n]
+                                                for t in range(n)}})
+                where.append((i, r))
+        return shown, where
 
     def _generate_and_parse(self, model: Any, tokenizer: Any, items: list[dict],
                             prompts: list[list[int]], letters: list[list[str]],
@@ -267,11 +312,17 @@ class ExactMatch(ScoresEachParticle):
     def __init__(self, cfg: UtilityConfig):
         self.cfg = cfg
 
+    def _prompts(self, tokenizer: Any, items: list[dict]) -> list[list[int]]:
+        chat = uses_chat(tokenizer, self.cfg.chat_template)
+        return [encode(tokenizer, render(tokenizer, qa_prompt(it, self.cfg.prompt), chat), chat)
+                for it in items]
+
+    def rows(self, tokenizer: Any, items: list[dict]) -> list[list[Row]]:
+        return [[(p, None)] for p in self._prompts(tokenizer, items)]
+
     def score_many(self, model: Any, tokenizer: Any, items: list[dict],
                    particles: int) -> list[ItemScores]:
-        chat = uses_chat(tokenizer, self.cfg.chat_template)
-        prompts = [encode(tokenizer, render(tokenizer, qa_prompt(it, self.cfg.prompt), chat),
-                          chat) for it in items]
+        prompts = self._prompts(tokenizer, items)
         per_particle = generation.generate(
             model, prompts, max_new_tokens=self.cfg.max_new_tokens, pad_id=pad_id(tokenizer),
             eos_id=tokenizer.eos_token_id, particles=particles)
