@@ -106,7 +106,7 @@ def _compare_status(folder: Path, cfg: Any) -> dict[str, Any]:
         method, seed = todo[0]
         in_flight = {"method": method, "seed": seed if row_spec(method).seeded else None}
         history = folder / "runs" / method / f"seed_{seed}" / "history.jsonl"
-        if recs := read_jsonl(history):
+        if recs := _history(history):
             in_flight.update(iteration=recs[-1]["iteration"],
                              evaluations=recs[-1]["evaluations"], budget=cfg.compare.budget,
                              best=recs[-1]["global_best"])
@@ -115,8 +115,23 @@ def _compare_status(folder: Path, cfg: Any) -> dict[str, Any]:
             "table": render_markdown(report), "report": report}
 
 
+# what status reads from each history record; a record without them was not written by us
+HISTORY_KEYS = ("iteration", "evaluations", "global_best", "wall_time")
+
+
+def _history(path: Path) -> list[dict[str, Any]]:
+    """The history's records, or one line naming the file and the record that is not ours."""
+    records = read_jsonl(path)
+    for i, rec in enumerate(records, 1):
+        missing = [k for k in HISTORY_KEYS if not isinstance(rec, dict) or k not in rec]
+        if missing:
+            raise RunError(f"{path}: record {i} lacks {', '.join(missing)}: not a history "
+                           "this package wrote (edited by hand?); status reads nothing else")
+    return records
+
+
 def _run_status(folder: Path, cfg: Any) -> dict[str, Any]:
-    history = read_jsonl(folder / HISTORY)
+    history = _history(folder / HISTORY)
     who = writer(folder)
     report = _read_json(folder / "report.json")
     if report is not None:
