@@ -187,7 +187,7 @@ def test_status_asks_the_lock_who_writes(held_run_folder, monkeypatch):
 def test_status_without_a_lock_table_asks_the_pid(held_run_folder, monkeypatch):
     """No /proc/locks (not Linux), or a folder of an older version without the marker: the
     pid progress.json names, as before."""
-    from modelswarms.runs import folders
+    from modelswarms import folders
 
     _, run_dir, holder = held_run_folder
     monkeypatch.setattr(folders, "PROC_LOCKS", run_dir / "no such table")

@@ -69,9 +69,8 @@ def logging_to(run_dir: Path) -> Iterator[None]:
 
 
 def _read_history(path: Path, upto: int) -> list[dict[str, Any]]:
-    """History records up to iteration `upto` (the checkpoint's; older hswarm lines count
-    rounds)."""
-    return list(itertools.takewhile(lambda r: r.get("iteration", r.get("round", 0)) <= upto,
+    """History records up to iteration `upto` (the checkpoint's)."""
+    return list(itertools.takewhile(lambda r: r["iteration"] <= upto,
                                     read_jsonl(path)))
 
 

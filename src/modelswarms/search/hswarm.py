@@ -194,10 +194,9 @@ class HeteroSwarm:
         self.since_best, self.best_util = meta["since_best"], meta["best_util"]
         self.best_assignment = meta["best_assignment"]
         self.best_dag = Dag.from_json(meta["best_dag"]) if meta["best_dag"] else None
-        # checkpoints of older versions were taken between rounds only
-        self.phase = meta.get("phase", "role")
-        self._rec, self._improved = meta.get("round_record", {}), meta.get("improved", False)
-        self._graph = Dag.from_json(meta["graph"]) if meta.get("graph") else None
+        self.phase = meta["phase"]
+        self._rec, self._improved = meta["round_record"], meta["improved"]
+        self._graph = Dag.from_json(meta["graph"]) if meta["graph"] else None
 
 
 def prepare(cfg: RunConfig) -> RunConfig:
