@@ -45,7 +45,8 @@ def main(out: Path) -> None:
     data.write_text(json.dumps({"dev": make_mc_items(12, 0), "test": make_mc_items(16, 1)}))
     common = {"experts": {"paths": [str(p) for p in experts]}, "data": {"path": str(data)},
               # letter, named: the default before `auto`, so old commits run the same
-              "utility": {"type": "multiple_choice", "scoring": "letter", "batch_size": 4}}
+              "utility": {"type": "multiple_choice", "scoring": "letter"},
+              "model": {"batch_size": 4}}
     result = {}
     for strategy in ("swarm", "cmaes", "random", "greedy_soup"):
         cfg = parse_config({**common, "strategy": strategy, "budget": 24,

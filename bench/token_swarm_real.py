@@ -138,13 +138,13 @@ def run_mixture(task: str, args: argparse.Namespace) -> None:
 
 
 def _records(path: Path) -> list[dict[str, Any]]:
-    from modelswarms.runs.runner import read_jsonl
+    from modelswarms.io import read_jsonl
 
     return read_jsonl(path) if path.exists() else []
 
 
 def _test_scores(rec: dict[str, Any]) -> list[float] | None:
-    from modelswarms.runs.stats import unpack_scores
+    from modelswarms.stats import unpack_scores
 
     return unpack_scores(rec["rows"][0].get("test_scores"))
 
@@ -168,7 +168,7 @@ def best_weight_space(task: str) -> tuple[str, float, list[float]] | None:
 
 
 def render_mixture(task: str) -> list[str]:
-    from modelswarms.runs.stats import seed_averaged_gain
+    from modelswarms.stats import seed_averaged_gain
 
     folder = SAVED / task
     if not (folder / "compare.md").exists():
@@ -216,12 +216,12 @@ def run_generation(args: argparse.Namespace) -> None:
     import torch
 
     from modelswarms.config import utility_config
-    from modelswarms.evaluation import generation
-    from modelswarms.evaluation.backend import load_standalone
-    from modelswarms.evaluation.prompts import qa_prompt
-    from modelswarms.evaluation.utilities import build_utility
+    from modelswarms.evaluation.data.prompts import qa_prompt
+    from modelswarms.evaluation.engine import generation
+    from modelswarms.evaluation.engine.backend import load_standalone
+    from modelswarms.evaluation.objectives.utilities import build_utility
     from modelswarms.mixture import MixtureLM
-    from modelswarms.runs.stats import pack_scores
+    from modelswarms.stats import pack_scores
 
     out = SAVED / "generation.json"
     params = {"task": args.gen_task, "items": args.gen_items, "max_new_tokens": args.gen_tokens,
@@ -271,7 +271,7 @@ def run_generation(args: argparse.Namespace) -> None:
 
 
 def render_generation() -> list[str]:
-    from modelswarms.runs.stats import paired_bootstrap, unpack_scores
+    from modelswarms.stats import paired_bootstrap, unpack_scores
 
     path = SAVED / "generation.json"
     if not path.exists():

@@ -43,7 +43,7 @@ def test_a_swarm_over_adapters_with_a_function_utility_in_memory(tmp_path, lora_
     assert len(result.history) >= 2 and result.report["evaluations"] <= 24
     # the export is a plain adapter: loaded by transformers + peft it scores the same
     folder = result.save(tmp_path / "adapted")
-    from modelswarms.evaluation.backend import load_standalone
+    from modelswarms.evaluation.engine.backend import load_standalone
 
     model, tok = load_standalone(str(folder))
     assert likes_token_5(model, tok, []) == pytest.approx(result.best_dev, abs=1e-5)

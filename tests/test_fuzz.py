@@ -39,7 +39,7 @@ from safetensors.torch import load_file, save_file
 
 from modelswarms.cli import main
 from modelswarms.config import RunConfig
-from modelswarms.runs.folders import MARKER, FolderLock, mark
+from modelswarms.folders import MARKER, FolderLock, mark
 from modelswarms.testing import (
     make_tiny_full_pool,
     make_tiny_gpt2,
@@ -94,19 +94,16 @@ def world(tmp_path_factory, no_ray) -> World:
 
 def _config_keys(model: type = RunConfig, prefix: str = "") -> list[str]:
     """Every key of the config schema, dotted (the multiple-choice utility's keys)."""
-    from pydantic import BaseModel
-
-    from modelswarms.config import MultipleChoiceConfig
+    from modelswarms.config import field_models
+    from modelswarms.evaluation.objectives.utilities import MultipleChoiceConfig
 
     keys = []
     for name, info in model.model_fields.items():
         path = f"{prefix}{name}"
         keys.append(path)
-        sub = MultipleChoiceConfig if name == "utility" else info.annotation
-        sub = next((a for a in getattr(sub, "__args__", (sub,))
-                    if isinstance(a, type) and issubclass(a, BaseModel)), None)
-        if sub is not None and path.count(".") < 2:
-            keys += _config_keys(sub, path + ".")
+        subs = [MultipleChoiceConfig] if name == "utility" else field_models(info)
+        if subs and path.count(".") < 2:
+            keys += _config_keys(subs[0], path + ".")
     return keys
 
 

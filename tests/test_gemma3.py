@@ -41,7 +41,7 @@ def test_a_missing_package_is_named_with_its_install_command(tmp_path, monkeypat
 
 @pytest.fixture(scope="module")
 def gemma():
-    from modelswarms.evaluation.backend import load_standalone
+    from modelswarms.evaluation.engine.backend import load_standalone
 
     return load_standalone(GEMMA3, device="cpu", dtype="float32")
 
@@ -68,7 +68,7 @@ def test_gemma3_dequantised_completes_sensibly(gemma):
 
 @pytest.fixture(scope="module")
 def both(gemma):
-    from modelswarms.evaluation.backend import load_standalone
+    from modelswarms.evaluation.engine.backend import load_standalone
 
     return [(GEMMA3, *gemma), ("smollm2", *load_standalone("smollm2", device="cpu",
                                                            dtype="float32"))]

@@ -17,14 +17,14 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from modelswarms.cli import main
-from modelswarms.config import SwarmConfig, load_config, parse_config
+from modelswarms.config import load_config, parse_config
 from modelswarms.hetero import Dag, chain, decode, star
 from modelswarms.hetero.graph import random_adjacency
 from modelswarms.hetero.system import SystemScorer
 from modelswarms.runs.runner import run
 from modelswarms.runs.session import Session
 from modelswarms.search import HeteroSwarm, jfk_scores
-from modelswarms.search.swarm import ModelSwarm
+from modelswarms.search.swarm import ModelSwarm, SwarmConfig
 
 
 def write_config(tmp_path: Path, experts, data, **hswarm_knobs) -> Path:
@@ -32,12 +32,12 @@ def write_config(tmp_path: Path, experts, data, **hswarm_knobs) -> Path:
         "experts": {"paths": [str(p) for p in experts]},
         "strategy": "hswarm",
         "data": {"path": str(data), "max_dev": 6, "max_test": 8},
-        "utility": {"type": "multiple_choice", "batch_size": 4},
+        "utility": {"type": "multiple_choice"},
         "search": {"patience": 10},
         "hswarm": {"graphs": 3, "trials": 3, "max_rounds": 3, "patience": 5,
                    "max_new_tokens": 4, **hswarm_knobs},
         "output": {"dir": str(tmp_path / "run")},
-        "model": {"device": "cpu"},
+        "model": {"device": "cpu", "batch_size": 4},
         "seed": 3,
     }
     tmp_path.mkdir(parents=True, exist_ok=True)

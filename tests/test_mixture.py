@@ -115,7 +115,7 @@ def test_a_one_hot_mixture_scores_and_generates_as_its_expert(experts, which):
 
 
 def test_a_one_hot_sequence_score_is_the_experts_own(experts):
-    from modelswarms.evaluation import generation
+    from modelswarms.evaluation.engine import generation
 
     _, model, tok = experts[1]
     mix = MixtureLM(experts)
@@ -158,10 +158,10 @@ def test_experts_without_one_chat_format_refuse_a_chat_prompt(experts):
 def test_a_token_swarm_searches_mixing_weights_through_the_evaluator_seam(experts):
     """The loop's scorer and Model Swarms, unchanged, over a mixture evaluator: particles
     start as the experts (one-hot rows) and the search can only improve on them."""
-    from modelswarms.config import SwarmConfig
     from modelswarms.mixture.evaluator import MixtureEvaluator, mixing_weights
     from modelswarms.runs.scorer import Scorer
     from modelswarms.search import ModelSwarm
+    from modelswarms.search.swarm import SwarmConfig
 
     mix = MixtureLM(experts)
     utility = make_utility(scoring="cloze", chat_template=False)
@@ -217,8 +217,8 @@ def test_a_token_swarm_run_folder_and_compare_over_two_architectures(tmp_path, m
 def test_distilling_a_mixture_moves_the_student_toward_it(tmp_path):
     """A LoRA on one expert (a GPT-2) trained on the mixture's next-token distributions of a
     Llama and that GPT-2: its KL to the mixture falls, and the adapter loads with plain peft."""
-    from modelswarms.evaluation.backend import load_standalone
-    from modelswarms.mixture.distil import _kl, distil, distillation_targets
+    from modelswarms.evaluation.engine.backend import load_standalone
+    from modelswarms.mixture.distil import distil, distillation_targets, kl_to_targets
 
     folders = [make_tiny_llama(tmp_path / "llama"), make_tiny_gpt2(tmp_path / "gpt2")]
     mix = MixtureLM([(f.name, *load_standalone(str(f))) for f in folders])
@@ -232,7 +232,7 @@ def test_distilling_a_mixture_moves_the_student_toward_it(tmp_path):
     student, tok = load_standalone(str(tmp_path / "student"))
     targets = distillation_targets(mix, 1, prompts, 8)
     with torch.no_grad():
-        again = float(_kl(student, targets, tok.pad_token_id))
+        again = float(kl_to_targets(student, targets, tok.pad_token_id))
     assert again == pytest.approx(result["kl_after"], rel=1e-4)
 
 
@@ -327,7 +327,7 @@ def test_an_embedded_model_is_named_not_located_in_a_mixture_export(tmp_path, mo
     import dataclasses
     import json
 
-    from modelswarms.evaluation.backend import load_standalone
+    from modelswarms.evaluation.engine.backend import load_standalone
     from modelswarms.mixture import load_mixture, load_mixture_pool
     from modelswarms.mixture.distil import distil
     from modelswarms.mixture.pool import write_mixture

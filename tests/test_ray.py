@@ -327,8 +327,7 @@ def test_a_loaded_local_judge_travels_without_its_model(tiny_base, tmp_path):
     has loaded its model arrives unloaded, with a lock of its own, and loads on first use."""
     import pickle
 
-    from modelswarms.config import JudgeConfig
-    from modelswarms.evaluation.judges import build_judge
+    from modelswarms.evaluation.objectives.judges import JudgeConfig, build_judge
 
     judge = build_judge(JudgeConfig(kind="local", model=str(tiny_base), max_tokens=4,
                                     cache_dir=str(tmp_path / "c")))

@@ -20,8 +20,8 @@ from safetensors.torch import load_file, save_file
 from modelswarms.cli import main
 from modelswarms.config import load_config
 from modelswarms.errors import ConfigError, ExpertError, RunError
-from modelswarms.pool import load_pool
-from modelswarms.runs.folders import MARKER, FolderLock, claim
+from modelswarms.folders import MARKER, FolderLock, claim
+from modelswarms.pool.kinds import load_pool
 
 from .conftest import make_mc_items
 from .test_bad_inputs import digest
@@ -187,7 +187,7 @@ def test_status_asks_the_lock_who_writes(held_run_folder, monkeypatch):
 def test_status_without_a_lock_table_asks_the_pid(held_run_folder, monkeypatch):
     """No /proc/locks (not Linux), or a folder of an older version without the marker: the
     pid progress.json names, as before."""
-    from modelswarms.runs import folders
+    from modelswarms import folders
 
     _, run_dir, holder = held_run_folder
     monkeypatch.setattr(folders, "PROC_LOCKS", run_dir / "no such table")

@@ -6,10 +6,11 @@ from __future__ import annotations
 import pytest
 import torch
 
-from modelswarms.config import CoefficientSearchConfig, SwarmConfig, parse_config
+from modelswarms.config import parse_config
 from modelswarms.runs import runner
 from modelswarms.search import CMAES, GreedySoup, ModelSwarm, RandomSearch
-from modelswarms.search.coefficients import CoefficientMap, layer_groups
+from modelswarms.search.coefficients import CoefficientMap, CoefficientSearchConfig, layer_groups
+from modelswarms.search.swarm import SwarmConfig
 from modelswarms.space import FlatSpace
 
 SPACE = FlatSpace(["model.layers.0.q.lora_A", "model.layers.1.q.lora_A", "lm_head.x"],
@@ -120,7 +121,7 @@ def test_strategies_run_end_to_end_and_resume(tmp_path, lora_experts, mc_data, s
         return parse_config({
             "experts": {"paths": [str(p) for p in lora_experts]},
             "data": {"path": str(mc_data), "max_dev": 8, "max_test": 8},
-            "utility": {"batch_size": 8},
+            "model": {"batch_size": 8},
             "strategy": strategy, "budget": 12,
             "coefficients": {"population": 4},
             "output": {"dir": str(tmp_path / out), "top_k": 2},
@@ -205,9 +206,9 @@ def test_layer_swarm_needs_its_own_random_factors_to_be_another_search(lora_expe
     move, to the weight-space swarm (moves are scalar combinations of particles, decoding is
     linear); per-coordinate factors make the layer-wise search a search of its own."""
     import modelswarms as ms
-    from modelswarms.config import SwarmConfig
     from modelswarms.runs.session import Session
     from modelswarms.search import LayerSwarm, ModelSwarm
+    from modelswarms.search.swarm import SwarmConfig
 
     cfg = ms.config(experts=lora_experts, data=mc_data, strategy="layer_swarm",
                     search={"particles": 4})

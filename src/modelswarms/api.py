@@ -27,14 +27,29 @@ from typing import Any
 
 import torch
 
-from .config import RunConfig, load_config, parse_config
+from .config import RunConfig, engine_config, load_config, parse_config, utility_config
 from .errors import ConfigError, ExpertError
-from .evaluation.utilities import ItemScores, register_utility
+from .evaluation.data.items import load_items
+from .evaluation.engine.backend import load_standalone
+from .evaluation.engine.batching import Batching, batching
+from .evaluation.evaluator import first_overlong, reads_of
+from .evaluation.objectives.utilities import ItemScores, build_utility, register_utility
 from .hetero import System
-from .pool import ExpertPool
+from .mixture import load_mixture
+from .pool import Pool
+from .runs.candidates import candidate_kind
+from .runs.checks import refuse_overlong
+from .runs.compare import compare as run_compare
+from .runs.distil import distil_mixture
+from .runs.merge import merge_to_folder
+from .runs.runner import execute, search_loop
+from .runs.scoring_choice import export_scoring
+from .runs.session import Session
+from .search import strategy_names, strategy_spec
+from .trackers import Trackers
 
 
-def config(*, experts: list[str | Path] | dict[str, Any] | ExpertPool,
+def config(*, experts: list[str | Path] | dict[str, Any] | Pool,
            data: str | Path | dict[str, Any] | None = None,
            utility: str | Callable[..., Any] | dict[str, Any] = "multiple_choice",
            **sections: Any) -> RunConfig:
@@ -54,16 +69,15 @@ def config(*, experts: list[str | Path] | dict[str, Any] | ExpertPool,
     return parse_config(raw, "modelswarms.config()")
 
 
-def _experts_fields(experts: list[str | Path] | dict[str, Any] | ExpertPool
+def _experts_fields(experts: list[str | Path] | dict[str, Any] | Pool
                    ) -> dict[str, Any]:
     """The `experts:` mapping for folders, a mapping, or a loaded pool."""
     if isinstance(experts, dict):
         return experts
-    if isinstance(experts, ExpertPool):
-        fields: dict[str, Any] = {"paths": [str(e.path) for e in experts.experts]}
-        if experts.kind == "mixture":
-            fields["compose"] = "mixture"
-        elif experts.base_model is not None:
+    if isinstance(experts, Pool):
+        fields: dict[str, Any] = {"paths": [str(e.path) for e in experts.experts],
+                                  "compose": experts.compose}
+        if experts.base_model is not None:
             fields["base_model"] = experts.base_model
         return fields
     return {"paths": [str(p) for p in experts]}
@@ -117,9 +131,6 @@ class SearchResult:
 
     @property
     def _kind(self):
-        from .runs.candidates import candidate_kind
-        from .search import strategy_spec
-
         return candidate_kind(strategy_spec(self.session.cfg.strategy).candidate)
 
 
@@ -133,12 +144,6 @@ def search(cfg: RunConfig | str | Path | None = None, *, run_dir: str | Path | N
     refused when its data, experts or config changed since it started, unless
     `accept_changes`. Every strategy runs either way, Heterogeneous Swarms (`hswarm`)
     included."""
-    from .runs.candidates import candidate_kind
-    from .runs.runner import execute, search_loop
-    from .runs.session import Session
-    from .runs.trackers import Trackers
-    from .search import strategy_spec
-
     if resume:
         if run_dir is None:
             raise ConfigError("search: resume=True needs the run_dir to resume")
@@ -181,8 +186,6 @@ def compare(cfg: RunConfig | str | Path | None, *, out: str | Path | None = None
     (`out`, default output.dir) so that a killed comparison resumes (`resume=True`; `cfg`
     may then be None); `overwrite` replaces a folder a comparison of ours made; `progress`
     shows rows done, the search in flight and an ETA as the command does."""
-    from .runs.compare import compare as run_compare
-
     if resume:
         if out is None and cfg is None:
             raise ConfigError("compare: resume=True needs `out` (or the config)")
@@ -201,8 +204,6 @@ def merge(cfg: RunConfig | str | Path, *, out: str | Path | None = None,
           overwrite: bool = False) -> Path:
     """`modelswarms merge`: the config's `merge:` written as an adapter / model folder (no
     model is loaded; no data is read)."""
-    from .runs.merge import merge_to_folder
-
     cfg = _as_config(cfg)
     if out is not None:
         cfg = _in_folder(cfg, out)
@@ -216,15 +217,6 @@ def evaluate(model: str | Path, items: list[dict] | str | Path, *,
              max_items: int | None = None, source: str | None = None) -> ItemScores:
     """Score one adapter or model folder (say, a search's export) with a utility on items
     (a list, or a dataset file and its split). `source` names a list's origin in messages."""
-    from .config import engine_config, utility_config
-    from .evaluation.backend import load_standalone
-    from .evaluation.data import load_items
-    from .evaluation.evaluator import first_overlong, reads_of
-    from .evaluation.generation import Batching, batching
-    from .evaluation.utilities import build_utility
-    from .runs.checks import refuse_overlong
-    from .runs.scoring_choice import export_scoring
-
     # a zero or negative limit would score nothing, or loop: refused here, as in a config
     engine_config("evaluate", device=device, dtype=dtype, batch_size=batch_size,
                   max_batch_tokens=max_batch_tokens)
@@ -238,8 +230,6 @@ def evaluate(model: str | Path, items: list[dict] | str | Path, *,
     elif max_items is not None:
         items = items[:max_items]
     if (Path(model) / "mixture.json").is_file():  # a token swarm's export
-        from .mixture import load_mixture
-
         loaded = load_mixture(model, device=device, dtype=dtype, batch_size=batch_size)
         tok = loaded.tokenizer
     else:
@@ -261,13 +251,9 @@ def distil(mixture: str | Path, student: str, out: str | Path, **options: Any) -
     `student`, one of its experts, as a LoRA adapter folder `out`; options as the `distil`
     command's flags (`data`, `config`, `split`, `prompt_file`, `steps`, `lr`, `rank`,
     `max_new_tokens`, `max_items`, `report`). Returns what `out/distillation.json` holds."""
-    from .runs.distil import distil_mixture
-
     return distil_mixture(mixture, student, out, **options)
 
 
 def strategies() -> list[str]:
     """The registered search strategies (`strategy:` values)."""
-    from .search import strategy_names
-
     return strategy_names()

@@ -12,7 +12,17 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from .errors import ModelSwarmsError
+from .api import compare, distil, evaluate, search
+from .api import merge as merge_pool
+from .config import as_utility, load_config, utility_config
+from .errors import ConfigError, ModelSwarmsError
+from .evaluation.data.items import load_items, load_split
+from .evaluation.objectives.utilities import build_utility
+from .experts import train_lora
+from .experts.sources import build_pool, recipe_overrides
+from .folders import refuse_overlap
+from .runs.compare import plus_minus
+from .runs.status import folder_status, render
 
 console = Console()
 errors = Console(stderr=True, soft_wrap=True)  # an error stays one line, whatever the width
@@ -93,9 +103,6 @@ def run(config: str | None, resume_dir: str | None, overwrite: bool, accept_chan
 
 def _search(config: str | None, resume_dir: str | None, overwrite: bool, accept_changes: bool,
             quiet: bool, debug: bool, strategy: str | None = None) -> None:
-    from .api import search
-    from .config import load_config
-
     if (config is None) == (resume_dir is None):
         raise click.UsageError("give a CONFIG file, or --resume RUN_DIR")
     _quiet_libraries()
@@ -115,9 +122,6 @@ def _search(config: str | None, resume_dir: str | None, overwrite: bool, accept_
 @click.option("--debug", is_flag=True, help="Show tracebacks.")
 def merge(config: str, overwrite: bool, debug: bool) -> None:
     """Merge the pool with one classic method (the `merge:` section of CONFIG)."""
-    from .api import merge as merge_pool
-    from .config import load_config
-
     _quiet_libraries()
     cfg = _guard(debug, load_config, config)
     out = _guard(debug, merge_pool, cfg, overwrite=overwrite)
@@ -137,9 +141,6 @@ def merge(config: str, overwrite: bool, debug: bool) -> None:
 def compare_cmd(config: str | None, resume_dir: str | None, overwrite: bool,
                 accept_changes: bool, quiet: bool, debug: bool) -> None:
     """Compare Model Swarms with merges, ensembles and other searches (CONFIG's `compare:`)."""
-    from .api import compare
-    from .config import load_config
-
     if (config is None) == (resume_dir is None):
         raise click.UsageError("give a CONFIG file, or --resume FOLDER")
     _quiet_libraries()
@@ -153,13 +154,11 @@ def compare_cmd(config: str | None, resume_dir: str | None, overwrite: bool,
                         f"{report['budget']}, seeds {report['seeds']}")
     for col in ("method", "dev", "test", "evals", "s"):
         table.add_column(col, justify="left" if col == "method" else "right")
-    from .runs.compare import _pm
-
     for row in report["rows"]:
         if "skipped" in row:
             table.add_row(row["name"], "skipped", "", "", "")
         else:
-            table.add_row(row["name"], _pm(row, "dev"), _pm(row, "test"),
+            table.add_row(row["name"], plus_minus(row, "dev"), plus_minus(row, "test"),
                           f"{row['evaluations']:.0f}", f"{row['seconds']:.1f}")
     console.print(table)
 
@@ -170,8 +169,6 @@ def compare_cmd(config: str | None, resume_dir: str | None, overwrite: bool,
 def status_cmd(folder: str, debug: bool) -> None:
     """Where the run or comparison in FOLDER stands (running, killed or finished) and its
     table so far; reads the folder only, so a live run is not disturbed."""
-    from .runs.status import folder_status, render
-
     click.echo(render(_guard(debug, folder_status, folder)), nl=False)
 
 
@@ -213,8 +210,6 @@ def distil_cmd(mixture: str, student: str, out: str, data: str | None, config: s
     """Distil a token swarm's mixture (a folder with mixture.json) into one expert: a LoRA
     trained to match the mixture's next-token distributions; then the student, the mixture
     and each expert scored on dev and test (the run's utility and data, or --data)."""
-    from .api import distil
-
     _quiet_libraries()
     result = _guard(debug, distil, mixture, student, out, data=data, config=config,
                     split=split, prompt_file=prompt_file, steps=steps, lr=lr, rank=rank,
@@ -288,11 +283,6 @@ def eval_cmd(model_path: str, config: str | None, data: str | None, split: str,
 
 def _evaluate(model_path, config, data, split, utility_type, base_model, max_items,
               batch_size, device) -> dict:
-    from .api import evaluate
-    from .config import as_utility, load_config, utility_config
-    from .errors import ConfigError
-    from .evaluation.data import load_split
-
     cfg = load_config(config) if config else None
     if not data and not cfg:
         raise ConfigError("eval: give --data or --config")
@@ -301,8 +291,6 @@ def _evaluate(model_path, config, data, split, utility_type, base_model, max_ite
         ucfg = as_utility(ucfg, utility_type)
     items = data
     if not data:
-        from .evaluation.utilities import build_utility
-
         data_cfg = cfg.need_data("eval")
         if data_cfg is None:  # the utility's tasks bring their documents (lm_eval)
             items = build_utility(ucfg).split_items(split)[:max_items]
@@ -370,10 +358,6 @@ def experts_train(data: str, split: str, out: str, base_model: str, rank: int, a
                   source: str | None, licence: str, description: str, threads: int | None,
                   overwrite: bool, debug: bool) -> None:
     """Fine-tune a LoRA expert on DATA; writes an adapter folder and its data card."""
-    from .evaluation.data import load_items
-    from .experts import train_lora
-    from .runs.folders import refuse_overlap
-
     _quiet_libraries()
     _guard(debug, refuse_overlap, out, [("data", data)], "--out")
     items = _guard(debug, load_items, data, split, limit=max_items)
@@ -390,8 +374,6 @@ def experts_train(data: str, split: str, out: str, base_model: str, rank: int, a
 
 
 def _parse_layers(text: str | None) -> list[int] | None:
-    from .errors import ConfigError
-
     if not text:
         return None
     out: list[int] = []
@@ -432,8 +414,6 @@ def experts_build_pool(out: str, only: tuple[str, ...], shared: str | None, step
                        train_format: str | None, device: str, forbid: tuple[str, ...],
                        threads: int | None, debug: bool) -> None:
     """Rebuild the starter pool of SmolLM2 experts, one per data source."""
-    from .experts.sources import build_pool, recipe_overrides
-
     _quiet_libraries()
     recipe = recipe_overrides(steps=steps, epochs=epochs, rank=rank, lr=lr, format=train_format)
     _guard(debug, build_pool, out, names=list(only) or None,

@@ -35,10 +35,28 @@ that name the key; relative paths are relative to the config file.
 
 def _models(annotation: Any) -> list[type[BaseModel]]:
     """The config models an annotation holds (a model, an optional one, a union's members,
-    a list of them)."""
+    a list of them, or the members of a registry-built field: `utility:`, a section)."""
+    if get_origin(annotation) is Annotated:
+        for meta in get_args(annotation)[1:]:
+            if callable(getattr(meta, "members", None)):
+                return list(meta.members())
+        return _models(get_args(annotation)[0])
+    if callable(getattr(annotation, "members", None)):
+        return list(annotation.members())
     if isinstance(annotation, type) and issubclass(annotation, BaseModel):
         return [annotation]
     return [m for arg in get_args(annotation) for m in _models(arg)]
+
+
+def _load_registries() -> None:
+    """Import what registers utility configs and config sections (strategies, utilities)."""
+    import importlib
+
+    from . import api  # noqa: F401  (the strategies and the package's registries)
+    from .evaluation.objectives import utilities
+
+    for module in utilities.BUILTIN_MODULES:
+        importlib.import_module(f"{utilities.__package__}.{module}")
 
 
 def type_name(annotation: Any) -> str:
@@ -83,6 +101,7 @@ def _intro(model: type[BaseModel]) -> str:
 def sections() -> list[tuple[type[BaseModel], list[str]]]:
     """Every config model reachable from RunConfig, in the order a reader meets them, with
     the keys it sits under."""
+    _load_registries()
     order: list[type[BaseModel]] = []
     where: dict[type[BaseModel], list[str]] = {}
     queue: list[tuple[type[BaseModel], str]] = [(RunConfig, "")]
@@ -95,7 +114,9 @@ def sections() -> list[tuple[type[BaseModel], list[str]]]:
         order.append(model)
         where[model] = [path]
         for key, field in model.model_fields.items():
-            for sub in _models(field.annotation):
+            registered = [m for meta in field.metadata if callable(getattr(meta, "members", None))
+                          for m in meta.members()]
+            for sub in registered or _models(field.annotation):
                 queue.append((sub, f"{path}.{key}" if path else key))
     return [(m, where[m]) for m in order]
 

@@ -25,14 +25,12 @@ import torch
 
 from ..config import ModelConfig
 from ..errors import ConfigError, UtilityError
-from ..pool import ExpertPool
 from ..space import FlatSpace
-from . import generation
-from .backend import ResidentModel
-from .generation import Batching
-from .multiplex import LogitAverage, ParticleBatch
-from .trunk import FrozenTrunk, install_on
-from .utilities import ItemScores, Utility
+from .engine.backend import ResidentModel, WeightPool
+from .engine.batching import Batching, batching
+from .engine.multiplex import LogitAverage, ParticleBatch
+from .engine.trunk import FrozenTrunk, install_on
+from .objectives.utilities import ItemScores, Utility
 
 log = logging.getLogger("modelswarms")
 
@@ -152,7 +150,7 @@ class CountingEvaluator:
 class ResidentEvaluator(CountingEvaluator):
     """One resident model serving every candidate of a pool's weight space."""
 
-    def __init__(self, pool: ExpertPool, space: FlatSpace, model: ModelConfig | None = None,
+    def __init__(self, pool: WeightPool, space: FlatSpace, model: ModelConfig | None = None,
                  *, trust_remote_code: bool = False):
         model = model or ModelConfig()
         self.backend = ResidentModel(pool, space, device=model.device, dtype=model.dtype,
@@ -179,7 +177,7 @@ class ResidentEvaluator(CountingEvaluator):
                        utility: Utility) -> ItemScores:
         """The utility of the rows of `vectors` run side by side, their next-token
         distributions averaged (log-likelihood utilities only)."""
-        if self.pool.kind != "lora":
+        if not self.pool.batches_particles:
             raise ConfigError("logit averaging runs the experts side by side: LoRA pools only")
         n = vectors.shape[0]
 
@@ -220,7 +218,7 @@ class ResidentEvaluator(CountingEvaluator):
         again, down to one item per batch. The smaller limits stay for the rest of the run."""
         while True:
             try:
-                with generation.batching(self.batching):
+                with batching(self.batching):
                     return fn()
             except torch.OutOfMemoryError:
                 if self.batching.batch_size <= 1:
@@ -248,7 +246,7 @@ class ResidentEvaluator(CountingEvaluator):
             # On a CPU the forward is compute-bound either way; on a GPU small batches leave
             # it idle, and several particles per forward fill it.
             k = 8 if self.device.type == "cuda" else 1
-        return k if self.pool.kind == "lora" else 1
+        return k if self.pool.batches_particles else 1
 
     def _particle_batch(self, utility: Utility) -> ParticleBatch | None:
         k = self.group_size

@@ -12,7 +12,7 @@ from pathlib import Path
 import torch
 
 from ..config import RunConfig
-from ..evaluation.prompts import QA_TEMPLATE
+from ..evaluation.data.prompts import QA_TEMPLATE
 from ..models import resolve_model
 from .graph import render
 from .system import System

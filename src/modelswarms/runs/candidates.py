@@ -14,7 +14,7 @@ from typing import Any, Protocol
 
 import torch
 
-from ..evaluation.utilities import ItemScores
+from ..evaluation.objectives.utilities import ItemScores
 from ..hetero.system import System
 from ..search import SearchStrategy
 from .report import final_report, summarize

@@ -56,8 +56,8 @@ def check_session(pool: Any, experts: torch.Tensor, dev: list[dict], cfg: Any,
 def duplicate_experts(pool: Any, experts: torch.Tensor, scorer: Scorer) -> None:
     """The same expert twice makes the swarm search copies."""
     seen: dict[bytes, str] = {}
-    for expert, row in zip(pool.experts, experts, strict=True):
-        key = fingerprint(row) if pool.kind != "mixture" else str(expert.path.resolve()).encode()
+    for i, (expert, row) in enumerate(zip(pool.experts, experts, strict=True)):
+        key = pool.identity(i) or fingerprint(row)
         if key in seen:
             warn(scorer, "duplicate_experts", f"experts: {seen[key]} and {expert.name} are the "
                  f"same ({expert.path}); the search gets a copy, not another expert")

@@ -20,12 +20,12 @@ from ..errors import ConfigError
 from ..hetero.graph import Dag, chain, decode, random_adjacency, star
 from ..hetero.system import SystemScorer
 from ..merge import MERGE_METHODS, merge_vectors
-from ..merge.base import base_vector, need_base
+from ..merge.base import need_base
 from ..search import HeteroSwarm, SearchStrategy, strategy_names, strategy_spec
 from ..search.hswarm import prepare as prepare_hswarm
+from ..stats import pack_scores
 from .ensemble import majority_vote
 from .session import Session
-from .stats import pack_scores
 
 # runner.search_loop: (cfg, run_dir or None, session) -> (strategy, history)
 SearchLoop = Callable[[RunConfig, Path | None, Session],
@@ -116,7 +116,7 @@ def _scores(session: Session, vec: torch.Tensor | None) -> dict[str, Any]:
 
 @reference_row("base", "base model")
 def base_row(ctx: RowContext) -> list[dict[str, Any]]:
-    if ctx.session.pool.kind != "lora":
+    if not ctx.session.pool.scores_base:
         raise ConfigError("the base model row needs a LoRA pool")
     return [{"name": "base model", **_scores(ctx.session, None)}]
 
@@ -154,11 +154,10 @@ def expert_vote_row(ctx: RowContext) -> list[dict[str, Any]]:
 @reference_row("logit_average", "experts, logit average", cost=lambda n, r: n * (1 + r))
 def logit_average_row(ctx: RowContext) -> list[dict[str, Any]]:
     s = ctx.session
-    if s.pool.kind == "mixture":  # the uniform mixture: logit averaging generalised
-        return [{"name": "experts, uniform mixture",
-                 **_scores(s, torch.ones(len(s.pool.names), device=s.experts.device))}]
+    if (uniform := s.pool.uniform_ensemble(s.experts)) is not None:
+        return [{"name": f"experts, uniform {s.pool.kind}", **_scores(s, uniform)}]
     # every log-likelihood scoring reads the averaged distribution; generation does not
-    if not (s.cfg.utility.type == "multiple_choice" and s.cfg.utility.scoring != "generate"):
+    if not s.cfg.utility.log_likelihood:
         raise ConfigError("logit averaging needs the log-likelihood multiple_choice utility")
     if not hasattr(s.evaluator, "score_ensemble"):
         raise ConfigError("logit averaging: this evaluator cannot run experts side by side")
@@ -175,13 +174,13 @@ def logit_average_row(ctx: RowContext) -> list[dict[str, Any]]:
 
 def merge_row(ctx: RowContext, method: str) -> list[dict[str, Any]]:
     s = ctx.session
-    if s.pool.kind == "mixture":
-        raise ConfigError("a merge adds weights of one architecture; this pool is a mixture "
-                          "(experts.compose: mixture)")
+    if not s.pool.adds_weights:
+        raise ConfigError(f"a merge adds weights of one architecture; this pool is a "
+                          f"{s.pool.kind} (experts.compose: {ctx.cfg.experts.compose})")
     base = None
     if MERGE_METHODS[method].needs_base:
-        base = need_base(method, base_vector(s.pool, s.space, s.experts.device,
-                                             s.experts.dtype))
+        base = need_base(method, s.pool.base_vector(s.space, s.experts.device,
+                                                    s.experts.dtype))
     assert ctx.cfg.compare is not None
     vec = merge_vectors(method, s.experts, base, s.space,
                         params=ctx.cfg.compare.merge_params.get(method), seed=ctx.seed)
@@ -208,8 +207,8 @@ def search_row(ctx: RowContext, method: str) -> list[dict[str, Any]]:
         report = run(sub, show_progress=ctx.show_progress, session=ctx.session, overwrite=True,
                      **views)
     label = strategy_spec(method).label
-    if ctx.session.pool.kind == "mixture":  # a token swarm: the particles are mixing weights
-        label += " over mixing weights"
+    if ctx.session.pool.coordinates:  # a token swarm: the particles are mixing weights
+        label += f" over {ctx.session.pool.coordinates}"
     row = {"name": label, "dev": report["best_dev"],
            "test": report["best_test"], "test_scores": report.get("best_test_scores"),
            "evaluations": report["evaluations"], "seconds": report["search_seconds"],

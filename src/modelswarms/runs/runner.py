@@ -20,23 +20,19 @@ from typing import Any
 
 from ..config import RunConfig, dump_config, load_config
 from ..errors import ConfigError, ModelSwarmsError, RunError
+from ..folders import Claim, FolderLock, claim, config_inputs, lock_existing
+from ..io import atomic_write_text, read_jsonl
 from ..search import SearchStrategy, strategy_spec
+from ..trackers import Trackers
 from .candidates import candidate_kind
-from .checkpoint import (
-    CheckpointWriter,
-    atomic_write_text,
-    load_checkpoint,
-    read_jsonl,
-    save_checkpoint,
-)
+from .checkpoint import CheckpointWriter, load_checkpoint, save_checkpoint
 from .checks import check_budget
-from .folders import Claim, FolderLock, claim, config_inputs, lock_existing
+from .estimate import FewItems
 from .inputs import check_resume
 from .inputs import record as record_inputs
 from .progress import Progress, SearchView
 from .scoring_choice import read_choice, record_choice, with_scoring
 from .session import Session
-from .trackers import Trackers
 
 log = logging.getLogger("modelswarms")
 
@@ -74,9 +70,8 @@ def logging_to(run_dir: Path) -> Iterator[None]:
 
 
 def _read_history(path: Path, upto: int) -> list[dict[str, Any]]:
-    """History records up to iteration `upto` (the checkpoint's; older hswarm lines count
-    rounds)."""
-    return list(itertools.takewhile(lambda r: r.get("iteration", r.get("round", 0)) <= upto,
+    """History records up to iteration `upto` (the checkpoint's)."""
+    return list(itertools.takewhile(lambda r: r["iteration"] <= upto,
                                     read_jsonl(path)))
 
 
@@ -202,8 +197,6 @@ def search_loop(cfg: RunConfig, run_dir: Path | None, session: Session,
         if not kind.fewer_items:
             raise ConfigError(f"utility.estimate: strategy {cfg.strategy} scores its own "
                               "candidates, not weight rows; remove utility.estimate")
-        from .estimate import FewItems
-
         score = estimator = FewItems(session, est, cfg.seed)
     wall = 0.0
     history: list[dict[str, Any]] = []

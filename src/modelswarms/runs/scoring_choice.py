@@ -16,9 +16,9 @@ import logging
 from pathlib import Path
 from typing import Any
 
-from ..config import AUTO_SCORING, RunConfig
-from ..evaluation.utilities import build_utility
-from .checkpoint import atomic_write_text
+from ..config import RunConfig
+from ..evaluation.objectives.utilities import AUTO_SCORING, build_utility
+from ..io import atomic_write_text
 from .scorer import Scorer
 
 log = logging.getLogger("modelswarms")

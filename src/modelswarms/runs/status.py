@@ -3,7 +3,7 @@
 It only reads (config.yaml, results.jsonl, history.jsonl, report.json, progress.json): the
 process writing the folder, if any, is not disturbed, and a killed one's folder is read as
 it was left. Whether a writer is alive is asked of the kernel's lock table: a writer holds
-the folder's lock (runs/folders.py) for its whole life, and the kernel drops it when the
+the folder's lock (folders.py) for its whole life, and the kernel drops it when the
 process dies, so a recycled pid or a progress.json left by a killed run is not mistaken for a
 live writer. A folder without the lock's marker (an older version's), or a system without
 /proc/locks, falls back to the pid progress.json names (on the same host only)."""
@@ -19,8 +19,13 @@ from typing import Any
 
 from ..config import load_config
 from ..errors import RunError
-from .folders import probe_lock
+from ..folders import probe_lock
+from ..io import read_jsonl
+from ..search import strategy_spec
+from .compare import comparison_table, render_markdown
 from .progress import STATE, duration, search_eta
+from .rows import row_spec
+from .runner import HISTORY
 
 
 def _read_json(path: Path) -> dict[str, Any] | None:
@@ -84,10 +89,6 @@ def folder_status(folder: str | Path) -> dict[str, Any]:
 
 
 def _compare_status(folder: Path, cfg: Any) -> dict[str, Any]:
-    from .compare import _table, render_markdown
-    from .rows import row_spec
-    from .runner import read_jsonl
-
     methods = cfg.compare.methods
     units = [(m, s) for m in methods for s in (cfg.compare.seeds if row_spec(m).seeded
                                                   else [0])]
@@ -98,15 +99,15 @@ def _compare_status(folder: Path, cfg: Any) -> dict[str, Any]:
     if finished:
         who["state"] = "finished"
     partial = None if finished else {"rows_done": len(done), "rows_total": len(units)}
-    report = _table(cfg, methods, done, last.get("items"), partial=partial,
-                    scoring=last.get("scoring"))
+    report = comparison_table(cfg, methods, done, last.get("items"), partial=partial,
+                               scoring=last.get("scoring"))
     in_flight = None
     todo = [u for u in units if u not in done]
     if todo and who["state"] != "finished":
         method, seed = todo[0]
         in_flight = {"method": method, "seed": seed if row_spec(method).seeded else None}
         history = folder / "runs" / method / f"seed_{seed}" / "history.jsonl"
-        if recs := _history(read_jsonl, history):
+        if recs := _history(history):
             in_flight.update(iteration=recs[-1]["iteration"],
                              evaluations=recs[-1]["evaluations"], budget=cfg.compare.budget,
                              best=recs[-1]["global_best"])
@@ -119,7 +120,7 @@ def _compare_status(folder: Path, cfg: Any) -> dict[str, Any]:
 HISTORY_KEYS = ("iteration", "evaluations", "global_best", "wall_time")
 
 
-def _history(read_jsonl: Any, path: Path) -> list[dict[str, Any]]:
+def _history(path: Path) -> list[dict[str, Any]]:
     """The history's records, or one line naming the file and the record that is not ours."""
     records = read_jsonl(path)
     for i, rec in enumerate(records, 1):
@@ -131,10 +132,7 @@ def _history(read_jsonl: Any, path: Path) -> list[dict[str, Any]]:
 
 
 def _run_status(folder: Path, cfg: Any) -> dict[str, Any]:
-    from ..search import strategy_spec
-    from .runner import HISTORY, read_jsonl
-
-    history = _history(read_jsonl, folder / HISTORY)
+    history = _history(folder / HISTORY)
     who = writer(folder)
     report = _read_json(folder / "report.json")
     if report is not None:

@@ -15,11 +15,11 @@ from typing import Any
 
 from ..config import RunConfig
 from ..errors import RunError
-from ..evaluation.utilities import ItemScores
+from ..evaluation.objectives.utilities import ItemScores
 from ..hetero.export import export_system
 from ..hetero.system import System, SystemScorer
+from ..io import atomic_write_text, read_jsonl
 from ..search import HeteroSwarm
-from .checkpoint import atomic_write_text, read_jsonl
 from .report import plot_history
 from .rows import RowContext, SearchLoop, row_spec, system_row_name
 from .scoring_choice import describe

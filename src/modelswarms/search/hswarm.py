@@ -15,10 +15,11 @@ from typing import Any
 
 import torch
 
-from ..config import HSwarmConfig, RunConfig
+from ..config import RunConfig
 from ..errors import ConfigError
 from ..hetero.graph import Dag, chain, decode, random_adjacency
-from ..hetero.system import System
+from ..hetero.system import HSwarmConfig, System
+from ..pool import pool_kind
 from ..space import FlatSpace
 from .registry import register_strategy
 from .swarm import ModelSwarm
@@ -193,10 +194,9 @@ class HeteroSwarm:
         self.since_best, self.best_util = meta["since_best"], meta["best_util"]
         self.best_assignment = meta["best_assignment"]
         self.best_dag = Dag.from_json(meta["best_dag"]) if meta["best_dag"] else None
-        # checkpoints of older versions were taken between rounds only
-        self.phase = meta.get("phase", "role")
-        self._rec, self._improved = meta.get("round_record", {}), meta.get("improved", False)
-        self._graph = Dag.from_json(meta["graph"]) if meta.get("graph") else None
+        self.phase = meta["phase"]
+        self._rec, self._improved = meta["round_record"], meta["improved"]
+        self._graph = Dag.from_json(meta["graph"]) if meta["graph"] else None
 
 
 def prepare(cfg: RunConfig) -> RunConfig:
@@ -205,12 +205,13 @@ def prepare(cfg: RunConfig) -> RunConfig:
         cfg = cfg.model_copy(update={"hswarm": HSwarmConfig()})
     if len(cfg.experts.paths) < 2:
         raise ConfigError("hswarm: a multi-LLM system needs at least 2 experts")
-    if cfg.experts.compose != "weights":
+    if not pool_kind(cfg.experts.compose).adds_weights:
         raise ConfigError("hswarm: experts.compose must be weights (its nodes are experts of "
                           "one architecture)")
-    if cfg.utility.type == "lm_eval":  # its items are lm-eval requests, not questions
-        raise ConfigError("hswarm: utility lm_eval is not supported (a node passes its answer "
-                          "on in the next node's question; lm-eval builds its own prompts)")
+    if cfg.utility.brings_documents:  # its items are lm-eval requests, not questions
+        raise ConfigError(f"hswarm: utility {cfg.utility.type} is not supported (a node "
+                          "passes its answer on in the next node's question; the utility's "
+                          "tasks build their own prompts)")
     if cfg.search.particles not in (None, len(cfg.experts.paths)):
         raise ConfigError("search.particles: the weight-step's particles are the experts (the "
                           "nodes' models); leave it unset for hswarm")

@@ -12,7 +12,9 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from ..errors import DataError
+from ...errors import DataError
+from .hf_data import load_hf_split, source_of
+from .presets import PRESETS
 
 
 def load_text(path: Path) -> str:
@@ -128,16 +130,12 @@ def load_split(data: Any, split: str, *, required: Sequence[str] = (),
     `task` (data.tasks, data.preset), `limit` items per task."""
     is_test = split == data.test_split
     if data.hf:
-        from .hf_data import load_hf_split, source_of
-
         items = load_hf_split(data.hf, split, required=required, limit=limit)
         return check_items(source_of(data.hf), items, split, required)
     if not data.tasks and not data.preset:
         path = data.test_path if is_test and data.test_path else data.path
         return load_items(path, split, required=required, limit=limit)
     if data.preset:
-        from .multitask import PRESETS
-
         specs = {name: (Path(data.root) / file, subjects)
                  for name, (file, subjects) in PRESETS[data.preset].items()}
     else:

@@ -1,36 +1,24 @@
 """Multi-task utility: the harmonic mean of per-task accuracies, so no task can be traded away.
 
-Items carry a `task` field (set by `data.tasks` or `data.preset`, see evaluation/data.py); each
-task is scored by multiple choice when its items have choices, else by exact match, with the
-run's utility settings. The presets approximate the paper's four multi-task domains from the
-Model Swarms data files (`data.root`); MMLU subsets are picked by subject.
+Items carry a `task` field (set by `data.tasks` or `data.preset`, see
+evaluation/data/items.py); each task is scored by multiple choice when its items have choices,
+else by exact match, with the run's utility settings. The four domain presets that tag them are
+data (evaluation/data/presets.py).
 """
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
-from ..config import UtilityConfig, as_utility
-from ..errors import DataError
-from .utilities import ItemScores, _ScoresEachParticle, build_utility, register_utility
-
-_MEDICAL = ("anatomy", "clinical_knowledge", "college_medicine", "medical_genetics",
-            "nutrition", "professional_medicine", "virology")
-_SCIENCE = ("astronomy", "college_biology", "college_chemistry", "college_physics",
-            "conceptual_physics", "high_school_biology", "high_school_chemistry",
-            "high_school_physics")
-_CULTURE = ("global_facts", "high_school_geography", "high_school_world_history", "prehistory",
-            "sociology", "world_religions")
-
-# preset -> task -> (file in data.root, MMLU subjects to keep or None for all items)
-PRESETS: dict[str, dict[str, tuple[str, tuple[str, ...] | None]]] = {
-    "legal": {"hearsay": ("hearsay.json", None),
-              "citation": ("citation_prediction_classification.json", None)},
-    "medical": {"medqa": ("medqa.json", None), "mmlu_medical": ("mmlu.json", _MEDICAL)},
-    "science": {"scifact": ("scifact.json", None), "mmlu_science": ("mmlu.json", _SCIENCE)},
-    "culture": {"truthfulqa": ("truthfulqa.json", None),
-                "mmlu_culture": ("mmlu.json", _CULTURE)},
-}
+from ...config import UtilityConfig, as_utility
+from ...errors import DataError
+from .utilities import (
+    ChoiceScoring,
+    ItemScores,
+    ScoresEachParticle,
+    build_utility,
+    register_utility,
+)
 
 
 def harmonic_mean(values: list[float]) -> float:
@@ -39,8 +27,15 @@ def harmonic_mean(values: list[float]) -> float:
     return len(values) / sum(1 / v for v in values)
 
 
-@register_utility("multi_task")
-class MultiTask(_ScoresEachParticle):
+class MultiTaskConfig(ChoiceScoring):
+    """The harmonic mean over tasks: multiple choice where items have choices, else exact
+    match; `scoring` is the multiple-choice tasks'."""
+
+    type: Literal["multi_task"]
+
+
+@register_utility("multi_task", config=MultiTaskConfig)
+class MultiTask(ScoresEachParticle):
     """Harmonic mean over tasks; per item the task utility's score."""
 
     required_fields = ("task",)

@@ -23,8 +23,8 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-from ..errors import RunError
-from .checkpoint import check_writable
+from .errors import RunError
+from .io import check_writable
 
 MARKER = ".modelswarms"
 

@@ -10,13 +10,13 @@ import importlib
 import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, Literal, Protocol
 
-from ..config import AUTO_SCORING, UtilityConfig
-from ..errors import ConfigError, UtilityError
-from . import generation
-from .extract import extract_letter, extract_number, normalize_number
-from .prompts import (
+from pydantic import Field
+
+from ...config import PromptedUtility, UtilityBase, UtilityConfig, register_utility_config
+from ...errors import ConfigError, UtilityError
+from ..data.prompts import (
     cloze_continuation,
     cloze_prompt,
     encode,
@@ -25,6 +25,73 @@ from .prompts import (
     render,
     uses_chat,
 )
+from ..engine import generation
+from .extract import extract_letter, extract_number, normalize_number
+from .judges import JudgeConfig, build_judge
+
+# The configs of the utilities defined here (each registered with its utility below).
+
+Scoring = Literal["auto", "letter", "cloze", "cloze_norm", "permuted", "generate"]
+# what `auto` chooses among, in this order on a tie (runs/scoring_choice.py)
+AUTO_SCORING = ("cloze", "cloze_norm", "letter")
+SCORING_HELP = (
+    "multiple choice: auto (the default) chooses among cloze, cloze_norm and letter by the "
+    "base model's dev accuracy, once per run (OLMES's rule; a pool without a base model: the "
+    "experts' mean; strategy hswarm: letter), and the report says which; or the option "
+    "letter's log-likelihood after the lettered list (letter); the "
+    "option text's log-likelihood after the question, summed (cloze, lm-eval's acc) or per "
+    "character (cloze_norm, lm-eval's acc_norm); letter scoring averaged over the cyclic "
+    "rotations of the options (permuted: cancels a letter prior); or greedy generation parsed "
+    "for a letter (generate, the paper's way)")
+
+
+class ChoiceScoring(PromptedUtility):
+    scoring: Scoring = Field("auto", description=SCORING_HELP)
+
+
+class MultipleChoiceConfig(ChoiceScoring):
+    """Accuracy on multiple-choice items (`question`, `choices`, `answer`)."""
+
+    type: Literal["multiple_choice"] = Field(
+        "multiple_choice", description="the default utility type when `type` is left out")
+
+    @property
+    def log_likelihood(self) -> bool:
+        return self.scoring != "generate"
+
+
+class ExactMatchConfig(PromptedUtility):
+    """Accuracy of greedy answers: numbers compared as numbers (GSM8K), other answers by
+    containment."""
+
+    type: Literal["exact_match"] = Field(description="exact_match")
+
+
+class PythonUtilityConfig(UtilityBase):
+    """A Python function of (model, tokenizer, items) returning a float, per-item floats or
+    ItemScores."""
+
+    type: Literal["python"] = Field(description="python")
+    function: str = Field(pattern=r"^[^:\s]+:[^:\s]+$",
+                          description="'module:function', called as fn(model, tokenizer, items)")
+
+
+class HumanInterestConfig(PromptedUtility):
+    """The mean rating an LLM judge gives the answers for an interest (`topic`)."""
+
+    type: Literal["human_interest"] = Field(description="human_interest")
+    judge: JudgeConfig = Field(description="the LLM that rates the answers")
+    topic: str = Field(min_length=1, description="the interest the judge rates for, e.g. "
+                       "'finance'")
+
+
+class CustomUtilityConfig(PromptedUtility):
+    """A utility of the user's: a name given to `register_utility`, or 'module:Class' (a class
+    or factory called with this config). Its own settings go under `params`."""
+
+    type: str = Field(min_length=1)
+    params: dict[str, Any] = Field(default_factory=dict, description="the utility's settings")
+    judge: JudgeConfig | None = Field(None, description="a rater, for judged utilities")
 
 
 @dataclass(frozen=True)
@@ -62,23 +129,29 @@ class BatchedUtility(Utility, Protocol):
     def score_many(self, model: Any, tokenizer: Any, items: list[dict],
                    particles: int) -> list[ItemScores]:
         """One ItemScores per particle, for a model running `particles` particles on row
-        blocks of every batch (evaluation/multiplex.py)."""
+        blocks of every batch (evaluation/engine/multiplex.py)."""
         ...
 
 
-class _ScoresEachParticle:
+class ScoresEachParticle:
     def score(self, model: Any, tokenizer: Any, items: list[dict]) -> ItemScores:
         return self.score_many(model, tokenizer, items, 1)[0]  # type: ignore[attr-defined]
 
 
 UTILITIES: dict[str, Callable[[UtilityConfig], Utility]] = {}
+register_utility_config("custom", CustomUtilityConfig)
 
 
-def register_utility(name: str, fn: Callable[..., Any] | None = None):
+def register_utility(name: str, fn: Callable[..., Any] | None = None, *,
+                     config: type[UtilityBase] | None = None):
     """`@register_utility("mine")` on a class makes `utility.type: mine` available (the class
     is called with the utility's config). `register_utility("mine", fn)` does the same for a
     plain function fn(model, tokenizer, items) returning a float, per-item floats or
-    ItemScores."""
+    ItemScores. `config`: the utility's own config class (a UtilityBase with `type:
+    Literal["mine"]`), so its keys are checked like a built-in utility's; without one its
+    settings go under `params`."""
+    if config is not None:
+        register_utility_config(name, config)
     if fn is not None:
         def factory(cfg: Any) -> Utility:
             utility = FunctionUtility(fn, name)
@@ -119,12 +192,12 @@ def build_utility(cfg: UtilityConfig) -> Utility:
     return UTILITIES[cfg.type](cfg)
 
 
-def _pad_id(tokenizer: Any) -> int:
+def pad_id(tokenizer: Any) -> int:
     return tokenizer.pad_token_id if tokenizer.pad_token_id is not None else \
         tokenizer.eos_token_id
 
 
-def _mean(scores: list[float]) -> float:
+def mean(scores: list[float]) -> float:
     return sum(scores) / len(scores)
 
 
@@ -142,11 +215,11 @@ def pick_options(items: list[dict], logps: list[list[float]]) -> ItemScores:
     preds = [ls[max(range(len(lp)), key=lp.__getitem__)] for ls, lp in
              zip(letters, logps, strict=True)]
     scores = [float(p == it["answer"]) for p, it in zip(preds, items, strict=True)]
-    return ItemScores(_mean(scores), scores, preds)
+    return ItemScores(mean(scores), scores, preds)
 
 
-@register_utility("multiple_choice")
-class MultipleChoice(_ScoresEachParticle):
+@register_utility("multiple_choice", config=MultipleChoiceConfig)
+class MultipleChoice(ScoresEachParticle):
     """Accuracy on multiple-choice items; `scoring` says how an option is chosen.
 
     - letter: the option letter with the highest log-likelihood after the paper's prompt
@@ -219,7 +292,7 @@ class MultipleChoice(_ScoresEachParticle):
               particles: int) -> list[ItemScores]:
         by_mode = {mode: type(self)(self.cfg.model_copy(update={"scoring": mode}))
                    .score_many(model, tokenizer, items, particles) for mode in AUTO_SCORING}
-        best = max(AUTO_SCORING, key=lambda m: _mean([r.value for r in by_mode[m]]))
+        best = max(AUTO_SCORING, key=lambda m: mean([r.value for r in by_mode[m]]))
         return [ItemScores(r.value, r.scores, r.predictions,
                            {**r.counts, f"scoring_{best}": 1}, r.error) for r in by_mode[best]]
 
@@ -230,7 +303,7 @@ class MultipleChoice(_ScoresEachParticle):
     def _letter_logprobs(self, model: Any, tokenizer: Any, prompts: list[list[int]],
                          letters: list[list[str]], particles: int) -> list[list[list[float]]]:
         """[particle][item][option]: log p(letter | prompt)."""
-        pad = _pad_id(tokenizer)
+        pad = pad_id(tokenizer)
         # Items with different option sets (TruthfulQA: 2 to 13 options) still need one
         # forward each: read every letter any item uses at the prompt's end and keep each
         # item's own, instead of one sequence per option (5-6x the work there).
@@ -266,7 +339,7 @@ class MultipleChoice(_ScoresEachParticle):
                per_char: bool) -> list[list[list[float]]]:
         prompts, options = self._cloze_inputs(tokenizer, items)
         per_particle = generation.option_logprobs(
-            model, prompts, options, pad_id=_pad_id(tokenizer), particles=particles)
+            model, prompts, options, pad_id=pad_id(tokenizer), particles=particles)
         if not per_char:
             return per_particle
         return [per_character(items, logps) for logps in per_particle]
@@ -307,7 +380,7 @@ class MultipleChoice(_ScoresEachParticle):
                             prompts: list[list[int]], letters: list[list[str]],
                             particles: int) -> list[ItemScores]:
         per_particle = generation.generate(
-            model, prompts, max_new_tokens=self.cfg.max_new_tokens, pad_id=_pad_id(tokenizer),
+            model, prompts, max_new_tokens=self.cfg.max_new_tokens, pad_id=pad_id(tokenizer),
             eos_id=tokenizer.eos_token_id, particles=particles)
         results = []
         for outs in per_particle:
@@ -315,13 +388,13 @@ class MultipleChoice(_ScoresEachParticle):
             preds = [extract_letter(t, ls) or "" for t, ls in zip(texts, letters, strict=True)]
             scores = [float(p == it["answer"]) for p, it in zip(preds, items, strict=True)]
             # No letter found is a wrong answer, as in the paper, but the report counts it.
-            results.append(ItemScores(_mean(scores), scores, preds,
+            results.append(ItemScores(mean(scores), scores, preds,
                                       {"mc_unparsed": preds.count("")}))
         return results
 
 
-@register_utility("exact_match")
-class ExactMatch(_ScoresEachParticle):
+@register_utility("exact_match", config=ExactMatchConfig)
+class ExactMatch(ScoresEachParticle):
     """Greedy answer; numeric golds compare as numbers (GSM8K), others by containment."""
 
     required_fields = ("question", "answer")
@@ -341,7 +414,7 @@ class ExactMatch(_ScoresEachParticle):
                    particles: int) -> list[ItemScores]:
         prompts = self._prompts(tokenizer, items)
         per_particle = generation.generate(
-            model, prompts, max_new_tokens=self.cfg.max_new_tokens, pad_id=_pad_id(tokenizer),
+            model, prompts, max_new_tokens=self.cfg.max_new_tokens, pad_id=pad_id(tokenizer),
             eos_id=tokenizer.eos_token_id, particles=particles)
         return [self._judge(tokenizer, items, outs) for outs in per_particle]
 
@@ -358,7 +431,7 @@ class ExactMatch(_ScoresEachParticle):
                 ok = " ".join(gold.lower().split()) in pred.lower()
             preds.append(pred)
             scores.append(float(ok))
-        return ItemScores(_mean(scores), scores, preds)
+        return ItemScores(mean(scores), scores, preds)
 
 
 class FunctionUtility:
@@ -381,7 +454,7 @@ class FunctionUtility:
             result = out
         elif isinstance(out, list | tuple):
             scores = [float(x) for x in out]
-            result = ItemScores(_mean(scores), scores, [repr(x) for x in scores])
+            result = ItemScores(mean(scores), scores, [repr(x) for x in scores])
         else:
             value = float(out)
             result = ItemScores(value, [value] * len(items), [""] * len(items))
@@ -390,7 +463,7 @@ class FunctionUtility:
         return result
 
 
-@register_utility("python")
+@register_utility("python", config=PythonUtilityConfig)
 class PythonUtility(FunctionUtility):
     """`function: module:name`, called as fn(model, tokenizer, items)."""
 
@@ -404,8 +477,8 @@ class PythonUtility(FunctionUtility):
         self.cfg = cfg
 
 
-@register_utility("human_interest")
-class HumanInterest(_ScoresEachParticle):
+@register_utility("human_interest", config=HumanInterestConfig)
+class HumanInterest(ScoresEachParticle):
     """The paper's human-interest objective: the model answers each prompt, an LLM judge rates
     how well the answer serves someone interested in `topic` (1-10); utility = mean rating / 10.
 
@@ -417,8 +490,6 @@ class HumanInterest(_ScoresEachParticle):
     required_fields = ("prompt",)
 
     def __init__(self, cfg: UtilityConfig):
-        from .judges import build_judge
-
         self.cfg = cfg
         self.judge = build_judge(cfg.judge)  # once: a local judge loads its model once
 
@@ -428,7 +499,7 @@ class HumanInterest(_ScoresEachParticle):
         texts = [(self.cfg.prompt or "{prompt}").format(**it) for it in items]
         prompts = [encode(tokenizer, render(tokenizer, t, chat), chat) for t in texts]
         per_particle = generation.generate(
-            model, prompts, max_new_tokens=self.cfg.max_new_tokens, pad_id=_pad_id(tokenizer),
+            model, prompts, max_new_tokens=self.cfg.max_new_tokens, pad_id=pad_id(tokenizer),
             eos_id=tokenizer.eos_token_id, particles=particles)
         answers = [[tokenizer.decode(ids, skip_special_tokens=True).strip() for ids in outs]
                    for outs in per_particle]
@@ -455,5 +526,5 @@ class HumanInterest(_ScoresEachParticle):
             else:
                 scores.append(0.1 if policy == "lowest" else math.nan)
         rated = [s for s in scores if not math.isnan(s)]
-        value = _mean(rated) if rated else 0.0
+        value = mean(rated) if rated else 0.0
         return ItemScores(value, scores, answers, counts)
