@@ -191,7 +191,7 @@ def _auto_cfg(experts, data, out, **utility):
 
     return parse_config({"experts": {"paths": [str(p) for p in experts]},
                          "data": {"path": str(data)},
-                         "utility": {"batch_size": 4, **utility}, "budget": 9,
+                         "utility": utility, "model": {"batch_size": 4}, "budget": 9,
                          "search": {"max_iterations": 2},
                          "output": {"dir": str(out), "top_k": 2}})
 
@@ -206,7 +206,7 @@ def test_auto_scoring_is_the_base_models_best_mode_on_dev(tmp_path, lora_experts
     """The default chooses cloze, cloze_norm or letter by the base model's dev accuracy
     (the first on a tie), once, says so in report, report.md, run.log and scoring.json,
     and then runs exactly as a run that names that mode."""
-    from modelswarms.config import AUTO_SCORING
+    from modelswarms.evaluation.objectives.utilities import AUTO_SCORING
     from modelswarms.runs.runner import run
     from modelswarms.runs.session import Session
 
@@ -300,7 +300,7 @@ def test_answer_positions_are_not_warned_about_where_position_plays_no_part(
 
 def test_auto_scoring_of_full_models_is_the_experts_mean(tmp_path, full_experts, mc_data):
     """Full models have no base model to ask: the experts' mean dev accuracy chooses."""
-    from modelswarms.config import AUTO_SCORING
+    from modelswarms.evaluation.objectives.utilities import AUTO_SCORING
     from modelswarms.runs.session import Session
 
     session = Session.open(_auto_cfg(full_experts, mc_data, tmp_path / "r"), need_test=False)

@@ -441,8 +441,9 @@ class RunConfig(StrictModel):
                                    description="what the search maximises; `type` picks the "
                                    "utility, the other keys are that utility's")
     strategy: str = Field(
-        "swarm", description="the search, a registered strategy: swarm (Model Swarms), cmaes "
-        "or random (over merge coefficients), greedy_soup, hswarm (Heterogeneous Swarms)")
+        "swarm", description="the search, a registered strategy: swarm (Model Swarms), "
+        "layer_swarm (Model Swarms over layer-wise merge coefficients), cmaes or random (over "
+        "merge coefficients), greedy_soup, hswarm (Heterogeneous Swarms)")
     search: Annotated[StrictModel, Section("search")] = Field(
         default_factory=lambda: section("search"), description="Model Swarms' knobs (swarm, "
         "layer_swarm; hswarm's weight-step)")
@@ -458,7 +459,8 @@ class RunConfig(StrictModel):
     merge: MergeSpec | None = Field(None, description="`modelswarms merge`: the merge to make")
     compare: CompareConfig | None = Field(None, description="`modelswarms compare`: the rows")
     hswarm: Annotated[StrictModel | None, Section("hswarm", optional=True)] = Field(
-        None, description="`modelswarms hswarm`: Heterogeneous Swarms over the experts")
+        None, description="strategy hswarm (or `modelswarms hswarm`): Heterogeneous Swarms' "
+        "settings")
     seed: int = Field(0, description="seed of every random draw (searches, bootstrap "
                       "intervals): the same config gives the same run")
     _source: str | None = PrivateAttr(None)  # the file it was read from (load_config)

@@ -48,6 +48,12 @@ def _models(annotation: Any) -> list[type[BaseModel]]:
     return [m for arg in get_args(annotation) for m in _models(arg)]
 
 
+def _registered(field: Any) -> list[type[BaseModel]]:
+    """The models of a field built from a registry (`utility:`, a strategy's section)."""
+    return [m for meta in field.metadata if callable(getattr(meta, "members", None))
+            for m in meta.members()]
+
+
 def _load_registries() -> None:
     """Import what registers utility configs and config sections (strategies, utilities)."""
     import importlib
@@ -114,9 +120,7 @@ def sections() -> list[tuple[type[BaseModel], list[str]]]:
         order.append(model)
         where[model] = [path]
         for key, field in model.model_fields.items():
-            registered = [m for meta in field.metadata if callable(getattr(meta, "members", None))
-                          for m in meta.members()]
-            for sub in registered or _models(field.annotation):
+            for sub in _registered(field) or _models(field.annotation):
                 queue.append((sub, f"{path}.{key}" if path else key))
     return [(m, where[m]) for m in order]
 
@@ -142,7 +146,12 @@ def render() -> str:
             meaning = " ".join((field.description or "").split()).replace("|", "\\|")
             default = default_text(field)
             default = default if default == "required" else f"`{default}`"
-            lines.append(f"| `{key}` | {type_name(field.annotation)} | {default} | {meaning} |")
+            if registered := _registered(field):
+                kind = " \\| ".join(type_name(m) for m in registered) + (
+                    " \\| null" if field.default is None else "")
+            else:
+                kind = type_name(field.annotation)
+            lines.append(f"| `{key}` | {kind} | {default} | {meaning} |")
         lines.append("")
     return "\n".join(lines)
 

@@ -25,22 +25,30 @@ _DTYPES = {
 
 class SwarmConfig(StrictModel):
     particles: int | None = Field(None, ge=2, description="grow the population to this size")
-    inertia: float = Field(0.4, ge=0)
-    cognitive: float = Field(0.3, ge=0)
-    social: float = Field(0.3, ge=0)
-    repel: float = Field(0.3, ge=0)
-    use_repel: bool = True
-    random_factors: bool = True
-    step_length: float = Field(1.0, gt=0)
-    step_decay: float = Field(0.95, gt=0, le=1)
-    min_step: float = Field(0.1, ge=0)
-    start_velocity: Literal["random", "zero", "best"] = "random"
+    inertia: float = Field(0.4, ge=0, description="weight of a particle's own velocity")
+    cognitive: float = Field(0.3, ge=0, description="weight of the pull to its personal best")
+    social: float = Field(0.3, ge=0, description="weight of the pull to the global best")
+    repel: float = Field(0.3, ge=0, description="weight of the push away from the global worst")
+    use_repel: bool = Field(True, description="use the repel term")
+    random_factors: bool = Field(
+        True, description="scale the four weights by random factors each step and normalise "
+        "them to sum to 1 (the paper); false: the weights as given, normalised")
+    step_length: float = Field(1.0, gt=0, description="first step: x += step_length * v")
+    step_decay: float = Field(0.95, gt=0, le=1, description="step length multiplier per "
+                              "iteration")
+    min_step: float = Field(0.1, ge=0, description="the step length never decays below this")
+    start_velocity: Literal["random", "zero", "best"] = Field(
+        "random", description="first velocity: toward another random particle, zero, or "
+        "toward the global best after the first scoring")
     restart_patience: float = Field(0.5, gt=0, description="fraction of `patience`")
     restart_cooldown: int = Field(
         0, ge=0, description="extra iterations a restarted particle waits before it can restart")
-    patience: int = Field(10, ge=1)
-    max_iterations: int = Field(200, ge=0)
-    dtype: Literal["float32", "float64", "bfloat16", "float16"] = "float32"
+    patience: int = Field(10, ge=1, description="stop after this many iterations without a "
+                          "better global best")
+    max_iterations: int = Field(200, ge=0, description="stop after this many iterations (the "
+                                "experts' first scoring not counted)")
+    dtype: Literal["float32", "float64", "bfloat16", "float16"] = Field(
+        "float32", description="precision of the swarm's positions and velocities")
 
     @model_validator(mode="after")
     def _coefficients(self) -> SwarmConfig:

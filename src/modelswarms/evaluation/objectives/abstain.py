@@ -11,6 +11,8 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
+from pydantic import Field
+
 from ...config import UtilityConfig, as_utility
 from ..data.prompts import encode, multiple_choice_prompt, render, uses_chat
 from ..engine import generation
@@ -21,7 +23,10 @@ CHECK = ("{question}\nProposed answer: {letter}: {text}\n"
 
 
 class AbstainQAConfig(ChoiceScoring):
-    type: Literal["abstain_qa"]
+    """AbstainQA: the model answers, then judges its own answer true or false and abstains
+    when false; the utility is effective reliability, (right - wrong) / items."""
+
+    type: Literal["abstain_qa"] = Field(description="abstain_qa")
 
 
 @register_utility("abstain_qa", config=AbstainQAConfig)

@@ -41,7 +41,9 @@ class JudgeConfig(StrictModel):
     OpenAI-compatible chat-completions endpoint. The API key is never part of the config:
     `api_key_env` names the environment variable that holds it."""
 
-    kind: Literal["endpoint", "local"] = "endpoint"
+    kind: Literal["endpoint", "local"] = Field(
+        "endpoint", description="endpoint: an OpenAI-compatible server; local: a Hugging Face "
+        "chat model run here")
     model: str = Field(description="endpoint model name, or a local folder / hub id / smollm2")
     base_url: str | None = Field(None, description="endpoint base URL, e.g. http://host:8000/v1")
     api_key_env: str | None = Field(None, description="environment variable holding the key")

@@ -50,7 +50,7 @@ class LmEvalConfig(UtilityBase):
 
     brings_documents: ClassVar[bool] = True
 
-    type: Literal["lm_eval"]
+    type: Literal["lm_eval"] = Field(description="lm_eval")
     tasks: list[str] = Field(min_length=1, description="lm-eval task names (registered, or "
                              "defined in include_path) or task YAML files")
     include_path: list[str] = Field(

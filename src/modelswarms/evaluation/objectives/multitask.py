@@ -10,6 +10,8 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
+from pydantic import Field
+
 from ...config import UtilityConfig, as_utility
 from ...errors import DataError
 from .utilities import (
@@ -31,7 +33,7 @@ class MultiTaskConfig(ChoiceScoring):
     """The harmonic mean over tasks: multiple choice where items have choices, else exact
     match; `scoring` is the multiple-choice tasks'."""
 
-    type: Literal["multi_task"]
+    type: Literal["multi_task"] = Field(description="multi_task")
 
 
 @register_utility("multi_task", config=MultiTaskConfig)

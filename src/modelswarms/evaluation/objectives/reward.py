@@ -45,11 +45,12 @@ class RewardConfig(StrictModel):
     (1-w)*reward + w*l, reverse 1 - reward."""
 
     model: str = Field(description="folder or hub id of the reward model")
-    variant: Literal["plain", "concise", "verbose", "reverse"] = "plain"
+    variant: Literal["plain", "concise", "verbose", "reverse"] = Field(
+        "plain", description="the reward as it is, or mixed with the answer's length (above)")
     low: float = Field(-5.0, description="raw reward mapped to 0")
     high: float = Field(5.0, description="raw reward mapped to 1")
     length_weight: float = Field(0.5, ge=0, le=1, description="w of concise / verbose")
-    batch_size: int = Field(8, ge=1)
+    batch_size: int = Field(8, ge=1, description="answers the reward model scores at once")
 
     @model_validator(mode="after")
     def _range(self) -> RewardConfig:
@@ -59,7 +60,9 @@ class RewardConfig(StrictModel):
 
 
 class RewardModelConfig(PromptedUtility):
-    type: Literal["reward_model"]
+    """The mean score a reward model gives the answers (`reward`)."""
+
+    type: Literal["reward_model"] = Field(description="reward_model")
     reward: RewardConfig = Field(description="the reward model")
 
 

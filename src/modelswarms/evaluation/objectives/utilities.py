@@ -89,7 +89,8 @@ class CustomUtilityConfig(PromptedUtility):
     """A utility of the user's: a name given to `register_utility`, or 'module:Class' (a class
     or factory called with this config). Its own settings go under `params`."""
 
-    type: str = Field(min_length=1)
+    type: str = Field(min_length=1, description="a name given to register_utility, or "
+                      "'module:Class'")
     params: dict[str, Any] = Field(default_factory=dict, description="the utility's settings")
     judge: JudgeConfig | None = Field(None, description="a rater, for judged utilities")
 
