@@ -185,16 +185,20 @@ def render_mixture(task: str) -> list[str]:
         searched = {m: [s for r in _records(folder / "results.jsonl")
                         if r["method"] == m and (s := _test_scores(r)) is not None]
                     for m in SEARCHES}
-        rows = []
+        rows, n = [], 0
         for m, runs in searched.items():
-            if runs and len(runs[0]) == len(ref):
-                g = seed_averaged_gain(runs, ref)
+            # both tables take the first items of the same test split: compare on the
+            # items this one scored (its test may be cut shorter)
+            if runs and len(runs[0]) <= len(ref):
+                n = len(runs[0])
+                g = seed_averaged_gain(runs, ref[:n])
                 rows.append(f"| {SEARCHES[m]} | {g['mean']:+.4f} [{g['low']:+.4f}, "
                             f"{g['high']:+.4f}] {g['verdict']} | {g['n']} |")
         if rows:
             lines += [f"Against the weight-space table's best by dev (`{method}`, dev "
                       f"{dev:.4f}, docs/bench/{task}/), seed-averaged, paired over the same "
-                      "test items:", "", "| token swarm | Δ test [95% CI] | items |",
+                      f"test items (the first {n} of its {len(ref)}):", "",
+                      "| token swarm | Δ test [95% CI] | items |",
                       "| --- | ---: | ---: |", *rows, ""]
     return lines
 
@@ -309,6 +313,20 @@ def render_generation() -> list[str]:
 
 # ------------------------------------------------------------------------------- page
 
+def command(tasks: list[str]) -> str:
+    """The command that made the saved tables, its flags read from a saved config."""
+    cmd = "python bench/token_swarm_real.py --tasks " + " ".join(tasks)
+    saved = [SAVED / t / "config.yaml" for t in tasks if (SAVED / t / "config.yaml").exists()]
+    if not saved:
+        return cmd
+    cfg = yaml.safe_load(saved[-1].read_text())
+    experts = [Path(p).name for p in cfg["experts"]["paths"] if p not in MODELS]
+    data, comp = cfg["data"], cfg["compare"]
+    return (f"{cmd} --experts {' '.join(experts)} --max-dev {data['max_dev']} --max-test "
+            f"{data['max_test']} --seeds {' '.join(map(str, comp['seeds']))} --budget "
+            f"{comp['budget']}")
+
+
 def render(tasks: list[str]) -> str:
     note = SAVED / "machine.txt"
     if not note.exists():
@@ -328,8 +346,8 @@ def render(tasks: list[str]) -> str:
              "test; every interval is a paired bootstrap over the test items (95%, 10000 "
              "resamples).", "",
              f"Machine: {note.read_text().strip()}.", "",
-             "Reproduce: `pip install 'modelswarms[gemma3]'`, then `python "
-             "bench/token_swarm_real.py --tasks " + " ".join(done or tasks) + "`.", ""]
+             "Reproduce: `pip install 'modelswarms[gemma3]'`, then `" + command(done or tasks)
+             + "`.", ""]
     for task in done:
         lines += render_mixture(task)
     lines += render_generation()
