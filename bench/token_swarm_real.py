@@ -194,10 +194,14 @@ def render_mixture(task: str) -> list[str]:
                 g = seed_averaged_gain(runs, ref[:n])
                 rows.append(f"| {SEARCHES[m]} | {g['mean']:+.4f} [{g['low']:+.4f}, "
                             f"{g['high']:+.4f}] {g['verdict']} | {g['n']} |")
+        meta = DOCS / "bench" / task / "meta.json"
+        partial = json.loads(meta.read_text()) if meta.exists() else {}
+        note = (f"; that table was partial, {partial.get('rows_done')} rows done, so its "
+                "best may change" if partial.get("partial") else "")
         if rows:
             lines += [f"Against the weight-space table's best by dev (`{method}`, dev "
                       f"{dev:.4f}, docs/bench/{task}/), seed-averaged, paired over the same "
-                      f"test items (the first {n} of its {len(ref)}):", "",
+                      f"test items (the first {n} of its {len(ref)}){note}:", "",
                       "| token swarm | Δ test [95% CI] | items |",
                       "| --- | ---: | ---: |", *rows, ""]
     return lines
