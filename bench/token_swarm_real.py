@@ -215,6 +215,71 @@ def render_mixture(task: str) -> list[str]:
     return lines
 
 
+# ------------------------------------------------------------------- part 4: speed
+
+def run_speed(args: argparse.Namespace) -> None:
+    """Seconds per item of each model's option scoring, Gemma 3 on its packed one-forward
+    way and on the two-pass way, side by side in one process (alternating, twice each)."""
+    import torch
+
+    from modelswarms.config import utility_config
+    from modelswarms.evaluation import generation
+    from modelswarms.evaluation.backend import load_standalone
+    from modelswarms.evaluation.utilities import build_utility
+
+    task, n = args.speed_task, args.speed_items
+    items = json.loads(task_file(task).read_text())["dev"][:n]
+    utility = build_utility(utility_config(type="multiple_choice", chat_template=False,
+                                           scoring=scoring_of(task, chosen_modes())))
+    models = {name: load_standalone(name, device=args.device, dtype="float32")
+              for name in MODELS}
+    packs, times = generation.packs, {}
+    try:
+        for _ in range(2):
+            for label, name, way in (("gemma3-270m, two passes", "gemma3-270m", False),
+                                     ("gemma3-270m, packed", "gemma3-270m", None),
+                                     ("smollm2, packed", "smollm2", None)):
+                generation.packs = packs if way is None else (lambda *a, **k: False)
+                start = time.perf_counter()
+                with torch.inference_mode(), generation.batching(
+                        generation.Batching(args.batch_size, 4096)):
+                    scored = utility.score(*models[name], items)
+                times.setdefault(label, []).append((time.perf_counter() - start) / n)
+                times[label + " accuracy"] = scored.value
+    finally:
+        generation.packs = packs
+    SAVED.mkdir(parents=True, exist_ok=True)
+    (SAVED / "speed.json").write_text(json.dumps(
+        {"task": task, "items": n, "threads": torch.get_num_threads(), "machine": machine(),
+         "times": times}, indent=1) + "\n")
+    log(f"speed: {times}")
+
+
+def render_speed() -> list[str]:
+    path = SAVED / "speed.json"
+    if not path.exists():
+        return []
+    d = json.loads(path.read_text())
+    t = d["times"]
+    lines = ["## Cost of scoring", "",
+             f"Seconds per item of multiple-choice scoring on the first {d['items']} "
+             f"`{d['task']}` dev items, {d['threads']} thread(s), each way run twice, "
+             "alternating, in one process (`--parts speed`; a shared machine, so read the "
+             "ratio): Gemma 3 270M's 262k-token LM head made the two-pass way (every option "
+             "token padded to the longest, full logits at each) cost twice its body; the "
+             "packed way (one forward per batch, the head on the read columns only) now "
+             "serves it whenever a prompt plus option fits its 512-token sliding window.", "",
+             "| model, way | s / item (two runs) | accuracy |", "| --- | ---: | ---: |"]
+    for label, runs in t.items():
+        if not label.endswith("accuracy"):
+            lines.append(f"| {label} | {' / '.join(f'{x:.3f}' for x in runs)} | "
+                         f"{t[label + ' accuracy']:.3f} |")
+    slow, fast = t["gemma3-270m, two passes"], t["gemma3-270m, packed"]
+    lines += ["", f"Gemma 3: {sum(slow) / sum(fast):.2f}x faster packed; the per-item scores "
+              "are the same (tests/test_gemma3.py, tests/test_mixture.py).", ""]
+    return lines
+
+
 # ---------------------------------------------------------------- part 3: distillation
 
 def best_search(task: str, out: Path) -> tuple[str, int, float, Path]:
@@ -430,6 +495,33 @@ def render_generation() -> list[str]:
 
 # ------------------------------------------------------------------------------- page
 
+def pool_ranking() -> dict[str, tuple[float, int]]:
+    """Each expert of experts/smollm2: (mean dev accuracy over the targets of POOL.md's table
+    'Dev accuracy on the benchmark targets', its rank there, 1 = best)."""
+    path = POOL / "POOL.md"
+    text = path.read_text().split("## Dev accuracy on the benchmark targets", 1)
+    means = {}
+    for line in (text[1].split("\n## ", 1)[0] if len(text) > 1 else "").splitlines():
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        if cells and cells[0].startswith("`"):
+            values = [float(c) for c in cells[1:]]
+            means[cells[0].strip("`")] = sum(values) / len(values)
+    order = sorted(means, key=lambda n: -means[n])
+    return {n: (means[n], order.index(n) + 1) for n in means}
+
+
+def pool_line(tasks: list[str]) -> list[str]:
+    saved = [SAVED / t / "config.yaml" for t in tasks if (SAVED / t / "config.yaml").exists()]
+    if not saved:
+        return []
+    paths = yaml.safe_load(saved[-1].read_text())["experts"]["paths"]
+    rank = pool_ranking()
+    named = [f"`{n}` ({rank[n][0]:.3f}, rank {rank[n][1]} of {len(rank)})" if n in rank
+             else f"`{n}`" for n in (Path(p).name for p in paths if p not in MODELS)]
+    return [f"SmolLM2 experts in the pool: {', '.join(named)}: their mean dev accuracy over "
+            "the targets in experts/smollm2/POOL.md (chosen by it: dev only).", ""]
+
+
 def command(tasks: list[str]) -> str:
     """The command that made the saved tables, its flags read from a saved config."""
     cmd = "python bench/token_swarm_real.py --tasks " + " ".join(tasks)
@@ -462,12 +554,13 @@ def render(tasks: list[str]) -> str:
              "in the union vocabulary (`experts.compose: mixture`). Choose on dev, report on "
              "test; every interval is a paired bootstrap over the test items (95%, 10000 "
              "resamples).", "",
+             *pool_line(done or tasks),
              f"Machine: {note.read_text().strip()}.", "",
              "Reproduce: `pip install 'modelswarms[gemma3]'`, then `" + command(done or tasks)
              + "`.", ""]
     for task in done:
         lines += render_mixture(task) + render_distil(task)
-    lines += render_generation()
+    lines += render_generation() + render_speed()
     return "\n".join(lines)
 
 
@@ -490,7 +583,9 @@ def main(argv: list[str] | None = None) -> None:
                          "base model and the instruct model, asked without a chat format, "
                          "both answer at once)")
     ap.add_argument("--parts", nargs="+", default=["mixture", "generation"],
-                    choices=["mixture", "generation", "distil"])
+                    choices=["mixture", "generation", "distil", "speed"])
+    ap.add_argument("--speed-task", default="arc_easy")
+    ap.add_argument("--speed-items", type=int, default=20)
     ap.add_argument("--distil-tasks", nargs="+", default=None,
                     help="tasks whose best token swarm is distilled (default: --tasks)")
     ap.add_argument("--distil-steps", type=int, default=100)
@@ -507,6 +602,8 @@ def main(argv: list[str] | None = None) -> None:
             PAGE.write_text(render(args.tasks))
         if "generation" in args.parts:
             run_generation(args)
+        if "speed" in args.parts:
+            run_speed(args)
         for task in (args.distil_tasks or args.tasks) if "distil" in args.parts else []:
             run_distil(task, args)
             PAGE.write_text(render(args.tasks))
