@@ -32,6 +32,7 @@ import json
 import shlex
 import shutil
 import statistics
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -233,8 +234,17 @@ def save_to_docs(task: str, folder: Path, meta: dict[str, Any], docs: Path = DOC
     for name in COPIED:
         if (folder / name).exists():
             shutil.copyfile(folder / name, target / name)
+    meta = {"commit": code_commit(), **meta}
     (target / "meta.json").write_text(json.dumps(meta, indent=2) + "\n")
     return target
+
+
+def code_commit() -> str | None:
+    """The commit of the code that made the rows: long runs work from a worktree at a fixed
+    commit, and the page says which."""
+    out = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"],
+                         capture_output=True, text=True)
+    return out.stdout.strip() or None
 
 
 def task_section(task: str, folder: Path) -> list[str]:
@@ -254,6 +264,7 @@ def task_section(task: str, folder: Path) -> list[str]:
              f"`{utility.get('scoring', '?')}`"
              + (f" with the prompt `{prompt!r}`" if prompt else "") + ".")
     ran = (f"`{meta['command']}` on {meta.get('machine', '?')}"
+           + (f", code at commit `{meta['commit']}`" if meta.get("commit") else "")
            + (f", finished {meta['finished']}" if meta.get("finished") else "") + ". "
            if meta.get("command") else "")
     body = render_markdown(report).split("\n", 2)[2]  # without its title
