@@ -373,7 +373,10 @@ def render_distil(task: str) -> list[str]:
              f"{d['kl_before']:.3f} -> {d['kl_after']:.3f} on those prompts. Training took "
              f"{sec['training']:.0f} s (the mixture's targets included); scoring the experts "
              f"and the mixture {sec['references']:.0f} s, the student {sec['student']:.0f} s; "
-             f"{d['test_items']} test items, never seen in training.", "",
+             f"{d['test_items']} test items, never seen in training. Command: `python "
+             f"bench/token_swarm_real.py --tasks {task} --parts distil --distil-steps "
+             f"{p['steps']} --distil-lr {p['lr']:g} --distil-rank {p['rank']} --distil-tokens "
+             f"{p['max_new_tokens']}`.", "",
              "| model | dev | test | Δ test, student − this [95% CI] |",
              "| --- | ---: | ---: | ---: |",
              f"| distilled student | {student['dev']:.4f} | {student['test']:.4f} | |"]
@@ -523,17 +526,22 @@ def pool_line(tasks: list[str]) -> list[str]:
 
 
 def command(tasks: list[str]) -> str:
-    """The command that made the saved tables, its flags read from a saved config."""
-    cmd = "python bench/token_swarm_real.py --tasks " + " ".join(tasks)
-    saved = [SAVED / t / "config.yaml" for t in tasks if (SAVED / t / "config.yaml").exists()]
-    if not saved:
-        return cmd
-    cfg = yaml.safe_load(saved[-1].read_text())
-    experts = [Path(p).name for p in cfg["experts"]["paths"] if p not in MODELS]
-    data, comp = cfg["data"], cfg["compare"]
-    return (f"{cmd} --experts {' '.join(experts)} --max-dev {data['max_dev']} --max-test "
-            f"{data['max_test']} --seeds {' '.join(map(str, comp['seeds']))} --budget "
-            f"{comp['budget']}")
+    """The commands that made the saved tables, their flags read from the saved configs (one
+    command per set of flags)."""
+    groups: dict[str, list[str]] = {}
+    for task in tasks:
+        path = SAVED / task / "config.yaml"
+        flags = ""
+        if path.exists():
+            cfg = yaml.safe_load(path.read_text())
+            experts = [Path(p).name for p in cfg["experts"]["paths"] if p not in MODELS]
+            data, comp = cfg["data"], cfg["compare"]
+            flags = (f" --experts {' '.join(experts)} --max-dev {data['max_dev']} --max-test "
+                     f"{data['max_test']} --seeds {' '.join(map(str, comp['seeds']))} "
+                     f"--budget {comp['budget']}")
+        groups.setdefault(flags, []).append(task)
+    return "`, `".join(f"python bench/token_swarm_real.py --tasks {' '.join(ts)}{flags}"
+                       for flags, ts in groups.items())
 
 
 def render(tasks: list[str]) -> str:
