@@ -294,6 +294,24 @@ def best_search(task: str, out: Path) -> tuple[str, int, float, Path]:
     return method, seed, dev, out / task / "mixture" / "runs" / method / f"seed_{seed}" / "best"
 
 
+def saved_references(task: str, method: str, seed: int, names: list[str]) -> dict[str, Any]:
+    """What score_references would compute (each expert as its one-hot mixture, then the
+    mixture), read back from the mixture part's rows: its experts row and the distilled
+    mixture's own run, scored by the same evaluator and utility. Only dev values are kept
+    there, not dev items' scores; the report reads no more of dev."""
+    from modelswarms.evaluation.utilities import ItemScores
+    from modelswarms.runs.stats import unpack_scores
+
+    recs = _records(SAVED / task / "results.jsonl")
+    experts = {r["name"].removeprefix("expert: "): r for rec in recs
+               if rec["method"] == "experts" for r in rec["rows"]}
+    run = next(rec["rows"][0] for rec in recs if rec["method"] == method
+               and rec["seed"] == seed)
+    rows = [experts[n] for n in names] + [run]
+    return {"dev": [ItemScores(r["dev"], [], []) for r in rows],
+            "test": [ItemScores(r["test"], unpack_scores(r["test_scores"]), []) for r in rows]}
+
+
 def run_distil(task: str, args: argparse.Namespace) -> None:
     """Distil the task's best token swarm (by dev) into a fresh SmolLM2 LoRA: the training
     prompts are the dev items' questions in the cloze prompt the utility scores (never a test
@@ -307,7 +325,7 @@ def run_distil(task: str, args: argparse.Namespace) -> None:
 
     out = SAVED / task / "distil.json"
     params = {"steps": args.distil_steps, "lr": args.distil_lr, "rank": args.distil_rank,
-              "max_new_tokens": args.distil_tokens}
+              "max_new_tokens": args.distil_tokens, "rescore": args.distil_rescore}
     if out.exists() and json.loads(out.read_text()).get("params") == params:
         log(f"{task}: distillation done before")
         return
@@ -322,7 +340,10 @@ def run_distil(task: str, args: argparse.Namespace) -> None:
     engine = ModelConfig(device=args.device, batch_size=args.batch_size, max_batch_tokens=4096)
     mixture = load_mixture(export, device=args.device, batch_size=args.batch_size)
     start = time.monotonic()
-    references = score_references(mixture, ucfg.model_dump(), splits, engine)
+    if args.distil_rescore:
+        references = score_references(mixture, ucfg.model_dump(), splits, engine)
+    else:
+        references = saved_references(task, method, seed, mixture.names)
     scored_s = time.monotonic() - start
     student = mixture.names.index("smollm2")
     prompts = [cloze_prompt(it, ucfg.prompt) for it in splits["dev"]]
@@ -371,12 +392,14 @@ def render_distil(task: str) -> list[str]:
              f"cloze prompt, each continued by the mixture's greedy answer (at most "
              f"{p['max_new_tokens']} tokens): KL(mixture || student) per token "
              f"{d['kl_before']:.3f} -> {d['kl_after']:.3f} on those prompts. Training took "
-             f"{sec['training']:.0f} s (the mixture's targets included); scoring the experts "
-             f"and the mixture {sec['references']:.0f} s, the student {sec['student']:.0f} s; "
+             f"{sec['training']:.0f} s (the mixture's targets included); "
+             + (f"scoring the experts and the mixture {sec['references']:.0f} s"
+                if p.get("rescore", True) else "the experts' and the mixture's scores read "
+                "back from the mixture part") + f", the student's {sec['student']:.0f} s; "
              f"{d['test_items']} test items, never seen in training. Command: `python "
              f"bench/token_swarm_real.py --tasks {task} --parts distil --distil-steps "
              f"{p['steps']} --distil-lr {p['lr']:g} --distil-rank {p['rank']} --distil-tokens "
-             f"{p['max_new_tokens']}`.", "",
+             f"{p['max_new_tokens']}{' --distil-rescore' if p.get('rescore', True) else ''}`.", "",
              "| model | dev | test | Δ test, student − this [95% CI] |",
              "| --- | ---: | ---: | ---: |",
              f"| distilled student | {student['dev']:.4f} | {student['test']:.4f} | |"]
@@ -599,6 +622,9 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--distil-steps", type=int, default=100)
     ap.add_argument("--distil-lr", type=float, default=1e-3)
     ap.add_argument("--distil-rank", type=int, default=8)
+    ap.add_argument("--distil-rescore", action="store_true",
+                    help="score the experts and the mixture again rather than read their "
+                         "scores back from the mixture part")
     ap.add_argument("--distil-tokens", type=int, default=8,
                     help="most tokens of the mixture's answer learnt after each prompt")
     ap.add_argument("--out", type=Path, default=ROOT / "bench" / "out" / "token_swarm_real")
