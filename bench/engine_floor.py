@@ -42,14 +42,14 @@ from pathlib import Path
 import torch
 
 from modelswarms.config import ExpertsConfig, ModelConfig, utility_config
-from modelswarms.evaluation import generation
-from modelswarms.evaluation.data import load_items
+from modelswarms.evaluation.data.items import load_items
+from modelswarms.evaluation.engine import generation
+from modelswarms.evaluation.engine.batching import Batching
+from modelswarms.evaluation.engine.trunk import decoder_layers
 from modelswarms.evaluation.evaluator import ResidentEvaluator
-from modelswarms.evaluation.generation import Batching
-from modelswarms.evaluation.trunk import decoder_layers
-from modelswarms.evaluation.utilities import build_utility
+from modelswarms.evaluation.objectives.utilities import build_utility
 from modelswarms.runs.session import open_pool
-from modelswarms.runs.stats import paired_bootstrap
+from modelswarms.stats import paired_bootstrap
 
 ROOT = Path(__file__).resolve().parents[1]
 EVAL = ROOT.parent / "shared" / "data" / "eval"
@@ -81,9 +81,9 @@ def load_task(name: str, items: int) -> list[dict] | str:
     if kind == "file":
         return load_items(ROOT / ref, "dev", limit=items)
     try:
-        from modelswarms.evaluation import olmo
+        from modelswarms.evaluation.data import olmo
     except ImportError:
-        return "skipped: modelswarms.evaluation.olmo is not on this branch"
+        return "skipped: modelswarms.evaluation.data.olmo is not on this branch"
     try:
         return olmo.target_splits(ref, dev=items, test=0)["dev"]
     except Exception as err:  # the package missing: DataError with the install line

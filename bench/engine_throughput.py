@@ -25,11 +25,11 @@ from pathlib import Path
 
 import torch
 
-from modelswarms.evaluation import generation
-from modelswarms.evaluation.backend import load_causal_lm, load_tokenizer, pick_device
-from modelswarms.evaluation.data import load_items
-from modelswarms.evaluation.extract import extract_letter, extract_number
-from modelswarms.evaluation.prompts import encode, multiple_choice_prompt, qa_prompt, render
+from modelswarms.evaluation.data.items import load_items
+from modelswarms.evaluation.data.prompts import encode, multiple_choice_prompt, qa_prompt, render
+from modelswarms.evaluation.engine import generation
+from modelswarms.evaluation.engine.backend import load_causal_lm, load_tokenizer, pick_device
+from modelswarms.evaluation.objectives.extract import extract_letter, extract_number
 from modelswarms.models import smollm2_path
 from modelswarms.testing import make_utility
 
@@ -120,7 +120,7 @@ def main() -> None:
                     e.value))
     (ref, tokens), s_ref = timed(lambda: reference_generate(model, tok, qtexts, args.gsm_tokens))
     ref_nums = [extract_number(t) or "" for t in ref]
-    from modelswarms.evaluation.extract import normalize_number
+    from modelswarms.evaluation.objectives.extract import normalize_number
 
     ref_value = sum(n == normalize_number(str(it["answer"])) for n, it in
                     zip(ref_nums, gsm, strict=True)) / len(gsm)

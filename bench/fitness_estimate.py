@@ -18,7 +18,7 @@ Per seed, in one process on one resident model, each run with a fresh score cach
 - C: the same with as many iterations as fit in A's wall time (B's measured seconds per
   estimated iteration; the walls are printed).
 Test accuracy of every run's reported best (re-scored on full dev, as runs report it) goes
-into paired bootstrap intervals over seeds x test items (runs/stats.py).
+into paired bootstrap intervals over seeds x test items (stats.py).
 """
 
 from __future__ import annotations
@@ -164,7 +164,7 @@ def main() -> None:
     ap.add_argument("--out", default=str(ROOT / "docs" / "bench_fitness_estimate.md"))
     args = ap.parse_args()
     from modelswarms.runs.session import Session
-    from modelswarms.runs.stats import paired_bootstrap
+    from modelswarms.stats import paired_bootstrap
 
     cfg = base_config(args)
     session = Session.open(cfg, need_test=True)

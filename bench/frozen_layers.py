@@ -1,4 +1,4 @@
-"""The frozen trunk (evaluation/trunk.py) on SmolLM2: the same evaluations with and without.
+"""The frozen trunk (evaluation/engine/trunk.py) on SmolLM2: the same evaluations with and without.
 
 The shipped experts adapt layers 14-29 of SmolLM2-135M-Instruct's 30, so layers 0-13 are the
 same for every particle. Two sessions of one config side by side in one process, one with the
@@ -63,7 +63,7 @@ def main() -> None:
     cfg = RunConfig.model_validate({
         "experts": {"paths": [str(ROOT / "experts" / "smollm2" / e) for e in EXPERTS]},
         "data": {"path": str(EVAL / data), "max_dev": args.items},
-        "utility": {"type": "multiple_choice", "batch_size": 16, **utility},
+        "utility": {"type": "multiple_choice", **utility}, "model": {"batch_size": 16},
     })
     plain = Session.open(cfg, need_test=False)
     plain.trunk.remove()

@@ -268,7 +268,7 @@ def iteration(session, swarm, ckpt: Path, k: int) -> dict:
 
 
 def letter_texts(tok, items: list[dict]) -> list[str]:
-    from modelswarms.evaluation.prompts import multiple_choice_prompt, render, uses_chat
+    from modelswarms.evaluation.data.prompts import multiple_choice_prompt, render, uses_chat
 
     chat = uses_chat(tok, None)
     return [render(tok, multiple_choice_prompt(it), chat) +
@@ -276,7 +276,7 @@ def letter_texts(tok, items: list[dict]) -> list[str]:
 
 
 def qa_texts(tok, items: list[dict]) -> list[str]:
-    from modelswarms.evaluation.prompts import qa_prompt, render, uses_chat
+    from modelswarms.evaluation.data.prompts import qa_prompt, render, uses_chat
 
     chat = uses_chat(tok, None)
     return [render(tok, qa_prompt(it), chat) for it in items]
@@ -289,7 +289,7 @@ def reference_way(session, swarm, base: Base, work: Path, items: list[dict], n: 
     from peft import PeftModel
     from safetensors.torch import save_file
 
-    from modelswarms.evaluation.backend import load_causal_lm
+    from modelswarms.evaluation.engine.backend import load_causal_lm
     from modelswarms.search.swarm import coefficients
 
     files = work / f"files-{base.key}"
@@ -326,10 +326,10 @@ def reference_way(session, swarm, base: Base, work: Path, items: list[dict], n: 
 def measure_base(base: Base, mmlu: Path, gsm: Path, args, device: torch.device,
                  work: Path, log: Callable[[str], None]) -> dict:
     from modelswarms.config import utility_config
-    from modelswarms.evaluation import decode, generation
-    from modelswarms.evaluation.data import load_items
-    from modelswarms.evaluation.extract import extract_letter, extract_number
-    from modelswarms.evaluation.utilities import build_utility
+    from modelswarms.evaluation.data.items import load_items
+    from modelswarms.evaluation.engine import decode, generation
+    from modelswarms.evaluation.objectives.extract import extract_letter, extract_number
+    from modelswarms.evaluation.objectives.utilities import build_utility
     from modelswarms.search import ModelSwarm
 
     out: dict = {"model": base.label, "tokenizer": base.tokenizer_note,
@@ -657,8 +657,8 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--batch-size", type=int, default=None)
     ap.add_argument("--max-batch-tokens", type=int, default=None)
     args = ap.parse_args(argv)
-    from modelswarms.evaluation import decode
-    from modelswarms.evaluation.backend import pick_device, pick_dtype
+    from modelswarms.evaluation.engine import decode
+    from modelswarms.evaluation.engine.backend import pick_device, pick_dtype
 
     device = pick_device(args.device)
     dtype = pick_dtype("auto", device)

@@ -37,7 +37,8 @@ def pick_experts(task: str, k: int, max_dev: int) -> list[str]:
         paths = [str(p) for p in sorted(POOL.iterdir()) if p.is_dir()]
         cfg = parse_config({"experts": {"base_model": "smollm2", "paths": paths},
                             "data": {"path": str(EVAL / f"{task}.json"), "max_dev": max_dev},
-                            "utility": {"type": "multiple_choice", "batch_size": 32}})
+                            "utility": {"type": "multiple_choice"},
+                            "model": {"batch_size": 32}})
         session = Session.open(cfg, need_test=False)
         scores = dict(zip(paths, session.dev_utilities(session.experts), strict=True))
         cache.parent.mkdir(parents=True, exist_ok=True)
@@ -51,7 +52,7 @@ def config(task: str, seed: int, experts: list[str], args: argparse.Namespace) -
         "experts": {"base_model": "smollm2", "paths": experts},
         "data": {"path": str(EVAL / f"{task}.json"), "max_dev": args.max_dev,
                  "max_test": args.max_test},
-        "utility": {"type": "multiple_choice", "batch_size": 32},
+        "utility": {"type": "multiple_choice"}, "model": {"batch_size": 32},
         "search": {"patience": 10},
         "hswarm": {"graphs": 4, "trials": 4, "max_rounds": 20, "patience": 4,
                    "node_answers": "choice",
@@ -65,7 +66,7 @@ def config(task: str, seed: int, experts: list[str], args: argparse.Namespace) -
 def run_task(task: str, args: argparse.Namespace) -> list[dict]:
     """One report per seed (run, resumed or read back)."""
     from modelswarms.config import load_config
-    from modelswarms.hetero import hswarm
+    from modelswarms.runs.runner import run
 
     experts = pick_experts(task, args.hswarm_experts, args.max_dev)
     shown = not getattr(args, "quiet", False)  # benchmark_table's --quiet
@@ -76,12 +77,12 @@ def run_task(task: str, args: argparse.Namespace) -> list[dict]:
             reports.append(json.loads((folder / "report.json").read_text()))
             continue
         if (folder / "config.yaml").exists():
-            reports.append(hswarm(resume=folder, show_progress=shown))
+            reports.append(run(resume=folder, show_progress=shown))
             continue
         path = OUT / task / f"seed{seed}.yaml"
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(yaml.safe_dump(config(task, seed, experts, args), sort_keys=False))
-        reports.append(hswarm(load_config(path), show_progress=shown))
+        reports.append(run(load_config(path), show_progress=shown, strategy="hswarm"))
     return reports
 
 

@@ -33,13 +33,13 @@ from pathlib import Path
 import torch
 from safetensors.torch import save_file
 
-from modelswarms.config import RunConfig, SwarmConfig
-from modelswarms.evaluation.backend import load_causal_lm
+from modelswarms.config import RunConfig
+from modelswarms.evaluation.engine.backend import load_causal_lm
 from modelswarms.models import smollm2_path
 from modelswarms.runs.checkpoint import save_checkpoint
 from modelswarms.runs.session import Session
 from modelswarms.search import ModelSwarm
-from modelswarms.search.swarm import coefficients
+from modelswarms.search.swarm import SwarmConfig, coefficients
 
 # bench/ is not a package: its shared module is importable once this folder is on the path
 # (`python bench/X.py` puts it there; runpy, as the tests use, does not)
@@ -130,7 +130,7 @@ def main() -> None:
         cfg = RunConfig.model_validate({
             "experts": {"paths": [str(p) for p in experts], "base_model": "smollm2"},
             "data": {"path": str(MMLU), "max_dev": args.items},
-            "utility": {"type": "multiple_choice", "batch_size": 16},
+            "utility": {"type": "multiple_choice"}, "model": {"batch_size": 16},
             "search": {"random_factors": True},
         })
         session = Session.open(cfg, need_test=False)

@@ -86,10 +86,10 @@ def driver_costs(dim: int, particles: int, experts: int = 10) -> dict:
     if it takes longer than the next iteration's scoring."""
     import ray
 
-    from modelswarms.config import SwarmConfig
     from modelswarms.runs.checkpoint import CheckpointWriter, save_checkpoint
     from modelswarms.runs.scorer import fingerprint, fingerprints
     from modelswarms.search import ModelSwarm
+    from modelswarms.search.swarm import SwarmConfig
 
     gen = torch.Generator().manual_seed(0)
     swarm = ModelSwarm(torch.randn(experts, dim, generator=gen) * 0.01,

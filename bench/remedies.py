@@ -39,7 +39,7 @@ def config(name: str, seed: int) -> dict:
         "experts": {"base_model": "smollm2",
                     "paths": [str(p) for p in sorted(POOL.iterdir()) if p.is_dir()]},
         "data": {"path": str(EVAL / "mmlu.json"), "max_dev": 32, "max_test": 100},
-        "utility": {"type": "multiple_choice", "batch_size": 32},
+        "utility": {"type": "multiple_choice"}, "model": {"batch_size": 32},
         "search": {"patience": 10},
         "budget": 30,
         "output": {"dir": str(OUT / name), "top_k": 1},

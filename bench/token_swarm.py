@@ -77,8 +77,8 @@ def run_part(task: str, part: str, args: argparse.Namespace) -> Path:
 
 
 def _seed_scores(folder: Path, method: str) -> list[list[float]]:
-    from modelswarms.runs.runner import read_jsonl
-    from modelswarms.runs.stats import unpack_scores
+    from modelswarms.io import read_jsonl
+    from modelswarms.stats import unpack_scores
 
     out = []
     for rec in sorted(read_jsonl(folder / "results.jsonl"), key=lambda r: r["seed"]):
@@ -100,7 +100,7 @@ def machine() -> str:
 
 
 def render(task: str) -> str:
-    from modelswarms.runs.stats import seed_averaged_gain
+    from modelswarms.stats import seed_averaged_gain
 
     base = DOCS / "bench" / "token_swarm" / task
     note = base / "machine.txt"

@@ -146,13 +146,13 @@ def run_mixture(task: str, args: argparse.Namespace) -> None:
 
 
 def _records(path: Path) -> list[dict[str, Any]]:
-    from modelswarms.runs.runner import read_jsonl
+    from modelswarms.io import read_jsonl
 
     return read_jsonl(path) if path.exists() else []
 
 
 def _test_scores(rec: dict[str, Any]) -> list[float] | None:
-    from modelswarms.runs.stats import unpack_scores
+    from modelswarms.stats import unpack_scores
 
     return unpack_scores(rec["rows"][0].get("test_scores"))
 
@@ -176,7 +176,7 @@ def best_weight_space(task: str) -> tuple[str, float, list[float]] | None:
 
 
 def render_mixture(task: str) -> list[str]:
-    from modelswarms.runs.stats import seed_averaged_gain
+    from modelswarms.stats import seed_averaged_gain
 
     folder = SAVED / task
     if not (folder / "compare.md").exists():
@@ -223,9 +223,10 @@ def run_speed(args: argparse.Namespace) -> None:
     import torch
 
     from modelswarms.config import utility_config
-    from modelswarms.evaluation import generation
-    from modelswarms.evaluation.backend import load_standalone
-    from modelswarms.evaluation.utilities import build_utility
+    from modelswarms.evaluation.engine import generation
+    from modelswarms.evaluation.engine.backend import load_standalone
+    from modelswarms.evaluation.engine.batching import Batching, batching
+    from modelswarms.evaluation.objectives.utilities import build_utility
 
     task, n = args.speed_task, args.speed_items
     items = json.loads(task_file(task).read_text())["dev"][:n]
@@ -241,8 +242,7 @@ def run_speed(args: argparse.Namespace) -> None:
                                      ("smollm2, packed", "smollm2", None)):
                 generation.packs = packs if way is None else (lambda *a, **k: False)
                 start = time.perf_counter()
-                with torch.inference_mode(), generation.batching(
-                        generation.Batching(args.batch_size, 4096)):
+                with torch.inference_mode(), batching(Batching(args.batch_size, 4096)):
                     scored = utility.score(*models[name], items)
                 times.setdefault(label, []).append((time.perf_counter() - start) / n)
                 times[label + " accuracy"] = scored.value
@@ -300,8 +300,8 @@ def saved_references(task: str, method: str, seed: int, names: list[str]) -> dic
     mixture), read back from the mixture part's rows: its experts row and the distilled
     mixture's own run, scored by the same evaluator and utility. Only dev values are kept
     there, not dev items' scores; the report reads no more of dev."""
-    from modelswarms.evaluation.utilities import ItemScores
-    from modelswarms.runs.stats import unpack_scores
+    from modelswarms.evaluation.objectives.utilities import ItemScores
+    from modelswarms.stats import unpack_scores
 
     recs = _records(SAVED / task / "results.jsonl")
     experts = {r["name"].removeprefix("expert: "): r for rec in recs
@@ -319,8 +319,8 @@ def run_distil(task: str, args: argparse.Namespace) -> None:
     item), each continued by the mixture's greedy answer; then the student, the mixture and
     every expert on dev and test (mixture/distil.py's report)."""
     from modelswarms.config import ModelConfig, load_config
-    from modelswarms.evaluation.data import load_split
-    from modelswarms.evaluation.prompts import cloze_prompt
+    from modelswarms.evaluation.data.items import load_split
+    from modelswarms.evaluation.data.prompts import cloze_prompt
     from modelswarms.mixture import load_mixture
     from modelswarms.mixture.distil import distil, distillation_report, score_references
 
@@ -368,7 +368,7 @@ def run_distil(task: str, args: argparse.Namespace) -> None:
 
 
 def render_distil(task: str) -> list[str]:
-    from modelswarms.runs.stats import paired_bootstrap, unpack_scores
+    from modelswarms.stats import paired_bootstrap, unpack_scores
 
     path = SAVED / task / "distil.json"
     if not path.exists():
@@ -429,12 +429,12 @@ def run_generation(args: argparse.Namespace) -> None:
     import torch
 
     from modelswarms.config import utility_config
-    from modelswarms.evaluation import generation
-    from modelswarms.evaluation.backend import load_standalone
-    from modelswarms.evaluation.prompts import qa_prompt
-    from modelswarms.evaluation.utilities import build_utility
+    from modelswarms.evaluation.data.prompts import qa_prompt
+    from modelswarms.evaluation.engine import generation
+    from modelswarms.evaluation.engine.backend import load_standalone
+    from modelswarms.evaluation.objectives.utilities import build_utility
     from modelswarms.mixture import MixtureLM
-    from modelswarms.runs.stats import pack_scores
+    from modelswarms.stats import pack_scores
 
     out = SAVED / "generation.json"
     params = {"task": args.gen_task, "items": args.gen_items, "max_new_tokens": args.gen_tokens,
@@ -484,7 +484,7 @@ def run_generation(args: argparse.Namespace) -> None:
 
 
 def render_generation() -> list[str]:
-    from modelswarms.runs.stats import paired_bootstrap, unpack_scores
+    from modelswarms.stats import paired_bootstrap, unpack_scores
 
     path = SAVED / "generation.json"
     if not path.exists():

@@ -36,7 +36,7 @@ def test_a_swarm_over_adapters_with_a_function_utility_in_memory(tmp_path, lora_
     assert len(result.history) >= 2 and result.report["evaluations"] <= 24
     # the export is a plain adapter: loaded by transformers + peft it scores the same
     folder = result.save(tmp_path / "adapted")
-    from modelswarms.evaluation.backend import load_standalone
+    from modelswarms.evaluation.engine.backend import load_standalone
 
     model, tok = load_standalone(str(folder))
     assert likes_token_5(model, tok, []) == pytest.approx(result.best_dev, abs=1e-5)
@@ -54,7 +54,7 @@ def test_config_in_code_is_validated_like_a_file(lora_experts, mc_data):
 
 def test_a_search_in_a_run_folder_and_a_merge_without_data(tmp_path, lora_experts, mc_data):
     cfg = ms.config(experts=lora_experts, data=mc_data, strategy="random", budget=10)
-    report = ms.search(cfg, run_dir=tmp_path / "run")
+    report = ms.search(cfg, run_dir=tmp_path / "run").report
     assert (tmp_path / "run" / "report.json").is_file() and report["evaluations"] <= 10
     merged = ms.merge(ms.config(experts=lora_experts, merge={"method": "linear"}),
                       out=tmp_path / "merged")
@@ -121,9 +121,9 @@ def test_a_strategy_registered_in_one_place_runs_everywhere(tmp_path, lora_exper
     cfg = ms.config(experts=lora_experts, data=mc_data, strategy="top_two_mean")
     result = ms.search(cfg)
     assert result.report["evaluations"] == len(lora_experts) + 1
-    report = ms.search(cfg, run_dir=tmp_path / "run")
+    report = ms.search(cfg, run_dir=tmp_path / "run").report
     assert report["best_dev"] == result.best_dev
-    assert ms.search(cfg, run_dir=tmp_path / "run", resume=True)["best_dev"] == result.best_dev
+    assert ms.search(cfg, run_dir=tmp_path / "run", resume=True).best_dev == result.best_dev
     table = ms.compare(ms.config(experts=lora_experts, data=mc_data,
                                  compare={"methods": ["best_expert", "top_two_mean"],
                                           "seeds": [0], "budget": 10}),
@@ -147,3 +147,17 @@ def test_a_function_utility_is_named_so_a_run_resumes_elsewhere(lora_experts, mc
     assert "<locals>" in local.utility.type
     plain = cfg.model_copy(update={"budget": 3})
     assert ms.search(local).best_dev == pytest.approx(ms.search(plain).best_dev + 1.0)
+
+
+def test_config_takes_the_pool_load_pool_returns(lora_experts, full_experts, mc_data):
+    """What `ms.load_pool` returns is what `ms.config` takes: the same experts, the same
+    base model, as naming their folders."""
+    pool = ms.load_pool(lora_experts)
+    cfg = ms.config(experts=pool, data=mc_data)
+    assert [str(p) for p in cfg.experts.paths] == [str(e.path) for e in pool.experts]
+    assert cfg.experts.base_model == pool.base_model is not None
+    assert ms.load_pool(cfg.experts.paths, base_model=cfg.experts.base_model).names == \
+        pool.names
+    full = ms.config(experts=ms.load_pool(full_experts), data=mc_data)
+    assert full.experts.paths == [str(p) for p in full_experts] and \
+        full.experts.base_model is None

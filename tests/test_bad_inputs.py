@@ -111,7 +111,7 @@ def test_bad_input_gives_one_clear_line(name, tmp_path, tiny_base, mc_data, monk
 ])
 def test_an_unscorable_multiple_choice_item_is_named(tmp_path, item, says):
     from modelswarms.errors import DataError
-    from modelswarms.evaluation.data import load_items
+    from modelswarms.evaluation.data.items import load_items
 
     path = tmp_path / "d.json"
     good = {"question": "p", "choices": {"A": "1", "B": "2"}, "answer": "B"}

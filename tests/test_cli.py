@@ -107,3 +107,20 @@ def test_status_of_a_finished_and_of_a_stopped_run(tmp_path, lora_experts, mc_da
     assert "iteration 2/2" in done.output
     nothing = runner.invoke(main, ["status", str(tmp_path)])
     assert nothing.exit_code == 2 and "not a run or comparison folder" in nothing.output
+
+
+def test_status_of_a_hand_edited_history_names_the_record(tmp_path, lora_experts, mc_data):
+    """A history line we did not write is one clear line naming the file and record, not an
+    internal error; the folder is only read."""
+    cfg = config(tmp_path, lora_experts, mc_data, budget=12)
+    runner = CliRunner()
+    assert runner.invoke(main, ["run", cfg, "--quiet"]).exit_code == 0
+    history = tmp_path / "run" / "history.jsonl"
+    records = len(history.read_text().splitlines())
+    history.write_text(history.read_text() + json.dumps({"iteration": 9}) + "\n")
+    before = history.read_bytes()
+    out = runner.invoke(main, ["status", str(tmp_path / "run")])
+    assert out.exit_code == 2, out.output
+    lacks = f"{history}: record {records + 1} lacks evaluations, global_best, wall_time"
+    assert lacks in out.output
+    assert history.read_bytes() == before

@@ -13,9 +13,9 @@ from click.testing import CliRunner
 from modelswarms.cli import main
 from modelswarms.config import load_config, parse_config
 from modelswarms.errors import ConfigError
-from modelswarms.evaluation import generation
+from modelswarms.evaluation.engine import generation
 from modelswarms.merge import merge_vectors
-from modelswarms.pool import load_pool
+from modelswarms.pool.kinds import load_pool
 from modelswarms.runs.compare import compare
 from modelswarms.runs.session import Session
 from modelswarms.space import FlatSpace
@@ -28,7 +28,7 @@ def _cfg(tmp_path, lora_experts, mc_data, **extra):
     return parse_config({
         "experts": {"paths": [str(p) for p in lora_experts]},
         "data": {"path": str(mc_data), "max_dev": 8, "max_test": 8},
-        "utility": {"batch_size": 8},
+        "model": {"batch_size": 8},
         "search": {"particles": 4},
         "coefficients": {"population": 4},
         "compare": {"methods": METHODS, "seeds": [0, 1], "budget": 12,
@@ -76,7 +76,7 @@ def test_compare_rejects_unknown_methods(tmp_path, lora_experts, mc_data):
 
 def test_logit_average_is_the_mean_of_the_experts_probabilities(lora_experts, mc_data,
                                                                 tmp_path):
-    from modelswarms.evaluation.multiplex import LogitAverage, ParticleBatch
+    from modelswarms.evaluation.engine.multiplex import LogitAverage, ParticleBatch
 
     session = Session.open(_cfg(tmp_path, lora_experts, mc_data), need_test=False)
     prompts = [list(range(30, 52)) + [5, 6], list(range(30, 52)) + [7], [9, 8, 7]]
@@ -185,7 +185,7 @@ def stat_compare(tmp_path_factory, lora_experts, mc_data):
     cfg = parse_config({
         "experts": {"paths": [str(p) for p in lora_experts]},
         "data": {"path": str(mc_data), "max_dev": 8, "max_test": 8},
-        "utility": {"batch_size": 8},
+        "model": {"batch_size": 8},
         "search": {"particles": 4},
         "coefficients": {"population": 4},
         "compare": {"methods": STAT_METHODS, "seeds": [0, 1], "budget": 12},
@@ -211,7 +211,7 @@ def test_compare_table_has_interval_columns_and_item_counts(stat_compare):
 
 
 def test_search_intervals_are_the_paired_bootstrap_of_the_stored_scores(stat_compare):
-    from modelswarms.runs.stats import paired_bootstrap, seed_averaged_gain, unpack_scores
+    from modelswarms.stats import paired_bootstrap, seed_averaged_gain, unpack_scores
 
     out, report = stat_compare
     res = _results(out)

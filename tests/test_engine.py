@@ -7,7 +7,7 @@ import torch
 
 from modelswarms.config import parse_config
 from modelswarms.errors import UtilityError
-from modelswarms.evaluation.generation import current_batching
+from modelswarms.evaluation.engine.batching import current_batching
 from modelswarms.runs.session import Session, fingerprint
 
 
@@ -140,7 +140,7 @@ def test_int8_quantises_the_base_linears_only(lora_experts, full_experts, mc_dat
     scales), the LoRA factors, the LM head and a full pool's searched tensors stay float32
     and bound to the flat buffer, and a particle's scores stay close to float32's."""
     from modelswarms.errors import ConfigError
-    from modelswarms.evaluation.backend import pick_dtype
+    from modelswarms.evaluation.engine.backend import pick_dtype
 
     def open_(experts, dtype):
         return Session.open(parse_config({

@@ -11,7 +11,7 @@ import torch
 import modelswarms as ms
 from modelswarms.config import EstimateConfig, load_config, parse_config
 from modelswarms.errors import ConfigError
-from modelswarms.evaluation.utilities import ItemScores
+from modelswarms.evaluation.objectives.utilities import ItemScores
 from modelswarms.runs import runner
 from modelswarms.runs.estimate import allocate, choose_anchors
 

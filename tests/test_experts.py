@@ -279,7 +279,7 @@ def _char_ids(tok, text: str) -> list[int]:
 @pytest.mark.parametrize("bos", [False, True])
 @pytest.mark.parametrize("chat", [False, True])
 def test_cloze_labels_exactly_the_option_text_and_eos(bos, chat):
-    from modelswarms.evaluation.prompts import cloze_continuation, cloze_prompt, encode
+    from modelswarms.evaluation.data.prompts import cloze_continuation, cloze_prompt, encode
 
     tok = _bos_char_tokenizer() if bos else make_char_tokenizer(chat_template=chat)
     item = {"question": "Is it so?", "choices": {"A": "Support", "B": "Contradict"},
@@ -333,7 +333,7 @@ def test_letter_format_is_unchanged():
 def test_epochs_give_steps_and_every_epoch_is_a_fresh_shuffle():
     import random
 
-    from modelswarms.experts.train import _batches, epoch_steps
+    from modelswarms.experts.train import epoch_steps, step_batches
 
     assert epoch_steps(2, 1200, 8) == 300
     assert epoch_steps(1, 10, 4) == 3  # ceil: the last batch starts the next pass
@@ -342,7 +342,7 @@ def test_epochs_give_steps_and_every_epoch_is_a_fresh_shuffle():
     assert epoch_steps(0.01, 5, 8) == 1
     with pytest.raises(TrainError, match="epochs must be > 0"):
         epoch_steps(0, 10, 2)
-    batches = list(_batches(12, 4, 6, random.Random(0)))
+    batches = list(step_batches(12, 4, 6, random.Random(0)))
     first = sorted(i for b in batches[:3] for i in b)
     second = sorted(i for b in batches[3:] for i in b)
     assert first == second == list(range(12))

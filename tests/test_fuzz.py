@@ -39,7 +39,7 @@ from safetensors.torch import load_file, save_file
 
 from modelswarms.cli import main
 from modelswarms.config import RunConfig
-from modelswarms.runs.folders import MARKER, FolderLock, mark
+from modelswarms.folders import MARKER, FolderLock, mark
 from modelswarms.testing import (
     make_tiny_full_pool,
     make_tiny_gpt2,
@@ -94,19 +94,16 @@ def world(tmp_path_factory, no_ray) -> World:
 
 def _config_keys(model: type = RunConfig, prefix: str = "") -> list[str]:
     """Every key of the config schema, dotted (the multiple-choice utility's keys)."""
-    from pydantic import BaseModel
-
-    from modelswarms.config import MultipleChoiceConfig
+    from modelswarms.config import field_models
+    from modelswarms.evaluation.objectives.utilities import MultipleChoiceConfig
 
     keys = []
     for name, info in model.model_fields.items():
         path = f"{prefix}{name}"
         keys.append(path)
-        sub = MultipleChoiceConfig if name == "utility" else info.annotation
-        sub = next((a for a in getattr(sub, "__args__", (sub,))
-                    if isinstance(a, type) and issubclass(a, BaseModel)), None)
-        if sub is not None and path.count(".") < 2:
-            keys += _config_keys(sub, path + ".")
+        subs = [MultipleChoiceConfig] if name == "utility" else field_models(info)
+        if subs and path.count(".") < 2:
+            keys += _config_keys(subs[0], path + ".")
     return keys
 
 
@@ -125,7 +122,8 @@ PATH_KINDS = ["missing", "file", "empty folder", "under a file", "unwritable", "
 DATA_FAULTS = ["truncate", "not utf-8", "jsonl", "jsonl torn line", "no dev split",
                "empty dev", "empty test", "drop field", "field type", "answer outside",
                "one choice", "duplicate ids", "huge string", "empty strings", "top-level list",
-               "not an object", "nan answer", "choices list", "nan choice", "huge test string"]
+               "not an object", "nan answer", "choices list", "nan choice", "huge test string",
+               "long test prompt", "nan question"]
 EXPERT_FAULTS = ["no weights", "truncated weights", "random bytes", "empty weights",
                  "no adapter config", "garbage adapter config", "adapter config list",
                  "other rank", "other targets", "missing base", "duplicate", "other base",
@@ -302,6 +300,12 @@ def _data(fault: str | None, r: random.Random) -> bytes:
         item["choices"][next(iter(item["choices"]))] = float("nan")
     elif fault == "huge test string":  # found before the search, not after it
         r.choice(test)["question"] = "why " * 50_000
+    elif fault == "long test prompt":  # each field fits the model, the prompt as scored not
+        it = r.choice(test)
+        it["question"] = "why " * 75
+        it["choices"][next(iter(it["choices"]))] = "so " * 110
+    elif fault == "nan question":  # read as "nan" before it was refused
+        item["question"] = float("nan")
     return json.dumps(doc).encode()
 
 
@@ -673,11 +677,15 @@ def check(command: str, mutations: list[tuple], w: World) -> str:
                                                      "other_pool", "full", "gpt2"))]
         before = _digest(watched)
         holder = None
+        made: list[Path] = []  # what the harness made to hold the lock, removed after
         if c.held:  # a second writer: the folder is locked as another process would hold it
             with contextlib.suppress(OSError):
+                made = [p for p in (c.out, c.out / MARKER) if not p.exists()]
                 c.out.mkdir(parents=True, exist_ok=True)
                 holder = FolderLock(c.out).acquire()
-        out_before = _digest([c.out]) if c.out.exists() else None
+        out_before = _digest([c.out]) if c.out.exists() and c.out not in made else None
+        if out_before is not None:
+            out_before.pop(str(c.out / MARKER) if c.out / MARKER in made else "", None)
         replaced = "--overwrite" in c.argv and (c.out / MARKER).is_file()  # ours: may go
         cwd = os.getcwd()
         os.chdir(case)  # a default relative path lands in the case, not in the repository
@@ -688,6 +696,11 @@ def check(command: str, mutations: list[tuple], w: World) -> str:
             os.chdir(cwd)
             if holder is not None:
                 holder.release()
+                # the harness's own marker, in an input folder (an output among the inputs)
+                # it would count as a file changed there
+                for p in reversed(made):
+                    with contextlib.suppress(OSError):
+                        p.unlink() if p.is_file() else p.rmdir()
         after = _digest(watched)
         lost = sum(after.get(f) != h for f, h in before.items())
         TALLY["files lost"] = TALLY.get("files lost", 0) + lost
@@ -707,6 +720,9 @@ def check(command: str, mutations: list[tuple], w: World) -> str:
         assert len(lines) == 1 and len(stderr.strip().splitlines()) >= 1, (mutations, stderr)
         line = lines[0]
         assert any(s and s in line for s in c.culprits), (mutations, line, c.culprits)
+        if "max_position_embeddings" in line:  # found before the search: nothing to resume
+            assert not any(c.out.rglob("checkpoint.safetensors")), ("an over-long item found "
+                                                                     "after the search", line)
         if out_before is None:
             assert not c.out.exists() or (c.out / "checkpoint.safetensors").exists() or any(
                 c.out.rglob("checkpoint.safetensors")), ("a run that could not start left "
@@ -734,6 +750,8 @@ def _fuzz(command: str):
         TALLY[f"{command} examples"] = TALLY.get(f"{command} examples", 0) + 1
         for m in mutations:
             TALLY[m[0]] = TALLY.get(m[0], 0) + 1
+            if m[0] == "data":  # which data faults, so a figure can say how often each ran
+                TALLY[f"data: {m[1]}"] = TALLY.get(f"data: {m[1]}", 0) + 1
         end = "errors" if check(command, mutations, world) != "result" else "results"
         TALLY[f"{command} {end}"] = TALLY.get(f"{command} {end}", 0) + 1
 
@@ -776,6 +794,16 @@ REGRESSIONS: list[tuple[str, list[tuple]]] = [
     # a utility type that is not text: TypeError (unhashable list) in the utility's tag
     ("eval", [("set", "utility.type", [])]),
     ("run", [("set", "utility.type", {"x": 1})]),
+    # a multiple-choice answer that is a list: TypeError (unhashable) in the item check
+    ("distil", [("arg", "--student", ""), ("mixture", "missing expert"),
+                ("data", "field type", 43)]),
+    # eval found an over-long test item only inside a batch: "data: an item is N tokens",
+    # no file, split or item
+    ("eval", [("data", "huge test string", 0)]),
+    # test-side: the harness's lock for a second writer put its marker into the base model
+    # folder the output overlapped, and counted it as an input file changed
+    ("hswarm", [("nonfinite", "compare.merge_params.linear", float("inf")),
+                ("overlap", "base model"), ("expert", 0, "full model"), ("held",)]),
 ]
 
 
@@ -801,6 +829,11 @@ FAMILIES: list[tuple[str, list[tuple]]] = [
     ("run", [("data", "nan choice", 0)]),
     ("run", [("data", "huge test string", 0)]),
     ("compare", [("data", "huge test string", 1)]),
+    ("run", [("data", "long test prompt", 0)]),
+    ("compare", [("data", "long test prompt", 1)]),
+    ("hswarm", [("data", "long test prompt", 2)]),
+    ("run", [("data", "nan question", 0)]),
+    ("compare", [("data", "nan question", 0)]),
     *((cmd, [("disagree", kind)]) for cmd in ("run", "merge") for kind in DISAGREE),
     ("eval", [("disagree", "rank")]),
 ]

@@ -41,7 +41,7 @@ def test_a_missing_package_is_named_with_its_install_command(tmp_path, monkeypat
 
 @pytest.fixture(scope="module")
 def gemma():
-    from modelswarms.evaluation.backend import load_standalone
+    from modelswarms.evaluation.engine.backend import load_standalone
 
     return load_standalone(GEMMA3, device="cpu", dtype="float32")
 
@@ -72,7 +72,7 @@ def test_gemma3_options_are_packed_with_the_two_pass_scores(gemma, monkeypatch):
     """Its sliding window (512) hides nothing of a short item, so the one-forward packed way
     scores it (the LM head on read columns only: 2.2x faster on ARC-Easy) with the two-pass
     way's log-probabilities and per-item scores."""
-    from modelswarms.evaluation import generation
+    from modelswarms.evaluation.engine import generation
 
     model, tok = gemma
     prompts = [tok.encode(f"Question: {it['question']}\nAnswer:") for it in ITEMS]
@@ -92,7 +92,7 @@ def test_gemma3_options_are_packed_with_the_two_pass_scores(gemma, monkeypatch):
 
 @pytest.fixture(scope="module")
 def both(gemma):
-    from modelswarms.evaluation.backend import load_standalone
+    from modelswarms.evaluation.engine.backend import load_standalone
 
     return [(GEMMA3, *gemma), ("smollm2", *load_standalone("smollm2", device="cpu",
                                                            dtype="float32"))]

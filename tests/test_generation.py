@@ -13,7 +13,7 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from modelswarms.config import RunConfig
-from modelswarms.evaluation import decode, generation
+from modelswarms.evaluation.engine import decode, generation
 from modelswarms.testing import make_tiny_gpt2, make_tiny_llama, make_tiny_lora_pool
 
 
@@ -105,7 +105,7 @@ def test_one_token_and_no_prompts(arch):
 def test_several_particles_per_forward_answer_as_each_alone(arch, share, mc_data):
     """k LoRA particles in one batched generation give each particle's own answers, which
     are model.generate's for that particle alone."""
-    from modelswarms.evaluation.multiplex import ParticleBatch
+    from modelswarms.evaluation.engine.multiplex import ParticleBatch
     from modelswarms.runs.session import Session
 
     name, root, folder, _, tok, prompts, _ = arch

@@ -17,24 +17,27 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from modelswarms.cli import main
-from modelswarms.config import SwarmConfig, load_config
-from modelswarms.hetero import Dag, HeteroSwarm, chain, decode, hswarm, jfk_scores, star
+from modelswarms.config import load_config, parse_config
+from modelswarms.hetero import Dag, chain, decode, star
 from modelswarms.hetero.graph import random_adjacency
 from modelswarms.hetero.system import SystemScorer
+from modelswarms.runs.runner import run
 from modelswarms.runs.session import Session
-from modelswarms.search.swarm import ModelSwarm
+from modelswarms.search import HeteroSwarm, jfk_scores
+from modelswarms.search.swarm import ModelSwarm, SwarmConfig
 
 
 def write_config(tmp_path: Path, experts, data, **hswarm_knobs) -> Path:
     cfg = {
         "experts": {"paths": [str(p) for p in experts]},
+        "strategy": "hswarm",
         "data": {"path": str(data), "max_dev": 6, "max_test": 8},
-        "utility": {"type": "multiple_choice", "batch_size": 4},
+        "utility": {"type": "multiple_choice"},
         "search": {"patience": 10},
         "hswarm": {"graphs": 3, "trials": 3, "max_rounds": 3, "patience": 5,
                    "max_new_tokens": 4, **hswarm_knobs},
         "output": {"dir": str(tmp_path / "run")},
-        "model": {"device": "cpu"},
+        "model": {"device": "cpu", "batch_size": 4},
         "seed": 3,
     }
     tmp_path.mkdir(parents=True, exist_ok=True)
@@ -147,8 +150,9 @@ def test_hswarm_run_folder_report_and_exported_runner(tmp_path, lora_experts, mc
     config = write_config(tmp_path, lora_experts, mc_data,
                           baselines=["best_expert", "chain", "star", "random_dags",
                                      "role_only", "weight_only"])
-    result = CliRunner().invoke(main, ["hswarm", str(config), "--quiet"])
+    result = CliRunner().invoke(main, ["run", str(config), "--quiet"])  # strategy: hswarm
     assert result.exit_code == 0, result.output
+    assert "(python" in result.output and "--help)" in result.output  # the system's runner
     run_dir = tmp_path / "run"
     report = json.loads((run_dir / "report.json").read_text())
     names = [r["name"] for r in report["rows"]]
@@ -201,7 +205,7 @@ def check_exported_runner(config: Path, tmp_path: Path) -> None:
 def test_full_weight_experts_choice_nodes_and_their_runner(tmp_path, full_experts, mc_data):
     config = write_config(tmp_path, full_experts, mc_data, node_answers="choice",
                           max_rounds=2, baselines=["chain"])
-    report = hswarm(load_config(config), show_progress=False)
+    report = run(load_config(config), show_progress=False)
     assert report["rows"][-1]["dev"] == report["best_dev"]
     spec = json.loads((tmp_path / "run" / "system" / "graph.json").read_text())
     assert spec["node_answers"] == "choice"
@@ -218,16 +222,16 @@ def test_full_weight_experts_choice_nodes_and_their_runner(tmp_path, full_expert
 @pytest.mark.parametrize(("die_at", "lines"), [(3, 2), (4, 2)])
 def test_interrupted_hswarm_resumes_to_the_same_result(tmp_path, lora_experts, mc_data,
                                                         checkpoint_dies, die_at, lines):
-    ref = hswarm(load_config(write_config(tmp_path / "ref", lora_experts, mc_data)),
-                 show_progress=False)
+    ref = run(load_config(write_config(tmp_path / "ref", lora_experts, mc_data)),
+              show_progress=False)
     cfg = load_config(write_config(tmp_path / "cut", lora_experts, mc_data))
     checkpoint_dies(die_at)
     with pytest.raises(KeyboardInterrupt):
-        hswarm(cfg, show_progress=False)
+        run(cfg, show_progress=False)
     checkpoint_dies(None)
     run_dir = tmp_path / "cut" / "run"
     assert len((run_dir / "history.jsonl").read_text().splitlines()) == lines
-    resumed = hswarm(resume=run_dir, show_progress=False)
+    resumed = run(resume=run_dir, show_progress=False)
     for key in ("rows", "best_dev", "best_test", "graph", "assignment", "systems"):
         assert resumed[key] == ref[key], key
     assert (run_dir / "history.jsonl").read_text().count("\n") == 3
@@ -239,7 +243,7 @@ def test_budget_below_one_round_is_an_error(tmp_path, lora_experts, mc_data):
     cfg = load_config(write_config(tmp_path, lora_experts, mc_data))
     cfg = cfg.model_copy(update={"budget": 2})
     with pytest.raises(ConfigError, match="do not cover one round of Heterogeneous Swarms"):
-        hswarm(cfg, show_progress=False)
+        run(cfg, show_progress=False)
 
 
 def test_choice_nodes_pass_on_the_option_they_pick(tmp_path, lora_experts, mc_data):
@@ -258,9 +262,9 @@ def test_config_errors_name_the_key(tmp_path, lora_experts, mc_data):
 
     cfg = load_config(write_config(tmp_path, lora_experts, mc_data))
     with pytest.raises(ConfigError, match="search.particles"):
-        hswarm(cfg.model_copy(update={"search": SwarmConfig(particles=5)}), show_progress=False)
+        run(cfg.model_copy(update={"search": SwarmConfig(particles=5)}), show_progress=False)
     with pytest.raises(ConfigError, match="at least 2 experts"):
-        hswarm(cfg.model_copy(update={"experts": cfg.experts.model_copy(
+        run(cfg.model_copy(update={"experts": cfg.experts.model_copy(
             update={"paths": cfg.experts.paths[:1]})}), show_progress=False)
     assert not (tmp_path / "run").exists()  # refused before any folder is made
     bad = yaml.safe_load((tmp_path / "config.yaml").read_text())
@@ -278,3 +282,55 @@ def test_templates_must_hold_their_fields(tmp_path, lora_experts, mc_data):
     (tmp_path / "bad.yaml").write_text(yaml.safe_dump(data))
     with pytest.raises(ConfigError, match="context_template must contain {responses}"):
         load_config(tmp_path / "bad.yaml")
+
+
+def test_hswarm_in_memory_gives_the_run_folders_result(tmp_path, lora_experts, mc_data,
+                                                       monkeypatch):
+    """`ms.search` runs Heterogeneous Swarms without a folder: the same report as a run
+    folder's, a System as its best, which scores and saves like the run's export."""
+    import modelswarms as ms
+
+    config = write_config(tmp_path / "cfg", lora_experts, mc_data, max_rounds=2,
+                          baselines=["best_expert", "chain", "role_only"])
+    folder = ms.search(config, run_dir=tmp_path / "run")
+    (tmp_path / "mem").mkdir()
+    monkeypatch.chdir(tmp_path / "mem")
+    memory = ms.search(config)
+    assert list((tmp_path / "mem").iterdir()) == []  # nothing written
+    for key in ("rows", "best_dev", "best_test", "graph", "assignment", "systems", "rounds"):
+        assert memory.report[key] == folder.report[key], key
+    assert memory.report["export"] is None
+    best = memory.best
+    assert best.dag.to_json() == folder.report["graph"]
+    assert memory.best_dev == folder.best_dev
+    assert memory.score(memory.session.test).value == folder.report["best_test"]
+    saved = memory.save(tmp_path / "system")
+    spec = json.loads((saved / "graph.json").read_text())
+    assert spec["edges"] == [list(e) for e in best.dag.edges] and \
+        (saved / "answer.py").is_file()
+    for node in spec["nodes"]:
+        assert (saved / "experts" / node["model"] / "adapter_config.json").is_file()
+
+
+def test_hswarm_baselines_are_compare_rows(tmp_path, lora_experts, mc_data):
+    """The rows an hswarm report shows beside its search are compare rows: at the same seed
+    and budget a comparison gives them the same scores."""
+    from modelswarms.runs.compare import compare
+
+    cfg = load_config(write_config(tmp_path / "h", lora_experts, mc_data, max_rounds=2,
+                                   baselines=["best_expert", "chain", "star", "role_only"]))
+    cfg = cfg.model_copy(update={"budget": 12})
+    report = run(cfg, show_progress=False)
+    raw = cfg.model_dump(mode="json", exclude_none=True)
+    table = compare(parse_config({
+        **raw, "strategy": "swarm", "budget": None,
+        "hswarm": {k: v for k, v in raw["hswarm"].items() if k != "baselines"},
+        "compare": {"methods": ["best_expert", "chain", "star", "role_only"],
+                    "seeds": [cfg.seed], "budget": 12},
+        "output": {"dir": str(tmp_path / "cmp")}}))
+    ours = {r["key"]: r for r in report["rows"] if "key" in r}
+    rows = {r["method"]: r for r in table["rows"]}  # one seed: lists of one value
+    for method in ("best_expert", "chain", "star", "role_only"):
+        assert rows[method]["test"] == [ours[method]["test"]], method
+        assert rows[method]["dev"] == [ours[method]["dev"]], method
+    assert rows["chain"]["name"] == ours["chain"]["name"] == "chain of all experts"

@@ -17,7 +17,7 @@ import modelswarms as ms
 from modelswarms.cli import main
 from modelswarms.config import load_config
 from modelswarms.errors import ConfigError, DataError
-from modelswarms.evaluation.data import load_split
+from modelswarms.evaluation.data.items import load_split
 
 from .conftest import make_mc_items
 

@@ -14,18 +14,19 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
-from modelswarms.config import JudgeConfig, utility_config
+from modelswarms.config import utility_config
 from modelswarms.errors import ConfigError, UtilityError
-from modelswarms.evaluation import generation
-from modelswarms.evaluation.judges import (
+from modelswarms.evaluation.engine import generation
+from modelswarms.evaluation.objectives.judges import (
     EndpointJudge,
+    JudgeConfig,
     LocalJudge,
     Rating,
     build_judge,
     parse_rating,
     rate_all,
 )
-from modelswarms.evaluation.utilities import build_utility
+from modelswarms.evaluation.objectives.utilities import build_utility
 from modelswarms.testing import make_utility
 
 KEY_ENV = "MODELSWARMS_TEST_JUDGE_KEY"
@@ -345,7 +346,7 @@ def test_local_judge_on_a_tiny_model(tiny_base, tmp_path, monkeypatch):
 def tiny_model(tiny_base):
     from transformers import AutoModelForCausalLM
 
-    from modelswarms.evaluation.backend import load_tokenizer
+    from modelswarms.evaluation.engine.backend import load_tokenizer
 
     return AutoModelForCausalLM.from_pretrained(tiny_base).eval(), load_tokenizer(str(tiny_base))
 

@@ -17,9 +17,9 @@ import torch
 import yaml
 
 from modelswarms.config import load_config
+from modelswarms.folders import MARKER
 from modelswarms.runs import runner
 from modelswarms.runs.checkpoint import load_checkpoint
-from modelswarms.runs.folders import MARKER
 
 KILLS = int(os.environ.get("MODELSWARMS_KILLS", "20"))
 
@@ -29,6 +29,7 @@ KILLS = int(os.environ.get("MODELSWARMS_KILLS", "20"))
 CHILD = r'''
 import os, signal, sys
 from modelswarms.config import load_config
+from modelswarms import io as atomic
 from modelswarms.runs import checkpoint, runner
 
 action, target, mode = sys.argv[1:4]
@@ -43,24 +44,22 @@ if mode.startswith("write:"):
             os.kill(os.getpid(), signal.SIGKILL)
     checkpoint.save_file = torn
 elif mode.startswith("text:"):
-    n, calls, real_bytes = int(mode[5:]), [0], checkpoint.atomic_write_bytes
+    n, calls, real_bytes = int(mode[5:]), [0], atomic.atomic_write_bytes
     def torn_text(path, data):
         calls[0] += 1
         if calls[0] == n:
             (path.parent / f".{path.name}.killed.tmp").write_bytes(data[: len(data) // 2])
             os.kill(os.getpid(), signal.SIGKILL)
         real_bytes(path, data)
-    checkpoint.atomic_write_bytes = torn_text
+    atomic.atomic_write_bytes = torn_text
 if action == "new":
     runner.run(load_config(target), overwrite=True, show_progress=False)
 elif action == "resume":
     runner.run(resume=target, show_progress=False)
 elif action == "hswarm-new":
-    from modelswarms.hetero import hswarm
-    hswarm(load_config(target), overwrite=True, show_progress=False)
+    runner.run(load_config(target), overwrite=True, show_progress=False, strategy="hswarm")
 elif action == "hswarm-resume":
-    from modelswarms.hetero import hswarm
-    hswarm(resume=target, show_progress=False)
+    runner.run(resume=target, show_progress=False)
 elif action == "compare-new":
     from modelswarms.runs.compare import compare
     compare(load_config(target), overwrite=True)
@@ -75,7 +74,7 @@ def _config(tmp_path: Path, experts, data, out: str) -> Path:
     path.write_text(yaml.safe_dump({
         "experts": {"paths": [str(p) for p in experts]},
         "data": {"path": str(data)},
-        "utility": {"type": "multiple_choice", "batch_size": 4},
+        "utility": {"type": "multiple_choice"}, "model": {"batch_size": 4},
         "search": {"max_iterations": 25, "patience": 100, "particles": 5},
         "output": {"dir": str(tmp_path / out), "top_k": 2},
         "seed": 11,
@@ -198,7 +197,7 @@ def test_twenty_kills_of_a_comparison_change_nothing(tmp_path, lora_experts, mc_
         path.write_text(yaml.safe_dump({
             "experts": {"paths": [str(p) for p in lora_experts]},
             "data": {"path": str(mc_data), "max_dev": 6, "max_test": 6},
-            "utility": {"batch_size": 6}, "search": {"particles": 4},
+            "model": {"batch_size": 6}, "search": {"particles": 4},
             "coefficients": {"population": 4},
             "compare": {"methods": ["base", "experts", "best_expert", "ties", "dare_ties",
                                     "greedy_soup", "random", "cmaes", "swarm"],
@@ -227,21 +226,21 @@ def test_twenty_kills_of_a_comparison_change_nothing(tmp_path, lora_experts, mc_
 def test_killed_hswarm_runs_change_nothing(tmp_path, lora_experts, mc_data):
     """Heterogeneous Swarms: kills land in the search, the baselines (one of them a whole
     role-only search in its own folder) and the export."""
-    from modelswarms.hetero import hswarm
+    from modelswarms.runs.runner import run
 
     def cfg_path(out: str) -> Path:
         path = tmp_path / f"{out}.yaml"
         path.write_text(yaml.safe_dump({
             "experts": {"paths": [str(p) for p in lora_experts]},
             "data": {"path": str(mc_data), "max_dev": 6, "max_test": 6},
-            "utility": {"batch_size": 6},
+            "model": {"batch_size": 6},
             "hswarm": {"graphs": 3, "trials": 3, "max_rounds": 4, "patience": 10,
                        "max_new_tokens": 3, "baselines": ["chain", "random_dags", "role_only"]},
             "output": {"dir": str(tmp_path / out)}, "seed": 2,
         }))
         return path
 
-    ref = hswarm(load_config(cfg_path("ref")), show_progress=False)
+    ref = run(load_config(cfg_path("ref")), show_progress=False, strategy="hswarm")
     out = tmp_path / "killed"
 
     def after_kill() -> None:
@@ -278,7 +277,7 @@ def test_killed_token_swarm_runs_change_nothing(tmp_path, mc_data):
         path.write_text(yaml.safe_dump({
             "experts": {"paths": [str(p) for p in experts], "compose": "mixture"},
             "data": {"path": str(mc_data), "max_dev": 8, "max_test": 8},
-            "utility": {"scoring": "cloze", "chat_template": False, "batch_size": 8},
+            "utility": {"scoring": "cloze", "chat_template": False}, "model": {"batch_size": 8},
             "search": {"particles": 4, "patience": 100}, "budget": 60,
             "output": {"dir": str(tmp_path / out), "top_k": 2}, "seed": 3,
         }))

@@ -23,8 +23,8 @@ import modelswarms as ms  # noqa: E402
 from modelswarms.cli import main  # noqa: E402
 from modelswarms.config import parse_config, utility_config  # noqa: E402
 from modelswarms.errors import ConfigError  # noqa: E402
-from modelswarms.evaluation.generation import Batching, batching  # noqa: E402
-from modelswarms.evaluation.utilities import build_utility  # noqa: E402
+from modelswarms.evaluation.engine.batching import Batching, batching  # noqa: E402
+from modelswarms.evaluation.objectives.utilities import build_utility  # noqa: E402
 from modelswarms.testing import make_tiny_gpt2, make_tiny_llama  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -312,7 +312,7 @@ def test_the_readme_example_runs(tmp_path, lora_experts, monkeypatch):
 def test_smollm2_scores_equal_lm_eval(tmp_path):
     from transformers import AutoTokenizer
 
-    from modelswarms.evaluation.backend import load_causal_lm
+    from modelswarms.evaluation.engine.backend import load_causal_lm
     from modelswarms.models import smollm2_path
 
     model = load_causal_lm(str(smollm2_path()), torch.float32, torch.device("cpu")).eval()

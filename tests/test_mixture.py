@@ -115,7 +115,7 @@ def test_a_one_hot_mixture_scores_and_generates_as_its_expert(experts, which):
 
 
 def test_a_one_hot_sequence_score_is_the_experts_own(experts):
-    from modelswarms.evaluation import generation
+    from modelswarms.evaluation.engine import generation
 
     _, model, tok = experts[1]
     mix = MixtureLM(experts)
@@ -158,10 +158,10 @@ def test_experts_without_one_chat_format_refuse_a_chat_prompt(experts):
 def test_a_token_swarm_searches_mixing_weights_through_the_evaluator_seam(experts):
     """The loop's scorer and Model Swarms, unchanged, over a mixture evaluator: particles
     start as the experts (one-hot rows) and the search can only improve on them."""
-    from modelswarms.config import SwarmConfig
     from modelswarms.mixture.evaluator import MixtureEvaluator, mixing_weights
     from modelswarms.runs.scorer import Scorer
     from modelswarms.search import ModelSwarm
+    from modelswarms.search.swarm import SwarmConfig
 
     mix = MixtureLM(experts)
     utility = make_utility(scoring="cloze", chat_template=False)
@@ -190,7 +190,7 @@ def test_a_token_swarm_run_folder_and_compare_over_two_architectures(tmp_path, m
     cfg = ms.config(experts={"paths": [str(p) for p in experts], "compose": "mixture"},
                     data=mc_data, utility={"scoring": "cloze", "chat_template": False},
                     budget=12, search={"particles": 4})
-    report = ms.search(cfg, run_dir=tmp_path / "run")
+    report = ms.search(cfg, run_dir=tmp_path / "run").report
     names = [r["name"] for r in report["rows"]]
     assert names[:2] == ["expert: llama", "expert: gpt2"] and "base model" not in names
     assert report["best_dev"] >= max(r["dev"] for r in report["rows"][:2])
@@ -200,7 +200,7 @@ def test_a_token_swarm_run_folder_and_compare_over_two_architectures(tmp_path, m
     # the export scores as the search scored it
     assert ms.evaluate(tmp_path / "run" / "best", mc_data, split="dev", utility={
         "scoring": "cloze", "chat_template": False}).value == report["best_dev"]
-    assert ms.search(cfg, run_dir=tmp_path / "run", resume=True)["best_dev"] == \
+    assert ms.search(cfg, run_dir=tmp_path / "run", resume=True).best_dev == \
         report["best_dev"]
     table = ms.compare(cfg.model_copy(update={"compare": ms.config(
         experts=experts, compare={"methods": ["experts", "logit_average", "ties", "swarm",
@@ -217,8 +217,8 @@ def test_a_token_swarm_run_folder_and_compare_over_two_architectures(tmp_path, m
 def test_distilling_a_mixture_moves_the_student_toward_it(tmp_path):
     """A LoRA on one expert (a GPT-2) trained on the mixture's next-token distributions of a
     Llama and that GPT-2: its KL to the mixture falls, and the adapter loads with plain peft."""
-    from modelswarms.evaluation.backend import load_standalone
-    from modelswarms.mixture.distil import _kl, distil, distillation_targets
+    from modelswarms.evaluation.engine.backend import load_standalone
+    from modelswarms.mixture.distil import distil, distillation_targets, kl_to_targets
 
     folders = [make_tiny_llama(tmp_path / "llama"), make_tiny_gpt2(tmp_path / "gpt2")]
     mix = MixtureLM([(f.name, *load_standalone(str(f))) for f in folders])
@@ -232,7 +232,7 @@ def test_distilling_a_mixture_moves_the_student_toward_it(tmp_path):
     student, tok = load_standalone(str(tmp_path / "student"))
     targets = distillation_targets(mix, 1, prompts, 8)
     with torch.no_grad():
-        again = float(_kl(student, targets, tok.pad_token_id))
+        again = float(kl_to_targets(student, targets, tok.pad_token_id))
     assert again == pytest.approx(result["kl_after"], rel=1e-4)
 
 
@@ -252,7 +252,7 @@ def test_the_distil_command_learns_a_token_swarms_export(tmp_path, mc_data):
     cfg = ms.config(experts={"paths": [str(p) for p in experts], "compose": "mixture"},
                     data={"path": str(mc_data), "max_dev": 8, "max_test": 8}, utility=utility,
                     budget=8, search={"particles": 4})
-    run = ms.search(cfg, run_dir=tmp_path / "run")
+    run = ms.search(cfg, run_dir=tmp_path / "run").report
     args = ["distil", str(tmp_path / "run" / "best"), "--student", "gpt2", "--out",
             str(tmp_path / "student"), "--steps", "5", "--max-new-tokens", "4",
             "--max-items", "3"]
@@ -327,7 +327,7 @@ def test_an_embedded_model_is_named_not_located_in_a_mixture_export(tmp_path, mo
     import dataclasses
     import json
 
-    from modelswarms.evaluation.backend import load_standalone
+    from modelswarms.evaluation.engine.backend import load_standalone
     from modelswarms.mixture import load_mixture, load_mixture_pool
     from modelswarms.mixture.distil import distil
     from modelswarms.mixture.pool import write_mixture
@@ -364,7 +364,7 @@ def test_a_sliding_window_model_is_packed_only_within_its_window(tmp_path):
     """Gemma 3's sliding-window layers take the packed mask as it is: the one-forward way
     serves a call whose every prompt + option fits in the window (the window hides nothing
     there) and the two-pass way any longer one, where packing would read past the window."""
-    from modelswarms.evaluation import generation
+    from modelswarms.evaluation.engine import generation
 
     prompts = [[1, *range(10, 40)], [1, *range(40, 52)]]  # 31 and 13 tokens
     options = [[[60, 61, 62], [63], [64, 65]], [[66, 67], [68, 69, 70, 71]]]
@@ -385,7 +385,7 @@ def test_packing_gemma3_keeps_a_two_architecture_mixtures_scores(tmp_path, exper
                                                                  monkeypatch):
     """A mixture of a tiny Gemma 3 (packed: one forward per batch, the LM head on read
     columns only) and a tiny GPT-2 scores every item as with both on the two-pass way."""
-    from modelswarms.evaluation import generation
+    from modelswarms.evaluation.engine import generation
 
     model, tok = _gemma3(tmp_path / "g", 64)
     pool = [("gemma3", model, tok), experts[1]]

@@ -18,7 +18,7 @@ def open_session(experts, data, include=()):
 
 @pytest.mark.parametrize("include", [(), ("*lora_B*",)])
 def test_batched_particles_match_one_at_a_time(lora_experts, mc_data, include):
-    from modelswarms.evaluation.multiplex import ParticleBatch
+    from modelswarms.evaluation.engine.multiplex import ParticleBatch
 
     session = open_session(lora_experts, mc_data, include)
     backend = session.backend
@@ -56,8 +56,8 @@ def test_session_scores_several_particles_per_forward(lora_experts, mc_data, uti
         cfg = RunConfig.model_validate({
             "experts": {"paths": [str(p) for p in lora_experts]},
             "data": {"path": str(mc_data), "max_dev": 6},
-            "utility": {"type": utility, "batch_size": 4, "max_new_tokens": 4},
-            "model": {"particles_per_forward": k},
+            "utility": {"type": utility, "max_new_tokens": 4},
+            "model": {"particles_per_forward": k, "batch_size": 4},
         })
         return Session.open(cfg, need_test=False)
 
@@ -72,8 +72,8 @@ def test_session_scores_several_particles_per_forward(lora_experts, mc_data, uti
 
 
 def test_shared_prefix_with_several_particles_per_forward(lora_experts, mc_data):
-    from modelswarms.evaluation import generation
-    from modelswarms.evaluation.multiplex import ParticleBatch
+    from modelswarms.evaluation.engine import generation
+    from modelswarms.evaluation.engine.multiplex import ParticleBatch
 
     session = open_session(lora_experts, mc_data)
     backend = session.backend

@@ -10,13 +10,14 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer
 
-from modelswarms.config import DataConfig, RewardConfig, parse_config
+from modelswarms.config import DataConfig, parse_config
 from modelswarms.errors import ConfigError
-from modelswarms.evaluation import generation
-from modelswarms.evaluation.data import load_split
-from modelswarms.evaluation.multitask import PRESETS, harmonic_mean
-from modelswarms.evaluation.prompts import multiple_choice_prompt
-from modelswarms.evaluation.reward import combine, normalise
+from modelswarms.evaluation.data.items import load_split
+from modelswarms.evaluation.data.presets import PRESETS
+from modelswarms.evaluation.data.prompts import multiple_choice_prompt
+from modelswarms.evaluation.engine import generation
+from modelswarms.evaluation.objectives.multitask import harmonic_mean
+from modelswarms.evaluation.objectives.reward import RewardConfig, combine, normalise
 from modelswarms.testing import make_tiny_llama, make_tiny_reward_model, make_utility
 
 from .conftest import SHARED_EVAL, make_mc_items
@@ -156,7 +157,7 @@ def test_abstain_qa_effective_reliability_by_hand(tiny):
 def test_user_utility_class_by_module_path(tiny, tmp_path, monkeypatch):
     model, tok = tiny
     (tmp_path / "my_objectives.py").write_text(
-        "from modelswarms.evaluation.utilities import ItemScores\n"
+        "from modelswarms import ItemScores\n"
         "class Longest:\n"
         "    required_fields = ('question',)\n"
         "    def __init__(self, cfg):\n"

@@ -12,8 +12,8 @@ import json
 import pytest
 
 from modelswarms.errors import DataError
-from modelswarms.evaluation import olmo
-from modelswarms.evaluation.data import load_items
+from modelswarms.evaluation.data import olmo
+from modelswarms.evaluation.data.items import load_items
 from modelswarms.experts import sources
 
 

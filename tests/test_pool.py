@@ -13,8 +13,9 @@ from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
 from modelswarms.errors import ExpertError
-from modelswarms.pool import ExpertPool, export_expert, load_pool
-from modelswarms.runs.folders import mark
+from modelswarms.folders import mark
+from modelswarms.pool import export_expert
+from modelswarms.pool.kinds import FullPool, LoraPool, WeightPool, load_pool
 from modelswarms.testing import make_tiny_full_pool, make_tiny_llama, make_tiny_lora_pool
 
 ADAPTER = "adapter_model.safetensors"
@@ -87,7 +88,8 @@ def raises(sources, *needles: str, **kwargs) -> str:
 
 def test_load_lora_pool(base, loras):
     pool = load_pool(loras)
-    assert pool.kind == "lora" and pool.names == ["expert_0", "expert_1", "expert_2"]
+    assert isinstance(pool, LoraPool) and pool.names == ["expert_0", "expert_1", "expert_2"]
+    assert pool.adapter == loras[0] and pool.scores_base and pool.batches_particles
     assert pool.base_model == json.loads((loras[0] / "adapter_config.json").read_text())[
         "base_model_name_or_path"]
     assert pool.adapter_config == json.loads((loras[0] / "adapter_config.json").read_text())
@@ -102,8 +104,9 @@ def test_load_lora_pool(base, loras):
 
 def test_load_full_pool(fulls):
     pool = load_pool([str(f) for f in fulls], names=["a", "b"])
-    assert pool.kind == "full" and pool.names == ["a", "b"]
-    assert pool.base_model is None and pool.adapter_config is None and pool.template == fulls[0]
+    assert isinstance(pool, FullPool) and pool.names == ["a", "b"]
+    assert pool.base_model is None and pool.adapter is None and pool.template == fulls[0]
+    assert not pool.scores_base and not pool.batches_particles
     for expert, folder in zip(pool.experts, fulls, strict=True):
         stored = load_file(folder / "model.safetensors")
         assert sorted(expert.tensors) == pool.tensor_names == sorted(stored)
@@ -320,7 +323,7 @@ def test_export_refuses_bad_state_dicts(loras, tmp_path):
 def test_inputs_never_modified(loras, fulls, tmp_path):
     before = folder_hashes(*loras, *fulls)
     for sources in (loras, fulls):
-        pool: ExpertPool = load_pool(sources)
+        pool: WeightPool = load_pool(sources)
         for expert in pool.experts:  # even in-place edits of loaded tensors stay in memory
             for t in expert.tensors.values():
                 t.mul_(3)

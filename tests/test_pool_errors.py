@@ -12,7 +12,8 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from modelswarms.errors import ExpertError
-from modelswarms.pool import export_expert, load_pool
+from modelswarms.pool import export_expert
+from modelswarms.pool.kinds import load_pool
 from modelswarms.testing import make_tiny_llama, make_tiny_lora_pool
 
 ADAPTER = "adapter_model.safetensors"

@@ -7,9 +7,9 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from modelswarms.config import SwarmConfig, parse_config
+from modelswarms.config import parse_config
 from modelswarms.errors import ConfigError
-from modelswarms.search.swarm import ModelSwarm, coefficients
+from modelswarms.search.swarm import ModelSwarm, SwarmConfig, coefficients
 
 weights = st.floats(0.0, 2.0, allow_nan=False)
 factors = st.lists(st.floats(0.0, 1.0, allow_nan=False), min_size=4, max_size=4)

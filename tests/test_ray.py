@@ -28,7 +28,6 @@ pytestmark = [pytest.mark.xdist_group("ray"), pytest.mark.long]
 
 from modelswarms.config import load_config  # noqa: E402
 from modelswarms.evaluation import ray_pool  # noqa: E402
-from modelswarms.hetero import hswarm  # noqa: E402
 from modelswarms.runs import runner  # noqa: E402
 from modelswarms.runs.checkpoint import load_checkpoint  # noqa: E402
 from modelswarms.runs.compare import compare  # noqa: E402
@@ -134,10 +133,10 @@ def test_hswarm_on_actors_equals_one_process(tmp_path, cluster, lora_experts, mc
              "search": {"patience": 10},
              "hswarm": {"graphs": 3, "trials": 3, "max_rounds": 2, "patience": 5,
                         "max_new_tokens": 4, "baselines": ["chain"]}}
-    ref = hswarm(load_config(write(tmp_path, "h_local", lora_experts, mc_data, None,
-                                   **extra)), show_progress=False)
-    got = hswarm(load_config(write(tmp_path, "h_ray", lora_experts, mc_data, cluster,
-                                   **extra)), show_progress=False)
+    ref = runner.run(load_config(write(tmp_path, "h_local", lora_experts, mc_data, None,
+                                       **extra)), show_progress=False, strategy="hswarm")
+    got = runner.run(load_config(write(tmp_path, "h_ray", lora_experts, mc_data, cluster,
+                                       **extra)), show_progress=False, strategy="hswarm")
     for key in ("rows", "best_dev", "best_test", "graph", "assignment", "systems"):
         assert got[key] == ref[key], key
     assert history(tmp_path / "h_ray") == history(tmp_path / "h_local")
@@ -282,6 +281,26 @@ def test_readme_ray_example_runs(tmp_path, cluster, lora_experts, mc_data):
     assert report["iterations"] == 6
 
 
+def test_an_over_long_item_is_found_on_the_actors_before_the_search(tmp_path, cluster,
+                                                                     lora_experts):
+    """The Ray evaluator skipped the length check (the tokenizer and model live on the
+    actors): an actor measures the rows, before the search."""
+    from modelswarms.errors import DataError
+
+    from .conftest import make_mc_items
+
+    test = make_mc_items(4, 1)
+    test[1]["choices"]["A"] = "so " * 150  # alone it fits 512 tokens; in the lettered list not
+    test[1]["question"] = "why " * 50
+    data = tmp_path / "long.json"
+    data.write_text(json.dumps({"dev": make_mc_items(6, 0), "test": test}))
+    cfg = load_config(write(tmp_path, "long", lora_experts, data, cluster))
+    with pytest.raises(DataError, match=r"item 1 \(id 'q1-1'\) of split 'test': field "
+                                        r"'choices.A' .* more than the model reads \(512"):
+        runner.run(cfg, show_progress=False)
+    assert not (tmp_path / "long").exists()
+
+
 def test_without_ray_one_config_error(monkeypatch, lora_experts, mc_data, tmp_path):
     from modelswarms.errors import ConfigError
     from modelswarms.runs.session import Session
@@ -308,8 +327,7 @@ def test_a_loaded_local_judge_travels_without_its_model(tiny_base, tmp_path):
     has loaded its model arrives unloaded, with a lock of its own, and loads on first use."""
     import pickle
 
-    from modelswarms.config import JudgeConfig
-    from modelswarms.evaluation.judges import build_judge
+    from modelswarms.evaluation.objectives.judges import JudgeConfig, build_judge
 
     judge = build_judge(JudgeConfig(kind="local", model=str(tiny_base), max_tokens=4,
                                     cache_dir=str(tmp_path / "c")))

@@ -20,8 +20,8 @@ from safetensors.torch import load_file, save_file
 from modelswarms.cli import main
 from modelswarms.config import load_config
 from modelswarms.errors import ConfigError, ExpertError, RunError
-from modelswarms.pool import load_pool
-from modelswarms.runs.folders import MARKER, FolderLock, claim
+from modelswarms.folders import MARKER, FolderLock, claim
+from modelswarms.pool.kinds import load_pool
 
 from .conftest import make_mc_items
 from .test_bad_inputs import digest
@@ -144,6 +144,60 @@ def test_the_lock_dies_with_its_holder(held_run_folder):
         FolderLock(run_dir).acquire()
 
 
+def _progress(run_dir: Path, state: str, pid: int) -> None:
+    import socket
+    import time
+
+    (run_dir / "progress.json").write_text(json.dumps({
+        "kind": "run", "state": state, "pid": pid, "host": socket.gethostname(),
+        "updated": time.time(), "error": "KeyboardInterrupt"}))
+    (run_dir / "history.jsonl").write_text(json.dumps({
+        "iteration": 1, "evaluations": 4, "global_best": 0.5, "wall_time": 1.0}) + "\n")
+
+
+def _status(run_dir: Path, monkeypatch) -> str:
+    import fcntl
+
+    def refuse(*_):
+        raise AssertionError("status took a lock")
+
+    monkeypatch.setattr(fcntl, "flock", refuse)  # read-only: the probe never takes it
+    before = digest([run_dir])
+    result = CliRunner().invoke(main, ["status", str(run_dir)])
+    assert result.exit_code == 0, result.output
+    assert digest([run_dir]) == before
+    return result.output.splitlines()[0]
+
+
+def test_status_asks_the_lock_who_writes(held_run_folder, monkeypatch):
+    """progress.json and the lock both told whether a writer lives; the pid could lie (a
+    recycled pid, a progress.json from before a new writer started). Now the lock decides."""
+    _, run_dir, holder = held_run_folder
+    # the holder has not written progress.json yet; an earlier session's says "stopped"
+    _progress(run_dir, "stopped", 1)
+    assert f"running (pid {holder.pid})" in _status(run_dir, monkeypatch)
+    holder.send_signal(signal.SIGKILL)
+    holder.wait()
+    # "running" by a pid that lives (this test's own, as a recycled pid would), lock free
+    _progress(run_dir, "running", subprocess.os.getpid())
+    line = _status(run_dir, monkeypatch)
+    assert f"process {subprocess.os.getpid()} ended without finishing" in line, line
+
+
+def test_status_without_a_lock_table_asks_the_pid(held_run_folder, monkeypatch):
+    """No /proc/locks (not Linux), or a folder of an older version without the marker: the
+    pid progress.json names, as before."""
+    from modelswarms import folders
+
+    _, run_dir, holder = held_run_folder
+    monkeypatch.setattr(folders, "PROC_LOCKS", run_dir / "no such table")
+    _progress(run_dir, "running", holder.pid)
+    assert f"running (pid {holder.pid})" in _status(run_dir, monkeypatch)
+    holder.send_signal(signal.SIGKILL)
+    holder.wait()
+    assert f"process {holder.pid} ended" in _status(run_dir, monkeypatch)
+
+
 def test_claim_refuses_an_output_inside_an_input(tmp_path):
     data = tmp_path / "data"
     data.mkdir()
@@ -206,19 +260,138 @@ def test_a_nan_particle_is_an_invalid_candidate(lora_experts, mc_data):
     assert session.counts["nonfinite_candidate"] == 1
 
 
-def test_an_over_long_test_item_stops_the_run_before_the_search(tmp_path, lora_experts):
-    """Issue 28, 4: found only after the whole search, naming the file, not the item."""
+def _long_prompt_run(tmp_path: Path, paths, item: dict, **extra) -> Path:
+    """A run config whose test split's third item is `item`."""
     test = make_mc_items(4, 1)
-    test[2]["question"] = "why " * 200  # 800 characters: the tiny model reads 512 tokens
+    test[2] = {"id": "q1-2", **item}
     data = tmp_path / "data.json"
     data.write_text(json.dumps({"dev": make_mc_items(6, 0), "test": test}))
     cfg = tmp_path / "cfg.yaml"
     cfg.write_text(yaml.safe_dump({
-        "experts": {"paths": [str(p) for p in lora_experts]}, "data": {"path": str(data)},
+        "experts": {"paths": [str(p) for p in paths]}, "data": {"path": str(data)},
         "search": {"particles": 2, "max_iterations": 2}, "budget": 6,
-        "output": {"dir": str(tmp_path / "out")}}))
+        "output": {"dir": str(tmp_path / "out")}, **extra}))
+    return cfg
+
+
+def test_an_over_long_test_item_stops_the_run_before_the_search(tmp_path, lora_experts):
+    """Issue 28, 4: found only after the whole search, naming the file, not the item."""
+    # 800 characters: the tiny model reads 512 tokens
+    item = {**make_mc_items(4, 1)[2], "question": "why " * 200}
+    cfg = _long_prompt_run(tmp_path, lora_experts, item)
     line = _error_line(CliRunner().invoke(main, ["run", "--quiet", str(cfg)]))
     assert "data.json: item 2 (id 'q1-2') of split 'test': field 'question'" in line, line
+    assert not (tmp_path / "out").exists()
+
+
+# Each field fits the tiny model's 512 (character) tokens, the prompt as scored does not: the
+# lettered list holds both texts (300 and 330 characters), a cloze row the question and its
+# option, a question of 500 characters its template's 49 more.
+FIT_ALONE = {"question": "why " * 75, "choices": {"A": "so " * 110, "B": "no"}, "answer": "A"}
+
+
+@pytest.mark.parametrize(("utility", "item"), [
+    *(({"scoring": mode}, FIT_ALONE) for mode in ("letter", "cloze", "cloze_norm", "permuted",
+                                                  "generate")),
+    ({"type": "exact_match"}, {"question": "why " * 125, "answer": "7"}),
+])
+def test_a_prompt_longer_than_the_model_reads_is_found_before_the_search(
+        tmp_path, lora_experts, utility, item):
+    """Issue 28, 4: the length check counted each field alone, so an item that fits field by
+    field but not in its prompt was found only when scored: after the search, for the test
+    split. Now the rows are built by the utility's own code, before the search."""
+    cfg = _long_prompt_run(tmp_path, lora_experts, item, utility=utility)
+    line = _error_line(CliRunner().invoke(main, ["run", "--quiet", str(cfg)]))
+    field = "choices.A" if "choices" in item else "question"
+    assert f"data.json: item 2 (id 'q1-2') of split 'test': field {field!r}" in line, line
+    assert "makes its prompt, as the utility scores it," in line and "(512," in line, line
+    assert not (tmp_path / "out").exists()
+
+
+def test_eval_names_the_item_too_long(tmp_path, lora_experts):
+    """eval found it inside a batch: "data: an item is N tokens", no file, split or item."""
+    cfg = _long_prompt_run(tmp_path, lora_experts, FIT_ALONE)
+    line = _error_line(CliRunner().invoke(main, ["eval", str(lora_experts[0]), "--data",
+                                                 str(tmp_path / "data.json")]))
+    assert "data.json: item 2 (id 'q1-2') of split 'test': field 'choices.A'" in line, line
+    line = _error_line(CliRunner().invoke(main, ["eval", str(lora_experts[0]), "--config",
+                                                 str(cfg)]))
+    assert "data.json: item 2 (id 'q1-2') of split 'test'" in line, line
+
+
+def test_eval_of_a_config_checks_its_items(tmp_path, lora_experts):
+    """`eval --config` loaded the split without the utility's fields: a NaN question was
+    scored as the text "nan"."""
+    cfg = _long_prompt_run(tmp_path, lora_experts, {**make_mc_items(4, 1)[2],
+                                                    "question": float("nan")})
+    line = _error_line(CliRunner().invoke(main, ["eval", str(lora_experts[0]), "--config",
+                                                 str(cfg)]))
+    assert "data.json: item 2 (id 'q1-2') of 'test': field 'question' is nan" in line, line
+
+
+def test_a_token_swarm_checks_lengths_before_the_search(tmp_path):
+    """The mixture evaluator skipped the check: each expert reads the text in its own tokens."""
+    from modelswarms.testing import make_tiny_gpt2, make_tiny_llama
+
+    experts = [make_tiny_llama(tmp_path / "llama"), make_tiny_gpt2(tmp_path / "gpt2")]
+    cfg = _long_prompt_run(tmp_path, experts, FIT_ALONE, experts={
+        "paths": [str(p) for p in experts], "compose": "mixture"},
+        utility={"scoring": "cloze", "chat_template": False})
+    line = _error_line(CliRunner().invoke(main, ["run", "--quiet", str(cfg)]))
+    assert "item 2 (id 'q1-2') of split 'test': field 'choices.A'" in line, line
+    assert "more than expert " in line and "(512," in line, line
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_utility_without_rows_is_measured_field_by_field(tiny_base):
+    """A user's utility builds its prompts where the check cannot see: each field alone."""
+    from transformers import AutoTokenizer
+
+    from modelswarms.evaluation.evaluator import Overlong, first_overlong
+
+    class Mine:
+        name, required_fields = "mine", ("question",)
+
+    tok = AutoTokenizer.from_pretrained(tiny_base)
+    items = [{"id": "a", "question": "short"}, {"id": "b", "question": "x" * 600}]
+
+    def reads(prompt, cont):
+        return len(prompt) + (1 if cont is None else len(cont)), 512, "the model"
+
+    assert first_overlong(tok, Mine(), items, reads) == Overlong(1, 600, 512, "the model",
+                                                                 "question")
+    assert first_overlong(tok, Mine(), items[:1], reads) is None
+
+
+def test_the_length_check_passes_what_fits(tmp_path, lora_experts):
+    """The check refuses nothing the scorer would score: 400-character texts, each alone in a
+    cloze row with its question, fit."""
+    item = {"question": "why " * 25, "choices": {"A": "so " * 130, "B": "no"}, "answer": "A"}
+    cfg = _long_prompt_run(tmp_path, lora_experts, item, utility={"scoring": "cloze"})
+    result = CliRunner().invoke(main, ["run", "--quiet", str(cfg)])
+    assert result.exit_code == 0, result.output
+
+
+@pytest.mark.parametrize(("utility", "change", "field"), [
+    ("multiple_choice", {"question": float("nan")}, "field 'question' is nan, not text"),
+    ("multiple_choice", {"question": 42}, "field 'question' is 42, not text"),
+    ("multiple_choice", {"choices": {"A": float("nan"), "B": "2"}},
+     "field 'choices.A' is nan, not text"),
+    ("multiple_choice", {"choices": {"A": None, "B": "2"}}, "field 'choices.A' is None"),
+    ("multiple_choice", {"choices": {}}, "'choices' has 0 option"),
+    ("multiple_choice", {"answer": "Z"}, "'answer' 'Z' is not one of its choices"),
+    ("multiple_choice", {"answer": [1, 2]}, "'answer' [1, 2] is not one of its choices"),
+    ("exact_match", {"answer": float("nan")}, "field 'answer' is nan, not text or a finite"),
+    ("exact_match", {"answer": None}, "field 'answer' is None"),
+    ("exact_match", {"question": ["a", "list"]}, "field 'question' is ['a', 'list']"),
+])
+def test_an_item_field_that_would_read_as_nan_is_refused(tmp_path, lora_experts, utility,
+                                                         change, field):
+    """A NaN (JSON's NaN, or a gap in a dataset's column) was shown to the model as "nan"."""
+    cfg = _long_prompt_run(tmp_path, lora_experts, {**make_mc_items(4, 1)[2], **change},
+                           utility={"type": utility})
+    line = _error_line(CliRunner().invoke(main, ["run", "--quiet", str(cfg)]))
+    assert "data.json: item 2 (id 'q1-2') of 'test': " in line and field in line, line
     assert not (tmp_path / "out").exists()
 
 

@@ -27,7 +27,7 @@ def write_config(tmp_path: Path, experts, data, **search) -> Path:
     cfg = {
         "experts": {"paths": [str(p) for p in experts]},
         "data": {"path": str(data)},
-        "utility": {"type": "multiple_choice", "batch_size": 4},
+        "utility": {"type": "multiple_choice"}, "model": {"batch_size": 4},
         "search": {"max_iterations": 4, "patience": 10, "particles": 4, **search},
         "output": {"dir": str(tmp_path / "run"), "top_k": 2},
         "seed": 7,
@@ -176,8 +176,8 @@ def test_config_errors_name_the_key(tmp_path):
     with pytest.raises(ConfigError, match=r"utility\.function: required for utility type "
                        "python"):
         parse_config({**base, "utility": {"type": "python"}})
-    moved = parse_config({**base, "utility": {"batch_size": 3}})  # an older config's place
-    assert moved.model.batch_size == 3
+    with pytest.raises(ConfigError, match=r"utility\.batch_size: unknown key"):
+        parse_config({**base, "utility": {"batch_size": 3}})  # an engine knob: model.batch_size
     path = tmp_path / "c.yaml"
     path.write_text("experts:\n  paths: [a, b]\ndata:\n  path: d.json\nbogus: 1\n")
     with pytest.raises(ConfigError, match=r"c\.yaml: bogus: unknown key"):

@@ -11,11 +11,11 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from modelswarms.errors import ConfigError, DataError, UtilityError
-from modelswarms.evaluation import generation
-from modelswarms.evaluation.data import load_items
-from modelswarms.evaluation.extract import extract_letter, extract_number
-from modelswarms.evaluation.prompts import multiple_choice_prompt
-from modelswarms.evaluation.utilities import ItemScores, register_utility
+from modelswarms.evaluation.data.items import load_items
+from modelswarms.evaluation.data.prompts import multiple_choice_prompt
+from modelswarms.evaluation.engine import batching, generation
+from modelswarms.evaluation.objectives.extract import extract_letter, extract_number
+from modelswarms.evaluation.objectives.utilities import ItemScores, register_utility
 from modelswarms.testing import make_tiny_llama, make_utility
 
 from .conftest import make_mc_items
@@ -110,7 +110,7 @@ def test_generate_batched_equals_manual_greedy_loop(tiny):
 
 def test_token_budget_batches_keep_every_item_once():
     lengths = [378, 257, 250, 173, 170, 130, 129, 99, 20]
-    batches = generation._batches(lengths, batch_size=4, max_tokens=600)
+    batches = batching.batches(lengths, batch_size=4, max_tokens=600)
     assert sorted(i for b in batches for i in b) == list(range(len(lengths)))
     for b in batches:
         longest = lengths[b[0]]

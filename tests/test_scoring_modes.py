@@ -8,8 +8,9 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from modelswarms.config import RunConfig, utility_config
-from modelswarms.evaluation import generation
-from modelswarms.evaluation.prompts import cloze_continuation, cloze_prompt
+from modelswarms.errors import ConfigError
+from modelswarms.evaluation.data.prompts import cloze_continuation, cloze_prompt
+from modelswarms.evaluation.engine import generation
 from modelswarms.testing import make_tiny_llama, make_utility
 
 from .conftest import make_mc_items
@@ -144,8 +145,8 @@ def test_scoring_modes_with_several_particles_per_forward(lora_experts, mc_data)
         cfg = RunConfig.model_validate({
             "experts": {"paths": [str(p) for p in lora_experts]},
             "data": {"path": str(mc_data), "max_dev": 8},
-            "utility": {"scoring": mode, "batch_size": 6},
-            "model": {"particles_per_forward": k},
+            "utility": {"scoring": mode},
+            "model": {"particles_per_forward": k, "batch_size": 6},
         })
         return Session.open(cfg, need_test=False)
 
@@ -160,8 +161,9 @@ def test_scoring_modes_with_several_particles_per_forward(lora_experts, mc_data)
         assert [r.value for r in a] == [r.value for r in b], mode
 
 
-def test_old_scoring_name_still_loads():
-    assert utility_config(scoring="loglik").scoring == "letter"
+def test_an_unknown_scoring_mode_is_a_config_error():
+    with pytest.raises(ConfigError, match="scoring"):
+        utility_config(scoring="loglik")  # the letter mode's name before the cloze modes
 
 
 @pytest.mark.parametrize("packed", [True, False], ids=["packed", "two passes"])

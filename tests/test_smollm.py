@@ -29,7 +29,7 @@ pytestmark = [
 def smollm_experts(tmp_path_factory):
     from peft import LoraConfig, get_peft_model
 
-    from modelswarms.evaluation.backend import load_causal_lm
+    from modelswarms.evaluation.engine.backend import load_causal_lm
     from modelswarms.models import smollm2_path
 
     base = load_causal_lm(str(smollm2_path()), torch.float32, torch.device("cpu"))
@@ -111,8 +111,8 @@ def test_swarm_on_smollm2_end_to_end(tmp_path, smollm_experts, mc_data):
 @pytest.mark.skipif(not (SHARED_EVAL / "mmlu.json").exists(),
                     reason="../shared/data/eval is not here (only developers' machines have it)")
 def test_mmlu_scoring_on_smollm2_is_batch_invariant():
-    from modelswarms.evaluation.backend import load_causal_lm, load_tokenizer
-    from modelswarms.evaluation.data import load_items
+    from modelswarms.evaluation.data.items import load_items
+    from modelswarms.evaluation.engine.backend import load_causal_lm, load_tokenizer
     from modelswarms.models import smollm2_path
 
     path = str(smollm2_path())

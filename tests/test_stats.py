@@ -10,8 +10,8 @@ import random
 import pytest
 import torch
 
-from modelswarms.config import SwarmConfig
-from modelswarms.runs.stats import (
+from modelswarms.search.swarm import ModelSwarm, SwarmConfig
+from modelswarms.stats import (
     dev_ranks,
     pack_scores,
     paired_bootstrap,
@@ -20,7 +20,6 @@ from modelswarms.runs.stats import (
     verdict,
     weak_to_strong,
 )
-from modelswarms.search.swarm import ModelSwarm
 
 
 def _percentile(sorted_values: list[float], q: float) -> float:

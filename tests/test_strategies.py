@@ -6,10 +6,11 @@ from __future__ import annotations
 import pytest
 import torch
 
-from modelswarms.config import CoefficientSearchConfig, SwarmConfig, parse_config
+from modelswarms.config import parse_config
 from modelswarms.runs import runner
 from modelswarms.search import CMAES, GreedySoup, ModelSwarm, RandomSearch
-from modelswarms.search.coefficients import CoefficientMap, layer_groups
+from modelswarms.search.coefficients import CoefficientMap, CoefficientSearchConfig, layer_groups
+from modelswarms.search.swarm import SwarmConfig
 from modelswarms.space import FlatSpace
 
 SPACE = FlatSpace(["model.layers.0.q.lora_A", "model.layers.1.q.lora_A", "lm_head.x"],
@@ -120,7 +121,7 @@ def test_strategies_run_end_to_end_and_resume(tmp_path, lora_experts, mc_data, s
         return parse_config({
             "experts": {"paths": [str(p) for p in lora_experts]},
             "data": {"path": str(mc_data), "max_dev": 8, "max_test": 8},
-            "utility": {"batch_size": 8},
+            "model": {"batch_size": 8},
             "strategy": strategy, "budget": 12,
             "coefficients": {"population": 4},
             "output": {"dir": str(tmp_path / out), "top_k": 2},
@@ -160,7 +161,7 @@ def test_layer_swarm_starts_at_the_experts_and_searches_per_layer_coefficients(
     assert torch.equal(first[: len(lora_experts)], session.experts.to(first.dtype))
     groups = search.cmap.groups
     assert len(groups) >= 2 and search.swarm.x.shape == (4, len(lora_experts) * len(groups))
-    report = ms.search(cfg, run_dir=tmp_path / "run")
+    report = ms.search(cfg, run_dir=tmp_path / "run").report
     coef = report["best_coefficients"]
     assert coef["groups"] == groups and len(coef["coefficients"]) == len(lora_experts)
     assert report["best_dev"] >= max(r["dev"] for r in report["rows"]
@@ -181,7 +182,7 @@ def test_coefficient_results_of_full_models_are_written_as_a_mergekit_config(
 
     cfg = ms.config(experts=full_experts, data=mc_data, strategy=strategy, budget=12,
                     search={"particles": 4}, coefficients={"per_layer": True, "population": 4})
-    report = ms.search(cfg, run_dir=tmp_path / "run")
+    report = ms.search(cfg, run_dir=tmp_path / "run").report
     mk = yaml.safe_load((tmp_path / "run" / "best" / "mergekit.yaml").read_text())
     assert mk["merge_method"] == "linear" and mk["parameters"] == {"normalize": False}
     experts = [load_file(next((p).glob("*.safetensors"))) for p in full_experts]
@@ -205,9 +206,9 @@ def test_layer_swarm_needs_its_own_random_factors_to_be_another_search(lora_expe
     move, to the weight-space swarm (moves are scalar combinations of particles, decoding is
     linear); per-coordinate factors make the layer-wise search a search of its own."""
     import modelswarms as ms
-    from modelswarms.config import SwarmConfig
     from modelswarms.runs.session import Session
     from modelswarms.search import LayerSwarm, ModelSwarm
+    from modelswarms.search.swarm import SwarmConfig
 
     cfg = ms.config(experts=lora_experts, data=mc_data, strategy="layer_swarm",
                     search={"particles": 4})

@@ -5,8 +5,7 @@ import math
 import pytest
 import torch
 
-from modelswarms.config import SwarmConfig
-from modelswarms.search.swarm import ModelSwarm, coefficients
+from modelswarms.search.swarm import ModelSwarm, SwarmConfig, coefficients
 
 
 def experts(n=4, d=6, seed=0):

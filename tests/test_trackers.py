@@ -21,7 +21,7 @@ from modelswarms.config import load_config, parse_config
 from modelswarms.errors import ConfigError
 from modelswarms.runs import runner
 from modelswarms.runs.compare import compare
-from modelswarms.runs.trackers import TRACKERS, Tracker, TrackingRun
+from modelswarms.trackers import TRACKERS, Tracker, TrackingRun
 
 README = Path(__file__).resolve().parents[1] / "README.md"
 
@@ -30,7 +30,7 @@ def _cfg(tmp_path: Path, experts, data, trackers: list[str], **output: Any):
     return parse_config({
         "experts": {"paths": [str(p) for p in experts]},
         "data": {"path": str(data), "max_dev": 8, "max_test": 8},
-        "utility": {"batch_size": 8},
+        "model": {"batch_size": 8},
         "search": {"particles": 4, "max_iterations": 4, "patience": 10},
         "output": {"dir": str(tmp_path / "run"), "top_k": 2, "trackers": trackers, **output},
         "seed": 7,

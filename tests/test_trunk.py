@@ -8,9 +8,9 @@ import pytest
 import torch
 
 from modelswarms.config import RunConfig
-from modelswarms.evaluation import generation
-from modelswarms.evaluation.multiplex import ParticleBatch
-from modelswarms.evaluation.trunk import FrozenTrunk, install_on
+from modelswarms.evaluation.engine import batching, generation
+from modelswarms.evaluation.engine.multiplex import ParticleBatch
+from modelswarms.evaluation.engine.trunk import FrozenTrunk, install_on
 from modelswarms.runs.session import Session
 from modelswarms.testing import make_tiny_llama, make_tiny_lora_pool
 
@@ -33,8 +33,8 @@ def open_session(experts, data, *, k=1, trunk=True, include=(), exclude=(), **ut
         "experts": {"paths": [str(p) for p in experts], "include": list(include),
                     "exclude": list(exclude)},
         "data": {"path": str(data), "max_dev": 8},
-        "utility": {"type": "multiple_choice", "batch_size": 4, **utility},
-        "model": {"particles_per_forward": k},
+        "utility": {"type": "multiple_choice", **utility},
+        "model": {"particles_per_forward": k, "batch_size": 4},
     })
     session = Session.open(cfg, need_test=False)
     if not trunk and session.trunk is not None:
@@ -152,7 +152,7 @@ def test_a_filled_cache_continues_exactly(upper_experts, mc_data):
     @torch.inference_mode()
     def two_stage(session):
         model = session.backend.model
-        kwarg = generation._cache_kwarg(model)
+        kwarg = batching.cache_kwarg(model)
         first = model(input_ids=ids, attention_mask=mask,
                       position_ids=(mask.cumsum(-1) - 1).clamp(min=0), use_cache=True)
         cache = getattr(first, "cache", None) or first.past_key_values
@@ -401,7 +401,7 @@ def test_packed_options_reuse_the_trunk_exactly(upper_experts, mc_data, k, share
 def test_cloze_options_through_a_logit_average(upper_experts, mc_data):
     """multiplex.LogitAverage tiles its rows inside the model: the questions' cache holds
     three blocks, the row copy takes each block's rows, and the trunk computes one."""
-    from modelswarms.evaluation.multiplex import LogitAverage
+    from modelswarms.evaluation.engine.multiplex import LogitAverage
 
     plain = open_session(upper_experts, mc_data, trunk=False)
     memo = open_session(upper_experts, mc_data)
@@ -430,7 +430,7 @@ def test_cloze_options_through_a_logit_average(upper_experts, mc_data):
 def test_a_row_copy_is_keyed_only_while_its_source_is_unchanged(upper_experts, mc_data):
     """A row copy of a cache the trunk filled is keyed by that fill's key; a copy of a
     cache continued since, or one made before the memo was cleared, runs every layer."""
-    from modelswarms.evaluation.trunk import select_rows
+    from modelswarms.evaluation.engine.trunk import select_rows
 
     plain = open_session(upper_experts, mc_data, trunk=False)
     memo = open_session(upper_experts, mc_data)
@@ -453,7 +453,7 @@ def test_a_row_copy_is_keyed_only_while_its_source_is_unchanged(upper_experts, m
         full = torch.cat([mask[rows], torch.ones_like(more)], dim=1)
         positions = mask[rows].sum(-1, keepdim=True) + torch.arange(2)
         return model(input_ids=more, attention_mask=full, position_ids=positions,
-                     use_cache=False, **{generation._cache_kwarg(model): copy}).logits
+                     use_cache=False, **{batching.cache_kwarg(model): copy}).logits
 
     for session in (plain, memo):
         session.backend.load(session.experts[0])

@@ -1,5 +1,6 @@
-"""The Python API: what `import modelswarms` gives. Everything here is also a command; the
-commands are thin layers over these functions.
+"""The Python API: what `import modelswarms` gives. The commands that search, compare, merge,
+evaluate and distil (`run` and its alias `hswarm`, `compare`, `merge`, `eval`, `distil`) are
+thin layers over these functions.
 
     import modelswarms as ms
 
@@ -12,6 +13,9 @@ commands are thin layers over these functions.
     result = ms.search(cfg)                         # in memory: no run folder
     print(result.best_dev, result.report["rows"])
     result.save("adapted/")                         # a standard PEFT adapter folder
+
+    systems = ms.search(cfg, strategy="hswarm")     # Heterogeneous Swarms, also in memory
+    systems.best.dag, systems.save("system/")       # a multi-LLM system and its runner
 """
 
 from __future__ import annotations
@@ -23,29 +27,59 @@ from typing import Any
 
 import torch
 
-from .config import RunConfig, load_config, parse_config
+from .config import RunConfig, engine_config, load_config, parse_config, utility_config
 from .errors import ConfigError, ExpertError
-from .evaluation.utilities import ItemScores, register_utility
+from .evaluation.data.items import load_items
+from .evaluation.engine.backend import load_standalone
+from .evaluation.engine.batching import Batching, batching
+from .evaluation.evaluator import first_overlong, reads_of
+from .evaluation.objectives.utilities import ItemScores, build_utility, register_utility
+from .hetero import System
+from .mixture import load_mixture
+from .pool import Pool
+from .runs.candidates import candidate_kind
+from .runs.checks import refuse_overlong
+from .runs.compare import compare as run_compare
+from .runs.distil import distil_mixture
+from .runs.merge import merge_to_folder
+from .runs.runner import execute, search_loop
+from .runs.session import Session
+from .search import strategy_names, strategy_spec
+from .trackers import Trackers
 
 
-def config(*, experts: list[str | Path] | dict[str, Any], data: str | Path | dict[str, Any]
-           | None = None, utility: str | Callable[..., Any] | dict[str, Any] = "multiple_choice",
+def config(*, experts: list[str | Path] | dict[str, Any] | Pool,
+           data: str | Path | dict[str, Any] | None = None,
+           utility: str | Callable[..., Any] | dict[str, Any] = "multiple_choice",
            **sections: Any) -> RunConfig:
     """A run config built in code; the same keys as a YAML config, validated the same way.
 
-    `experts`: adapter or model folders (or the `experts:` mapping). `data`: a dataset file
+    `experts`: adapter or model folders, the `experts:` mapping, or a pool `load_pool`
+    returned (its experts' folders and base model). `data`: a dataset file
     (or the `data:` mapping). `utility`: a registered name, the `utility:` mapping, or a
     Python function fn(model, tokenizer, items) -> float | per-item floats | ItemScores,
     registered under its qualified name. Other keywords are the config's other sections
     (strategy, budget, search, coefficients, model, output, compare, hswarm, seed).
     """
     utility = _utility_fields(utility)
-    raw: dict[str, Any] = {
-        "experts": experts if isinstance(experts, dict) else {"paths": [str(p) for p in experts]},
-        "utility": utility, **sections}
+    raw: dict[str, Any] = {"experts": _experts_fields(experts), "utility": utility, **sections}
     if data is not None:
         raw["data"] = data if isinstance(data, dict) else {"path": str(data)}
     return parse_config(raw, "modelswarms.config()")
+
+
+def _experts_fields(experts: list[str | Path] | dict[str, Any] | Pool
+                   ) -> dict[str, Any]:
+    """The `experts:` mapping for folders, a mapping, or a loaded pool."""
+    if isinstance(experts, dict):
+        return experts
+    if isinstance(experts, Pool):
+        fields: dict[str, Any] = {"paths": [str(e.path) for e in experts.experts],
+                                  "compose": experts.compose}
+        if experts.base_model is not None:
+            fields["base_model"] = experts.base_model
+        return fields
+    return {"paths": [str(p) for p in experts]}
 
 
 def _utility_fields(utility: str | Callable[..., Any] | dict[str, Any]) -> dict[str, Any]:
@@ -74,81 +108,101 @@ def _in_folder(cfg: RunConfig, folder: str | Path) -> RunConfig:
 
 @dataclass
 class SearchResult:
-    """A finished search: its best point of the weight space and its report."""
+    """A finished search: its best candidate and its report. The best is a flat vector of the
+    searched tensors, or, for Heterogeneous Swarms, a `System` (graph, node assignment and
+    the experts' weights)."""
 
-    best: torch.Tensor            # the global best, a flat vector of the searched tensors
+    best: torch.Tensor | System
     best_dev: float
     report: dict[str, Any]        # what report.json holds (rows with dev / test, intervals)
     history: list[dict[str, Any]]
     session: Any = field(repr=False)  # the resident model, data and score cache
 
     def save(self, folder: str | Path) -> Path:
-        """Write the best as a standard adapter / model folder (plain transformers / peft)."""
-        return self.session.export(self.best, folder, {"dev_utility": repr(self.best_dev)})
+        """Write the best as a standard adapter / model folder (plain transformers / peft);
+        a system as its experts' folders, graph.json and the runner answer.py."""
+        return self._kind.save(self.session, self.best, Path(folder),
+                               {"dev_utility": repr(self.best_dev)})
 
     def score(self, items: list[dict]) -> ItemScores:
         """The best's utility on other items."""
-        return self.session.score(self.best, items)
+        return self._kind.score(self.session, self.best, items)
+
+    @property
+    def _kind(self):
+        return candidate_kind(strategy_spec(self.session.cfg.strategy).candidate)
 
 
-def search(cfg: RunConfig | str | Path, *, run_dir: str | Path | None = None,
-           resume: bool = False, progress: bool = False,
-           accept_changes: bool = False) -> SearchResult | dict[str, Any]:
-    """Run the config's strategy. Without `run_dir`, in memory: nothing is written and a
-    SearchResult comes back (`output.trackers` still log, under output.tracking_dir or
-    output.dir). With `run_dir`, as `modelswarms run` does (checkpoints, report,
-    exports; `resume=True` continues the folder's run, refused when its data, experts or
-    config changed since it started, unless `accept_changes`) and its report comes back."""
-    from .runs.report import summarize
-    from .runs.runner import run, search_loop
-    from .runs.session import Session
-    from .runs.trackers import Trackers
-    from .search import strategy_spec
-
+def search(cfg: RunConfig | str | Path | None = None, *, run_dir: str | Path | None = None,
+           resume: bool = False, overwrite: bool = False, progress: bool = False,
+           accept_changes: bool = False, strategy: str | None = None) -> SearchResult:
+    """Run the config's strategy (or `strategy`). Without `run_dir`, in memory: nothing is
+    written (`output.trackers` still log, under output.tracking_dir or output.dir). With
+    `run_dir`, as `modelswarms run` does: checkpoints, report, exports; `overwrite` replaces
+    a folder a run of ours made; `resume=True` continues the folder's run (no `cfg` needed),
+    refused when its data, experts or config changed since it started, unless
+    `accept_changes`. Every strategy runs either way, Heterogeneous Swarms (`hswarm`)
+    included."""
+    if resume:
+        if run_dir is None:
+            raise ConfigError("search: resume=True needs the run_dir to resume")
+        done = execute(resume=run_dir, show_progress=progress, accept_changes=accept_changes)
+        return _result(done.search, done.report, done.history, done.session)
+    if cfg is None:
+        raise ConfigError("search: give a config (or a run_dir with resume=True)")
     cfg = _as_config(cfg)
     if run_dir is not None:
-        if resume:
-            return run(resume=run_dir, show_progress=progress, accept_changes=accept_changes)
-        cfg = _in_folder(cfg, run_dir)
-        return run(cfg, show_progress=progress)
+        done = execute(_in_folder(cfg, run_dir), overwrite=overwrite, show_progress=progress,
+                       strategy=strategy)
+        return _result(done.search, done.report, done.history, done.session)
+    if strategy is not None:
+        cfg = cfg.model_copy(update={"strategy": strategy})
     spec = strategy_spec(cfg.strategy)
-    if not spec.weights:
-        raise ConfigError(f"strategy {cfg.strategy}: searches of multi-LLM systems run in a "
-                          "run folder; pass run_dir")
+    cfg = spec.prepare(cfg)
     trackers = Trackers(cfg, None)  # a missing tracker package fails before any work
     with trackers:
         session = Session.open(cfg, need_test=cfg.output.evaluate_test)
-        strategy, history = search_loop(cfg, None, session, show_progress=progress,
-                                        trackers=trackers)
-        best, best_dev = strategy.best()
-        report = summarize(session, strategy, history)
+        found, history = search_loop(cfg, None, session, show_progress=progress,
+                                     trackers=trackers)
+        report = candidate_kind(spec.candidate).report(session, found, history, None,
+                                                       search_loop)
         trackers.log_report(report)
-    return SearchResult(best.detach().clone(), best_dev, report, history, session)
+    return _result(found, report, history, session)
 
 
-def compare(cfg: RunConfig | str | Path, *, out: str | Path | None = None,
-            resume: bool = False, accept_changes: bool = False,
+def _result(found: Any, report: dict[str, Any], history: list[dict[str, Any]],
+            session: Any) -> SearchResult:
+    best, best_dev = found.best()
+    if isinstance(best, torch.Tensor):
+        best = best.detach().clone()
+    return SearchResult(best, best_dev, report, history, session)
+
+
+def compare(cfg: RunConfig | str | Path | None, *, out: str | Path | None = None,
+            resume: bool = False, overwrite: bool = False, accept_changes: bool = False,
             progress: bool = False) -> dict[str, Any]:
     """`modelswarms compare`: every row of `compare.methods` at one budget, in a folder
-    (`out`, default output.dir) so that a killed comparison resumes; `progress` shows rows
-    done, the search in flight and an ETA as the command does."""
-    from .runs.compare import compare as run_compare
-
-    cfg = _as_config(cfg)
-    if out is not None and not resume:
-        cfg = _in_folder(cfg, out)
+    (`out`, default output.dir) so that a killed comparison resumes (`resume=True`; `cfg`
+    may then be None); `overwrite` replaces a folder a comparison of ours made; `progress`
+    shows rows done, the search in flight and an ETA as the command does."""
     if resume:
-        return run_compare(resume=out or cfg.output.dir, accept_changes=accept_changes,
+        if out is None and cfg is None:
+            raise ConfigError("compare: resume=True needs `out` (or the config)")
+        folder = out if out is not None else _as_config(cfg).output.dir  # type: ignore[arg-type]
+        return run_compare(resume=folder, accept_changes=accept_changes,
                            show_progress=progress)
-    return run_compare(cfg, show_progress=progress)
+    if cfg is None:
+        raise ConfigError("compare: give a config (or `out` with resume=True)")
+    cfg = _as_config(cfg)
+    if out is not None:
+        cfg = _in_folder(cfg, out)
+    return run_compare(cfg, overwrite=overwrite, show_progress=progress)
 
 
 def merge(cfg: RunConfig | str | Path, *, out: str | Path | None = None,
           overwrite: bool = False) -> Path:
     """`modelswarms merge`: the config's `merge:` written as an adapter / model folder (no
     model is loaded; no data is read)."""
-    from .runs.merge import merge_to_folder
-
     cfg = _as_config(cfg)
     if out is not None:
         cfg = _in_folder(cfg, out)
@@ -159,15 +213,9 @@ def evaluate(model: str | Path, items: list[dict] | str | Path, *,
              utility: str | Callable[..., Any] | dict[str, Any] = "multiple_choice",
              split: str = "test", base_model: str | None = None, device: str = "auto",
              dtype: str = "auto", batch_size: int = 16, max_batch_tokens: int = 4096,
-             max_items: int | None = None) -> ItemScores:
+             max_items: int | None = None, source: str | None = None) -> ItemScores:
     """Score one adapter or model folder (say, a search's export) with a utility on items
-    (a list, or a dataset file and its split)."""
-    from .config import engine_config, utility_config
-    from .evaluation.backend import load_standalone
-    from .evaluation.data import load_items
-    from .evaluation.generation import Batching, batching
-    from .evaluation.utilities import build_utility
-
+    (a list, or a dataset file and its split). `source` names a list's origin in messages."""
     # a zero or negative limit would score nothing, or loop: refused here, as in a config
     engine_config("evaluate", device=device, dtype=dtype, batch_size=batch_size,
                   max_batch_tokens=max_batch_tokens)
@@ -175,13 +223,12 @@ def evaluate(model: str | Path, items: list[dict] | str | Path, *,
         raise ConfigError(f"evaluate: max_items: {max_items} scores no item; give 1 or more")
     utility = _utility_fields(utility)
     scorer = build_utility(utility_config(**utility))
+    source = str(items) if isinstance(items, str | Path) else source
     if isinstance(items, str | Path):
         items = load_items(items, split, required=scorer.required_fields, limit=max_items)
     elif max_items is not None:
         items = items[:max_items]
     if (Path(model) / "mixture.json").is_file():  # a token swarm's export
-        from .mixture import load_mixture
-
         loaded = load_mixture(model, device=device, dtype=dtype, batch_size=batch_size)
         tok = loaded.tokenizer
     else:
@@ -190,6 +237,10 @@ def evaluate(model: str | Path, items: list[dict] | str | Path, *,
             if not torch.isfinite(p).all():  # a NaN model still answers, and scores
                 raise ExpertError(f"{model}: parameter {name} holds NaN or infinite values; "
                                   "a non-finite model is not scored")
+    # the whole split is measured before any is scored: one line naming the item, not a
+    # count of rows found too long inside a batch
+    if (found := first_overlong(tok, scorer, items, reads_of(loaded))) is not None:
+        refuse_overlong(found, items, split, source)
     with batching(Batching(batch_size, max_batch_tokens)):
         return scorer.score(loaded, tok, items)
 
@@ -199,13 +250,9 @@ def distil(mixture: str | Path, student: str, out: str | Path, **options: Any) -
     `student`, one of its experts, as a LoRA adapter folder `out`; options as the `distil`
     command's flags (`data`, `config`, `split`, `prompt_file`, `steps`, `lr`, `rank`,
     `max_new_tokens`, `max_items`, `report`). Returns what `out/distillation.json` holds."""
-    from .runs.distil import distil_mixture
-
     return distil_mixture(mixture, student, out, **options)
 
 
 def strategies() -> list[str]:
     """The registered search strategies (`strategy:` values)."""
-    from .search import strategy_names
-
     return strategy_names()

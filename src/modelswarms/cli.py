@@ -12,7 +12,17 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from .errors import ModelSwarmsError
+from .api import compare, distil, evaluate, search
+from .api import merge as merge_pool
+from .config import as_utility, load_config, utility_config
+from .errors import ConfigError, ModelSwarmsError
+from .evaluation.data.items import load_items, load_split
+from .evaluation.objectives.utilities import build_utility
+from .experts import train_lora
+from .experts.sources import build_pool, recipe_overrides
+from .folders import refuse_overlap
+from .runs.compare import plus_minus
+from .runs.status import folder_status, render
 
 console = Console()
 errors = Console(stderr=True, soft_wrap=True)  # an error stays one line, whatever the width
@@ -86,17 +96,24 @@ def main() -> None:
 @_run_options
 def run(config: str | None, resume_dir: str | None, overwrite: bool, accept_changes: bool,
         quiet: bool, debug: bool) -> None:
-    """Run a Model Swarms search described by CONFIG (YAML)."""
-    from .config import load_config
-    from .runs.runner import run as run_search
+    """Run the search CONFIG (YAML) describes: its `strategy:` (Model Swarms by default;
+    `hswarm` for Heterogeneous Swarms)."""
+    _search(config, resume_dir, overwrite, accept_changes, quiet, debug)
 
+
+def _search(config: str | None, resume_dir: str | None, overwrite: bool, accept_changes: bool,
+            quiet: bool, debug: bool, strategy: str | None = None) -> None:
     if (config is None) == (resume_dir is None):
         raise click.UsageError("give a CONFIG file, or --resume RUN_DIR")
     _quiet_libraries()
     cfg = _guard(debug, load_config, config) if config else None
-    report = _guard(debug, run_search, cfg, resume=resume_dir, overwrite=overwrite,
-                    show_progress=not quiet, accept_changes=accept_changes)
-    print_report(report)
+    if cfg is not None:
+        result = _guard(debug, search, cfg, run_dir=cfg.output.dir, overwrite=overwrite,
+                        progress=not quiet, strategy=strategy)
+    else:
+        result = _guard(debug, search, run_dir=resume_dir, resume=True, progress=not quiet,
+                        accept_changes=accept_changes)
+    print_report(result.report)
 
 
 @main.command()
@@ -105,12 +122,9 @@ def run(config: str | None, resume_dir: str | None, overwrite: bool, accept_chan
 @click.option("--debug", is_flag=True, help="Show tracebacks.")
 def merge(config: str, overwrite: bool, debug: bool) -> None:
     """Merge the pool with one classic method (the `merge:` section of CONFIG)."""
-    from .config import load_config
-    from .runs.merge import merge_to_folder
-
     _quiet_libraries()
     cfg = _guard(debug, load_config, config)
-    out = _guard(debug, merge_to_folder, cfg, overwrite=overwrite)
+    out = _guard(debug, merge_pool, cfg, overwrite=overwrite)
     console.print(f"{cfg.merge.method} merge of {len(cfg.experts.paths)} experts written to "
                   f"{out}")
 
@@ -127,26 +141,24 @@ def merge(config: str, overwrite: bool, debug: bool) -> None:
 def compare_cmd(config: str | None, resume_dir: str | None, overwrite: bool,
                 accept_changes: bool, quiet: bool, debug: bool) -> None:
     """Compare Model Swarms with merges, ensembles and other searches (CONFIG's `compare:`)."""
-    from .config import load_config
-    from .runs.compare import compare
-
     if (config is None) == (resume_dir is None):
         raise click.UsageError("give a CONFIG file, or --resume FOLDER")
     _quiet_libraries()
     cfg = _guard(debug, load_config, config) if config else None
-    report = _guard(debug, compare, cfg, resume=resume_dir, overwrite=overwrite,
-                    accept_changes=accept_changes, show_progress=not quiet)
+    if cfg is not None:
+        report = _guard(debug, compare, cfg, overwrite=overwrite, progress=not quiet)
+    else:
+        report = _guard(debug, compare, None, out=resume_dir, resume=True,
+                        accept_changes=accept_changes, progress=not quiet)
     table = Table(title=f"{report['utility']} on {Path(report['dataset']).name}, budget "
                         f"{report['budget']}, seeds {report['seeds']}")
     for col in ("method", "dev", "test", "evals", "s"):
         table.add_column(col, justify="left" if col == "method" else "right")
-    from .runs.compare import _pm
-
     for row in report["rows"]:
         if "skipped" in row:
             table.add_row(row["name"], "skipped", "", "", "")
         else:
-            table.add_row(row["name"], _pm(row, "dev"), _pm(row, "test"),
+            table.add_row(row["name"], plus_minus(row, "dev"), plus_minus(row, "test"),
                           f"{row['evaluations']:.0f}", f"{row['seconds']:.1f}")
     console.print(table)
 
@@ -157,8 +169,6 @@ def compare_cmd(config: str | None, resume_dir: str | None, overwrite: bool,
 def status_cmd(folder: str, debug: bool) -> None:
     """Where the run or comparison in FOLDER stands (running, killed or finished) and its
     table so far; reads the folder only, so a live run is not disturbed."""
-    from .runs.status import folder_status, render
-
     click.echo(render(_guard(debug, folder_status, folder)), nl=False)
 
 
@@ -166,19 +176,9 @@ def status_cmd(folder: str, debug: bool) -> None:
 @_run_options
 def hswarm_cmd(config: str | None, resume_dir: str | None, overwrite: bool,
                accept_changes: bool, quiet: bool, debug: bool) -> None:
-    """Heterogeneous Swarms: search a multi-LLM system's graph and its experts' weights
-    (CONFIG's `hswarm:` section; defaults when it has none)."""
-    from .config import load_config
-    from .hetero import hswarm
-
-    if (config is None) == (resume_dir is None):
-        raise click.UsageError("give a CONFIG file, or --resume RUN_DIR")
-    _quiet_libraries()
-    cfg = _guard(debug, load_config, config) if config else None
-    report = _guard(debug, hswarm, cfg, resume=resume_dir, overwrite=overwrite,
-                    show_progress=not quiet, accept_changes=accept_changes)
-    _print_rows(report, "system", f": {report['systems']} systems in {report['rounds']} rounds")
-    console.print(f"system: {report['export']} (python {report['export']}/answer.py --help)")
+    """Heterogeneous Swarms: `run` with `strategy: hswarm` whatever CONFIG's strategy (its
+    `hswarm:` section; defaults when it has none)."""
+    _search(config, resume_dir, overwrite, accept_changes, quiet, debug, strategy="hswarm")
 
 
 @main.command("distil")
@@ -210,10 +210,8 @@ def distil_cmd(mixture: str, student: str, out: str, data: str | None, config: s
     """Distil a token swarm's mixture (a folder with mixture.json) into one expert: a LoRA
     trained to match the mixture's next-token distributions; then the student, the mixture
     and each expert scored on dev and test (the run's utility and data, or --data)."""
-    from .runs.distil import distil_mixture
-
     _quiet_libraries()
-    result = _guard(debug, distil_mixture, mixture, student, out, data=data, config=config,
+    result = _guard(debug, distil, mixture, student, out, data=data, config=config,
                     split=split, prompt_file=prompt_file, steps=steps, lr=lr, rank=rank,
                     max_new_tokens=max_new_tokens, max_items=max_items,
                     report=not no_report)
@@ -244,6 +242,12 @@ def _print_rows(report: dict, first: str, title_tail: str = "", subject: str = "
 
 
 def print_report(report: dict) -> None:
+    if report.get("method") == "hswarm":  # the best is a multi-LLM system
+        _print_rows(report, "system",
+                    f": {report['systems']} systems in {report['rounds']} rounds")
+        console.print(f"system: {report['export']} (python {report['export']}/answer.py "
+                      "--help)")
+        return
     _print_rows(report, "model")
     console.print(f"adapted model: {report['exports']['best']}")
 
@@ -279,11 +283,6 @@ def eval_cmd(model_path: str, config: str | None, data: str | None, split: str,
 
 def _evaluate(model_path, config, data, split, utility_type, base_model, max_items,
               batch_size, device) -> dict:
-    from .api import evaluate
-    from .config import as_utility, load_config, utility_config
-    from .errors import ConfigError
-    from .evaluation.data import load_split
-
     cfg = load_config(config) if config else None
     if not data and not cfg:
         raise ConfigError("eval: give --data or --config")
@@ -294,15 +293,14 @@ def _evaluate(model_path, config, data, split, utility_type, base_model, max_ite
     if not data:
         data_cfg = cfg.need_data("eval")
         if data_cfg is None:  # the utility's tasks bring their documents (lm_eval)
-            from .evaluation.utilities import build_utility
-
             items = build_utility(ucfg).split_items(split)[:max_items]
-        else:
-            items = load_split(data_cfg, split)[:max_items]
+        else:  # checked as a run checks them: a field the utility reads, by item
+            items = load_split(data_cfg, split,
+                               required=build_utility(ucfg).required_fields)[:max_items]
         data = cfg.data_name
     engine = cfg.model if cfg else None
     start = time.perf_counter()
-    scores = evaluate(model_path, items, utility=ucfg.model_dump(), split=split,
+    scores = evaluate(model_path, items, utility=ucfg.model_dump(), split=split, source=data,
                       base_model=base_model or (cfg.experts.base_model if cfg else None),
                       device=device or (engine.device if engine else "auto"),
                       dtype=engine.dtype if engine else "auto",
@@ -360,10 +358,6 @@ def experts_train(data: str, split: str, out: str, base_model: str, rank: int, a
                   source: str | None, licence: str, description: str, threads: int | None,
                   overwrite: bool, debug: bool) -> None:
     """Fine-tune a LoRA expert on DATA; writes an adapter folder and its data card."""
-    from .evaluation.data import load_items
-    from .experts import train_lora
-    from .runs.folders import refuse_overlap
-
     _quiet_libraries()
     _guard(debug, refuse_overlap, out, [("data", data)], "--out")
     items = _guard(debug, load_items, data, split, limit=max_items)
@@ -380,8 +374,6 @@ def experts_train(data: str, split: str, out: str, base_model: str, rank: int, a
 
 
 def _parse_layers(text: str | None) -> list[int] | None:
-    from .errors import ConfigError
-
     if not text:
         return None
     out: list[int] = []
@@ -422,8 +414,6 @@ def experts_build_pool(out: str, only: tuple[str, ...], shared: str | None, step
                        train_format: str | None, device: str, forbid: tuple[str, ...],
                        threads: int | None, debug: bool) -> None:
     """Rebuild the starter pool of SmolLM2 experts, one per data source."""
-    from .experts.sources import build_pool, recipe_overrides
-
     _quiet_libraries()
     recipe = recipe_overrides(steps=steps, epochs=epochs, rank=rank, lr=lr, format=train_format)
     _guard(debug, build_pool, out, names=list(only) or None,

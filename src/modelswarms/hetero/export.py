@@ -6,23 +6,28 @@ from __future__ import annotations
 import json
 import shutil
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
 
-from ..evaluation.prompts import QA_TEMPLATE
+from ..config import RunConfig
+from ..evaluation.data.prompts import QA_TEMPLATE
 from ..models import resolve_model
-from ..runs.session import Session
-from .graph import Dag, render
+from .graph import render
+from .system import System
+
+# writes one expert's weights as an adapter / model folder: (weights, folder, metadata)
+ExportWeights = Callable[[torch.Tensor, Path, dict[str, str]], Path]
 
 
-def export_system(session: Session, dag: Dag, assignment: list[int], models: torch.Tensor,
-                  folder: Path, meta: dict[str, str]) -> Path:
+def export_system(system: System, names: list[str], base_model: str | None, cfg: RunConfig,
+                  export: ExportWeights, folder: Path, meta: dict[str, str]) -> Path:
     """Export to `folder` (replaced whole, via a temporary sibling, so a kill mid-export
     leaves the previous export or none, never half of one)."""
-    h, u = session.cfg.hswarm, session.cfg.utility
+    h, u = cfg.hswarm, cfg.utility
     assert h is not None
-    names = session.pool.names
+    dag, assignment, models = system.dag, system.assignment, system.models
     folder.parent.mkdir(parents=True, exist_ok=True)
     for stale in folder.parent.glob(f".{folder.name}.*"):  # left by a kill mid-export
         shutil.rmtree(stale, ignore_errors=True)
@@ -30,9 +35,9 @@ def export_system(session: Session, dag: Dag, assignment: list[int], models: tor
     tmp.chmod(0o755)
     used = sorted(set(assignment))
     for m in used:
-        session.export(models[m], tmp / "experts" / names[m],
-                       {**meta, "expert": names[m], "role": "heterogeneous swarms node"})
-    base = resolve_model(session.pool.base_model) if session.pool.base_model else None
+        export(models[m], tmp / "experts" / names[m],
+               {**meta, "expert": names[m], "role": "heterogeneous swarms node"})
+    base = resolve_model(base_model) if base_model else None
     if base and Path(base).exists():  # answer.py may run from anywhere
         base = str(Path(base).resolve())
     spec = {

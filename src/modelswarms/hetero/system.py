@@ -13,17 +13,78 @@ graph it sits in.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Annotated, Any, Literal, Protocol
 
 import torch
+from pydantic import Field, model_validator
 
-from ..config import HSwarmConfig, UtilityConfig
+from ..config import Section, StrictModel, UtilityConfig, register_section, section
 from ..errors import DataError
-from ..evaluation import generation
-from ..evaluation.prompts import encode, multiple_choice_prompt, render, uses_chat
-from ..evaluation.utilities import ItemScores
-from ..runs.scorer import Scorer
+from ..evaluation.data.prompts import encode, multiple_choice_prompt, render, uses_chat
+from ..evaluation.engine import generation
+from ..evaluation.objectives.utilities import ItemScores, Utility
 from .graph import Dag
+
+
+class HSwarmConfig(StrictModel):
+    """Heterogeneous Swarms (ALGORITHMS.md section 2): a multi-LLM system is a DAG over the
+    experts; its roles (the graph) and weights (the experts) are searched in turn."""
+
+    graphs: int = Field(6, ge=2, description="role-step particles: adjacency matrices")
+    trials: int = Field(6, ge=1, description="weight-step: random model-to-node assignments")
+    max_rounds: int = Field(10, ge=1, description="role-step + weight-step rounds")
+    patience: int = Field(5, ge=1, description="rounds without a better system before stopping")
+    steps: Literal["both", "role", "weight"] = Field(
+        "both", description="role: graphs only (weights frozen); weight: a fixed chain graph, "
+        "weights only; both: the method")
+    decode: Literal["argmax", "top_p"] = Field("argmax", description="adjacency -> DAG")
+    top_p: float = Field(0.9, gt=0, le=1, description="nucleus of the top_p decoding")
+    role_search: Annotated[StrictModel, Section("search")] = Field(
+        default_factory=lambda: section("search", patience=4),
+        description="PSO knobs of the role-step (the weight-step uses `search`)")
+    node_answers: Literal["generate", "choice"] = Field(
+        "generate", description="what a non-end node passes on: generated text (the paper), "
+        "or, for multiple choice, the option it picks by log-likelihood ('B: Paris'); choice "
+        "costs one forward per item instead of a generation")
+    max_new_tokens: int = Field(48, ge=1, description="length of a non-end node's answer")
+    node_prompt: str = Field(
+        "{question}\nAnswer briefly.", description="what a source node is asked; {question} "
+        "is the task's prompt (with the choices for multiple choice)")
+    context_template: str = Field(
+        "{question}\n\nResponses of other models to this question follow; they may be wrong, "
+        "so use them only if they help.\n{responses}",
+        description="the question a non-source node gets: {question}, {responses}")
+    response_template: str = Field("Previous response {k}: {response}",
+                                   description="one predecessor's answer: {k}, {response}")
+    baselines: list[Literal["best_expert", "chain", "star", "random_dags", "role_only",
+                            "weight_only"]] = Field(
+        default_factory=lambda: ["best_expert", "chain", "star", "random_dags"],
+        description="rows of the report beside the search (role_only / weight_only are whole "
+        "searches at the same budget)")
+
+    @model_validator(mode="after")
+    def _templates(self) -> HSwarmConfig:
+        for key, fields in (("node_prompt", ["{question}"]),
+                            ("context_template", ["{question}", "{responses}"]),
+                            ("response_template", ["{response}"])):
+            missing = [f for f in fields if f not in getattr(self, key)]
+            if missing:
+                raise ValueError(f"{key} must contain {' and '.join(missing)}")
+        return self
+
+
+register_section("hswarm", HSwarmConfig)
+
+
+class Scorer(Protocol):
+    """What systems are scored through: the run's scorer (runs/scorer.py), so node answers
+    and end nodes share its cache, counts and invalid-utility policy."""
+
+    def score(self, vector: torch.Tensor | None, items: list[dict],
+              utility: Utility | None = None) -> ItemScores: ...
+
+    def score_many(self, vectors: torch.Tensor | None, items: list[dict],
+                   utility: Utility | None = None) -> list[ItemScores]: ...
 
 
 def task_text(item: dict, template: str | None = None) -> str:
@@ -68,7 +129,10 @@ class NodeAnswers:
         self.cfg = cfg
         self.chat_template = getattr(task, "chat_template", None)
         self.template = getattr(task, "prompt", None)
-        self.cache_key = f"{cfg.model_dump_json()}|{self.chat_template}|{self.template}"
+        # what the answers depend on, so searches with other hswarm knobs (a report's role-only
+        # baseline) share them
+        self.cache_key = (f"{cfg.node_prompt}|{cfg.max_new_tokens}|{self.chat_template}|"
+                          f"{self.template}")
 
     def score(self, model: Any, tokenizer: Any, items: list[dict]) -> ItemScores:
         return self.score_many(model, tokenizer, items, 1)[0]

@@ -26,9 +26,16 @@ from typing import Any
 
 import torch
 
-from ..errors import ConfigError
-from ..evaluation.generation import _pad
-from ..evaluation.utilities import ItemScores
+from ..config import ModelConfig, utility_config
+from ..errors import ConfigError, UtilityError
+from ..evaluation.engine.backend import load_causal_lm, load_standalone, load_tokenizer
+from ..evaluation.engine.batching import Batching, batching
+from ..evaluation.engine.batching import pad as pad_rows
+from ..evaluation.objectives.utilities import ItemScores, build_utility
+from ..models import resolve_model
+from ..pool.loading import read_json
+from ..stats import pack_scores, paired_bootstrap
+from .evaluator import MixtureEvaluator
 from .model import MixtureLM
 
 
@@ -36,13 +43,8 @@ def _student(path: Path, rank: int, alpha: int):
     """(trainable PEFT model, tokenizer, base it names) for the student folder."""
     from peft import LoraConfig, PeftModel, get_peft_model
 
-    from ..evaluation.backend import load_causal_lm, load_tokenizer
-    from ..models import resolve_model
-
     adapter = path / "adapter_config.json"
     if adapter.is_file():
-        from ..pool.loading import read_json
-
         base = read_json(adapter).get("base_model_name_or_path")
         if not base:
             raise ConfigError(f"{path}: the student adapter names no base model")
@@ -92,9 +94,10 @@ def distillation_targets(mixture: MixtureLM, student: int, prompts: Sequence[str
     return out
 
 
-def _kl(model, batch: list[tuple[list[int], int, torch.Tensor]], pad: int) -> torch.Tensor:
+def kl_to_targets(model, batch: list[tuple[list[int], int, torch.Tensor]], pad: int
+                  ) -> torch.Tensor:
     """Mean over continuation tokens of KL(target || student)."""
-    ids, mask = _pad([row for row, _, _ in batch], pad, left=False, device=model.device)
+    ids, mask = pad_rows([row for row, _, _ in batch], pad, left=False, device=model.device)
     logits = model(input_ids=ids, attention_mask=mask).logits.float()
     total, count = logits.new_zeros(()), 0
     for r, (row, start, target) in enumerate(batch):
@@ -121,11 +124,11 @@ def distil(mixture: MixtureLM, student: int, student_path: str | Path, prompts: 
     params = [p for p in model.parameters() if p.requires_grad]
     optimiser = torch.optim.AdamW(params, lr=lr)
     with torch.no_grad():
-        before = float(_kl(model.eval(), targets, pad))
+        before = float(kl_to_targets(model.eval(), targets, pad))
     model.train()
     for step in range(steps):
         batch = rng.sample(targets, min(batch_size, len(targets)))
-        loss = _kl(model, batch, pad)
+        loss = kl_to_targets(model, batch, pad)
         optimiser.zero_grad()
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
@@ -134,7 +137,7 @@ def distil(mixture: MixtureLM, student: int, student_path: str | Path, prompts: 
             log(f"distil step {step + 1}/{steps}: KL {loss.item():.4f}")
     model.eval()
     with torch.no_grad():
-        after = float(_kl(model, targets, pad))
+        after = float(kl_to_targets(model, targets, pad))
     if not math.isfinite(after):  # before anything is written: no half result to clean up
         raise ConfigError(f"distillation diverged (KL is not finite); lower the learning rate "
                           f"(--lr, now {lr:g})")
@@ -157,12 +160,6 @@ def score_references(mixture: MixtureLM, utility: dict[str, Any],
     """Per split: each expert's scores (its one-hot mixture, exactly as the token swarm scored
     it), then the mixture's, through the mixture's evaluator. Done before training, so an
     item the experts cannot read fails before anything is written."""
-    from ..config import ModelConfig, utility_config
-    from ..errors import UtilityError
-    from ..evaluation.generation import Batching
-    from ..evaluation.utilities import build_utility
-    from .evaluator import MixtureEvaluator
-
     engine = engine or ModelConfig()
     scorer = build_utility(utility_config(**utility))
     evaluator = MixtureEvaluator(mixture, Batching(engine.batch_size, engine.max_batch_tokens))
@@ -189,12 +186,6 @@ def distillation_report(mixture: MixtureLM, student: int, folder: str | Path,
     and test, and the student's test gains over the mixture and over the best expert with
     paired bootstrap intervals (as a run's report gives its global best's). The student is
     scored as `modelswarms eval` scores an adapter folder."""
-    from ..config import ModelConfig, utility_config
-    from ..evaluation.backend import load_standalone
-    from ..evaluation.generation import Batching, batching
-    from ..evaluation.utilities import build_utility
-    from ..runs.stats import pack_scores, paired_bootstrap
-
     engine = engine or ModelConfig()
     scorer = build_utility(utility_config(**utility))
     # loaded once for both splits, as `evaluate` (api.py) loads an adapter folder

@@ -14,10 +14,10 @@ from typing import Any
 
 import torch
 
-from ..evaluation import generation
+from ..evaluation.engine.backend import load_standalone
+from ..evaluation.engine.batching import Batching, batching
 from ..evaluation.evaluator import CountingEvaluator
-from ..evaluation.generation import Batching
-from ..evaluation.utilities import ItemScores, Utility
+from ..evaluation.objectives.utilities import ItemScores, Utility
 from .model import MixtureLM
 
 
@@ -32,8 +32,6 @@ class MixtureEvaluator(CountingEvaluator):
     @classmethod
     def open(cls, pool: Any, model: Any) -> MixtureEvaluator:
         """Load every expert of a mixture pool (mixture/pool.py) as its own model."""
-        from ..evaluation.backend import load_standalone
-
         experts = [(e.name, *load_standalone(str(e.path), device=model.device,
                                               dtype=model.dtype)) for e in pool.experts]
         mixture = MixtureLM(experts, batch_size=model.batch_size)
@@ -45,11 +43,15 @@ class MixtureEvaluator(CountingEvaluator):
         self.batching = batching or Batching()
         self.events: Counter = Counter()
 
+    @property
+    def model(self) -> MixtureLM:
+        return self.mixture
+
     def score_many(self, vectors: torch.Tensor | None, items: list[dict],
                    utility: Utility) -> list[ItemScores]:
         rows = [torch.full((self.mixture.n,), 1.0)] if vectors is None else list(vectors)
         out = []
-        with generation.batching(self.batching):
+        with batching(self.batching):
             self.mixture.batch_size = self.batching.batch_size
             for row in rows:
                 self.mixture.set_weights(mixing_weights(row))

@@ -15,7 +15,7 @@ given to each expert as its own tokens, and
   batched (a token that is several tokens for an expert is fed as a left-padded chunk).
 
 Utilities run on a mixture unchanged: `MixtureLM` is what they get as the model and
-`UnionTokenizer` as the tokenizer; the scoring helpers of evaluation/generation.py see a
+`UnionTokenizer` as the tokenizer; the scoring helpers of evaluation/engine/generation.py see a
 mixture and call the methods below.
 """
 
@@ -28,7 +28,10 @@ from typing import Any
 import torch
 
 from ..errors import ConfigError
-from ..evaluation.generation import _pad, fits_context
+from ..evaluation.engine import generation
+from ..evaluation.engine.batching import cache_kwarg
+from ..evaluation.engine.batching import pad as pad_rows
+from ..evaluation.engine.generation import fits_context
 from .vocab import PAD, UnionVocab, align
 
 
@@ -108,14 +111,32 @@ class MixtureLM:
 
     # -------------------------------------------------------------- each expert's own tokens
     def _own(self, i: int, data: bytes, specials: bool = True) -> list[int]:
+        ids = self._own_ids(i, data, specials)
+        fits_context(self.models[i], [len(ids) + 1])
+        return ids
+
+    def _own_ids(self, i: int, data: bytes, specials: bool = True) -> list[int]:
         """Expert i's tokens of `data`: its tokenizer's own segmentation when the bytes are
         whole characters, else the byte-exact split."""
         try:
-            ids = self.tokenizers[i].encode(data.decode("utf-8"), add_special_tokens=specials)
+            return self.tokenizers[i].encode(data.decode("utf-8"), add_special_tokens=specials)
         except UnicodeDecodeError:
-            ids = self.vocab.experts[i].encode(data)
-        fits_context(self.models[i], [len(ids) + 1])
-        return ids
+            return self.vocab.experts[i].encode(data)
+
+    def reads(self, ids: Sequence[int]) -> tuple[int, int | None, str]:
+        """The longest a row of union `ids` is in any expert's own tokens (as `_own` counts
+        it while scoring), that expert's limit, and its name; each expert reads the text in
+        its own tokens, so one with a shorter context or a finer vocabulary may not fit."""
+        data = self.vocab.text_bytes(list(ids))
+        worst = (0, None, "the model")
+        for i, model in enumerate(self.models):
+            limit = getattr(getattr(model, "config", None), "max_position_embeddings", None)
+            if not isinstance(limit, int):
+                continue
+            n = len(self._own_ids(i, data)) + 1
+            if worst[1] is None or n - limit > worst[0] - worst[1]:
+                worst = (n, limit, f"expert {self.names[i]}")
+        return worst
 
     def _batches(self, n: int) -> list[range]:
         size = max(1, self.batch_size)
@@ -126,7 +147,7 @@ class MixtureLM:
         """(rows, its vocabulary) log-probabilities after each row, as float32."""
         model, tok = self.models[i], self.tokenizers[i]
         pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
-        ids, mask = _pad(rows, pad, left=True, device=self.device)
+        ids, mask = pad_rows(rows, pad, left=True, device=self.device)
         logits = model(input_ids=ids, attention_mask=mask,
                        position_ids=(mask.cumsum(-1) - 1).clamp(min=0),
                        logits_to_keep=1).logits[:, -1, : len(tok)]
@@ -193,8 +214,6 @@ class MixtureLM:
 
     def _score_continuations(self, i: int, prompts: Sequence[bytes],
                              continuations: Sequence[Sequence[bytes]]) -> list[list[float]]:
-        from ..evaluation import generation
-
         tok = self.tokenizers[i]
         own_prompts, own_conts = [], []
         for p, conts in zip(prompts, continuations, strict=True):
@@ -280,14 +299,12 @@ class MixtureLM:
     def _feed(self, i: int, state: dict, rows: list[list[int]]) -> torch.Tensor:
         """Append each row's tokens (a left-padded chunk) to expert i's cache; its
         log-probabilities after each row's last token."""
-        ids, chunk_mask = _pad(rows, state["pad"], left=True, device=self.device)
+        ids, chunk_mask = pad_rows(rows, state["pad"], left=True, device=self.device)
         mask = torch.cat([state["mask"], chunk_mask], dim=1)
         positions = state["pos"][:, None] + (chunk_mask.cumsum(-1) - 1).clamp(min=0)
-        from ..evaluation.generation import _cache_kwarg
-
         out = self.models[i](input_ids=ids, attention_mask=mask, position_ids=positions,
                              use_cache=True, logits_to_keep=1,
-                             **{_cache_kwarg(self.models[i]): state["cache"]})
+                             **{cache_kwarg(self.models[i]): state["cache"]})
         state["mask"], state["pos"] = mask, state["pos"] + chunk_mask.sum(-1)
         logits = out.logits[:, -1, : len(self.tokenizers[i])]
         return torch.log_softmax(logits.float(), dim=-1)

@@ -11,13 +11,25 @@ from __future__ import annotations
 import json
 import math
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import torch
 
 from ..errors import ExpertError
-from ..pool import Expert, ExpertPool
+from ..evaluation.engine.backend import load_standalone
+from ..io import atomic_write_text
+from ..models import EMBEDDED, cache_dir, embedded_path
+from ..pool import Expert, register_pool
+from ..pool.base import PoolDefaults
 from ..pool.loading import read_json
+from .evaluator import MixtureEvaluator, mixing_weights
+from .model import MixtureLM
+
+if TYPE_CHECKING:
+    from ..config import ExpertsConfig, ModelConfig
+    from ..space import FlatSpace
 
 WEIGHTS = "mixture_weights"
 MIXTURE_FILE = "mixture.json"
@@ -39,16 +51,55 @@ def _check(path: Path) -> dict:
 def _path(source: str | Path) -> Path:
     """An expert's folder: an embedded model's name (models.EMBEDDED: smollm2, gemma3-270m)
     is that model's cached folder."""
-    from ..models import EMBEDDED, embedded_path
-
     return embedded_path(str(source)) if str(source) in EMBEDDED else Path(source).expanduser()
 
 
-def load_mixture_pool(sources: Sequence[str | Path]) -> ExpertPool:
+@register_pool("mixture")
+@dataclass(frozen=True)
+class MixturePool(PoolDefaults):
+    """Experts composed at their output: a particle is a row of mixing weights (one per
+    expert), scored by a MixtureLM of the experts' own models and exported as mixture.json.
+    Weights of different architectures do not add, so there are no merges and no base."""
+
+    kind: ClassVar[str] = "mixture"
+    adds_weights: ClassVar[bool] = False
+    coordinates: ClassVar[str] = "mixing weights"
+
+    experts: list[Expert]
+    template: Path
+    base_model: str | None = None
+
+    @classmethod
+    def open(cls, experts: ExpertsConfig) -> MixturePool:
+        return load_mixture_pool(experts.paths)
+
+    @property
+    def tensor_names(self) -> list[str]:
+        return [WEIGHTS]
+
+    def base_vector(self, space: FlatSpace, device: torch.device | str = "cpu",
+                    dtype: torch.dtype | None = None) -> torch.Tensor | None:
+        return None
+
+    def export(self, space: FlatSpace, vector: torch.Tensor, folder: str | Path,
+               metadata: dict[str, str] | None = None) -> Path:
+        return write_mixture(self, vector, folder, metadata)
+
+    def evaluator(self, space: FlatSpace, experts: ExpertsConfig, model: ModelConfig) -> Any:
+        return MixtureEvaluator.open(self, model)
+
+    def identity(self, index: int) -> bytes | None:
+        # every expert's row is one-hot, so rows never repeat; its folder says what it is
+        return str(self.experts[index].path.resolve()).encode()
+
+    def uniform_ensemble(self, experts: torch.Tensor) -> torch.Tensor | None:
+        """The uniform mixture: logit averaging generalised to any architectures."""
+        return torch.ones(len(self.experts), device=experts.device)
+
+
+def load_mixture_pool(sources: Sequence[str | Path]) -> MixturePool:
     """The experts of a mixture (checked, not loaded: the evaluator loads the models). An
     embedded model's name (models.EMBEDDED: smollm2, gemma3-270m) is that model's folder."""
-    from ..models import EMBEDDED
-
     paths = [_path(s) for s in sources]
     seen: dict[str, int] = {}
     experts = []
@@ -62,26 +113,21 @@ def load_mixture_pool(sources: Sequence[str | Path]) -> ExpertPool:
         onehot = torch.zeros(n)
         onehot[i] = 1.0
         experts.append(Expert(name, path, {WEIGHTS: onehot}, config))
-    return ExpertPool("mixture", experts, None, paths[0], None)  # type: ignore[arg-type]
+    return MixturePool(experts, paths[0])
 
 
 def _source(expert: Expert) -> str:
     """An expert's path as mixture.json names it: an embedded model by its name, so the
     export does not depend on this machine's cache folder."""
-    from ..models import EMBEDDED, cache_dir
-
     spec = EMBEDDED.get(expert.name)
     if spec is not None and Path(expert.path) == cache_dir() / spec.folder:
         return spec.name
     return str(expert.path)
 
 
-def write_mixture(pool: ExpertPool, weights: torch.Tensor, folder: str | Path,
+def write_mixture(pool: MixturePool, weights: torch.Tensor, folder: str | Path,
                   metadata: dict[str, str] | None = None) -> Path:
     """A mixture's export: mixture.json naming each expert's folder and its weight."""
-    from ..runs.checkpoint import atomic_write_text
-    from .evaluator import mixing_weights
-
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     w = mixing_weights(weights).tolist()
@@ -97,9 +143,6 @@ def write_mixture(pool: ExpertPool, weights: torch.Tensor, folder: str | Path,
 def load_mixture(folder: str | Path, *, device: str = "auto", dtype: str = "auto",
                  batch_size: int = 16):
     """The MixtureLM a mixture.json describes (a token swarm's export), ready to score."""
-    from ..evaluation.backend import load_standalone
-    from .model import MixtureLM
-
     path = Path(folder) / MIXTURE_FILE
     try:
         spec = json.loads(path.read_text())

@@ -2,23 +2,21 @@
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import tempfile
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 import torch
-from safetensors.torch import save_file
 
 from ..errors import ExpertError
-from ..models import BASE_NOTE, exported_base
+from ..folders import MARKER, is_ours, mark
+from .expert import Expert
 from .loading import check_finite
 
 if TYPE_CHECKING:
     from ..space import FlatSpace
-    from .loading import ExpertPool
 
 # Non-weight files a model folder needs to load and to tokenise like the original.
 MODEL_FILES = ("config.json", "generation_config.json", "tokenizer.json", "tokenizer_config.json",
@@ -28,7 +26,18 @@ MODEL_FILES = ("config.json", "generation_config.json", "tokenizer.json", "token
 ADAPTER_EXTRAS = tuple(n for n in MODEL_FILES if n not in ("config.json", "generation_config.json"))
 
 
-def _prepare(pool: ExpertPool, tensors: dict[str, torch.Tensor],
+class WeightPool(Protocol):
+    """What an export needs of a pool whose particles are weights (pool/kinds.py)."""
+
+    experts: list[Expert]
+    template: Path  # the folder whose config and tokenizer files are copied
+    export_files: tuple[str, ...]  # which of them
+
+    def write_weights(self, folder: Path, tensors: dict[str, torch.Tensor],
+                      metadata: dict[str, str]) -> None: ...
+
+
+def _prepare(pool: WeightPool, tensors: dict[str, torch.Tensor],
              dtype: torch.dtype | None) -> dict[str, torch.Tensor]:
     """CPU copies with the pool's names, shapes and (unless `dtype`) dtypes, or ExpertError."""
     ref = pool.experts[0].tensors
@@ -47,7 +56,7 @@ def _prepare(pool: ExpertPool, tensors: dict[str, torch.Tensor],
     return out
 
 
-def export_expert(pool: ExpertPool, tensors: dict[str, torch.Tensor], folder: str | Path, *,
+def export_expert(pool: WeightPool, tensors: dict[str, torch.Tensor], folder: str | Path, *,
                   dtype: torch.dtype | None = None,
                   metadata: dict[str, str] | None = None) -> Path:
     """Export `tensors` (a full state dict of the pool's kind) to `folder`.
@@ -60,8 +69,6 @@ def export_expert(pool: ExpertPool, tensors: dict[str, torch.Tensor], folder: st
     if folder.resolve() in inputs:  # replacing the folder would destroy an input expert
         raise ExpertError(f"{folder}: is the folder of expert {inputs[folder.resolve()]}; "
                           "export to a new folder, input experts are never overwritten")
-    from ..runs.folders import MARKER, is_ours, mark
-
     if folder.is_dir() and any(folder.iterdir()) and not any(
             is_ours(f) for f in (folder, *folder.resolve().parents)):
         raise ExpertError(f"{folder}: exists and holds files modelswarms did not write (no "
@@ -74,18 +81,9 @@ def export_expert(pool: ExpertPool, tensors: dict[str, torch.Tensor], folder: st
     tmp = Path(tempfile.mkdtemp(dir=folder.parent, prefix=f".{folder.name}."))
     try:
         tmp.chmod(0o755)  # mkdtemp makes it private; an export is an ordinary model folder
-        if pool.kind == "lora":
-            save_file(out, tmp / "adapter_model.safetensors", metadata=meta)
-            config = dict(pool.adapter_config or {})
-            base, note = exported_base(pool.base_model)
-            config["base_model_name_or_path"] = base
-            (tmp / "adapter_config.json").write_text(json.dumps(config, indent=2))
-            if note is not None:
-                (tmp / BASE_NOTE).write_text(json.dumps(note, indent=2))
-        else:
-            save_file(out, tmp / "model.safetensors", metadata=meta)
+        pool.write_weights(tmp, out, meta)
         mark(tmp)  # an export of ours: a later export or --overwrite may replace it
-        for name in ADAPTER_EXTRAS if pool.kind == "lora" else MODEL_FILES:
+        for name in pool.export_files:
             if (pool.template / name).is_file():
                 shutil.copy2(pool.template / name, tmp / name)
         old = None
@@ -102,7 +100,7 @@ def export_expert(pool: ExpertPool, tensors: dict[str, torch.Tensor], folder: st
     return folder
 
 
-def export_vector(pool: ExpertPool, space: FlatSpace, vector: torch.Tensor, folder: str | Path,
+def export_vector(pool: WeightPool, space: FlatSpace, vector: torch.Tensor, folder: str | Path,
                   metadata: dict[str, str] | None = None) -> Path:
     """Write a point of `space` as a standard adapter / model folder: its searched tensors
     from `vector`, every frozen tensor as expert 0 has it."""

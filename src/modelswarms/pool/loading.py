@@ -1,13 +1,12 @@
-"""Load a pool of experts from folders (or hub ids): safetensors only, never pickle."""
+"""Load experts from folders (or hub ids): safetensors only, never pickle. The pool they
+make is pool/kinds.py's."""
 
 from __future__ import annotations
 
 import json
 import re
-from collections.abc import Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import torch
 from safetensors import SafetensorError
@@ -15,38 +14,12 @@ from safetensors.torch import load_file
 
 from ..errors import ExpertError
 from ..models import EMBEDDED, adapter_base, embedded_path
-from .validate import check_adapter_config, validate_pool
+from .expert import Expert
+from .validate import check_adapter_config
 
 HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+")  # org/name, never a relative path like ./x
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl")
 ADAPTER_CONFIG, ADAPTER_WEIGHTS = "adapter_config.json", "adapter_model.safetensors"
-
-
-@dataclass(frozen=True)
-class Expert:
-    """One expert; `config` (an addition to the contract) is its adapter or model config."""
-
-    name: str
-    path: Path
-    tensors: dict[str, torch.Tensor] = field(repr=False)
-    config: dict[str, Any] = field(default_factory=dict, repr=False)  # adapter or model config
-
-
-@dataclass(frozen=True)
-class ExpertPool:
-    kind: Literal["lora", "full", "mixture"]  # mixture: mixture/pool.py
-    experts: list[Expert]
-    base_model: str | None
-    template: Path
-    adapter_config: dict[str, Any] | None
-
-    @property
-    def names(self) -> list[str]:
-        return [e.name for e in self.experts]
-
-    @property
-    def tensor_names(self) -> list[str]:
-        return sorted(self.experts[0].tensors)
 
 
 def _fetch(source: str) -> Path:
@@ -162,7 +135,7 @@ def load_expert(source: str | Path, name: str | None = None) -> tuple[str, Exper
     )
 
 
-def _unique_names(experts: list[Expert], explicit: bool) -> list[Expert]:
+def unique_names(experts: list[Expert], explicit: bool) -> list[Expert]:
     """Experts with distinct names: folder names repeat across parents (a/expert, b/expert)."""
     names = [e.name for e in experts]
     dupes = sorted({n for n in names if names.count(n) > 1})
@@ -179,25 +152,3 @@ def _unique_names(experts: list[Expert], explicit: bool) -> list[Expert]:
             taken.add(name)
         out.append(Expert(name, e.path, e.tensors, e.config))
     return out
-
-
-def load_pool(sources: Sequence[str | Path], *, base_model: str | None = None,
-              names: Sequence[str] | None = None) -> ExpertPool:
-    """Load and validate a pool: every expert must match the first one exactly."""
-    if isinstance(sources, str | Path):
-        sources = [sources]  # a lone path would otherwise be iterated character by character
-    if names is not None and len(names) != len(sources):
-        raise ExpertError(f"{len(names)} names given for {len(sources)} experts")
-    loaded = [load_expert(s, names[i] if names else None) for i, s in enumerate(sources)]
-    kinds = [k for k, _ in loaded]
-    experts = _unique_names([e for _, e in loaded], explicit=names is not None)
-    validate_pool(kinds, experts)
-    kind = kinds[0]
-    adapter_config = dict(experts[0].config) if kind == "lora" else None
-    base = base_model
-    if kind == "lora" and base is None:
-        base = experts[0].config.get("base_model_name_or_path")
-        if not base:
-            raise ExpertError(f"{experts[0].path}: adapter {experts[0].name} names no base "
-                              "model; set experts.base_model")
-    return ExpertPool(kind, experts, base, experts[0].path, adapter_config)  # type: ignore[arg-type]

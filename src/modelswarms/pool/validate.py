@@ -9,14 +9,12 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 
 from ..errors import ExpertError
-
-if TYPE_CHECKING:
-    from .loading import Expert
+from .expert import Expert
 
 # adapter_config keys that change what the A and B factors mean. The base model is compared
 # even when the user overrides it: the override replaces a common value, it cannot reconcile

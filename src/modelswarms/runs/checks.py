@@ -10,7 +10,6 @@ from __future__ import annotations
 import logging
 import math
 from collections import Counter
-from collections.abc import Iterator
 from typing import Any
 
 import torch
@@ -18,6 +17,7 @@ from rich.console import Console
 from rich.markup import escape
 
 from ..errors import DataError
+from ..evaluation.evaluator import Overlong, text_fields
 from .scorer import Scorer, fingerprint
 
 log = logging.getLogger("modelswarms")
@@ -54,8 +54,8 @@ def check_session(pool: Any, experts: torch.Tensor, dev: list[dict], cfg: Any,
 def duplicate_experts(pool: Any, experts: torch.Tensor, scorer: Scorer) -> None:
     """The same expert twice makes the swarm search copies."""
     seen: dict[bytes, str] = {}
-    for expert, row in zip(pool.experts, experts, strict=True):
-        key = fingerprint(row) if pool.kind != "mixture" else str(expert.path.resolve()).encode()
+    for i, (expert, row) in enumerate(zip(pool.experts, experts, strict=True)):
+        key = pool.identity(i) or fingerprint(row)
         if key in seen:
             warn(scorer, "duplicate_experts", f"experts: {seen[key]} and {expert.name} are the "
                  f"same ({expert.path}); the search gets a copy, not another expert")
@@ -105,40 +105,30 @@ def check_budget(cfg: Any, search: Any, scorer: Scorer) -> None:
              f"can barely move (two iterations need a budget of {3 * n})")
 
 
-def _strings(node: Any, field: str = "") -> Iterator[tuple[str, str]]:
-    if isinstance(node, str):
-        yield field, node
-    elif isinstance(node, dict):
-        for k, v in node.items():
-            yield from _strings(v, f"{field}.{k}" if field else str(k))
-    elif isinstance(node, list):
-        for k, v in enumerate(node):
-            yield from _strings(v, f"{field}.{k}" if field else str(k))
-
-
-def check_lengths(evaluator: Any, splits: dict[str, list[dict] | None],
+def check_lengths(evaluator: Any, utility: Any, splits: dict[str, list[dict] | None],
                   source: str | None) -> None:
-    """Refuse, before the search, an item with one field longer than the model reads (its
-    max_position_embeddings), on every split the run scores: found while scoring, the test
-    split's would stop the run only after the whole search. A prompt holds at least each of
-    its fields (but the id), so this never refuses an item that fits; one that fits field by
-    field but not with its template is still refused when scored."""
-    tokenizer = getattr(evaluator, "tokenizer", None)
-    model = getattr(getattr(evaluator, "backend", None), "model", None)
-    limit = getattr(getattr(model, "config", None), "max_position_embeddings", None)
-    if tokenizer is None or not isinstance(limit, int):
-        return  # a mixture or Ray workers: their models check when they score
+    """Refuse, before the search, an item longer than the model reads (its
+    max_position_embeddings) as the utility scores it (its template, options and all), on
+    every split the run scores: found while scoring, the test split's would stop the run only
+    after the whole search."""
+    overlong = getattr(evaluator, "overlong", None)
+    if overlong is None:
+        return  # an evaluator of the user's: it checks when it scores
     for split, items in splits.items():
-        for i, item in enumerate(items or []):
-            fields = {k: v for k, v in item.items() if k not in ("id", "split")}  # unread
-            for field, text in _strings(fields):
-                # a token covers at least one byte, a character at most four
-                if 4 * len(text) + 2 <= limit:
-                    continue
-                n = len(tokenizer(text, add_special_tokens=False)["input_ids"])
-                if n > limit:
-                    ident = f" (id {item['id']!r})" if "id" in item else ""
-                    raise DataError(f"{source or 'data'}: item {i}{ident} of split {split!r}: "
-                                    f"field {field!r} is {n} tokens, more than the model "
-                                    f"reads ({limit}, its max_position_embeddings); shorten "
-                                    "or drop it")
+        if items and (found := overlong(items, utility)) is not None:
+            refuse_overlong(found, items, split, source)
+
+
+def refuse_overlong(found: Overlong, items: list[dict], split: str, source: str | None) -> None:
+    """The one line for an item too long: file, split, item and field."""
+    item = items[found.index]
+    ident = f" (id {item['id']!r})" if "id" in item else ""
+    if found.field is not None:
+        what = f"field {found.field!r} is {found.tokens} tokens"
+    else:
+        field, text = max(text_fields(item), key=lambda x: len(x[1]), default=("?", ""))
+        what = (f"field {field!r} ({len(text)} characters, its longest) makes its prompt, "
+                f"as the utility scores it, {found.tokens} tokens")
+    raise DataError(f"{source or 'data'}: item {found.index}{ident} of split {split!r}: "
+                    f"{what}, more than {found.reader} reads ({found.limit}, its "
+                    "max_position_embeddings); shorten or drop it")

@@ -21,17 +21,17 @@ from typing import Any
 
 from ..config import RunConfig, dump_config, load_config
 from ..errors import ConfigError, ModelSwarmsError, RunError
+from ..folders import FolderLock, claim, config_inputs, lock_existing
+from ..io import atomic_write_text, read_jsonl
 from ..merge import MERGE_METHODS
-from .checkpoint import atomic_write_text
-from .folders import FolderLock, claim, config_inputs, lock_existing
+from ..stats import paired_bootstrap, seed_averaged_gain, unpack_scores
+from ..trackers import check_trackers
 from .inputs import check_resume
 from .inputs import record as record_inputs
 from .progress import CompareProgress
 from .rows import RowContext, RowSpec, is_search, row_spec
-from .runner import logging_to, read_jsonl, remove_torn_writes
+from .runner import logging_to, remove_torn_writes, run, search_loop
 from .session import Session
-from .stats import paired_bootstrap, seed_averaged_gain, unpack_scores
-from .trackers import check_trackers
 
 log = logging.getLogger("modelswarms")
 LEVEL, RESAMPLES, BOOTSTRAP_SEED = 0.95, 10000, 0
@@ -148,7 +148,8 @@ def _compare(cfg: RunConfig, out: Path, methods: list[str], show_progress: bool)
             before = session.evaluations
             try:
                 rows = spec.rows(RowContext(cfg, session, out, seed, expert_dev, show_progress,
-                                            view=watch.search_view))
+                                            view=watch.search_view, loop=search_loop,
+                                            run=run, searches=out / "runs"))
             except ConfigError as err:  # e.g. slerp with more than two experts
                 log.warning("compare: %s skipped: %s", method, err)
                 rows = [{"name": spec.label, "skipped": str(err)}]
@@ -161,11 +162,11 @@ def _compare(cfg: RunConfig, out: Path, methods: list[str], show_progress: bool)
                 f.write(json.dumps(rec) + "\n")
             log.info("compare: %s seed %d done", method, seed)
             # the table so far, readable while the rest runs (or after a kill)
-            write_tables(_table(cfg, methods, done, items,
+            write_tables(comparison_table(cfg, methods, done, items,
                                 partial={"rows_done": len(done), "rows_total": len(units)}),
                          out)
             watch.finish_row(time.perf_counter() - start, _summary(rows))
-        report = _table(cfg, methods, done, items)
+        report = comparison_table(cfg, methods, done, items)
         write_tables(report, out)
         plot(report, out / "compare.png")
     return report
@@ -197,7 +198,7 @@ def _stats(values: list[float]) -> tuple[float, float]:
 PerItem = list[list[float] | None]
 
 
-def _table(cfg: RunConfig, methods: list[str], done: dict,
+def comparison_table(cfg: RunConfig, methods: list[str], done: dict,
            items: dict[str, int] | None = None,
            partial: dict[str, int] | None = None) -> dict[str, Any]:
     """The report of the rows in `done`; `partial` (rows done / rows in all) marks a table
@@ -294,7 +295,7 @@ def _intervals(row: dict[str, Any], seeds: PerItem,
         row[field] = whole
 
 
-def _pm(row: dict[str, Any], split: str) -> str:
+def plus_minus(row: dict[str, Any], split: str) -> str:
     mean = row.get(f"{split}_mean")
     if mean is None:
         return "-"
@@ -418,7 +419,7 @@ def render_markdown(report: dict[str, Any]) -> str:
             continue
         search = is_search(row.get("method", ""))
         vs = [_ci(row.get(f"vs_{k}")) if search else "" for k in REFERENCE_LABELS]
-        lines.append(f"| {row['name']} | {_pm(row, 'dev')} | {_pm(row, 'test')} | "
+        lines.append(f"| {row['name']} | {plus_minus(row, 'dev')} | {plus_minus(row, 'test')} | "
                      f"{vs[0]} | {vs[1]} | {row['evaluations']:.0f} | {row['seconds']:.1f} |")
     if sentence := verdict_sentence(report):
         lines += ["", sentence]

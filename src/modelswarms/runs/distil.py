@@ -10,13 +10,13 @@ from typing import Any
 
 from ..config import DataConfig, ModelConfig, load_config, utility_config
 from ..errors import ConfigError, DataError
-from ..evaluation.data import load_split, load_text
-from ..evaluation.utilities import build_utility
+from ..evaluation.data.items import load_split, load_text
+from ..evaluation.objectives.utilities import build_utility
+from ..folders import check_output, mark
+from ..io import atomic_write_text
 from ..mixture import load_mixture
 from ..mixture.distil import distil, distillation_report, score_references
 from ..mixture.pool import MIXTURE_FILE
-from .checkpoint import atomic_write_text
-from .folders import check_output, mark
 
 
 def run_config_of(mixture: Path) -> Path | None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 
-from ..evaluation.utilities import ItemScores
+from ..evaluation.objectives.utilities import ItemScores
 
 
 def majority_vote(results: Sequence[ItemScores], utilities: Sequence[float]) -> ItemScores:

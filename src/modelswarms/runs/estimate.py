@@ -25,7 +25,7 @@ import torch
 
 from ..config import EstimateConfig
 from ..errors import ConfigError
-from ..evaluation.utilities import ItemScores
+from ..evaluation.objectives.utilities import ItemScores
 from .scorer import fingerprints
 from .session import Session
 

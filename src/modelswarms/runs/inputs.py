@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import RunError
-from .checkpoint import atomic_write_text
+from ..io import atomic_write_text
 
 log = logging.getLogger("modelswarms")
 

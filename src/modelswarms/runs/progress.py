@@ -52,7 +52,7 @@ def write_state(folder: Path | None, state: dict[str, Any]) -> None:
     if folder is None:
         return
     # Renamed into place whole, so a reader never sees half of it; not fsynced as results
-    # are (checkpoint.atomic_write_text): it is advisory and rewritten every iteration, and
+    # are (io.atomic_write_text): it is advisory and rewritten every iteration, and
     # a flush to disk per iteration buys nothing. A kill mid-write leaves a ".*.tmp" that
     # the next resume removes.
     tmp = Path(folder) / f".{STATE}.{os.getpid()}.tmp"

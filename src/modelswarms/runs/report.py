@@ -9,12 +9,12 @@ from typing import Any
 
 import yaml
 
+from ..io import atomic_write_text
 from ..merge.mergekit import coefficients_config
 from ..search import SearchStrategy
-from .checkpoint import atomic_write_text
+from ..stats import pack_scores, paired_bootstrap, weak_to_strong
 from .ensemble import majority_vote
 from .session import Session
-from .stats import pack_scores, paired_bootstrap, weak_to_strong
 
 
 def _row(name: str, dev: float | None, test: float | None, **extra: Any) -> dict[str, Any]:
@@ -54,7 +54,7 @@ def _mergekit_config(session: Session, report: dict[str, Any]) -> dict[str, Any]
     over full models whose every tensor is searched (merge/mergekit.py)."""
     coef = report.get("best_coefficients")
     pool, space = session.pool, session.space
-    if coef is None or pool.kind != "full" or len(space.slots) != len(pool.tensor_names):
+    if coef is None or not pool.mergekit or len(space.slots) != len(pool.tensor_names):
         return None
     return coefficients_config([str(e.path) for e in pool.experts], coef)
 
@@ -75,7 +75,7 @@ def summarize(session: Session, search: SearchStrategy, history: list[dict[str, 
     rows = []
     test = session.test
     expert_test = []
-    if session.pool.kind == "lora":
+    if session.pool.scores_base:
         base_dev = session.score(None, session.dev).value
         base_test = session.score(None, test).value if test else None
         rows.append(_row("base model", base_dev, base_test))
@@ -103,7 +103,7 @@ def summarize(session: Session, search: SearchStrategy, history: list[dict[str, 
     if test:
         # how sure the gain is: a paired bootstrap over the same test items
         refs = {"best expert": expert_test[best_expert].scores}
-        if session.pool.kind == "lora":
+        if session.pool.scores_base:
             refs["base model"] = session.score(None, test).scores
         gains = {name: paired_bootstrap(best_test.scores, ref, seed=cfg.seed)
                  for name, ref in refs.items()}

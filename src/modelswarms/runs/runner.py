@@ -14,26 +14,24 @@ import json
 import logging
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from ..config import RunConfig, dump_config, load_config
 from ..errors import ConfigError, ModelSwarmsError, RunError
+from ..folders import Claim, FolderLock, claim, config_inputs, lock_existing
+from ..io import atomic_write_text, read_jsonl
 from ..search import SearchStrategy, strategy_spec
-from .checkpoint import (
-    CheckpointWriter,
-    atomic_write_text,
-    load_checkpoint,
-    save_checkpoint,
-)
+from ..trackers import Trackers
+from .candidates import candidate_kind
+from .checkpoint import CheckpointWriter, load_checkpoint, save_checkpoint
 from .checks import check_budget
-from .folders import Claim, FolderLock, claim, config_inputs, lock_existing
+from .estimate import FewItems
 from .inputs import check_resume
 from .inputs import record as record_inputs
 from .progress import Progress, SearchView
-from .report import final_report
 from .session import Session
-from .trackers import Trackers
 
 log = logging.getLogger("modelswarms")
 
@@ -70,23 +68,21 @@ def logging_to(run_dir: Path) -> Iterator[None]:
         handler.close()
 
 
-def read_jsonl(path: Path) -> list[dict[str, Any]]:
-    """The records of a JSON-lines file up to its first torn line (a kill mid-write)."""
-    records = []
-    if path.exists():
-        for line in path.read_text().splitlines():
-            try:
-                records.append(json.loads(line))
-            except json.JSONDecodeError:
-                break
-    return records
-
-
 def _read_history(path: Path, upto: int) -> list[dict[str, Any]]:
-    """History records up to iteration `upto` (the checkpoint's; older hswarm lines count
-    rounds)."""
-    return list(itertools.takewhile(lambda r: r.get("iteration", r.get("round", 0)) <= upto,
+    """History records up to iteration `upto` (the checkpoint's)."""
+    return list(itertools.takewhile(lambda r: r["iteration"] <= upto,
                                     read_jsonl(path)))
+
+
+@dataclass
+class Finished:
+    """A finished search: its report, the strategy (its best), the history and the session
+    that scored it (resident model, data, score cache)."""
+
+    report: dict[str, Any]
+    search: SearchStrategy
+    history: list[dict[str, Any]]
+    session: Session
 
 
 def run(cfg: RunConfig | None = None, *, resume: str | Path | None = None,
@@ -95,9 +91,19 @@ def run(cfg: RunConfig | None = None, *, resume: str | Path | None = None,
         accept_changes: bool = False, view: SearchView = Progress) -> dict[str, Any]:
     """Run (or resume) a search and return its report. `session` reuses a resident model,
     data and score cache opened for the same experts, data and utility (compare does, and
-    checks its inputs itself). `strategy` overrides the config's (the `hswarm` command);
+    checks its inputs itself). `strategy` overrides the config's (the `hswarm` alias);
     `view` shows the progress (compare: a row of its own view). A resume whose inputs
     changed since the run started stops, unless `accept_changes`."""
+    return execute(cfg, resume=resume, overwrite=overwrite, show_progress=show_progress,
+                   session=session, strategy=strategy, accept_changes=accept_changes,
+                   view=view).report
+
+
+def execute(cfg: RunConfig | None = None, *, resume: str | Path | None = None,
+            overwrite: bool = False, show_progress: bool = True,
+            session: Session | None = None, strategy: str | None = None,
+            accept_changes: bool = False, view: SearchView = Progress) -> Finished:
+    """`run`, keeping what the report was made from (the Python API's result)."""
     held: FolderLock | None = None
     if resume is not None:
         run_dir = Path(resume)
@@ -113,7 +119,7 @@ def run(cfg: RunConfig | None = None, *, resume: str | Path | None = None,
 
 
 def _run(cfg, resume, overwrite, show_progress, session, strategy, accept_changes,
-         held, view) -> dict[str, Any]:
+         held, view) -> Finished:
     if resume is not None:
         run_dir = Path(resume)
         cfg = load_config(run_dir / CONFIG)
@@ -121,8 +127,7 @@ def _run(cfg, resume, overwrite, show_progress, session, strategy, accept_change
     if strategy is not None:
         cfg = cfg.model_copy(update={"strategy": strategy})
     spec = strategy_spec(cfg.strategy)
-    if spec.prepare is not None:
-        cfg = spec.prepare(cfg)
+    cfg = spec.prepare(cfg)
     cfg.need_data(f"strategy {cfg.strategy}")
     if resume is not None and session is None:
         check_resume(run_dir, cfg, accept_changes)
@@ -151,10 +156,11 @@ def _run(cfg, resume, overwrite, show_progress, session, strategy, accept_change
                 if resume is None and not (run_dir / CHECKPOINT).exists():
                     held.abandon()
                 raise
-            report = (spec.report or final_report)(session, search, history, run_dir)
+            report = candidate_kind(spec.candidate).report(session, search, history, run_dir,
+                                                           search_loop)
             trackers.log_report(report)
             log.info("done: best dev utility %.4f", report["best_dev"])
-            return report
+            return Finished(report, search, history, session)
     finally:
         if resume is None:
             held.release()
@@ -176,14 +182,13 @@ def search_loop(cfg: RunConfig, run_dir: Path | None, session: Session,
     API)."""
     spec = strategy_spec(cfg.strategy)
     search = spec.build(cfg, session.experts, session.space)
-    score = spec.scorer(session) if spec.scorer else session.dev_utilities
+    kind = candidate_kind(spec.candidate)
+    score = kind.scorer(session, cfg)
     estimator = None
     if (est := getattr(cfg.utility, "estimate", None)) is not None:
-        if spec.scorer is not None:
+        if not kind.fewer_items:
             raise ConfigError(f"utility.estimate: strategy {cfg.strategy} scores its own "
                               "candidates, not weight rows; remove utility.estimate")
-        from .estimate import FewItems
-
         score = estimator = FewItems(session, est, cfg.seed)
     wall = 0.0
     history: list[dict[str, Any]] = []

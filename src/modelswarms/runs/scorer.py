@@ -17,7 +17,7 @@ import torch
 
 from ..errors import DataError, UtilityError
 from ..evaluation.evaluator import Evaluator
-from ..evaluation.utilities import ItemScores, Utility
+from ..evaluation.objectives.utilities import ItemScores, Utility
 
 log = logging.getLogger("modelswarms")
 

@@ -1,7 +1,7 @@
 """What a run holds in memory: the pool, its weight space, an evaluator, the data, a scorer.
 
 `Session.open` only composes the parts, each loaded where it lives (pool/, space/,
-evaluation/evaluator.py, evaluation/data.py, runs/scorer.py); scoring goes through the scorer,
+evaluation/evaluator.py, evaluation/data/items.py, runs/scorer.py); scoring goes through the scorer,
 the loop's side of the evaluator seam.
 """
 
@@ -14,10 +14,12 @@ from pathlib import Path
 import torch
 
 from ..config import ExpertsConfig, ModelConfig, RunConfig
-from ..evaluation.data import load_split
-from ..evaluation.evaluator import Evaluator, ResidentEvaluator
-from ..evaluation.utilities import ItemScores, Utility, build_utility
-from ..pool import ExpertPool, export_vector, load_pool
+from ..evaluation.data.items import load_split
+from ..evaluation.evaluator import Evaluator
+from ..evaluation.objectives.utilities import ItemScores, Utility, build_utility
+from ..evaluation.ray_pool import RayEvaluator
+from ..pool import Pool
+from ..pool import open_pool as open_kind
 from ..space import FlatSpace
 from .checks import check_lengths, check_session
 from .scorer import Scorer, fingerprint, items_key
@@ -25,33 +27,23 @@ from .scorer import Scorer, fingerprint, items_key
 __all__ = ["Session", "fingerprint", "items_key"]
 
 
-def open_pool(e: ExpertsConfig) -> tuple[ExpertPool, FlatSpace]:
-    """The experts of a config and their searched weight space (a Ray actor opens its own
-    with this, from the same config)."""
-    if e.compose == "mixture":
-        from ..mixture.pool import load_mixture_pool
-
-        pool = load_mixture_pool(e.paths)
-    else:
-        pool = load_pool(e.paths, base_model=e.base_model)
+def open_pool(e: ExpertsConfig) -> tuple[Pool, FlatSpace]:
+    """The experts of a config (the pool kind `experts.compose` names) and their searched
+    weight space (a Ray actor opens its own with this, from the same config)."""
+    pool = open_kind(e)
     return pool, FlatSpace.select(pool.experts[0].tensors, e.include, e.exclude)
 
 
-def local_evaluator(pool: ExpertPool, space: FlatSpace, e: ExpertsConfig,
-                    model: ModelConfig) -> Evaluator:
-    """The evaluator of this process: a mixture's models side by side, or one resident
-    model."""
-    if pool.kind == "mixture":
-        from ..mixture.evaluator import MixtureEvaluator
-
-        return MixtureEvaluator.open(pool, model)
-    return ResidentEvaluator(pool, space, model, trust_remote_code=e.trust_remote_code)
+def open_local(e: ExpertsConfig, model: ModelConfig) -> tuple[FlatSpace, Evaluator]:
+    """A Ray actor's evaluator and weight space, opened from the run's config."""
+    pool, space = open_pool(e)
+    return space, pool.evaluator(space, e, model)
 
 
 @dataclass
 class Session:
     cfg: RunConfig
-    pool: ExpertPool
+    pool: Pool
     space: FlatSpace
     evaluator: Evaluator
     scorer: Scorer
@@ -76,15 +68,13 @@ class Session:
             test = load_split(data, data.test_split, required=utility.required_fields,
                               limit=data.max_test) if need_test else None
         if evaluator is None and cfg.model.workers is not None:
-            from ..evaluation.ray_pool import RayEvaluator
-
-            evaluator = RayEvaluator.open(cfg.experts, cfg.model, space)
+            evaluator = RayEvaluator.open(cfg.experts, cfg.model, space, open_local)
         elif evaluator is None:
-            evaluator = local_evaluator(pool, space, cfg.experts, cfg.model)
+            evaluator = pool.evaluator(space, cfg.experts, cfg.model)
         experts = space.stack([x.tensors for x in pool.experts], device=evaluator.device)
         scorer = Scorer(evaluator, utility, cfg.utility.on_invalid)
         scorer.source = data.name if data is not None else None
-        check_lengths(evaluator, {data.dev_split if data else "dev": dev,
+        check_lengths(evaluator, utility, {data.dev_split if data else "dev": dev,
                                   data.test_split if data else "test": test}, scorer.source)
         check_session(pool, experts, dev, cfg, scorer)
         return cls(cfg, pool, space, evaluator, scorer, dev, test, experts)
@@ -131,9 +121,5 @@ class Session:
     def export(self, vector: torch.Tensor, folder, metadata: dict[str, str]) -> Path:
         """Write `vector` as a standard adapter / model folder (frozen tensors: expert 0's);
         a mixture's as mixture.json (its experts' folders and weights)."""
-        if self.pool.kind == "mixture":
-            from ..mixture.pool import write_mixture
-
-            return write_mixture(self.pool, vector, folder, metadata)
-        return export_vector(self.pool, self.space, vector, folder, metadata)
+        return self.pool.export(self.space, vector, folder, metadata)
 

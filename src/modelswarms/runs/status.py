@@ -2,8 +2,11 @@
 
 It only reads (config.yaml, results.jsonl, history.jsonl, report.json, progress.json): the
 process writing the folder, if any, is not disturbed, and a killed one's folder is read as
-it was left. Whether a writer is alive is asked of the operating system by the pid that
-progress.json names (on the same host only)."""
+it was left. Whether a writer is alive is asked of the kernel's lock table: a writer holds
+the folder's lock (folders.py) for its whole life, and the kernel drops it when the
+process dies, so a recycled pid or a progress.json left by a killed run is not mistaken for a
+live writer. A folder without the lock's marker (an older version's), or a system without
+/proc/locks, falls back to the pid progress.json names (on the same host only)."""
 
 from __future__ import annotations
 
@@ -16,7 +19,13 @@ from typing import Any
 
 from ..config import load_config
 from ..errors import RunError
+from ..folders import probe_lock
+from ..io import read_jsonl
+from ..search import strategy_spec
+from .compare import comparison_table, render_markdown
 from .progress import STATE, duration, search_eta
+from .rows import row_spec
+from .runner import HISTORY
 
 
 def _read_json(path: Path) -> dict[str, Any] | None:
@@ -44,10 +53,19 @@ def writer(folder: Path) -> dict[str, Any]:
     "running", "stopped" (an error or Ctrl-C, said in `error`), "gone" (the process ended
     without a word: killed, or a crash), "elsewhere" (another host: unknown) or "unknown"
     (no progress.json: a folder of an older version)."""
-    state = _read_json(folder / STATE)
-    if state is None and folder.name.startswith("seed_") and folder.parents[1].name == "runs":
+    owner = folder
+    if folder.name.startswith("seed_") and folder.parents[1].name == "runs" and \
+            not (folder / STATE).is_file():
         # a search row of a comparison (FOLDER/runs/METHOD/seed_N): its comparison writes it
-        state = _read_json(folder.parents[2] / STATE)
+        owner = folder.parents[2]
+    state = _read_json(owner / STATE)
+    lock = probe_lock(owner)
+    if lock is not None and lock[0]:
+        # held: a writer lives, whatever progress.json last said (it may not have written yet)
+        out = dict(state or {})
+        out.update(state="running", pid=lock[1], host=socket.gethostname())
+        out["age_s"] = time.time() - out.get("updated", time.time())
+        return out
     if state is None:
         return {"state": "unknown"}
     out = dict(state)
@@ -55,8 +73,8 @@ def writer(folder: Path) -> dict[str, Any]:
     if state.get("state") == "running":
         if state.get("host") != socket.gethostname():
             out["state"] = "elsewhere"
-        elif not _alive(int(state.get("pid", -1))):
-            out["state"] = "gone"
+        elif lock is not None or not _alive(int(state.get("pid", -1))):
+            out["state"] = "gone"  # the lock is free: its holder died
     return out
 
 
@@ -71,10 +89,6 @@ def folder_status(folder: str | Path) -> dict[str, Any]:
 
 
 def _compare_status(folder: Path, cfg: Any) -> dict[str, Any]:
-    from .compare import _table, render_markdown
-    from .rows import row_spec
-    from .runner import read_jsonl
-
     methods = cfg.compare.methods
     units = [(m, s) for m in methods for s in (cfg.compare.seeds if row_spec(m).seeded
                                                   else [0])]
@@ -85,14 +99,14 @@ def _compare_status(folder: Path, cfg: Any) -> dict[str, Any]:
     if finished:
         who["state"] = "finished"
     partial = None if finished else {"rows_done": len(done), "rows_total": len(units)}
-    report = _table(cfg, methods, done, last.get("items"), partial=partial)
+    report = comparison_table(cfg, methods, done, last.get("items"), partial=partial)
     in_flight = None
     todo = [u for u in units if u not in done]
     if todo and who["state"] != "finished":
         method, seed = todo[0]
         in_flight = {"method": method, "seed": seed if row_spec(method).seeded else None}
         history = folder / "runs" / method / f"seed_{seed}" / "history.jsonl"
-        if recs := read_jsonl(history):
+        if recs := _history(history):
             in_flight.update(iteration=recs[-1]["iteration"],
                              evaluations=recs[-1]["evaluations"], budget=cfg.compare.budget,
                              best=recs[-1]["global_best"])
@@ -101,18 +115,30 @@ def _compare_status(folder: Path, cfg: Any) -> dict[str, Any]:
             "table": render_markdown(report), "report": report}
 
 
-def _run_status(folder: Path, cfg: Any) -> dict[str, Any]:
-    from ..search import strategy_spec
-    from .runner import HISTORY, read_jsonl
+# what status reads from each history record; a record without them was not written by us
+HISTORY_KEYS = ("iteration", "evaluations", "global_best", "wall_time")
 
-    history = read_jsonl(folder / HISTORY)
+
+def _history(path: Path) -> list[dict[str, Any]]:
+    """The history's records, or one line naming the file and the record that is not ours."""
+    records = read_jsonl(path)
+    for i, rec in enumerate(records, 1):
+        missing = [k for k in HISTORY_KEYS if not isinstance(rec, dict) or k not in rec]
+        if missing:
+            raise RunError(f"{path}: record {i} lacks {', '.join(missing)}: not a history "
+                           "this package wrote (edited by hand?); status reads nothing else")
+    return records
+
+
+def _run_status(folder: Path, cfg: Any) -> dict[str, Any]:
+    history = _history(folder / HISTORY)
     who = writer(folder)
     report = _read_json(folder / "report.json")
     if report is not None:
         who["state"] = "finished"
     spec = strategy_spec(cfg.strategy)
     try:
-        max_iterations = spec.iterations(spec.prepare(cfg) if spec.prepare else cfg)
+        max_iterations = spec.iterations(spec.prepare(cfg))
     except Exception:  # a strategy whose length needs more than the config: not shown
         max_iterations = None
     last = history[-1] if history else None

@@ -13,9 +13,14 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..config import CoefficientSearchConfig, RunConfig
+from ..config import RunConfig
 from ..space import FlatSpace
-from .coefficients import ArchivedCoefficients, CoefficientArchive, CoefficientMap
+from .coefficients import (
+    ArchivedCoefficients,
+    CoefficientArchive,
+    CoefficientMap,
+    CoefficientSearchConfig,
+)
 from .registry import register_strategy
 
 

@@ -13,10 +13,27 @@ import re
 from typing import Any
 
 import torch
+from pydantic import Field
 
+from ..config import StrictModel, register_section
 from ..space import FlatSpace
 
 _LAYER = re.compile(r"\.layers\.(\d+)\.")
+
+
+class CoefficientSearchConfig(StrictModel):
+    """CMA-ES and random search over merge coefficients: a candidate is sum_i c_i * expert_i
+    (one c per expert, or per expert and layer), started at the uniform soup c_i = 1/n."""
+
+    per_layer: bool = Field(False, description="one coefficient per expert and layer")
+    sigma: float = Field(0.5, gt=0, description="CMA-ES step size, in units of 1/n")
+    population: int | None = Field(None, ge=2, description="CMA-ES population (default: "
+                                   "cma's 4 + 3 ln(dimension))")
+    spread: float = Field(1.0, gt=0, description="random search: c_i ~ U(0, (1 + spread) / n)")
+    max_iterations: int = Field(200, ge=1, description="generations / rounds of 10 draws")
+
+
+register_section("coefficients", CoefficientSearchConfig)
 
 
 def layer_groups(space: FlatSpace, per_layer: bool) -> tuple[torch.Tensor, list[str]]:

@@ -2,28 +2,28 @@
 
 `@register_strategy(name, label=..., iterations=...)` on a build function `(cfg, experts,
 space) -> SearchStrategy` makes `strategy: name` available to `run`, `compare` and the Python
-API. A strategy whose candidates are not rows of the weight space (Heterogeneous Swarms asks
-for multi-LLM systems) also names how its candidates are scored and reported; the run loop
-(runs/runner.py) reads those hooks and is otherwise the same for every strategy.
+API. `candidate=` names the type of one candidate: a weight row (`torch.Tensor`, the default)
+or another type, such as Heterogeneous Swarms' `System`; the run loop scores, reports and
+saves each type through its own seam (runs/candidates.py) and is otherwise the same for
+every strategy. Every strategy is a module of this package, imported by its __init__.
 """
 
 from __future__ import annotations
 
-import importlib
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+import torch
 
 from ..errors import ConfigError
 
 if TYPE_CHECKING:
-    import torch
-
     from ..config import RunConfig
     from ..space import FlatSpace
     from .base import SearchStrategy
 
-Build = Callable[["RunConfig", "torch.Tensor", "FlatSpace"], "SearchStrategy"]
+Build = Callable[["RunConfig", torch.Tensor, "FlatSpace"], "SearchStrategy"]
 
 
 @dataclass(frozen=True)
@@ -33,31 +33,28 @@ class StrategySpec:
     build: Build
     iterations: Callable[[RunConfig], int]  # the progress bar's length
     # Checks a config before a run folder is made, and fills the strategy's defaults.
-    prepare: Callable[[RunConfig], RunConfig] | None = None
-    # For candidates other than weight rows: session -> (candidates -> dev utilities), and
-    # (session, strategy, history, run_dir) -> the report. None: the weight-space defaults.
-    scorer: Callable[[Any], Callable[[Any], list[float]]] | None = None
-    report: Callable[..., dict[str, Any]] | None = None
-    weights: bool = True  # ask() gives rows of the weight space (compare can run it)
+    prepare: Callable[[RunConfig], RunConfig] = lambda cfg: cfg
+    candidate: type = torch.Tensor  # one candidate's type: how the loop scores and saves it
+
+    @property
+    def weights(self) -> bool:
+        """Its candidates are rows of the weight space (merge coefficients included)."""
+        return self.candidate is torch.Tensor
 
 
 STRATEGIES: dict[str, StrategySpec] = {}
-# Strategies outside search/ that register themselves when imported.
-PLUGINS = ("modelswarms.hetero.search",)
 
 
 def register_strategy(name: str, *, label: str, iterations: Callable[[RunConfig], int],
-                      **hooks: Any) -> Callable[[Build], Build]:
+                      prepare: Callable[[RunConfig], RunConfig] = lambda cfg: cfg,
+                      candidate: type = torch.Tensor) -> Callable[[Build], Build]:
     def deco(build: Build) -> Build:
-        STRATEGIES[name] = StrategySpec(name, label, build, iterations, **hooks)
+        STRATEGIES[name] = StrategySpec(name, label, build, iterations, prepare, candidate)
         return build
     return deco
 
 
 def strategy_spec(name: str) -> StrategySpec:
-    if name not in STRATEGIES:
-        for module in PLUGINS:
-            importlib.import_module(module)
     if name not in STRATEGIES:
         raise ConfigError(f"strategy: unknown strategy {name!r}; registered: "
                           f"{', '.join(sorted(STRATEGIES))}")
@@ -65,8 +62,6 @@ def strategy_spec(name: str) -> StrategySpec:
 
 
 def strategy_names() -> list[str]:
-    for module in PLUGINS:
-        importlib.import_module(module)
     return sorted(STRATEGIES)
 
 

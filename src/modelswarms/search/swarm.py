@@ -8,11 +8,12 @@ across devices and resumes bit-exactly from a checkpoint.
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import Any, Literal
 
 import torch
+from pydantic import Field, model_validator
 
-from ..config import RunConfig, SwarmConfig
+from ..config import RunConfig, StrictModel, register_section
 from ..space import FlatSpace
 from .registry import register_strategy
 
@@ -20,6 +21,36 @@ _DTYPES = {
     "float32": torch.float32, "float64": torch.float64,
     "bfloat16": torch.bfloat16, "float16": torch.float16,
 }
+
+
+class SwarmConfig(StrictModel):
+    particles: int | None = Field(None, ge=2, description="grow the population to this size")
+    inertia: float = Field(0.4, ge=0)
+    cognitive: float = Field(0.3, ge=0)
+    social: float = Field(0.3, ge=0)
+    repel: float = Field(0.3, ge=0)
+    use_repel: bool = True
+    random_factors: bool = True
+    step_length: float = Field(1.0, gt=0)
+    step_decay: float = Field(0.95, gt=0, le=1)
+    min_step: float = Field(0.1, ge=0)
+    start_velocity: Literal["random", "zero", "best"] = "random"
+    restart_patience: float = Field(0.5, gt=0, description="fraction of `patience`")
+    restart_cooldown: int = Field(
+        0, ge=0, description="extra iterations a restarted particle waits before it can restart")
+    patience: int = Field(10, ge=1)
+    max_iterations: int = Field(200, ge=0)
+    dtype: Literal["float32", "float64", "bfloat16", "float16"] = "float32"
+
+    @model_validator(mode="after")
+    def _coefficients(self) -> SwarmConfig:
+        total = self.inertia + self.cognitive + self.social + (self.repel if self.use_repel else 0)
+        if total <= 0:
+            raise ValueError("inertia + cognitive + social (+ repel) must be > 0")
+        return self
+
+
+register_section("search", SwarmConfig)
 
 
 def coefficients(

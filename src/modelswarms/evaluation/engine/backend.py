@@ -8,13 +8,16 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterator
+from pathlib import Path
+from typing import Protocol
 
 import torch
 
-from ..errors import ConfigError, ExpertError, first_line
-from ..models import adapter_base, resolve_model
-from ..pool import ExpertPool
-from ..space import FlatSpace
+from ...errors import ConfigError, ExpertError, first_line
+from ...models import adapter_base, resolve_model
+from ...pool import Expert
+from ...pool.loading import load_expert, read_json
+from ...space import FlatSpace
 
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -110,40 +113,44 @@ def load_causal_lm(source: str, dtype: torch.dtype, device: torch.device,
     return model.to(device).eval()
 
 
-def _live_name(pool: ExpertPool, name: str) -> str:
-    # peft stores "...lora_A.weight" in files; the live parameter is "...lora_A.default.weight".
-    if pool.kind == "lora":
-        for part in (".lora_A.", ".lora_B.", ".lora_embedding_A", ".lora_embedding_B"):
-            if part in name:
-                head, tail = name.rsplit(".", 1)
-                return f"{head}.default.{tail}" if part.endswith(".") else f"{name}.default"
-    return name
+class WeightPool(Protocol):
+    """What the resident model needs of a pool whose particles are weights (pool/kinds.py:
+    LoRA adapters, full checkpoints)."""
+
+    experts: list[Expert]
+    scores_base: bool  # a candidate of None is the model without its adapter
+    batches_particles: bool  # LoRA factors: several particles share a forward
+
+    @property
+    def model_source(self) -> str: ...
+
+    @property
+    def adapter(self) -> Path | None: ...
+
+    def live_name(self, name: str) -> str: ...
 
 
 class ResidentModel:
     """The model of a pool held in memory, its searched weights bound to one flat buffer."""
 
-    def __init__(self, pool: ExpertPool, space: FlatSpace, *, device: str = "auto",
+    def __init__(self, pool: WeightPool, space: FlatSpace, *, device: str = "auto",
                  dtype: str = "auto", trust_remote_code: bool = False):
         self.pool, self.space = pool, space
         self.device = pick_device(device)
         self.dtype = pick_dtype(dtype, self.device)
-        first = str(pool.experts[0].path)
-        if pool.kind == "lora":
+        source = pool.model_source
+        self.tokenizer = load_tokenizer(source, trust_remote_code)
+        self.model = load_causal_lm(source, self.dtype, self.device, trust_remote_code)
+        if pool.adapter is not None:
             from peft import PeftModel
 
-            base = resolve_model(pool.base_model or "")
-            self.tokenizer = load_tokenizer(base, trust_remote_code)
-            model = load_causal_lm(base, self.dtype, self.device, trust_remote_code)
-            self.model = PeftModel.from_pretrained(model, first, is_trainable=False).eval()
-        else:
-            self.tokenizer = load_tokenizer(first, trust_remote_code)
-            self.model = load_causal_lm(first, self.dtype, self.device, trust_remote_code)
+            self.model = PeftModel.from_pretrained(self.model, str(pool.adapter),
+                                                   is_trainable=False).eval()
         self.model.requires_grad_(False)
         self.flat = self._bind()
         if dtype == "int8":
             params = dict(self.model.named_parameters(remove_duplicate=False))
-            quantize_int8(self.model, frozenset(id(params[_live_name(pool, slot.name)])
+            quantize_int8(self.model, frozenset(id(params[pool.live_name(slot.name)])
                                                 for slot in space.slots))
 
     def _bind(self) -> torch.Tensor:
@@ -151,7 +158,7 @@ class ResidentModel:
         first = self.pool.experts[0].tensors
         live = []
         for slot in self.space.slots:
-            name = _live_name(self.pool, slot.name)
+            name = self.pool.live_name(slot.name)
             if name not in params:
                 raise ExpertError(
                     f"{self.pool.experts[0].path}: tensor {slot.name} has no parameter "
@@ -177,7 +184,7 @@ class ResidentModel:
     @contextlib.contextmanager
     def base_model(self) -> Iterator[object]:
         """The model without its adapter (LoRA pools only)."""
-        if self.pool.kind != "lora":
+        if not self.pool.scores_base:
             raise ExpertError("the base model is only defined for pools of LoRA adapters")
         with self.model.disable_adapter():
             yield self.model
@@ -186,18 +193,12 @@ class ResidentModel:
 def load_standalone(path: str, base_model: str | None = None, *, device: str = "auto",
                     dtype: str = "auto", trust_remote_code: bool = False):
     """(model, tokenizer) for one adapter folder or model folder, as plain transformers/peft."""
-    from pathlib import Path
-
-    from ..pool.loading import read_json
-
     dev = pick_device(device)
     dt = pick_dtype(dtype, dev)
     folder = Path(path)
     adapter_cfg = folder / "adapter_config.json"
     if adapter_cfg.is_file():
         from peft import PeftModel
-
-        from ..pool.loading import load_expert
 
         load_expert(folder)  # safetensors only, readable: checked here, not deep in peft
         base = base_model or adapter_base(folder, read_json(adapter_cfg))

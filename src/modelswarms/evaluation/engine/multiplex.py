@@ -17,8 +17,8 @@ from collections.abc import Iterator
 
 import torch
 
-from ..errors import ConfigError
-from .backend import ResidentModel, _live_name
+from ...errors import ConfigError
+from .backend import ResidentModel
 
 
 def _stacked(flat: torch.Tensor, offset: int, numel: int, shape: tuple[int, ...]) -> torch.Tensor:
@@ -31,13 +31,13 @@ class ParticleBatch:
     def __init__(self, backend: ResidentModel, k_max: int):
         from peft.tuners.lora import Linear as LoraLinear
 
-        if backend.pool.kind != "lora":
+        if not backend.pool.batches_particles:
             raise ConfigError("several particles per forward needs a pool of LoRA adapters")
         self.backend, self.k = backend, k_max
         space = backend.space
         self.flat = torch.zeros(k_max, space.dim, dtype=backend.flat.dtype,
                                 device=backend.device)
-        slots = {_live_name(backend.pool, s.name): s for s in space.slots}
+        slots = {backend.pool.live_name(s.name): s for s in space.slots}
         self.layers: list[tuple[torch.nn.Module, torch.Tensor, torch.Tensor, float]] = []
         for name, module in backend.model.named_modules():
             if not isinstance(module, LoraLinear) or "default" not in module.lora_A:

@@ -7,11 +7,14 @@ Every problem names the file and, for an item, its index, its id and the field a
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from ..errors import DataError
+from ...errors import DataError
+from .hf_data import load_hf_split, source_of
+from .presets import PRESETS
 
 
 def load_text(path: Path) -> str:
@@ -80,7 +83,32 @@ def check_items(source: Any, items: list[Any], split: str,
         scored_as_choice = "choices" in required and "answer" in required
         if scored_as_choice and (problem := _choice_problem(item)):
             raise DataError(f"{source}: item {i}{ident} of {split!r}: {problem}")
+        if problem := _text_problem(item, required):
+            raise DataError(f"{source}: item {i}{ident} of {split!r}: {problem}")
     return items
+
+
+# Fields a prompt shows as text: a number or NaN there would be rendered as "42" or "nan"
+# and scored as if the user had written it.
+TEXT_FIELDS = ("question", "prompt")
+
+
+def _text_problem(item: dict, required: Sequence[str]) -> str | None:
+    """A field the utility reads whose value is not what it will be read as (None: none)."""
+    for key in TEXT_FIELDS:
+        if key in required and not isinstance(item[key], str):
+            return f"field {key!r} is {item[key]!r}, not text"
+    if "choices" in required and isinstance(item["choices"], dict):
+        for letter, text in item["choices"].items():
+            if not isinstance(text, str):
+                return f"field 'choices.{letter}' is {text!r}, not text"
+    if "answer" in required and "choices" not in required:
+        answer = item["answer"]
+        # a gold answer compares as text or as a number (GSM8K): NaN and None match nothing
+        if isinstance(answer, bool) or not isinstance(answer, str | int | float) or (
+                isinstance(answer, float) and not math.isfinite(answer)):
+            return f"field 'answer' is {answer!r}, not text or a finite number"
+    return None
 
 
 def _choice_problem(item: dict) -> str | None:
@@ -90,7 +118,7 @@ def _choice_problem(item: dict) -> str | None:
         return "'choices' must map letters to option texts, e.g. {\"A\": \"Paris\", ...}"
     if len(choices) < 2:
         return f"'choices' has {len(choices)} option; a question needs at least 2"
-    if item["answer"] not in choices:
+    if not isinstance(item["answer"], str) or item["answer"] not in choices:
         return (f"'answer' {item['answer']!r} is not one of its choices "
                 f"({', '.join(map(str, choices))})")
     return None
@@ -102,16 +130,12 @@ def load_split(data: Any, split: str, *, required: Sequence[str] = (),
     `task` (data.tasks, data.preset), `limit` items per task."""
     is_test = split == data.test_split
     if data.hf:
-        from .hf_data import load_hf_split, source_of
-
         items = load_hf_split(data.hf, split, required=required, limit=limit)
         return check_items(source_of(data.hf), items, split, required)
     if not data.tasks and not data.preset:
         path = data.test_path if is_test and data.test_path else data.path
         return load_items(path, split, required=required, limit=limit)
     if data.preset:
-        from .multitask import PRESETS
-
         specs = {name: (Path(data.root) / file, subjects)
                  for name, (file, subjects) in PRESETS[data.preset].items()}
     else:

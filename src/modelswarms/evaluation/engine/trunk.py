@@ -80,7 +80,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-_SEEN = "_modelswarms_trunk_seen"  # set on every cache object the trunk has handled
+SEEN = "_modelswarms_trunk_seen"  # set on every cache object the trunk has handled
 _ATTR = "_modelswarms_trunk"  # the decoder model's installed trunk
 _ORIGIN = "_modelswarms_trunk_origin"  # on a cache the trunk filled / a row copy of one
 # layer arguments the key already covers (the 4-D mask and the rotary tables are functions of
@@ -357,7 +357,7 @@ class FrozenTrunk:
                 kwargs.get("output_attentions") or kwargs.get("output_hidden_states"):
             return None
         cache = kwargs.get("cache", kwargs.get("past_key_values"))
-        if cache is not None and getattr(cache, _SEEN, False):
+        if cache is not None and getattr(cache, SEEN, False):
             return None  # a continuation: decoding steps of generate
         use_cache = kwargs.get("use_cache")
         wanted = use_cache is True or (cache is not None and use_cache is not False)
@@ -438,7 +438,7 @@ class FrozenTrunk:
         None when the trunk cannot key it."""
         prefix = self._prefix(cache, rows)
         if cache is not None:
-            setattr(cache, _SEEN, True)
+            setattr(cache, SEEN, True)
         if prefix is None:
             return None
         past, prefix_digest, source = prefix
@@ -583,8 +583,6 @@ def install(model, searched: Iterable[torch.nn.Parameter], *, max_bytes: int | N
 def install_on(backend, *, max_bytes: int | None = None,
                counts: Counter | None = None) -> FrozenTrunk | None:
     """`install` for a ResidentModel: its searched parameters are its weight space's slots."""
-    from .backend import _live_name
-
     params = dict(backend.model.named_parameters(remove_duplicate=False))
-    searched = [params[_live_name(backend.pool, s.name)] for s in backend.space.slots]
+    searched = [params[backend.pool.live_name(s.name)] for s in backend.space.slots]
     return install(backend.model, searched, max_bytes=max_bytes, counts=counts)

@@ -15,12 +15,14 @@ from typing import Any
 
 import torch
 
-from ..config import HSwarmConfig, RunConfig
+from ..config import RunConfig
 from ..errors import ConfigError
-from ..search.registry import register_strategy
-from ..search.swarm import ModelSwarm
-from .graph import Dag, chain, decode, random_adjacency
-from .system import System
+from ..hetero.graph import Dag, chain, decode, random_adjacency
+from ..hetero.system import HSwarmConfig, System
+from ..pool import pool_kind
+from ..space import FlatSpace
+from .registry import register_strategy
+from .swarm import ModelSwarm
 
 
 def jfk_scores(assignments: list[list[int]], utilities: list[float], n_models: int
@@ -60,7 +62,6 @@ class HeteroSwarm:
         self.best_dag: Dag | None = None
         self.best_assignment: list[int] = []
         self.best_models = models.detach().clone()
-        self.history: list[dict[str, Any]] = []  # the run's round records (the loop fills it)
         # Within a round: which step asks next, what the round has so far, what was asked.
         self.phase = "role"
         self._rec: dict[str, Any] = {}
@@ -158,11 +159,14 @@ class HeteroSwarm:
         """The round just completed (None in the middle of a round)."""
         return self._done_round
 
-    def best(self) -> tuple[torch.Tensor, float]:
-        return self.best_models, self.best_util
+    def best(self) -> tuple[System, float]:
+        """The best system seen (before any is scored: the chain of the initial models)."""
+        dag = self.best_dag or chain(self.n)
+        assignment = tuple(self.best_assignment) or tuple(range(self.n))
+        return System(dag, assignment, self.best_models), self.best_util
 
-    def top(self, k: int) -> list[tuple[torch.Tensor, float]]:
-        return [(self.best_models, self.best_util)][:k]
+    def top(self, k: int) -> list[tuple[System, float]]:
+        return [self.best()][:k]
 
     def state_dict(self) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
         rt, rm = self.roles.state_dict()
@@ -190,46 +194,32 @@ class HeteroSwarm:
         self.since_best, self.best_util = meta["since_best"], meta["best_util"]
         self.best_assignment = meta["best_assignment"]
         self.best_dag = Dag.from_json(meta["best_dag"]) if meta["best_dag"] else None
-        # checkpoints of older versions were taken between rounds only
-        self.phase = meta.get("phase", "role")
-        self._rec, self._improved = meta.get("round_record", {}), meta.get("improved", False)
-        self._graph = Dag.from_json(meta["graph"]) if meta.get("graph") else None
+        self.phase = meta["phase"]
+        self._rec, self._improved = meta["round_record"], meta["improved"]
+        self._graph = Dag.from_json(meta["graph"]) if meta["graph"] else None
 
 
-def _prepare(cfg: RunConfig) -> RunConfig:
+def prepare(cfg: RunConfig) -> RunConfig:
+    """The config with hswarm's defaults filled in, refused where a system cannot be built."""
     if cfg.hswarm is None:  # the defaults of every hswarm knob
         cfg = cfg.model_copy(update={"hswarm": HSwarmConfig()})
     if len(cfg.experts.paths) < 2:
         raise ConfigError("hswarm: a multi-LLM system needs at least 2 experts")
-    if cfg.experts.compose != "weights":
+    if not pool_kind(cfg.experts.compose).adds_weights:
         raise ConfigError("hswarm: experts.compose must be weights (its nodes are experts of "
                           "one architecture)")
-    if cfg.utility.type == "lm_eval":  # its items are lm-eval requests, not questions
-        raise ConfigError("hswarm: utility lm_eval is not supported (a node passes its answer "
-                          "on in the next node's question; lm-eval builds its own prompts)")
+    if cfg.utility.brings_documents:  # its items are lm-eval requests, not questions
+        raise ConfigError(f"hswarm: utility {cfg.utility.type} is not supported (a node "
+                          "passes its answer on in the next node's question; the utility's "
+                          "tasks build their own prompts)")
     if cfg.search.particles not in (None, len(cfg.experts.paths)):
         raise ConfigError("search.particles: the weight-step's particles are the experts (the "
                           "nodes' models); leave it unset for hswarm")
     return cfg
 
 
-def _scorer(session: Any):
-    from .system import SystemScorer
-
-    systems = SystemScorer(session.scorer, session.cfg.hswarm, session.cfg.utility)
-    return lambda candidates: systems.utilities(candidates, session.dev)
-
-
-def _report(session: Any, search: HeteroSwarm, history: list[dict[str, Any]],
-            run_dir: Any) -> dict[str, Any]:
-    from .report import final_report
-
-    search.history = history
-    return final_report(run_dir, session.cfg, session, search)
-
-
 @register_strategy("hswarm", label=HeteroSwarm.label,
                    iterations=lambda cfg: (cfg.hswarm or HSwarmConfig()).max_rounds,
-                   prepare=_prepare, scorer=_scorer, report=_report, weights=False)
-def build(cfg: RunConfig, experts: torch.Tensor, space: Any) -> HeteroSwarm:
-    return HeteroSwarm(experts, _prepare(cfg))
+                   prepare=prepare, candidate=System)
+def build(cfg: RunConfig, experts: torch.Tensor, space: FlatSpace) -> HeteroSwarm:
+    return HeteroSwarm(experts, prepare(cfg))

@@ -9,80 +9,26 @@ vocabulary the full logits cost more than the rest of the forward.
 
 from __future__ import annotations
 
-import contextlib
-import contextvars
-import inspect
 import math
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
 
-
-@dataclass(frozen=True)
-class Batching:
-    """The engine's batch limits: most rows, and most padded tokens, in one forward."""
-
-    batch_size: int = 16
-    max_tokens: int | None = 4096
-    # GPU generation: the share of the device's memory (less the weights) one decoding batch's
-    # caches may take (decode.plan); a decoding step reads one token per row, so its batches
-    # are sized by memory, not by the scoring limits above
-    generate_memory: float = 0.5
-
-    def halved(self) -> Batching:
-        return Batching(max(1, self.batch_size // 2),
-                        None if self.max_tokens is None else max(1, self.max_tokens // 2),
-                        self.generate_memory / 2)
-
-
-# The limits are the engine's, not a utility's: whoever runs the model (an evaluator, `eval`)
-# sets them around a utility call, and every helper below reads them when not given.
-_BATCHING: contextvars.ContextVar[Batching | None] = contextvars.ContextVar(
-    "modelswarms_batching", default=None)
-
-
-@contextlib.contextmanager
-def batching(limits: Batching) -> Iterator[Batching]:
-    token = _BATCHING.set(limits)
-    try:
-        yield limits
-    finally:
-        _BATCHING.reset(token)
-
-
-def current_batching() -> Batching:
-    return _BATCHING.get() or Batching()
-
-
-def _batches(lengths: Sequence[int], batch_size: int,
-             max_tokens: int | None = None, fill: float = 0.75) -> list[list[int]]:
-    """Longest first; a batch closes at `batch_size` rows, at `max_tokens` padded tokens, or
-    when the next item would be shorter than `fill` of the batch's longest, so one long item
-    does not make fifteen short ones pay for its length."""
-    order = sorted(range(len(lengths)), key=lambda i: -lengths[i])
-    budget = max_tokens or batch_size * max(lengths)
-    batches: list[list[int]] = []
-    for i in order:
-        # the first item of a batch is its longest, so padding is rows x lengths[batch[0]]
-        if batches and len(batches[-1]) < batch_size and \
-                (len(batches[-1]) + 1) * lengths[batches[-1][0]] <= budget and \
-                lengths[i] >= fill * lengths[batches[-1][0]]:
-            batches[-1].append(i)
-        else:
-            batches.append([i])
-    return batches
-
-
-def _pad(rows: Sequence[Sequence[int]], pad_id: int, left: bool, device: torch.device):
-    width = max(len(r) for r in rows)
-    ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
-    mask = torch.zeros((len(rows), width), dtype=torch.long)
-    for i, r in enumerate(rows):
-        sl = slice(width - len(r), width) if left else slice(0, len(r))
-        ids[i, sl] = torch.tensor(r, dtype=torch.long)
-        mask[i, sl] = 1
-    return ids.to(device), mask.to(device)
+from ...errors import DataError
+from .batching import (
+    Batching,
+    batches,
+    cache_kwarg,
+    cache_of,
+    current_batching,
+    device_of,
+    inputs,
+    limits,
+    pad,
+    tile,
+)
+from .trunk import decoder_layers, select_rows
 
 
 def fits_context(model, lengths: Sequence[int]) -> None:
@@ -91,28 +37,15 @@ def fits_context(model, lengths: Sequence[int]) -> None:
     limit = getattr(getattr(model, "config", None), "max_position_embeddings", None)
     longest = max(lengths, default=0)
     if isinstance(limit, int) and longest > limit:
-        from ..errors import DataError
-
         raise DataError(f"data: an item is {longest} tokens with its answer, more than the "
                         f"model reads ({limit}, its max_position_embeddings); shorten or drop "
                         f"the items that long ({sum(n > limit for n in lengths)} of "
                         f"{len(lengths)} rows)")
 
 
-def _device(model) -> torch.device:
-    return next(model.parameters()).device
-
-
 # A prompt head shared by every item (system prompt, instruction, "Question:") is run once and
 # its keys and values reused by every row; below this many tokens it is not worth a pass.
 MIN_SHARED_PREFIX = 8
-
-
-def _cache_kwarg(model) -> str:
-    # transformers 5.x renamed `past_key_values` to `cache`; accept either release.
-    inner = model.get_base_model() if hasattr(model, "get_base_model") else model
-    return "cache" if "cache" in inspect.signature(inner.forward).parameters else \
-        "past_key_values"
 
 
 class SharedPrefix:
@@ -124,12 +57,12 @@ class SharedPrefix:
         n = min(_common_prefix(rows), limit)
         if n < MIN_SHARED_PREFIX or len(rows) < 2:
             return
-        device = _device(model)
+        device = device_of(model)
         ids = torch.tensor([list(rows[0][:n])], device=device).repeat(particles, 1)
         out = model(input_ids=ids, use_cache=True, logits_to_keep=1)
         cache = getattr(out, "cache", None) or out.past_key_values
         self.kv = [(layer.keys, layer.values) for layer in cache.layers]
-        self.length, self.kwarg, self.config = n, _cache_kwarg(model), model.config
+        self.length, self.kwarg, self.config = n, cache_kwarg(model), model.config
 
     def inputs(self, ids: torch.Tensor, mask: torch.Tensor, particles: int) -> dict:
         """Forward arguments for tiled suffix rows (particle-major, `particles` blocks)."""
@@ -161,23 +94,9 @@ def _forward(model, ids: torch.Tensor, mask: torch.Tensor, keep: int,
     """Logits of the last `keep` columns, as float32 log-probabilities."""
     # nothing reads this batch's cache back: without use_cache=False the frozen-layer memo
     # (trunk.py) would keep the lower layers' keys and values of every batch
-    logits = model(**_inputs(ids, mask, prefix, particles), use_cache=False,
+    logits = model(**inputs(ids, mask, prefix, particles), use_cache=False,
                    logits_to_keep=keep).logits
     return torch.log_softmax(logits.float(), dim=-1)
-
-
-def _inputs(ids: torch.Tensor, mask: torch.Tensor, prefix: SharedPrefix | None,
-            particles: int) -> dict:
-    """Forward arguments of left-padded rows, on top of the shared prompt head if any."""
-    if prefix is not None and prefix.length:
-        return prefix.inputs(ids, mask, particles)
-    return {"input_ids": ids, "attention_mask": mask,
-            "position_ids": (mask.cumsum(-1) - 1).clamp(min=0)}
-
-
-def _tile(ids: torch.Tensor, mask: torch.Tensor, particles: int):
-    # Particle-major rows: rows [p*b, (p+1)*b) are particle p's copy of the batch (multiplex.py).
-    return ids.repeat(particles, 1), mask.repeat(particles, 1)
 
 
 @torch.inference_mode()
@@ -195,16 +114,16 @@ def next_token_logprobs(model, prompts: Sequence[Sequence[int]], token_ids: Sequ
         picked = probs[:, list(token_ids)].clamp_min(1e-300).log()
         return [picked.tolist()]
     fits_context(model, [len(p) + 1 for p in prompts])
-    device = _device(model)
+    device = device_of(model)
     wanted = torch.tensor(list(token_ids), device=device)
     out: list[list[list[float]]] = [[[] for _ in prompts] for _ in range(particles)]
     prefix = SharedPrefix(model, prompts, min(len(p) for p in prompts) - 1, particles) \
         if share_prefix else None
     cut = prefix.length if prefix else 0
-    for batch in _batches([len(p) - cut for p in prompts],
-                          *_limits(batch_size, max_tokens, particles)):
-        ids, mask = _pad([prompts[i][cut:] for i in batch], pad_id, left=True, device=device)
-        logp = _forward(model, *_tile(ids, mask, particles), keep=1, prefix=prefix,
+    for batch in batches([len(p) - cut for p in prompts],
+                          *limits(batch_size, max_tokens, particles)):
+        ids, mask = pad([prompts[i][cut:] for i in batch], pad_id, left=True, device=device)
+        logp = _forward(model, *tile(ids, mask, particles), keep=1, prefix=prefix,
                         particles=particles)[:, -1, wanted]
         for p, block in enumerate(logp.view(particles, len(batch), -1).tolist()):
             for i, values in zip(batch, block, strict=True):
@@ -221,7 +140,7 @@ def continuation_logprobs(model, prompts: Sequence[Sequence[int]],
     """[particle][prompt][continuation]: log p(continuation | prompt), summed over tokens."""
     if getattr(model, "is_mixture", False):
         return [_mixture_continuations(model, prompts, continuations)]
-    device = _device(model)
+    device = device_of(model)
     pairs = [(i, j) for i, conts in enumerate(continuations) for j in range(len(conts))]
     seqs = [list(prompts[i]) + list(continuations[i][j]) for i, j in pairs]
     fits_context(model, [len(x) for x in seqs])
@@ -231,12 +150,12 @@ def continuation_logprobs(model, prompts: Sequence[Sequence[int]],
     prefix = SharedPrefix(model, seqs, min(len(s) for s in seqs) - longest - 1, particles) \
         if share_prefix else None
     cut = prefix.length if prefix else 0
-    for batch in _batches([len(s) - cut for s in seqs],
-                          *_limits(batch_size, max_tokens, particles)):
-        ids, mask = _pad([seqs[k][cut:] for k in batch], pad_id, left=True, device=device)
+    for batch in batches([len(s) - cut for s in seqs],
+                          *limits(batch_size, max_tokens, particles)):
+        ids, mask = pad([seqs[k][cut:] for k in batch], pad_id, left=True, device=device)
         span = max(len(continuations[pairs[k][0]][pairs[k][1]]) for k in batch)
         # logits at column c predict the token at c + 1: keep the span's columns and one more
-        logp = _forward(model, *_tile(ids, mask, particles), keep=span + 1, prefix=prefix,
+        logp = _forward(model, *tile(ids, mask, particles), keep=span + 1, prefix=prefix,
                         particles=particles)
         targets = ids[:, ids.shape[1] - span :].repeat(particles, 1)
         picked = logp[:, :span].gather(2, targets[..., None])[..., 0]  # (rows, span)
@@ -247,10 +166,6 @@ def continuation_logprobs(model, prompts: Sequence[Sequence[int]],
             for p in range(particles):
                 out[p][i][j] = float(picked[p, row, span - n :].sum())
     return out
-
-
-def _cache_of(out):
-    return getattr(out, "cache", None) or out.past_key_values
 
 
 @torch.inference_mode()
@@ -272,8 +187,6 @@ def option_logprobs(model, prompts: Sequence[Sequence[int]],
     limits count an item once per option (the second pass holds that many rows). The copy
     is made by trunk.select_rows, so the frozen-layer memo serves the second pass too.
     """
-    from .trunk import select_rows
-
     if getattr(model, "is_mixture", False):
         return [_mixture_continuations(model, prompts, options)]
     lengths = [len(p) + max(map(len, o), default=0) for p, o in zip(prompts, options,
@@ -286,7 +199,7 @@ def option_logprobs(model, prompts: Sequence[Sequence[int]],
         return _packed_option_logprobs(model, prompts, options, pad_id=pad_id,
                                        batch_size=batch_size, max_tokens=max_tokens,
                                        particles=particles, share_prefix=share_prefix)
-    device = _device(model)
+    device = device_of(model)
     out = [[[0.0] * len(o) for o in options] for _ in range(particles)]
     prefix = SharedPrefix(model, prompts, min(len(p) for p in prompts) - 1, particles) \
         if share_prefix else None
@@ -295,16 +208,16 @@ def option_logprobs(model, prompts: Sequence[Sequence[int]],
     # item with 13 options (TruthfulQA) does not shrink every batch
     width = math.ceil(sum(len(o) for o in options) / len(options))
     longest = [max(len(c) for c in o) for o in options]
-    kwarg = _cache_kwarg(model)
-    rows_cap, tokens_cap = _limits(batch_size, max_tokens, particles * width)
-    for batch in _batches([len(p) - cut + longest[i] for i, p in enumerate(prompts)],
+    kwarg = cache_kwarg(model)
+    rows_cap, tokens_cap = limits(batch_size, max_tokens, particles * width)
+    for batch in batches([len(p) - cut + longest[i] for i, p in enumerate(prompts)],
                           rows_cap, tokens_cap):
         b = len(batch)
-        ids, mask = _pad([prompts[i][cut:] for i in batch], pad_id, left=True, device=device)
-        args = _inputs(*_tile(ids, mask, particles), prefix, particles)
+        ids, mask = pad([prompts[i][cut:] for i in batch], pad_id, left=True, device=device)
+        args = inputs(*tile(ids, mask, particles), prefix, particles)
         first = model(**args, use_cache=True, logits_to_keep=1)
         first_logp = torch.log_softmax(first.logits[:, -1].float(), dim=-1)  # (particles*b, V)
-        cache = _cache_of(first)
+        cache = cache_of(first)
         full_mask = args["attention_mask"]  # prefix ones + prompt mask, (particles*b, T)
         ends = args["position_ids"][:, -1]  # position of each row's last prompt token
         # (item row r, option j) pairs of this batch, particle-major as multiplex.py expects
@@ -314,7 +227,7 @@ def option_logprobs(model, prompts: Sequence[Sequence[int]],
                            device=device)
         scores = first_logp[src].gather(1, heads.repeat(1, particles).T)[:, 0]
         # pass two reads o_0 .. o_{n-2}; its column c predicts o_{c+1}
-        inputs = [list(options[batch[r]][j][:-1]) for r, j in pairs]
+        reads = [list(options[batch[r]][j][:-1]) for r, j in pairs]
         targets = [list(options[batch[r]][j][1:]) for r, j in pairs]
         span = max(len(t) for t in targets)
         if span:
@@ -325,9 +238,9 @@ def option_logprobs(model, prompts: Sequence[Sequence[int]],
             # a row copy the frozen-layer memo (trunk.py) recognises: the lower layers of the
             # option tokens are then computed once for every particle
             copy = select_rows(cache, rows, model.config)
-            tail_ids, tail_mask = _tile(*_pad(inputs, pad_id, left=False, device=device),
+            tail_ids, tail_mask = tile(*pad(reads, pad_id, left=False, device=device),
                                         particles)
-            goal, _ = _tile(*_pad(targets, pad_id, left=False, device=device), particles)
+            goal, _ = tile(*pad(targets, pad_id, left=False, device=device), particles)
             positions = ends[src][:, None] + 1 + torch.arange(span, device=device)
             logits = model(input_ids=tail_ids,
                            attention_mask=torch.cat([full_mask[src], tail_mask], dim=1),
@@ -357,15 +270,13 @@ def packs(model, span: int | None = None) -> bool:
     option of the call, is within the window: the window then hides nothing, and the packed
     mask, taken as it is by every layer, asks the same. On a GPU the two-pass way keeps
     SDPA's fused kernels (a custom mask rules them out)."""
-    from .trunk import decoder_layers
-
     try:
         from peft import PeftModel
     except ImportError:  # pragma: no cover - peft is a dependency
         PeftModel = ()  # noqa: N806
     from transformers import PreTrainedModel
 
-    if not isinstance(model, (PreTrainedModel, PeftModel)) or _device(model).type != "cpu":
+    if not isinstance(model, (PreTrainedModel, PeftModel)) or device_of(model).type != "cpu":
         return False
     config = model.config
     base = model.get_base_model() if hasattr(model, "get_base_model") else model
@@ -530,9 +441,7 @@ def _packed_option_logprobs(model, prompts: Sequence[Sequence[int]],
     the question runs once, no padding sits between options, no cache is copied, and the LM
     head runs on the columns whose log-probabilities are read and nowhere else. The frozen
     trunk (trunk.py) keys these forwards like any other (ids, mask, positions)."""
-    from .trunk import decoder_layers
-
-    device = _device(model)
+    device = device_of(model)
     inner = decoder_layers(model)[0]
     base = model.get_base_model() if hasattr(model, "get_base_model") else model
     head = base.get_output_embeddings()
@@ -540,15 +449,15 @@ def _packed_option_logprobs(model, prompts: Sequence[Sequence[int]],
     prefix = SharedPrefix(model, prompts, min(len(p) for p in prompts) - 1, particles) \
         if share_prefix else None
     cut = prefix.length if prefix else 0
-    kwarg = _cache_kwarg(model)
+    kwarg = cache_kwarg(model)
     lengths = [len(p) - cut + sum(len(c) - 1 for c in o) for p, o in zip(prompts, options,
                                                                         strict=True)]
-    for batch in _batches(lengths, *_limits(batch_size, max_tokens, particles)):
+    for batch in batches(lengths, *limits(batch_size, max_tokens, particles)):
         pk, pairs = _pack([prompts[i][cut:] for i in batch], [options[i] for i in batch],
                           pad_id, cut)
         b, width = pk.ids.shape
-        tile = (particles, 1)
-        ids, positions = pk.ids.repeat(*tile).to(device), pk.positions.repeat(*tile).to(device)
+        ids = pk.ids.repeat(particles, 1).to(device)
+        positions = pk.positions.repeat(particles, 1).to(device)
         mask = pk.mask.repeat(particles, 1, 1, 1).to(device)
         kwargs = {}
         if cut:
@@ -587,6 +496,8 @@ def generate(model, prompts: Sequence[Sequence[int]], *, max_new_tokens: int, pa
     engine does not know); decode.py computes them with every particle of a batch in one
     forward, the shared prompt head run once, preallocated caches, no host sync per token
     and, on a GPU, CUDA graphs."""
+    # decode.py subclasses transformers' cache classes, so importing it imports transformers
+    # (seconds): `import modelswarms` and the CLI's start do without until something generates
     from . import decode
 
     if getattr(model, "is_mixture", False):
@@ -612,13 +523,13 @@ def generate(model, prompts: Sequence[Sequence[int]], *, max_new_tokens: int, pa
         if share_prefix else None
     cut = prefix.length if prefix else 0
     if batch_size is None:
-        limits = current_batching()
-        batch_size, max_tokens = limits.batch_size, max_tokens or limits.max_tokens
-        share = limits.generate_memory
+        current = current_batching()
+        batch_size, max_tokens = current.batch_size, max_tokens or current.max_tokens
+        share = current.generate_memory
     else:
         share = Batching.generate_memory
     out: list[list[list[int]]] = [[[] for _ in prompts] for _ in range(particles)]
-    kwarg = _cache_kwarg(model)
+    kwarg = cache_kwarg(model)
     for step in decode.plan(model, [len(p) for p in prompts], cut, particles=particles,
                             max_new_tokens=max_new_tokens, batch_size=batch_size,
                             max_tokens=max_tokens, memory_share=share):
@@ -637,7 +548,6 @@ def generate(model, prompts: Sequence[Sequence[int]], *, max_new_tokens: int, pa
     return out
 
 
-
 def _eos_ids(eos_id: int | Sequence[int] | None) -> list[int]:
     return [] if eos_id is None else ([eos_id] if isinstance(eos_id, int) else list(eos_id))
 
@@ -651,17 +561,17 @@ def _generate_hf(model, prompts: Sequence[Sequence[int]], *, max_new_tokens: int
     before decode.py, kept for models decode.py does not support and as the reference its
     answers are tested against."""
     fits_context(model, [len(p) + 1 for p in prompts])
-    device = _device(model)
+    device = device_of(model)
     eos = _eos_ids(eos_id)
     stops = [s for s in stop_strings if s]
     stopping = {"stop_strings": stops, "tokenizer": tokenizer} if stops and tokenizer else {}
     out: list[list[list[int]]] = [[[] for _ in prompts] for _ in range(particles)]
     # Every batch pays one forward per new token, whatever its width: fewer, fuller batches
     # (more padding) win here, where a scoring pass prefers little padding.
-    for batch in _batches([len(p) for p in prompts], *_limits(batch_size, max_tokens, particles),
+    for batch in batches([len(p) for p in prompts], *limits(batch_size, max_tokens, particles),
                           fill=0.4):
-        ids, mask = _pad([prompts[i] for i in batch], pad_id, left=True, device=device)
-        tiled, tmask = _tile(ids, mask, particles)
+        ids, mask = pad([prompts[i] for i in batch], pad_id, left=True, device=device)
+        tiled, tmask = tile(ids, mask, particles)
         gen = model.generate(input_ids=tiled, attention_mask=tmask, max_new_tokens=max_new_tokens,
                              do_sample=False, pad_token_id=pad_id, eos_token_id=eos or None,
                              **stopping)
@@ -672,16 +582,6 @@ def _generate_hf(model, prompts: Sequence[Sequence[int]], *, max_new_tokens: int
                 cut = next((t for t, tok in enumerate(new) if tok in eos), len(new))
                 out[p][i] = new[:cut]
     return out
-
-
-def _limits(batch_size: int | None, max_tokens: int | None, particles: int
-            ) -> tuple[int, int | None]:
-    """Per-particle limits; a limit not given is the current `batching`'s."""
-    if batch_size is None:
-        limits = current_batching()
-        batch_size, max_tokens = limits.batch_size, max_tokens or limits.max_tokens
-    return max(1, batch_size // particles), (max(1, max_tokens // particles) if max_tokens
-                                             else None)
 
 
 # A mixture of experts with different tokenizers (mixture/) is given union ids; it works on

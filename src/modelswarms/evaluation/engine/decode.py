@@ -34,6 +34,9 @@ from dataclasses import dataclass
 import torch
 from transformers.cache_utils import Cache, DynamicLayer
 
+from .batching import batches, cache_of, inputs, limits, pad, tile
+from .trunk import SEEN
+
 log = logging.getLogger("modelswarms")
 
 # MODELSWARMS_CUDA_GRAPHS=0 turns the graphs off (they are never used off a GPU).
@@ -102,9 +105,7 @@ class BufferCache(Cache):
         super().__init__(layers=layers)
         # the frozen-layer memo (trunk.py) treats a cache it has seen as a continuation and
         # leaves its forwards alone: decoding steps are never keyed
-        from .trunk import _SEEN
-
-        setattr(self, _SEEN, True)
+        setattr(self, SEEN, True)
 
 
 def supported(model) -> str | None:
@@ -180,12 +181,10 @@ def plan(model, lengths: Sequence[int], cut: int, *, particles: int, max_new_tok
     prefilled in chunks of the same order of memory. Sizes come from the device's total
     memory, not its free memory, so the batch layout (and the answers) are the same in every
     run on that device."""
-    from .generation import _batches, _limits
-
     device = device or next(model.parameters()).device
     if device.type != "cuda":
-        rows, tokens = _limits(batch_size, max_tokens, particles)
-        return [Plan(b, [b]) for b in _batches(lengths, rows, tokens, fill=0.4)]
+        rows, tokens = limits(batch_size, max_tokens, particles)
+        return [Plan(b, [b]) for b in batches(lengths, rows, tokens, fill=0.4)]
     dtype = model.get_input_embeddings().weight.dtype
     elem = torch.finfo(dtype).bits // 8 if dtype.is_floating_point else 4
     c = _text_config(model)
@@ -199,13 +198,13 @@ def plan(model, lengths: Sequence[int], cut: int, *, particles: int, max_new_tok
     per_row = vocab * (elem + 8) + 64 * hidden * elem  # logits, argmax, one token's activations
     row_cap = max(1, min(int(budget // (2 * particles * per_row)), MAX_ROWS // particles))
     token_cap = max(1, int(budget // (particles * kv)))
-    groups = _batches([n + max_new_tokens for n in lengths], row_cap, token_cap, fill=0.4)
+    groups = batches([n + max_new_tokens for n in lengths], row_cap, token_cap, fill=0.4)
     # a prefill pass holds activations of every token it runs: half the budget for them
     act = elem * (6 * hidden + 3 * inter) + kv
     chunk_tokens = max(max_tokens or 0, int(budget // (2 * particles * act)))
     out = []
     for g in groups:
-        sub = _batches([lengths[i] - cut for i in g], row_cap, chunk_tokens, fill=0.75)
+        sub = batches([lengths[i] - cut for i in g], row_cap, chunk_tokens, fill=0.75)
         out.append(Plan(g, [[g[j] for j in c] for c in sub]))
     return out
 
@@ -235,8 +234,6 @@ class _Batch:
     def __init__(self, model, kwarg: str, suffixes: list[list[int]], chunks: list[list[int]],
                  *, particles: int, prefix, max_new_tokens: int, pad_id: int, eos: list[int],
                  stop=None, full_prompts: list[list[int]] | None = None):
-        from .generation import _pad
-
         self.model, self.kwarg, self.particles = model, kwarg, particles
         self.device = next(model.parameters()).device
         self.b, self.max_new = len(suffixes), max_new_tokens
@@ -245,7 +242,7 @@ class _Batch:
         self.cut = prefix.length if prefix is not None and prefix.length else 0
         self.prefix = prefix if self.cut else None
         self.suffixes, self.chunks = suffixes, chunks
-        ids, mask = _pad(suffixes, pad_id, left=True, device=torch.device("cpu"))
+        ids, mask = pad(suffixes, pad_id, left=True, device=torch.device("cpu"))
         self.width = ids.shape[1]
         self.padded = bool((mask == 0).any())  # host tensors: no device sync
         self.cap = self.cut + self.width + max_new_tokens - 1
@@ -257,7 +254,7 @@ class _Batch:
         self.eos_t = torch.tensor(eos or [-1], device=self.device)
         self.full = None
         if stop is not None:  # generate's input_ids: left-padded whole prompts, then new tokens
-            fids, _ = _pad(full_prompts, pad_id, left=True, device=torch.device("cpu"))
+            fids, _ = pad(full_prompts, pad_id, left=True, device=torch.device("cpu"))
             self.full_width = fids.shape[1]
             self.full = torch.full((self.rows, self.full_width + max_new_tokens), pad_id,
                                    dtype=torch.long, device=self.device)
@@ -267,17 +264,15 @@ class _Batch:
 
     def prefill(self) -> tuple[list[tuple[torch.Tensor, torch.Tensor]], torch.Tensor]:
         """Run the prompts in their chunks into full-length buffers; the first new tokens."""
-        from .generation import _cache_of, _inputs, _pad, _tile
-
         buffers: list[tuple[torch.Tensor, torch.Tensor]] = []
         first = torch.empty(self.rows, dtype=torch.long, device=self.device)
         b, cut, width = self.b, self.cut, self.width
         for chunk in self.chunks:
-            ids, mask = _pad([self.suffixes[i] for i in chunk], self.pad_id, left=True,
+            ids, mask = pad([self.suffixes[i] for i in chunk], self.pad_id, left=True,
                              device=self.device)
-            args = _inputs(*_tile(ids, mask, self.particles), self.prefix, self.particles)
+            args = inputs(*tile(ids, mask, self.particles), self.prefix, self.particles)
             out = self.model(**args, use_cache=True, logits_to_keep=1)
-            cache = _cache_of(out)
+            cache = cache_of(out)
             whole = len(chunk) == b and chunk == list(range(b))
             dest = None if whole else torch.tensor(
                 [p * b + i for p in range(self.particles) for i in chunk], device=self.device)

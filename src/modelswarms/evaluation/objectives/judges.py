@@ -24,12 +24,46 @@ from concurrent.futures import ThreadPoolExecutor, as_completed
 from contextlib import closing
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Literal
 
-from ..config import JudgeConfig
-from ..errors import ConfigError
-from ..models import cache_dir, resolve_model
-from . import generation
-from .prompts import encode, render, uses_chat
+from pydantic import Field, model_validator
+
+from ...config import StrictModel
+from ...errors import ConfigError
+from ...models import cache_dir, resolve_model
+from ..data.prompts import encode, render, uses_chat
+from ..engine import generation
+from ..engine.backend import load_causal_lm, load_tokenizer, pick_device, pick_dtype
+
+
+class JudgeConfig(StrictModel):
+    """An LLM that rates answers 1-10: a local Hugging Face chat model or any
+    OpenAI-compatible chat-completions endpoint. The API key is never part of the config:
+    `api_key_env` names the environment variable that holds it."""
+
+    kind: Literal["endpoint", "local"] = "endpoint"
+    model: str = Field(description="endpoint model name, or a local folder / hub id / smollm2")
+    base_url: str | None = Field(None, description="endpoint base URL, e.g. http://host:8000/v1")
+    api_key_env: str | None = Field(None, description="environment variable holding the key")
+    concurrency: int = Field(8, ge=1, description="requests in flight at once")
+    timeout: float = Field(60.0, gt=0, description="seconds per request")
+    retries: int = Field(3, ge=0, description="retries after a failed or timed-out request")
+    backoff: float = Field(1.0, ge=0, description="first retry delay in seconds; doubles")
+    max_tokens: int = Field(64, ge=1, description="tokens the judge may write")
+    cache_dir: str | None = Field(
+        None, description="on-disk rating cache; default $MODELSWARMS_CACHE/judge")
+    on_failure: Literal["exclude", "lowest", "error"] = Field(
+        "exclude", description="a failed, timed-out or unparseable rating: left out of the "
+        "mean, counted as the lowest rating, or stops the run; always counted in the report")
+    template: str | None = Field(
+        None, description="judge prompt with {topic}, {prompt}, {answer}")
+
+    @model_validator(mode="after")
+    def _endpoint_needs_url(self) -> JudgeConfig:
+        if self.kind == "endpoint" and not self.base_url:
+            raise ValueError("judge.base_url is required for an endpoint judge")
+        return self
+
 
 log = logging.getLogger(__name__)
 
@@ -275,8 +309,6 @@ class LocalJudge(Judge):
     def _load(self) -> tuple:
         with self._lock:
             if self._loaded is None:
-                from .backend import load_causal_lm, load_tokenizer, pick_device, pick_dtype
-
                 source = resolve_model(self.cfg.model)
                 device = pick_device("auto")
                 self._loaded = (load_causal_lm(source, pick_dtype("auto", device), device),

@@ -15,8 +15,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from ..config import HF_BUILDERS, HFDataConfig
-from ..errors import DataError
+from ...config import HF_BUILDERS, HFDataConfig
+from ...errors import DataError
 
 INSTALL = "data.hf needs the `datasets` library: pip install 'modelswarms[datasets]'"
 LETTERS = string.ascii_uppercase

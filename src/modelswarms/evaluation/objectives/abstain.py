@@ -9,18 +9,22 @@ are scored one at a time (no score_many).
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
-from ..config import UtilityConfig, as_utility
-from . import generation
-from .prompts import encode, multiple_choice_prompt, render, uses_chat
-from .utilities import ItemScores, _pad_id, build_utility, register_utility
+from ...config import UtilityConfig, as_utility
+from ..data.prompts import encode, multiple_choice_prompt, render, uses_chat
+from ..engine import generation
+from .utilities import ChoiceScoring, ItemScores, build_utility, pad_id, register_utility
 
 CHECK = ("{question}\nProposed answer: {letter}: {text}\n"
          "Is the proposed answer true or false?")
 
 
-@register_utility("abstain_qa")
+class AbstainQAConfig(ChoiceScoring):
+    type: Literal["abstain_qa"]
+
+
+@register_utility("abstain_qa", config=AbstainQAConfig)
 class AbstainQA:
     required_fields = ("question", "choices", "answer")
 
@@ -46,7 +50,7 @@ class AbstainQA:
             prompts.append(encode(tokenizer, render(tokenizer, text, chat) + (
                 "The proposed answer is" if chat else "\nThe proposed answer is"), chat))
         verdicts = self._verdicts(tokenizer)
-        limits = dict(pad_id=_pad_id(tokenizer))
+        limits = dict(pad_id=pad_id(tokenizer))
         if all(len(v) == 1 for v in verdicts):
             logps = generation.next_token_logprobs(
                 model, prompts, [v[0] for v in verdicts], **limits)[0]

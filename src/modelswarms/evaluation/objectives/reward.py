@@ -3,20 +3,24 @@
 The reward model is a local Hugging Face sequence-classification model with one output
 (e.g. a Skywork / ArmoRM-style RM), loaded once on the policy model's device and kept
 resident. It sees (prompt, answer) as a chat when its tokenizer has a template, else as
-"prompt\\n\\nanswer". Normalisation and variants: see RewardConfig in config.py.
+"prompt\\n\\nanswer". Normalisation and variants: see RewardConfig below.
 """
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
 import torch
+from pydantic import Field, model_validator
 
-from ..config import UtilityConfig
-from ..errors import ConfigError
-from . import generation
-from .prompts import encode, render, uses_chat
-from .utilities import ItemScores, _mean, _pad_id, _ScoresEachParticle, register_utility
+from ...config import PromptedUtility, StrictModel, UtilityConfig
+from ...errors import ConfigError
+from ...models import resolve_model
+from ..data.prompts import encode, render, uses_chat
+from ..engine import generation
+from ..engine.backend import load_tokenizer
+from ..engine.batching import batches, pad
+from .utilities import ItemScores, ScoresEachParticle, mean, pad_id, register_utility
 
 
 def normalise(raw: float, low: float, high: float) -> float:
@@ -34,8 +38,33 @@ def combine(reward: float, length: float, variant: str, weight: float) -> float:
     return reward
 
 
-@register_utility("reward_model")
-class RewardModel(_ScoresEachParticle):
+class RewardConfig(StrictModel):
+    """A local Hugging Face sequence-classification reward model; its raw score r becomes
+    clip((r - low) / (high - low), 0, 1). The variants mix in the answer's length
+    l = new tokens / max_new_tokens: concise (1-w)*reward + w*(1 - l), verbose
+    (1-w)*reward + w*l, reverse 1 - reward."""
+
+    model: str = Field(description="folder or hub id of the reward model")
+    variant: Literal["plain", "concise", "verbose", "reverse"] = "plain"
+    low: float = Field(-5.0, description="raw reward mapped to 0")
+    high: float = Field(5.0, description="raw reward mapped to 1")
+    length_weight: float = Field(0.5, ge=0, le=1, description="w of concise / verbose")
+    batch_size: int = Field(8, ge=1)
+
+    @model_validator(mode="after")
+    def _range(self) -> RewardConfig:
+        if self.high <= self.low:
+            raise ValueError("reward.high must be greater than reward.low")
+        return self
+
+
+class RewardModelConfig(PromptedUtility):
+    type: Literal["reward_model"]
+    reward: RewardConfig = Field(description="the reward model")
+
+
+@register_utility("reward_model", config=RewardModelConfig)
+class RewardModel(ScoresEachParticle):
     required_fields = ("prompt",)
 
     def __init__(self, cfg: UtilityConfig):
@@ -48,9 +77,6 @@ class RewardModel(_ScoresEachParticle):
 
     def _load(self, device: torch.device) -> None:
         from transformers import AutoModelForSequenceClassification
-
-        from ..models import resolve_model
-        from .backend import load_tokenizer
 
         path = resolve_model(self.cfg.reward.model)
         try:
@@ -82,8 +108,8 @@ class RewardModel(_ScoresEachParticle):
             else:
                 rows.append(tok(f"{p}\n\n{a}")["input_ids"])
         out = [0.0] * len(rows)
-        for batch in generation._batches([len(r) for r in rows], self.cfg.reward.batch_size):
-            ids, mask = generation._pad([rows[i] for i in batch], tok.pad_token_id, left=False,
+        for batch in batches([len(r) for r in rows], self.cfg.reward.batch_size):
+            ids, mask = pad([rows[i] for i in batch], tok.pad_token_id, left=False,
                                         device=device)
             scores = self._rm(input_ids=ids, attention_mask=mask).logits[:, 0].float()
             for row, i in enumerate(batch):
@@ -96,7 +122,7 @@ class RewardModel(_ScoresEachParticle):
         prompts = [encode(tokenizer, render(tokenizer, str(it["prompt"]), chat), chat)
                    for it in items]
         per_particle = generation.generate(
-            model, prompts, max_new_tokens=self.cfg.max_new_tokens, pad_id=_pad_id(tokenizer),
+            model, prompts, max_new_tokens=self.cfg.max_new_tokens, pad_id=pad_id(tokenizer),
             eos_id=tokenizer.eos_token_id, particles=particles)
         device = next(model.parameters()).device
         r = self.cfg.reward
@@ -107,5 +133,5 @@ class RewardModel(_ScoresEachParticle):
             scores = [combine(normalise(x, r.low, r.high),
                               min(1.0, len(ids) / self.cfg.max_new_tokens), r.variant,
                               r.length_weight) for x, ids in zip(raw, outs, strict=True)]
-            results.append(ItemScores(_mean(scores), scores, answers))
+            results.append(ItemScores(mean(scores), scores, answers))
         return results

@@ -23,8 +23,8 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-from ..errors import RunError
-from .checkpoint import check_writable
+from .errors import RunError
+from .io import check_writable
 
 MARKER = ".modelswarms"
 
@@ -128,6 +128,35 @@ class FolderLock:
 
     def __exit__(self, *exc: object) -> None:
         self.release()
+
+
+PROC_LOCKS = Path("/proc/locks")
+
+
+def probe_lock(folder: Path) -> tuple[bool, int | None] | None:
+    """Whether a process holds `folder`'s lock, and its pid, read from the kernel's table of
+    locks (Linux's /proc/locks) without taking the lock: even a probe that takes and drops it
+    would make a writer starting that instant fail. None: no marker, or no such table (not
+    Linux), so it cannot be told. Only this host's locks are listed."""
+    try:
+        st = (Path(folder) / MARKER).stat()
+        table = PROC_LOCKS.read_text()
+    except OSError:
+        return None
+    dev = f"{os.major(st.st_dev):02x}:{os.minor(st.st_dev):02x}:{st.st_ino}"
+    written = holder_pid(folder)
+    for line in table.splitlines():
+        # "1: FLOCK  ADVISORY  WRITE 2306 fe:00:2159039 0 EOF"; "1: -> FLOCK ..." waits
+        fields = line.split()
+        if len(fields) < 6 or fields[1] != "FLOCK":
+            continue
+        pid, where = fields[4], fields[5]
+        # a stacked file system (overlayfs) may list another device: the inode and the pid
+        # the holder wrote into the marker then say it is ours
+        if where == dev or (where.rsplit(":", 1)[-1] == str(st.st_ino)
+                            and pid == str(written)):
+            return True, int(pid) if pid.lstrip("-").isdigit() and int(pid) > 0 else written
+    return False, None
 
 
 def holder_pid(folder: Path) -> int | None:

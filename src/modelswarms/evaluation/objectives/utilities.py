@@ -10,13 +10,13 @@ import importlib
 import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, Literal, Protocol
 
-from ..config import UtilityConfig
-from ..errors import ConfigError, UtilityError
-from . import generation
-from .extract import extract_letter, extract_number, normalize_number
-from .prompts import (
+from pydantic import Field
+
+from ...config import PromptedUtility, UtilityBase, UtilityConfig, register_utility_config
+from ...errors import ConfigError, UtilityError
+from ..data.prompts import (
     cloze_continuation,
     cloze_prompt,
     encode,
@@ -25,6 +25,57 @@ from .prompts import (
     render,
     uses_chat,
 )
+from ..engine import generation
+from .extract import extract_letter, extract_number, normalize_number
+from .judges import JudgeConfig, build_judge
+
+# The configs of the utilities defined here (each registered with its utility below).
+
+Scoring = Literal["letter", "cloze", "cloze_norm", "permuted", "generate"]
+SCORING_HELP = (
+    "multiple choice: the option letter's log-likelihood after the lettered list (letter); the "
+    "option text's log-likelihood after the question, summed (cloze, lm-eval's acc) or per "
+    "character (cloze_norm, lm-eval's acc_norm); letter scoring averaged over the cyclic "
+    "rotations of the options (permuted: cancels a letter prior); or greedy generation parsed "
+    "for a letter (generate, the paper's way)")
+
+
+class ChoiceScoring(PromptedUtility):
+    scoring: Scoring = Field("letter", description=SCORING_HELP)
+
+
+class MultipleChoiceConfig(ChoiceScoring):
+    type: Literal["multiple_choice"] = "multiple_choice"
+
+    @property
+    def log_likelihood(self) -> bool:
+        return self.scoring != "generate"
+
+
+class ExactMatchConfig(PromptedUtility):
+    type: Literal["exact_match"]
+
+
+class PythonUtilityConfig(UtilityBase):
+    type: Literal["python"]
+    function: str = Field(pattern=r"^[^:\s]+:[^:\s]+$",
+                          description="'module:function', called as fn(model, tokenizer, items)")
+
+
+class HumanInterestConfig(PromptedUtility):
+    type: Literal["human_interest"]
+    judge: JudgeConfig = Field(description="the LLM that rates the answers")
+    topic: str = Field(min_length=1, description="the interest the judge rates for, e.g. "
+                       "'finance'")
+
+
+class CustomUtilityConfig(PromptedUtility):
+    """A utility of the user's: a name given to `register_utility`, or 'module:Class' (a class
+    or factory called with this config). Its own settings go under `params`."""
+
+    type: str = Field(min_length=1)
+    params: dict[str, Any] = Field(default_factory=dict, description="the utility's settings")
+    judge: JudgeConfig | None = Field(None, description="a rater, for judged utilities")
 
 
 @dataclass(frozen=True)
@@ -46,27 +97,45 @@ class Utility(Protocol):
     def score(self, model: Any, tokenizer: Any, items: list[dict]) -> ItemScores: ...
 
 
+# One sequence a utility runs for an item: its prompt's tokens, then the continuation scored
+# after them (None: one token is read there, or generation starts).
+Row = tuple[list[int], list[int] | None]
+
+
+class RowsUtility(Utility, Protocol):
+    def rows(self, tokenizer: Any, items: list[dict]) -> list[list[Row]]:
+        """Per item, the rows scoring it runs, built by the code that scores it: what the
+        length check before a search measures (runs/checks.py)."""
+        ...
+
+
 class BatchedUtility(Utility, Protocol):
     def score_many(self, model: Any, tokenizer: Any, items: list[dict],
                    particles: int) -> list[ItemScores]:
         """One ItemScores per particle, for a model running `particles` particles on row
-        blocks of every batch (evaluation/multiplex.py)."""
+        blocks of every batch (evaluation/engine/multiplex.py)."""
         ...
 
 
-class _ScoresEachParticle:
+class ScoresEachParticle:
     def score(self, model: Any, tokenizer: Any, items: list[dict]) -> ItemScores:
         return self.score_many(model, tokenizer, items, 1)[0]  # type: ignore[attr-defined]
 
 
 UTILITIES: dict[str, Callable[[UtilityConfig], Utility]] = {}
+register_utility_config("custom", CustomUtilityConfig)
 
 
-def register_utility(name: str, fn: Callable[..., Any] | None = None):
+def register_utility(name: str, fn: Callable[..., Any] | None = None, *,
+                     config: type[UtilityBase] | None = None):
     """`@register_utility("mine")` on a class makes `utility.type: mine` available (the class
     is called with the utility's config). `register_utility("mine", fn)` does the same for a
     plain function fn(model, tokenizer, items) returning a float, per-item floats or
-    ItemScores."""
+    ItemScores. `config`: the utility's own config class (a UtilityBase with `type:
+    Literal["mine"]`), so its keys are checked like a built-in utility's; without one its
+    settings go under `params`."""
+    if config is not None:
+        register_utility_config(name, config)
     if fn is not None:
         def factory(cfg: Any) -> Utility:
             utility = FunctionUtility(fn, name)
@@ -107,12 +176,12 @@ def build_utility(cfg: UtilityConfig) -> Utility:
     return UTILITIES[cfg.type](cfg)
 
 
-def _pad_id(tokenizer: Any) -> int:
+def pad_id(tokenizer: Any) -> int:
     return tokenizer.pad_token_id if tokenizer.pad_token_id is not None else \
         tokenizer.eos_token_id
 
 
-def _mean(scores: list[float]) -> float:
+def mean(scores: list[float]) -> float:
     return sum(scores) / len(scores)
 
 
@@ -130,11 +199,11 @@ def pick_options(items: list[dict], logps: list[list[float]]) -> ItemScores:
     preds = [ls[max(range(len(lp)), key=lp.__getitem__)] for ls, lp in
              zip(letters, logps, strict=True)]
     scores = [float(p == it["answer"]) for p, it in zip(preds, items, strict=True)]
-    return ItemScores(_mean(scores), scores, preds)
+    return ItemScores(mean(scores), scores, preds)
 
 
-@register_utility("multiple_choice")
-class MultipleChoice(_ScoresEachParticle):
+@register_utility("multiple_choice", config=MultipleChoiceConfig)
+class MultipleChoice(ScoresEachParticle):
     """Accuracy on multiple-choice items; `scoring` says how an option is chosen.
 
     - letter: the option letter with the highest log-likelihood after the paper's prompt
@@ -158,6 +227,23 @@ class MultipleChoice(_ScoresEachParticle):
             if all(len(i) == 1 for i in ids):
                 return [i[0] for i in ids]
         return None
+
+    def rows(self, tokenizer: Any, items: list[dict]) -> list[list[Row]]:
+        mode = self.cfg.scoring
+        if mode in ("cloze", "cloze_norm"):
+            prompts, options = self._cloze_inputs(tokenizer, items)
+            return [[(p, o) for o in opts] for p, opts in zip(prompts, options, strict=True)]
+        chat = uses_chat(tokenizer, self.cfg.chat_template)
+        shown, where = self._rotations(items) if mode == "permuted" else (
+            items, [(i, 0) for i in range(len(items))])
+        one_token = mode == "generate" or self._letter_ids(
+            tokenizer, sorted({x for it in shown for x in it["choices"]})) is not None
+        out: list[list[Row]] = [[] for _ in items]
+        for (i, _), it in zip(where, shown, strict=True):
+            prompt = self._letter_prompt(tokenizer, it, chat)
+            out[i] += [(prompt, None)] if one_token else [
+                (prompt, c) for c in self._letter_continuations(tokenizer, list(it["choices"]))]
+        return out
 
     def score_many(self, model: Any, tokenizer: Any, items: list[dict],
                    particles: int) -> list[ItemScores]:
@@ -183,7 +269,7 @@ class MultipleChoice(_ScoresEachParticle):
     def _letter_logprobs(self, model: Any, tokenizer: Any, prompts: list[list[int]],
                          letters: list[list[str]], particles: int) -> list[list[list[float]]]:
         """[particle][item][option]: log p(letter | prompt)."""
-        pad = _pad_id(tokenizer)
+        pad = pad_id(tokenizer)
         # Items with different option sets (TruthfulQA: 2 to 13 options) still need one
         # forward each: read every letter any item uses at the prompt's end and keep each
         # item's own, instead of one sequence per option (5-6x the work there).
@@ -194,13 +280,18 @@ class MultipleChoice(_ScoresEachParticle):
                 [[lp[column[x]] for x in ls] for ls, lp in zip(letters, logps, strict=True)]
                 for logps in generation.next_token_logprobs(
                     model, prompts, ids, pad_id=pad, particles=particles)]
-        conts = [[tokenizer.encode(" " + x, add_special_tokens=False) for x in ls]
-                 for ls in letters]
+        conts = [self._letter_continuations(tokenizer, ls) for ls in letters]
         return generation.continuation_logprobs(
             model, prompts, conts, pad_id=pad, particles=particles)
 
-    def _cloze(self, model: Any, tokenizer: Any, items: list[dict], particles: int,
-               per_char: bool) -> list[list[list[float]]]:
+    @staticmethod
+    def _letter_continuations(tokenizer: Any, letters: list[str]) -> list[list[int]]:
+        """The letters as scored when one is not a single token: whole words after a space."""
+        return [tokenizer.encode(" " + x, add_special_tokens=False) for x in letters]
+
+    def _cloze_inputs(self, tokenizer: Any, items: list[dict]
+                      ) -> tuple[list[list[int]], list[list[list[int]]]]:
+        """Each item's context tokens and its options' tokens after it."""
         # lm-eval scores continuations of the raw text; a chat turn is used only when asked
         chat = bool(self.cfg.chat_template)
         prompts = [encode(tokenizer, render(tokenizer, cloze_prompt(it, self.cfg.prompt), chat),
@@ -208,8 +299,13 @@ class MultipleChoice(_ScoresEachParticle):
         texts = [[str(v) for v in it["choices"].values()] for it in items]
         options = [[tokenizer.encode(cloze_continuation(t), add_special_tokens=False)
                     for t in ts] for ts in texts]
+        return prompts, options
+
+    def _cloze(self, model: Any, tokenizer: Any, items: list[dict], particles: int,
+               per_char: bool) -> list[list[list[float]]]:
+        prompts, options = self._cloze_inputs(tokenizer, items)
         per_particle = generation.option_logprobs(
-            model, prompts, options, pad_id=_pad_id(tokenizer), particles=particles)
+            model, prompts, options, pad_id=pad_id(tokenizer), particles=particles)
         if not per_char:
             return per_particle
         return [per_character(items, logps) for logps in per_particle]
@@ -218,15 +314,7 @@ class MultipleChoice(_ScoresEachParticle):
                   particles: int) -> list[list[list[float]]]:
         """Mean over rotations r of log p(letter showing option s in rotation r)."""
         chat = uses_chat(tokenizer, self.cfg.chat_template)
-        shown, where = [], []  # rotated items; (item, rotation) of each
-        for i, it in enumerate(items):
-            keys, values = list(it["choices"]), list(it["choices"].values())
-            n = len(keys)
-            for r in range(n):
-                # rotation r shows option (t + r) mod n under letter t
-                shown.append({**it, "choices": {keys[t]: values[(t + r) % n]
-                                                for t in range(n)}})
-                where.append((i, r))
+        shown, where = self._rotations(items)
         prompts = [self._letter_prompt(tokenizer, it, chat) for it in shown]
         rotated = self._letter_logprobs(model, tokenizer, prompts,
                                         [list(it["choices"]) for it in shown], particles)
@@ -240,11 +328,25 @@ class MultipleChoice(_ScoresEachParticle):
             out.append([[v / len(s) for v in s] for s in sums])
         return out
 
+    @staticmethod
+    def _rotations(items: list[dict]) -> tuple[list[dict], list[tuple[int, int]]]:
+        """Every item under every cyclic rotation of its options; (item, rotation) of each."""
+        shown, where = [], []
+        for i, it in enumerate(items):
+            keys, values = list(it["choices"]), list(it["choices"].values())
+            n = len(keys)
+            for r in range(n):
+                # rotation r shows option (t + r) mod n under letter t
+                shown.append({**it, "choices": {keys[t]: values[(t + r) % n]
+                                                for t in range(n)}})
+                where.append((i, r))
+        return shown, where
+
     def _generate_and_parse(self, model: Any, tokenizer: Any, items: list[dict],
                             prompts: list[list[int]], letters: list[list[str]],
                             particles: int) -> list[ItemScores]:
         per_particle = generation.generate(
-            model, prompts, max_new_tokens=self.cfg.max_new_tokens, pad_id=_pad_id(tokenizer),
+            model, prompts, max_new_tokens=self.cfg.max_new_tokens, pad_id=pad_id(tokenizer),
             eos_id=tokenizer.eos_token_id, particles=particles)
         results = []
         for outs in per_particle:
@@ -252,13 +354,13 @@ class MultipleChoice(_ScoresEachParticle):
             preds = [extract_letter(t, ls) or "" for t, ls in zip(texts, letters, strict=True)]
             scores = [float(p == it["answer"]) for p, it in zip(preds, items, strict=True)]
             # No letter found is a wrong answer, as in the paper, but the report counts it.
-            results.append(ItemScores(_mean(scores), scores, preds,
+            results.append(ItemScores(mean(scores), scores, preds,
                                       {"mc_unparsed": preds.count("")}))
         return results
 
 
-@register_utility("exact_match")
-class ExactMatch(_ScoresEachParticle):
+@register_utility("exact_match", config=ExactMatchConfig)
+class ExactMatch(ScoresEachParticle):
     """Greedy answer; numeric golds compare as numbers (GSM8K), others by containment."""
 
     required_fields = ("question", "answer")
@@ -266,13 +368,19 @@ class ExactMatch(_ScoresEachParticle):
     def __init__(self, cfg: UtilityConfig):
         self.cfg = cfg
 
+    def _prompts(self, tokenizer: Any, items: list[dict]) -> list[list[int]]:
+        chat = uses_chat(tokenizer, self.cfg.chat_template)
+        return [encode(tokenizer, render(tokenizer, qa_prompt(it, self.cfg.prompt), chat), chat)
+                for it in items]
+
+    def rows(self, tokenizer: Any, items: list[dict]) -> list[list[Row]]:
+        return [[(p, None)] for p in self._prompts(tokenizer, items)]
+
     def score_many(self, model: Any, tokenizer: Any, items: list[dict],
                    particles: int) -> list[ItemScores]:
-        chat = uses_chat(tokenizer, self.cfg.chat_template)
-        prompts = [encode(tokenizer, render(tokenizer, qa_prompt(it, self.cfg.prompt), chat),
-                          chat) for it in items]
+        prompts = self._prompts(tokenizer, items)
         per_particle = generation.generate(
-            model, prompts, max_new_tokens=self.cfg.max_new_tokens, pad_id=_pad_id(tokenizer),
+            model, prompts, max_new_tokens=self.cfg.max_new_tokens, pad_id=pad_id(tokenizer),
             eos_id=tokenizer.eos_token_id, particles=particles)
         return [self._judge(tokenizer, items, outs) for outs in per_particle]
 
@@ -289,7 +397,7 @@ class ExactMatch(_ScoresEachParticle):
                 ok = " ".join(gold.lower().split()) in pred.lower()
             preds.append(pred)
             scores.append(float(ok))
-        return ItemScores(_mean(scores), scores, preds)
+        return ItemScores(mean(scores), scores, preds)
 
 
 class FunctionUtility:
@@ -312,7 +420,7 @@ class FunctionUtility:
             result = out
         elif isinstance(out, list | tuple):
             scores = [float(x) for x in out]
-            result = ItemScores(_mean(scores), scores, [repr(x) for x in scores])
+            result = ItemScores(mean(scores), scores, [repr(x) for x in scores])
         else:
             value = float(out)
             result = ItemScores(value, [value] * len(items), [""] * len(items))
@@ -321,7 +429,7 @@ class FunctionUtility:
         return result
 
 
-@register_utility("python")
+@register_utility("python", config=PythonUtilityConfig)
 class PythonUtility(FunctionUtility):
     """`function: module:name`, called as fn(model, tokenizer, items)."""
 
@@ -335,8 +443,8 @@ class PythonUtility(FunctionUtility):
         self.cfg = cfg
 
 
-@register_utility("human_interest")
-class HumanInterest(_ScoresEachParticle):
+@register_utility("human_interest", config=HumanInterestConfig)
+class HumanInterest(ScoresEachParticle):
     """The paper's human-interest objective: the model answers each prompt, an LLM judge rates
     how well the answer serves someone interested in `topic` (1-10); utility = mean rating / 10.
 
@@ -348,8 +456,6 @@ class HumanInterest(_ScoresEachParticle):
     required_fields = ("prompt",)
 
     def __init__(self, cfg: UtilityConfig):
-        from .judges import build_judge
-
         self.cfg = cfg
         self.judge = build_judge(cfg.judge)  # once: a local judge loads its model once
 
@@ -359,7 +465,7 @@ class HumanInterest(_ScoresEachParticle):
         texts = [(self.cfg.prompt or "{prompt}").format(**it) for it in items]
         prompts = [encode(tokenizer, render(tokenizer, t, chat), chat) for t in texts]
         per_particle = generation.generate(
-            model, prompts, max_new_tokens=self.cfg.max_new_tokens, pad_id=_pad_id(tokenizer),
+            model, prompts, max_new_tokens=self.cfg.max_new_tokens, pad_id=pad_id(tokenizer),
             eos_id=tokenizer.eos_token_id, particles=particles)
         answers = [[tokenizer.decode(ids, skip_special_tokens=True).strip() for ids in outs]
                    for outs in per_particle]
@@ -386,5 +492,5 @@ class HumanInterest(_ScoresEachParticle):
             else:
                 scores.append(0.1 if policy == "lowest" else math.nan)
         rated = [s for s in scores if not math.isnan(s)]
-        value = _mean(rated) if rated else 0.0
+        value = mean(rated) if rated else 0.0
         return ItemScores(value, scores, answers, counts)

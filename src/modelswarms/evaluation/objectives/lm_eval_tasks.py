@@ -11,7 +11,7 @@ tokenised as lm-eval's HFLM tokenises them, so a score is the one `lm_eval` repo
 (tests/test_lm_eval.py compares the two with lm-eval's simple_evaluate).
 
 The tasks bring their documents, so a run has no `data:` section: `split_items("dev")` and
-`split_items("test")` give them (config.LmEvalConfig says which split is which).
+`split_items("test")` give them (LmEvalConfig says which split is which).
 
 Covered: output type multiple_choice with the metrics acc, acc_norm (log-likelihood per
 character of the option, lm-eval's definition), acc_bytes and acc_mutual_info; output type
@@ -30,11 +30,80 @@ import json
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar, Literal
 
-from ..errors import ConfigError, DataError, first_line
-from . import generation
-from .utilities import ItemScores, _pad_id, _ScoresEachParticle, register_utility
+from pydantic import Field, model_validator
+
+from ...config import UtilityBase
+from ...errors import ConfigError, DataError, first_line
+from ..engine import generation
+from .utilities import ItemScores, ScoresEachParticle, pad_id, register_utility
+
+LmEvalSplit = Literal["auto", "train", "validation", "test"]
+
+
+class LmEvalConfig(UtilityBase):
+    """Tasks of lm-evaluation-harness (pip install 'modelswarms[lm-eval]'): lm-eval turns each
+    document into its prompt, options and target and computes the metric; our engine runs the
+    model (below). The tasks bring their documents: a run with this utility has no `data:`
+    section."""
+
+    brings_documents: ClassVar[bool] = True
+
+    type: Literal["lm_eval"]
+    tasks: list[str] = Field(min_length=1, description="lm-eval task names (registered, or "
+                             "defined in include_path) or task YAML files")
+    include_path: list[str] = Field(
+        default_factory=list, description="folders of your own task YAML files (lm-eval's "
+        "include_path); relative to the config file")
+    metric: str | dict[str, str] | None = Field(
+        None, description="the metric maximised, for every task or per task: acc, acc_norm, "
+        "acc_bytes, acc_mutual_info (multiple_choice), exact_match or another per-document "
+        "mean (generate_until); default: each task's first metric")
+    filter: str | None = Field(
+        None, description="generate_until: the task's filter pipeline whose answer is scored "
+        "(e.g. strict-match); default: its first")
+    num_fewshot: int | None = Field(
+        None, ge=0, description="few-shot examples; default: the task's own, else 0 (as in "
+        "lm-eval, a task whose config says 0 stays at 0)")
+    fewshot_seed: int = Field(1234, description="seed of lm-eval's few-shot sampler "
+                              "(lm-eval's default)")
+    dev_split: LmEvalSplit = Field(
+        "auto", description="the task split the search scores; auto: validation, else "
+        "train, else test")
+    test_split: LmEvalSplit = Field(
+        "auto", description="the split of the report's test scores; auto: test, else the "
+        "documents of the dev split after the dev documents")
+    max_dev: int | None = Field(None, ge=1, description="first documents of the dev split, "
+                                "per task")
+    max_test: int | None = Field(None, ge=1, description="first documents of the test split, "
+                                 "per task")
+    add_bos_token: bool | None = Field(
+        None, description="lm-eval's add_bos_token: prepend BOS to every context; None: what "
+        "the tokenizer does by default (as lm-eval)")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _one_path(cls, data: Any) -> Any:
+        if isinstance(data, dict) and isinstance(data.get("include_path"), str):
+            data = {**data, "include_path": [data["include_path"]]}
+        return data
+
+    @property
+    def documents_name(self) -> str:
+        """What the items are, for reports."""
+        return "lm_eval " + ", ".join(Path(t).stem if t.endswith((".yaml", ".yml")) else t
+                                      for t in self.tasks)
+
+    def resolved(self, root: Path) -> LmEvalConfig:
+        """include_path and task YAML files relative to `root` (the config's folder)."""
+        def local(p: str) -> str:
+            return str((root / Path(p).expanduser()).resolve())
+
+        return self.model_copy(update={
+            "include_path": [local(p) for p in self.include_path],
+            "tasks": [local(t) if t.endswith((".yaml", ".yml")) else t for t in self.tasks]})
+
 
 CHOICE_METRICS = ("acc", "acc_norm", "acc_bytes", "acc_mutual_info")
 OUTPUT_TYPES = ("multiple_choice", "generate_until")
@@ -327,8 +396,8 @@ def task_spec(name: str, task: Any, cfg: Any) -> TaskSpec:
     return spec
 
 
-@register_utility("lm_eval")
-class LmEvalTasks(_ScoresEachParticle):
+@register_utility("lm_eval", config=LmEvalConfig)
+class LmEvalTasks(ScoresEachParticle):
     """lm-evaluation-harness tasks, scored by our engine; the utility is the mean of the
     chosen metric over all documents of all tasks (lm-eval's size-weighted group mean)."""
 
@@ -449,7 +518,7 @@ class LmEvalTasks(_ScoresEachParticle):
                 item_slots.append((p, seen[tuple(tail)]))
             slots.append(item_slots)
         per_particle = generation.option_logprobs(model, prompts, options,
-                                                  pad_id=_pad_id(tokenizer), particles=particles)
+                                                  pad_id=pad_id(tokenizer), particles=particles)
         return [[[logps[a][b] for a, b in item_slots] for item_slots in slots]
                 for logps in per_particle]
 
@@ -489,7 +558,7 @@ class LmEvalTasks(_ScoresEachParticle):
                     counts["lm_eval_truncated"] += 1
                 prompts.append(ids)
             per_particle = generation.generate(
-                model, prompts, max_new_tokens=max_gen, pad_id=_pad_id(tokenizer),
+                model, prompts, max_new_tokens=max_gen, pad_id=pad_id(tokenizer),
                 eos_id=sorted(eos) or None, particles=particles, stop_strings=until,
                 tokenizer=tokenizer)
             for p, outs in enumerate(per_particle):
