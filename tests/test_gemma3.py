@@ -66,6 +66,30 @@ def test_gemma3_dequantised_completes_sensibly(gemma):
                                8)
 
 
+@pytest.mark.gemma3
+@no_gemma
+def test_gemma3_options_are_packed_with_the_two_pass_scores(gemma, monkeypatch):
+    """Its sliding window (512) hides nothing of a short item, so the one-forward packed way
+    scores it (the LM head on read columns only: 2.2x faster on ARC-Easy) with the two-pass
+    way's log-probabilities and per-item scores."""
+    from modelswarms.evaluation.engine import generation
+
+    model, tok = gemma
+    prompts = [tok.encode(f"Question: {it['question']}\nAnswer:") for it in ITEMS]
+    options = [[tok.encode(" " + c, add_special_tokens=False) for c in it["choices"].values()]
+               for it in ITEMS]
+    assert generation.packs(model, 40) and not generation.packs(model, 600)
+    ways = [generation.option_logprobs(model, prompts, options, pad_id=tok.pad_token_id,
+                                       batch_size=4, packed=p)[0] for p in (True, False)]
+    assert [x for r in ways[0] for x in r] == pytest.approx([x for r in ways[1] for x in r],
+                                                            abs=2e-4)
+    u = make_utility(scoring="cloze", chat_template=False, batch_size=4)
+    packed = u.score(model, tok, ITEMS)
+    monkeypatch.setattr(generation, "packs", lambda *a, **k: False)
+    slow = u.score(model, tok, ITEMS)
+    assert packed.scores == slow.scores and packed.predictions == slow.predictions
+
+
 @pytest.fixture(scope="module")
 def both(gemma):
     from modelswarms.evaluation.engine.backend import load_standalone

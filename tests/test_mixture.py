@@ -349,3 +349,61 @@ def test_an_embedded_model_is_named_not_located_in_a_mixture_export(tmp_path, mo
     adapter = json.loads((tmp_path / "student" / "adapter_config.json").read_text())
     assert adapter["base_model_name_or_path"] == "tiny"
     load_standalone(str(tmp_path / "student"))  # its base resolves through the registry
+
+
+def _gemma3(folder, window):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from modelswarms.testing import make_tiny_gemma3
+
+    path = make_tiny_gemma3(folder, sliding_window=window)
+    return AutoModelForCausalLM.from_pretrained(path).eval(), AutoTokenizer.from_pretrained(path)
+
+
+def test_a_sliding_window_model_is_packed_only_within_its_window(tmp_path):
+    """Gemma 3's sliding-window layers take the packed mask as it is: the one-forward way
+    serves a call whose every prompt + option fits in the window (the window hides nothing
+    there) and the two-pass way any longer one, where packing would read past the window."""
+    from modelswarms.evaluation.engine import generation
+
+    prompts = [[1, *range(10, 40)], [1, *range(40, 52)]]  # 31 and 13 tokens
+    options = [[[60, 61, 62], [63], [64, 65]], [[66, 67], [68, 69, 70, 71]]]
+    for window, fits in ((64, True), (16, False)):
+        model, tok = _gemma3(tmp_path / str(window), window)
+        assert generation.packs(model, 31 + 3) is fits
+        ways = {packed: generation.option_logprobs(model, prompts, options, pad_id=0,
+                                                   batch_size=4, packed=packed)[0]
+                for packed in (None, True, False)}
+        flat = {k: torch.tensor([x for row in v for x in row]) for k, v in ways.items()}
+        assert torch.allclose(flat[None], flat[False], atol=1e-5)
+        # packing past the window would change the long prompt's scores, not the short one's
+        assert torch.allclose(flat[True], flat[False], atol=1e-5) is fits
+        assert ways[True][1] == pytest.approx(ways[False][1], abs=1e-5)
+
+
+def test_packing_gemma3_keeps_a_two_architecture_mixtures_scores(tmp_path, experts,
+                                                                 monkeypatch):
+    """A mixture of a tiny Gemma 3 (packed: one forward per batch, the LM head on read
+    columns only) and a tiny GPT-2 scores every item as with both on the two-pass way."""
+    from modelswarms.evaluation.engine import generation
+
+    model, tok = _gemma3(tmp_path / "g", 64)
+    pool = [("gemma3", model, tok), experts[1]]
+    u = make_utility(scoring="cloze", chat_template=False, batch_size=4)
+    runs, calls = {}, []
+    real = generation._packed_option_logprobs
+    monkeypatch.setattr(generation, "_packed_option_logprobs",
+                        lambda m, *a, **k: calls.append(m) or real(m, *a, **k))
+    for way in ("packed", "two passes"):
+        if way == "two passes":
+            monkeypatch.setattr(generation, "packs", lambda *a, **k: False)
+        mix = MixtureLM(pool)
+        mix.set_weights([0.6, 0.4])
+        scored = u.score(mix, mix.tokenizer, ITEMS)
+        runs[way] = scored, mix._expert_continuations(
+            0, *next((k[2], k[3]) for k in mix._memo if k[:2] == ("cont", 0)))
+    assert calls and all(m is model for m in calls)  # GPT-2 is never packed
+    (packed, lp_packed), (slow, lp_slow) = runs["packed"], runs["two passes"]
+    assert packed.scores == slow.scores and packed.predictions == slow.predictions
+    assert [x for r in lp_packed for x in r] == pytest.approx([x for r in lp_slow for x in r],
+                                                            abs=1e-5)

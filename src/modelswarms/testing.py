@@ -239,6 +239,28 @@ def make_tiny_gpt2(folder: str | Path, *, seed: int = 1, hidden_size: int = 32,
     return folder
 
 
+def make_tiny_gemma3(folder: str | Path, *, seed: int = 2, hidden_size: int = 32,
+                     sliding_window: int = 64) -> Path:
+    """Save a random tiny Gemma3ForCausalLM (a sliding-window layer, then a full-attention
+    one, as Gemma 3 270M alternates them) with make_char_tokenizer's vocabulary."""
+    from transformers import Gemma3ForCausalLM, Gemma3TextConfig
+
+    folder = Path(folder)
+    tok = make_char_tokenizer()
+    config = Gemma3TextConfig(
+        vocab_size=len(tok), hidden_size=hidden_size, intermediate_size=hidden_size * 2,
+        num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=1,
+        head_dim=hidden_size // 4, query_pre_attn_scalar=hidden_size // 4,
+        sliding_window=sliding_window, layer_types=["sliding_attention", "full_attention"],
+        max_position_embeddings=512, pad_token_id=tok.pad_token_id,
+        bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id,
+        final_logit_softcapping=None, attn_implementation="sdpa")
+    torch.manual_seed(seed)
+    Gemma3ForCausalLM(config).save_pretrained(folder)
+    tok.save_pretrained(folder)
+    return folder
+
+
 def arith_items(n: int, rng: random.Random | int, id_prefix: str = "") -> list[dict]:
     """n multiple-choice sums ("What is 3+4?", four options around the answer, in a random
     order) drawn from `rng` (or a generator seeded with it): tiny data for tests and bench

@@ -189,10 +189,12 @@ def option_logprobs(model, prompts: Sequence[Sequence[int]],
     """
     if getattr(model, "is_mixture", False):
         return [_mixture_continuations(model, prompts, options)]
-    fits_context(model, [len(p) + max(map(len, o), default=0) for p, o in
-                         zip(prompts, options, strict=True)])
+    lengths = [len(p) + max(map(len, o), default=0) for p, o in zip(prompts, options,
+                                                                      strict=True)]
+    fits_context(model, lengths)
     if packed is None:
-        packed = packs(model) and all(len(c) for o in options for c in o)
+        packed = packs(model, max(lengths, default=0)) and \
+            all(len(c) for o in options for c in o)
     if packed:
         return _packed_option_logprobs(model, prompts, options, pad_id=pad_id,
                                        batch_size=batch_size, max_tokens=max_tokens,
@@ -254,15 +256,20 @@ def option_logprobs(model, prompts: Sequence[Sequence[int]],
     return out
 
 
-# Architectures whose decoder model's forward takes a custom 4-D mask as it is and whose logits
-# are the LM head of its last hidden state (no soft-capping or scaling of logits after it).
-PACKED_MODEL_TYPES = frozenset({"llama", "qwen2", "qwen3", "mistral", "olmo", "olmo2"})
+# Architectures whose decoder model's forward takes a custom 4-D mask as it is (for every
+# layer type) and whose logits are the LM head of its last hidden state (no scaling of logits
+# after it; soft-capping is checked on the config, Gemma 3 has none).
+PACKED_MODEL_TYPES = frozenset({"llama", "qwen2", "qwen3", "mistral", "olmo", "olmo2",
+                                "gemma3_text"})
 
 
-def packs(model) -> bool:
+def packs(model, span: int | None = None) -> bool:
     """Whether `_packed_option_logprobs` serves `model`: a transformers (or peft-wrapped)
-    causal LM of a known architecture, full attention in every layer, on a CPU. On a GPU the
-    two-pass way keeps SDPA's fused kernels (a custom mask rules them out)."""
+    causal LM of a known architecture, on a CPU, whose every layer attends to all it is
+    shown. Sliding-window layers (Gemma 3's) qualify when `span`, the longest prompt plus
+    option of the call, is within the window: the window then hides nothing, and the packed
+    mask, taken as it is by every layer, asks the same. On a GPU the two-pass way keeps
+    SDPA's fused kernels (a custom mask rules them out)."""
     try:
         from peft import PeftModel
     except ImportError:  # pragma: no cover - peft is a dependency
@@ -277,10 +284,16 @@ def packs(model) -> bool:
             getattr(config, "_attn_implementation", None) not in ("sdpa", "eager") or \
             not type(base).__module__.startswith("transformers."):
         return False
+    if getattr(config, "final_logit_softcapping", None) is not None:
+        return False
     types = getattr(config, "layer_types", None)
-    if (types is not None and any(t != "full_attention" for t in types)) or \
-            (types is None and getattr(config, "sliding_window", None) and
-             getattr(config, "use_sliding_window", True)):
+    window = getattr(config, "sliding_window", None)
+    if types is not None and any(t not in ("full_attention", "sliding_attention")
+                                 for t in types):
+        return False
+    windowed = "sliding_attention" in types if types is not None else \
+        bool(window) and getattr(config, "use_sliding_window", True)
+    if windowed and (span is None or not window or span > window):
         return False
     return decoder_layers(model) is not None and base.get_output_embeddings() is not None
 
