@@ -128,12 +128,14 @@ class RayWorker:
             return None, self.evaluator.drain_events(), err
         return out, self.evaluator.drain_events(), None
 
-    def overlong(self, token: int, boxed: list, items: list[dict]
-                 ) -> tuple[Overlong | None, Exception | None]:
+    def overlong(self, token: int, boxed: list, unit: None, items: list[dict]
+                 ) -> tuple[list[Overlong | None] | None, dict, Exception | None]:
+        """score's shape, so the driver's dispatch (and its actor restarts) carries it too."""
         try:
-            return self.evaluator.overlong(items, self._utility(token, boxed)), None
+            found = self.evaluator.overlong(items, self._utility(token, boxed))
         except ModelSwarmsError as err:
-            return None, err
+            return None, self.evaluator.drain_events(), err
+        return [found], self.evaluator.drain_events(), None
 
     def ensemble(self, token: int, boxed: list, vectors: torch.Tensor,
                  items: list[dict]) -> tuple[list[ItemScores] | None, dict, Exception | None]:
@@ -280,12 +282,9 @@ class RayEvaluator:
         return self._dispatch("score", units, items, utility)
 
     def overlong(self, items: list[dict], utility: Utility) -> Overlong | None:
-        """As a local evaluator's, asked of one actor: the models and tokenizers live there."""
-        token, boxed = self._boxed(utility)
-        found, err = self.ray.get(self.actors[0].overlong.remote(token, boxed, items))
-        if err is not None:
-            raise err
-        return found
+        """As a local evaluator's, asked of one actor (the models and tokenizers live there),
+        through the dispatch that replaces an actor dying under it."""
+        return self._dispatch("overlong", [None], items, utility)[0]  # type: ignore[return-value]
 
     def score_ensemble(self, vectors: torch.Tensor, items: list[dict],
                        utility: Utility) -> ItemScores:
