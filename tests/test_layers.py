@@ -37,7 +37,7 @@ LAYERS: list[tuple[str, ...]] = [
     ("search",),  # search/hswarm.py searches hetero's systems
     ("experts", "runs"),
     ("api", "testing", "demo_data"),
-    ("cli",),
+    ("cli", "docs"),  # docs.py walks the registries api.py fills
     ("__main__", ""),  # "": the package's __init__, the Python API
 ]
 
