@@ -399,7 +399,7 @@ def measure_base(base: Base, mmlu: Path, gsm: Path, args, device: torch.device,
         decode.STATS.clear()
         real = generation.generate
         if hf:
-            generation.generate = generation._generate_hf  # the engine before decode.py
+            generation.generate = generation.generate_hf  # the engine before decode.py
         try:
             start, cpu = now(), time.process_time()
             results = session.score_many(vectors[:n], gsm_items)

@@ -1,4 +1,4 @@
-"""decode.py's greedy engine gives model.generate's answers (generation._generate_hf, the
+"""decode.py's greedy engine gives model.generate's answers (generation.generate_hf, the
 engine before it): with and without the shared prompt head, with several particles per
 forward, with eos and stop strings, on a Llama and a GPT-2, and in the static-shape step a
 CUDA graph replays (run eagerly here)."""
@@ -39,7 +39,7 @@ def arch(request, tmp_path_factory):
     # a shared head of more than MIN_SHARED_PREFIX tokens, then tails of different lengths
     prompts = [tok(f"Question: what is {rng.randint(0, 99)} plus {rng.randint(0, 999)}? "
                    "Answer:" + "x" * rng.randint(0, 9))["input_ids"] for _ in range(9)]
-    ref = generation._generate_hf(model, prompts, max_new_tokens=12, pad_id=tok.pad_token_id,
+    ref = generation.generate_hf(model, prompts, max_new_tokens=12, pad_id=tok.pad_token_id,
                                   eos_id=None, batch_size=4)[0]
     common = [t for t, _ in Counter(t for r in ref for t in r[1:]).most_common(2)]
     return request.param, root, folder, model, tok, prompts, common
@@ -48,7 +48,7 @@ def arch(request, tmp_path_factory):
 def _both(model, tok, prompts, **kw):
     kw = {"max_new_tokens": 20, "pad_id": tok.pad_token_id, "batch_size": 4, **kw}
     share = kw.pop("share_prefix", True)
-    return (generation._generate_hf(model, prompts, **kw),
+    return (generation.generate_hf(model, prompts, **kw),
             generation.generate(model, prompts, share_prefix=share, **kw))
 
 
@@ -119,14 +119,14 @@ def test_several_particles_per_forward_answer_as_each_alone(arch, share, mc_data
     backend = session.backend
     _sharpen(backend.model, 1)
     kw = {"max_new_tokens": 16, "pad_id": tok.pad_token_id}
-    ref = generation._generate_hf(backend.model, prompts, eos_id=None, batch_size=4, **kw)[0]
+    ref = generation.generate_hf(backend.model, prompts, eos_id=None, batch_size=4, **kw)[0]
     eos = Counter(t for r in ref for t in r[1:]).most_common(1)[0][0]
     gen = torch.Generator().manual_seed(3)
     vectors = session.experts + 0.2 * torch.randn(session.experts.shape, generator=gen)
     alone, alone_new = [], []
     for row in vectors:
         backend.load(row)
-        alone += generation._generate_hf(backend.model, prompts, eos_id=eos, batch_size=4, **kw)
+        alone += generation.generate_hf(backend.model, prompts, eos_id=eos, batch_size=4, **kw)
         alone_new += generation.generate(backend.model, prompts, eos_id=eos, batch_size=4,
                                          share_prefix=share, **kw)
     assert alone_new == alone
@@ -165,7 +165,7 @@ def fake_graphs(monkeypatch):
     monkeypatch.setattr(decode, "GRAPH_DEVICES", ("cuda", "cpu"))
     monkeypatch.setattr(decode, "CUDA_GRAPHS", True)
     monkeypatch.setattr(decode, "_warm_up", lambda step: (step(), step()))
-    monkeypatch.setattr(decode, "_capture", lambda step: step)
+    monkeypatch.setattr(decode, "capture_graph", lambda step: step)
     decode.STATS.clear()
 
 
@@ -189,7 +189,7 @@ def test_a_failed_capture_decodes_eagerly(arch, fake_graphs, monkeypatch, caplog
     def refuse(step):
         raise RuntimeError("operation not permitted when stream is capturing")
 
-    monkeypatch.setattr(decode, "_capture", refuse)
+    monkeypatch.setattr(decode, "capture_graph", refuse)
     n = decode.GRAPH_MIN_STEPS + 4
     expected, got = _both(model, tok, prompts, eos_id=common[0], max_new_tokens=n)
     assert got == expected

@@ -322,7 +322,7 @@ def test_local_judge_on_a_tiny_model(tiny_base, tmp_path, monkeypatch):
     ratings = judge.rate_all(["2+2?", "3+3?"], ["4", "6"])  # a random model: gibberish
     assert [r.status for r in ratings] == ["unparseable", "unparseable"]
 
-    _, tok = judge._load()
+    _, tok = judge.load()
     calls = []
 
     def fake_generate(model, prompts, **kw):

@@ -391,8 +391,8 @@ def test_packing_gemma3_keeps_a_two_architecture_mixtures_scores(tmp_path, exper
     pool = [("gemma3", model, tok), experts[1]]
     u = make_utility(scoring="cloze", chat_template=False, batch_size=4)
     runs, calls = {}, []
-    real = generation._packed_option_logprobs
-    monkeypatch.setattr(generation, "_packed_option_logprobs",
+    real = generation.packed_option_logprobs
+    monkeypatch.setattr(generation, "packed_option_logprobs",
                         lambda m, *a, **k: calls.append(m) or real(m, *a, **k))
     for way in ("packed", "two passes"):
         if way == "two passes":
@@ -400,8 +400,9 @@ def test_packing_gemma3_keeps_a_two_architecture_mixtures_scores(tmp_path, exper
         mix = MixtureLM(pool)
         mix.set_weights([0.6, 0.4])
         scored = u.score(mix, mix.tokenizer, ITEMS)
-        runs[way] = scored, mix._expert_continuations(
-            0, *next((k[2], k[3]) for k in mix._memo if k[:2] == ("cont", 0)))
+        mix.set_weights([1.0, 0.0])  # Gemma's own log-likelihoods of two continuations
+        runs[way] = scored, mix.continuation_logprobs(
+            [b"Question: 2+2?\nAnswer:"], [[b" 4", b" five hundred"]])
     assert calls and all(m is model for m in calls)  # GPT-2 is never packed
     (packed, lp_packed), (slow, lp_slow) = runs["packed"], runs["two passes"]
     assert packed.scores == slow.scores and packed.predictions == slow.predictions

@@ -164,7 +164,7 @@ class Killer(threading.Thread):
             try:
                 call = ev.busy  # a new dict per call
                 busy = {slot: (id(call), unit) for unit, slot in list(call.values())}
-                starting = set(list(ev._starting.values()))
+                starting = ev.starting_slots
             except RuntimeError:  # changed while read: next moment
                 continue
             slot = self.rng.randrange(len(ev.actors))
@@ -331,10 +331,10 @@ def test_a_loaded_local_judge_travels_without_its_model(tiny_base, tmp_path):
 
     judge = build_judge(JudgeConfig(kind="local", model=str(tiny_base), max_tokens=4,
                                     cache_dir=str(tmp_path / "c")))
-    judge._load()
-    copy = pickle.loads(pickle.dumps(judge))
-    assert copy._loaded is None and copy._lock is not judge._lock
-    assert copy._load()[0] is not judge._loaded[0]
+    model = judge.load()[0]
+    copy = pickle.loads(pickle.dumps(judge))  # a lock would not pickle: it is left behind
+    assert judge.loaded and not copy.loaded
+    assert copy.load()[0] is not model and copy.loaded
 
 
 def test_an_address_where_nothing_listens_is_one_line_at_once():
@@ -342,5 +342,5 @@ def test_an_address_where_nothing_listens_is_one_line_at_once():
 
     t = time.monotonic()
     with pytest.raises(ConfigError, match=r"model.ray_address: no Ray cluster at '127.0.0.1:1'"):
-        ray_pool._init(ray, "127.0.0.1:1")  # Ray itself would wait two minutes, then exit
+        ray_pool.connect(ray, "127.0.0.1:1")  # Ray itself would wait two minutes, then exit
     assert time.monotonic() - t < 10

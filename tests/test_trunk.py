@@ -273,7 +273,7 @@ def test_frozen_lora_below_the_searched_layers(lora_experts, mc_data, k):
     LoRA modules."""
     plain = open_session(lora_experts, mc_data, k=k, trunk=False, exclude=["*layers.0.*"])
     memo = open_session(lora_experts, mc_data, k=k, exclude=["*layers.0.*"])
-    assert memo.trunk.k == 1 and memo.trunk._tuners
+    assert memo.trunk.k == 1 and memo.trunk.frozen_adapters > 0
     vectors = particles(plain, n=3, seed=5)
     hits = 0
     for _ in range(2):
@@ -361,7 +361,7 @@ def test_cloze_option_passes_reuse_the_trunk_exactly(upper_experts, mc_data, k, 
 @pytest.mark.parametrize("share", [True, False], ids=["shared head", "no shared head"])
 @pytest.mark.parametrize("k", [1, 3])
 def test_packed_options_reuse_the_trunk_exactly(upper_experts, mc_data, k, share):
-    """The CPU's way (generation._packed_option_logprobs): one forward of packed rows per
+    """The CPU's way (generation.packed_option_logprobs): one forward of packed rows per
     batch, keyed by the trunk like any forward; the second group of particles skips the
     trunk, and the log-probabilities are those of the two-pass way (float tolerance) and,
     with one particle a forward, bit for bit those without the trunk."""

@@ -432,7 +432,13 @@ class OutputConfig(StrictModel):
 
 class RunConfig(StrictModel):
     """A config file: the experts, their data and utility, the search and its budget, the
-    engine and the output; each command reads the sections it needs."""
+    engine and the output; each command reads the sections it needs. A top-level key that is
+    not a field below is a section registered by a strategy's own file (register_section),
+    checked against its model; any other key is an error."""
+
+    # "allow" only so that registered sections can sit at the top level; _sections refuses
+    # every other key before pydantic sees it, with the same "unknown key" message
+    model_config = ConfigDict(extra="allow", frozen=True, allow_inf_nan=False)
 
     experts: ExpertsConfig = Field(description="the experts searched, and their base model")
     data: DataConfig | None = Field(
@@ -473,7 +479,40 @@ class RunConfig(StrictModel):
         # what a config says, not where it was read from
         if not isinstance(other, RunConfig):
             return NotImplemented
-        return self.__dict__ == other.__dict__
+        return (self.__dict__ == other.__dict__
+                and self.__pydantic_extra__ == other.__pydantic_extra__)
+
+    def settings(self, name: str) -> Any:
+        """Section `name` as this config gives it, or its defaults where the config has none:
+        how a strategy reads its own section, whether RunConfig declares it or its file
+        registered it."""
+        if name in type(self).model_fields:
+            return getattr(self, name)
+        given = (self.__pydantic_extra__ or {}).get(name)
+        return given if given is not None else section(name)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _sections(cls, data: Any) -> Any:
+        if not isinstance(data, dict):
+            return data
+        out, errors = dict(data), []
+        for key, value in data.items():
+            if key in cls.model_fields:
+                continue
+            model = SECTIONS.get(key) if isinstance(key, str) else None
+            if model is None:
+                errors.append({"type": "extra_forbidden", "loc": (key,), "input": value})
+            elif not isinstance(value, model):
+                try:
+                    out[key] = model.model_validate({} if value is None else value)
+                except ValidationError as err:  # located under the section's key
+                    errors += [{"type": e["type"], "loc": (key, *e["loc"]), "input": e["input"],
+                                **({"ctx": e["ctx"]} if "ctx" in e else {})}
+                               for e in err.errors()]
+        if errors:
+            raise ValidationError.from_exception_data(cls.__name__, errors)
+        return out
 
     @model_validator(mode="after")
     def _documents_once(self) -> RunConfig:

@@ -61,7 +61,7 @@ def _ray():
     return ray
 
 
-def _init(ray: Any, address: str | None) -> None:
+def connect(ray: Any, address: str | None) -> None:
     """Start a local Ray (None) or join one; any failure is one line naming the key."""
     where = "model.workers: could not start a local Ray" if address is None else \
         f"model.ray_address: no Ray cluster at {address!r}"
@@ -180,7 +180,7 @@ class RayEvaluator:
         global _SHARED
         ray = _ray()
         if not ray.is_initialized():
-            _init(ray, model.ray_address)
+            connect(ray, model.ray_address)
         key = (experts.model_dump_json(), model.model_dump_json(), space_digest(space),
                ray.get_runtime_context().get_job_id())
         if _SHARED is not None and _SHARED.key == key:
@@ -252,6 +252,11 @@ class RayEvaluator:
                               "process (are the expert folders the same on every node?)")
         return infos
 
+    @property
+    def starting_slots(self) -> set[int]:
+        """The actor slots whose replacement is still starting (no work goes to them)."""
+        return set(self._starting.values())
+
     def close(self) -> None:
         global _SHARED
         for actor in self.actors:
@@ -315,7 +320,7 @@ class RayEvaluator:
         results: list[list[ItemScores] | None] = [None] * len(units)
         attempts = [0] * len(units)
         queue = deque(range(len(units)))
-        starting = set(self._starting.values())
+        starting = self.starting_slots
         idle = deque(s for s in range(len(self.actors)) if s not in starting)
         running: dict[Any, tuple[int, int]] = {}  # task ref -> (unit, slot)
         self.busy = running  # read by tests that kill actors holding work

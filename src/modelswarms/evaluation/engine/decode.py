@@ -418,7 +418,7 @@ class _Batch:
     def _graph(self, step, done) -> int:
         """Warm up (two real steps), capture one step, replay it until every row is done."""
         _warm_up(step)
-        replay = _capture(step)
+        replay = capture_graph(step)
         STATS["graphs_captured"] += 1
         watch = _DoneWatch(done)
         n = 3  # the first token and the two warm-up steps; capturing runs nothing
@@ -445,7 +445,9 @@ def _warm_up(step: Callable[[], None]) -> None:
     torch.cuda.current_stream().wait_stream(side)
 
 
-def _capture(step: Callable[[], None]) -> Callable[[], None]:
+def capture_graph(step: Callable[[], None]) -> Callable[[], None]:
+    """One decode step recorded as a CUDA graph, its replay returned: the seam a failed or
+    faked capture is tested through (a failure falls back to eager steps)."""
     graph = torch.cuda.CUDAGraph()
     with torch.cuda.graph(graph):
         step()

@@ -177,7 +177,7 @@ def option_logprobs(model, prompts: Sequence[Sequence[int]],
     """[particle][prompt][option]: log p(option | prompt), summed over the option's tokens.
 
     On a CPU (`packed`: None picks) each item is one row, its question then every option's
-    tokens, each option attending to the question and to itself (`_packed_option_logprobs`):
+    tokens, each option attending to the question and to itself (`packed_option_logprobs`):
     one forward, no cache copies, the LM head on read columns only. Elsewhere two passes.
 
     Two passes: each prompt is run once, for all of its options: a first pass over the (left-padded)
@@ -196,7 +196,7 @@ def option_logprobs(model, prompts: Sequence[Sequence[int]],
         packed = packs(model, max(lengths, default=0)) and \
             all(len(c) for o in options for c in o)
     if packed:
-        return _packed_option_logprobs(model, prompts, options, pad_id=pad_id,
+        return packed_option_logprobs(model, prompts, options, pad_id=pad_id,
                                        batch_size=batch_size, max_tokens=max_tokens,
                                        particles=particles, share_prefix=share_prefix)
     device = device_of(model)
@@ -264,7 +264,7 @@ PACKED_MODEL_TYPES = frozenset({"llama", "qwen2", "qwen3", "mistral", "olmo", "o
 
 
 def packs(model, span: int | None = None) -> bool:
-    """Whether `_packed_option_logprobs` serves `model`: a transformers (or peft-wrapped)
+    """Whether `packed_option_logprobs` serves `model`: a transformers (or peft-wrapped)
     causal LM of a known architecture, on a CPU, whose every layer attends to all it is
     shown. Sliding-window layers (Gemma 3's) qualify when `span`, the longest prompt plus
     option of the call, is within the window: the window then hides nothing, and the packed
@@ -431,10 +431,10 @@ def _blocked_logprobs(head: torch.nn.Linear, x: torch.Tensor, t_row: torch.Tenso
     return out
 
 
-def _packed_option_logprobs(model, prompts: Sequence[Sequence[int]],
-                            options: Sequence[Sequence[Sequence[int]]], *, pad_id: int,
-                            batch_size: int | None, max_tokens: int | None, particles: int,
-                            share_prefix: bool) -> list[list[list[float]]]:
+def packed_option_logprobs(model, prompts: Sequence[Sequence[int]],
+                           options: Sequence[Sequence[Sequence[int]]], *, pad_id: int,
+                           batch_size: int | None, max_tokens: int | None, particles: int,
+                           share_prefix: bool) -> list[list[list[float]]]:
     """option_logprobs in one forward per batch: each item is one row holding its question
     and every option's tokens (all but the last), positions restarting after the question
     for each option and a mask that lets an option read the question and itself only. So
@@ -492,7 +492,7 @@ def generate(model, prompts: Sequence[Sequence[int]], *, max_new_tokens: int, pa
     holds one of them; the tokens are not cut there (the caller cuts the text), the batch just
     stops paying for rows that are done.
 
-    The answers are `model.generate`'s greedy answers (`_generate_hf`, used for models the
+    The answers are `model.generate`'s greedy answers (`generate_hf`, used for models the
     engine does not know); decode.py computes them with every particle of a batch in one
     forward, the shared prompt head run once, preallocated caches, no host sync per token
     and, on a GPU, CUDA graphs."""
@@ -507,7 +507,7 @@ def generate(model, prompts: Sequence[Sequence[int]], *, max_new_tokens: int, pa
     why = decode.supported(model)
     if why is not None or max_new_tokens < 1:
         decode.STATS["hf_generate"] += 1
-        return _generate_hf(model, prompts, max_new_tokens=max_new_tokens, pad_id=pad_id,
+        return generate_hf(model, prompts, max_new_tokens=max_new_tokens, pad_id=pad_id,
                             eos_id=eos_id, batch_size=batch_size, max_tokens=max_tokens,
                             particles=particles, stop_strings=stop_strings,
                             tokenizer=tokenizer)
@@ -553,10 +553,10 @@ def _eos_ids(eos_id: int | Sequence[int] | None) -> list[int]:
 
 
 @torch.inference_mode()
-def _generate_hf(model, prompts: Sequence[Sequence[int]], *, max_new_tokens: int, pad_id: int,
-                 eos_id: int | Sequence[int] | None, batch_size: int | None = None,
-                 max_tokens: int | None = None, particles: int = 1,
-                 stop_strings: Sequence[str] = (), tokenizer=None) -> list[list[list[int]]]:
+def generate_hf(model, prompts: Sequence[Sequence[int]], *, max_new_tokens: int, pad_id: int,
+                eos_id: int | Sequence[int] | None, batch_size: int | None = None,
+                max_tokens: int | None = None, particles: int = 1,
+                stop_strings: Sequence[str] = (), tokenizer=None) -> list[list[list[int]]]:
     """`generate` by transformers' `model.generate` in length-sorted batches: the engine
     before decode.py, kept for models decode.py does not support and as the reference its
     answers are tested against."""

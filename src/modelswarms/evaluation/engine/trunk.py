@@ -301,6 +301,12 @@ class FrozenTrunk:
 
     # ----------------------------------------------------------------------------- set-up
 
+    @property
+    def frozen_adapters(self) -> int:
+        """How many adapter modules sit in the memoised layers (outside the search, yet
+        part of every particle's model): their state goes into the memo's key."""
+        return len(self._tuners)
+
     def _lower_tuners(self) -> list[torch.nn.Module]:
         try:
             from peft.tuners.tuners_utils import BaseTunerLayer

@@ -308,7 +308,12 @@ class LocalJudge(Judge):
     def __setstate__(self, state: dict) -> None:
         self.__dict__.update(state, _lock=threading.Lock())
 
-    def _load(self) -> tuple:
+    @property
+    def loaded(self) -> bool:
+        return self._loaded is not None
+
+    def load(self) -> tuple:
+        """(model, tokenizer), loaded on the first call (by one thread) and kept."""
         with self._lock:
             if self._loaded is None:
                 source = resolve_model(self.cfg.model)
@@ -318,7 +323,7 @@ class LocalJudge(Judge):
             return self._loaded
 
     def _rate_texts(self, texts: list[str]) -> Iterator[tuple[int, Rating]]:
-        model, tok = self._load()
+        model, tok = self.load()
         chat = uses_chat(tok, None)
         prompts = [encode(tok, render(tok, t, chat), chat) for t in texts]
         pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
