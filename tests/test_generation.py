@@ -40,7 +40,7 @@ def arch(request, tmp_path_factory):
     prompts = [tok(f"Question: what is {rng.randint(0, 99)} plus {rng.randint(0, 999)}? "
                    "Answer:" + "x" * rng.randint(0, 9))["input_ids"] for _ in range(9)]
     ref = generation.generate_hf(model, prompts, max_new_tokens=12, pad_id=tok.pad_token_id,
-                                  eos_id=None, batch_size=4)[0]
+                                 eos_id=None, batch_size=4)[0]
     common = [t for t, _ in Counter(t for r in ref for t in r[1:]).most_common(2)]
     return request.param, root, folder, model, tok, prompts, common
 

@@ -197,8 +197,8 @@ def option_logprobs(model, prompts: Sequence[Sequence[int]],
             all(len(c) for o in options for c in o)
     if packed:
         return packed_option_logprobs(model, prompts, options, pad_id=pad_id,
-                                       batch_size=batch_size, max_tokens=max_tokens,
-                                       particles=particles, share_prefix=share_prefix)
+                                      batch_size=batch_size, max_tokens=max_tokens,
+                                      particles=particles, share_prefix=share_prefix)
     device = device_of(model)
     out = [[[0.0] * len(o) for o in options] for _ in range(particles)]
     prefix = SharedPrefix(model, prompts, min(len(p) for p in prompts) - 1, particles) \
@@ -508,9 +508,9 @@ def generate(model, prompts: Sequence[Sequence[int]], *, max_new_tokens: int, pa
     if why is not None or max_new_tokens < 1:
         decode.STATS["hf_generate"] += 1
         return generate_hf(model, prompts, max_new_tokens=max_new_tokens, pad_id=pad_id,
-                            eos_id=eos_id, batch_size=batch_size, max_tokens=max_tokens,
-                            particles=particles, stop_strings=stop_strings,
-                            tokenizer=tokenizer)
+                           eos_id=eos_id, batch_size=batch_size, max_tokens=max_tokens,
+                           particles=particles, stop_strings=stop_strings,
+                           tokenizer=tokenizer)
     fits_context(model, [len(p) + 1 for p in prompts])
     eos = _eos_ids(eos_id)
     stops = [s for s in stop_strings if s]
