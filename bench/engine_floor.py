@@ -295,6 +295,8 @@ def main() -> None:  # noqa: C901 - one linear script
     ap.add_argument("--modes", nargs="+", default=["cloze_norm", "cloze", "letter"])
     ap.add_argument("--sections", nargs="+",
                     default=["floor", "profile", "compare", "multiplex", "dtype"])
+    ap.add_argument("--dtype-mode", default="cloze_norm",
+                    help="the scoring mode of the dtype section (the evidence targets: cloze)")
     ap.add_argument("--quick", action="store_true", help="64 items, 2 particles")
     ap.add_argument("--threads", type=int, default=None, help="torch threads (default: "
                     "torch's, the machine's cores)")
@@ -333,7 +335,8 @@ def main() -> None:  # noqa: C901 - one linear script
               "threads": args.threads,
               "command": "python bench/engine_floor.py " + " ".join(sys.argv[1:]),
               "experts": EXPERTS, "trunk_layers": k, "rows": [], "profiles": {},
-              "compare": [], "multiplex": [], "dtype": [], "skipped": {}}
+              "compare": [], "multiplex": [], "dtype": [], "skipped": {},
+              "dtype_mode": args.dtype_mode}
     tasks = {}
     for t in args.tasks:
         got = load_task(t, args.items)
@@ -438,7 +441,7 @@ def main() -> None:  # noqa: C901 - one linear script
     if "dtype" in args.sections:
         base = {}
         for task in tasks:
-            utility = utility_for(task, "cloze_norm")
+            utility = utility_for(task, args.dtype_mode)
             ev.batching = TASKS[task][2]
             ev.score_many(vectors[0][None], tasks[task], utility)
             r, s, _ = timed_eval(ev, vectors[-1], tasks[task], utility)
@@ -448,7 +451,7 @@ def main() -> None:  # noqa: C901 - one linear script
             other = ResidentEvaluator(pool, space, ModelConfig(dtype=dtype,
                                                                particles_per_forward=1))
             for task in tasks:
-                utility = utility_for(task, "cloze_norm")
+                utility = utility_for(task, args.dtype_mode)
                 other.batching = TASKS[task][2]
                 other.score_many(vectors[0][None].to(other.backend.flat.dtype), tasks[task],
                                  utility)
@@ -528,7 +531,8 @@ def render(r: dict, args, title: bool = True) -> str:
                          f"{x['together_s']:.2f} | {'yes' if x['same_scores'] else 'NO'} |")
         lines.append("")
     if r["dtype"]:
-        lines += ["Lower precision against float32 (cloze_norm, one steady particle; "
+        lines += [f"Lower precision against float32 ({r.get('dtype_mode', 'cloze_norm')}, one "
+                  "steady particle; "
                   "accuracy difference with a paired bootstrap 95% interval over the items):",
                   "", "| dtype | task | float32 s | s | choices as float32 | accuracy fp32 | "
                   "accuracy | difference [95%] |", "| --- | --- | ---: | ---: | ---: | ---: | "
