@@ -296,7 +296,8 @@ def main() -> None:  # noqa: C901 - one linear script
     ap.add_argument("--sections", nargs="+",
                     default=["floor", "profile", "compare", "multiplex", "dtype"])
     ap.add_argument("--dtype-mode", default="cloze_norm",
-                    help="the scoring mode of the dtype section (the evidence targets: cloze)")
+                    help="the scoring mode of the dtype section; `targets`: each task's own, "
+                    "as docs/bench_targets.json chose it for the evidence run")
     ap.add_argument("--quick", action="store_true", help="64 items, 2 particles")
     ap.add_argument("--threads", type=int, default=None, help="torch threads (default: "
                     "torch's, the machine's cores)")
@@ -440,8 +441,14 @@ def main() -> None:  # noqa: C901 - one linear script
 
     if "dtype" in args.sections:
         base = {}
+        chosen = json.loads((ROOT / "docs" / "bench_targets.json").read_text())["targets"] \
+            if args.dtype_mode == "targets" else {}
+
+        def mode_of(task: str) -> str:
+            return chosen[task]["scoring"] if task in chosen else args.dtype_mode
+
         for task in tasks:
-            utility = utility_for(task, args.dtype_mode)
+            utility = utility_for(task, mode_of(task))
             ev.batching = TASKS[task][2]
             ev.score_many(vectors[0][None], tasks[task], utility)
             r, s, _ = timed_eval(ev, vectors[-1], tasks[task], utility)
@@ -451,13 +458,14 @@ def main() -> None:  # noqa: C901 - one linear script
             other = ResidentEvaluator(pool, space, ModelConfig(dtype=dtype,
                                                                particles_per_forward=1))
             for task in tasks:
-                utility = utility_for(task, args.dtype_mode)
+                utility = utility_for(task, mode_of(task))
                 other.batching = TASKS[task][2]
                 other.score_many(vectors[0][None].to(other.backend.flat.dtype), tasks[task],
                                  utility)
                 r, s, _ = timed_eval(other, vectors[-1].to(other.backend.flat.dtype),
                                      tasks[task], utility)
-                row = {"dtype": dtype, "task": task, "fp32_s": base[task][1], "s": s,
+                row = {"dtype": dtype, "task": task, "mode": mode_of(task),
+                       "fp32_s": base[task][1], "s": s,
                        **agreement(base[task][0], r)}
                 result["dtype"].append(row)
                 print(json.dumps(row), flush=True)
@@ -531,14 +539,16 @@ def render(r: dict, args, title: bool = True) -> str:
                          f"{x['together_s']:.2f} | {'yes' if x['same_scores'] else 'NO'} |")
         lines.append("")
     if r["dtype"]:
-        lines += [f"Lower precision against float32 ({r.get('dtype_mode', 'cloze_norm')}, one "
-                  "steady particle; "
-                  "accuracy difference with a paired bootstrap 95% interval over the items):",
-                  "", "| dtype | task | float32 s | s | choices as float32 | accuracy fp32 | "
-                  "accuracy | difference [95%] |", "| --- | --- | ---: | ---: | ---: | ---: | "
-                  "---: | --- |"]
+        mode = r.get("dtype_mode", "cloze_norm")
+        scored = "each task in its own mode" if mode == "targets" else mode
+        lines += [f"Lower precision against float32 ({scored}, one steady particle; accuracy "
+                  "difference with a paired bootstrap 95% interval over the items):",
+                  "", "| dtype | task | mode | float32 s | s | choices as float32 | "
+                  "accuracy fp32 | accuracy | difference [95%] |",
+                  "| --- | --- | --- | ---: | ---: | ---: | ---: | ---: | --- |"]
         for x in r["dtype"]:
-            lines.append(f"| {x['dtype']} | {x['task']} | {x['fp32_s']:.2f} | {x['s']:.2f} | "
+            lines.append(f"| {x['dtype']} | {x['task']} | {x.get('mode', mode)} | "
+                         f"{x['fp32_s']:.2f} | {x['s']:.2f} | "
                          f"{x['choices_same']:.1%} | {x['acc_fp32']:.3f} | {x['acc']:.3f} | "
                          f"{x['diff']:+.3f} [{x['low']:+.3f}, {x['high']:+.3f}] |")
         lines.append("")
