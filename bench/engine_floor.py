@@ -473,6 +473,7 @@ def main() -> None:  # noqa: C901 - one linear script
 
     result["load_average_end"] = os.getloadavg()
     out.with_suffix(".json").write_text(json.dumps(result, indent=1))
+    args.command = result["command"]  # the page names the command as it was typed
     out.with_suffix(".md").write_text(render(result, args))
     print(out.with_suffix(".md").read_text())
 
@@ -482,7 +483,8 @@ def render(r: dict, args, title: bool = True) -> str:
         " --quick" if args.quick else f" --items {args.items}") + \
         (f" --threads {args.threads}" if args.threads else "")
     lines = [
-        "# The engine against the CPU's compute floor" if title else "## Another run", "",
+        ("# Lower precision against float32" if not r["rows"] and r["dtype"] else
+         "# The engine against the CPU's compute floor") if title else "## Another run", "",
         f"`{cmd}` on {r['machine']}; SmolLM2-135M-Instruct, experts "
         f"{', '.join(r['experts'])} (LoRA on layers {r['trunk_layers']}-29: layers "
         f"0-{r['trunk_layers'] - 1} are the memoised trunk); up to {r['items']} dev items a "
@@ -560,7 +562,7 @@ def render(r: dict, args, title: bool = True) -> str:
         lines += ["Against the issue's targets (steady particle, seconds / floor seconds): " +
                   "; ".join(f"{t} {m}: {1 / steady[(t, m)]['fraction']:.2f}x the floor "
                             f"(target {goal}x)" for t, m, goal in targets) + ".", ""]
-    lines += [] if not title else [
+    lines += [] if not (title and r["rows"]) else [
         "How to read it. The floor is the rate of one plain matmul of the model's largest "
         "shape; the layers' own matmuls (576x576 projections, rank-4 LoRA factors, 1024-"
         "vocabulary head tiles) run below that rate even when nothing else costs, so a "
