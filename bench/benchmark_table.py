@@ -99,6 +99,9 @@ def parser() -> argparse.ArgumentParser:
     ap.add_argument("--scoring", nargs="+", default=["cloze_norm"], metavar="[TASK=]MODE",
                     help="utility.scoring of multiple choice: one mode for every task, and/or "
                     "TASK=MODE for one")
+    ap.add_argument("--dtype", nargs="+", default=[], metavar="[TASK=]DTYPE",
+                    help="model.dtype (float32, bfloat16, ...): one for every task and/or "
+                    "TASK=DTYPE; none: the config's default (float32 on a CPU)")
     ap.add_argument("--prompt", nargs="+", default=[], metavar="TASK=TEMPLATE",
                     help="utility.prompt of one task (default: hellaswag={question})")
     ap.add_argument("--particles", type=int, default=10, help="Model Swarms population")
@@ -163,10 +166,20 @@ def scoring(task: str, args: argparse.Namespace) -> str:
     return named.get(task, plain[-1] if plain else "cloze_norm")
 
 
+def dtype(task: str, args: argparse.Namespace) -> str | None:
+    """The task's model.dtype: its TASK=DTYPE entry, else the one plain dtype, else None."""
+    given = getattr(args, "dtype", [])
+    plain = [s for s in given if "=" not in s]
+    return _pairs([s for s in given if "=" in s], "--dtype").get(
+        task, plain[-1] if plain else None)
+
+
 def config_dict(task: str, args: argparse.Namespace, out: Path) -> dict[str, Any]:
     max_dev, max_test = sizes(task, args)
     utility: dict[str, Any] = {"type": "multiple_choice", "scoring": scoring(task, args)}
     engine: dict[str, Any] = {"batch_size": args.batch_size}
+    if (precision := dtype(task, args)) is not None:  # absent: a config as before the option
+        engine["dtype"] = precision
     if args.max_batch_tokens is not None:
         engine["max_batch_tokens"] = args.max_batch_tokens
     prompt = {**DEFAULT_PROMPTS, **_pairs(args.prompt, "--prompt")}.get(task)
@@ -262,7 +275,10 @@ def task_section(task: str, folder: Path) -> list[str]:
     setup = (f"SmolLM2-135M-Instruct with the {experts} experts of "
              f"`{meta.get('pool', 'experts/smollm2')}`, multiple choice scored by "
              f"`{utility.get('scoring', '?')}`"
-             + (f" with the prompt `{prompt!r}`" if prompt else "") + ".")
+             + (f" with the prompt `{prompt!r}`" if prompt else "")
+             + (f", the model in {precision}" if (precision := cfg.get("model", {})
+                                                  .get("dtype", "auto")) != "auto" else "")
+             + ".")
     ran = (f"`{meta['command']}` on {meta.get('machine', '?')}"
            + (f", code at commit `{meta['commit']}`" if meta.get("commit") else "")
            + (f", finished {meta['finished']}" if meta.get("finished") else "") + ". "

@@ -430,6 +430,7 @@ def bench_command(task: str, args, chosen: dict[str, dict[str, Any]]) -> list[st
            "--device", args.device, "--pool", str(args.pool), "--max-dev", str(args.dev),
            "--max-test", str(args.test), "--budget", str(args.budget), "--seeds",
            *map(str, seeds), "--scoring", scoring_of(task, chosen),
+           *(["--dtype", *args.dtype] if args.dtype else []),
            "--batch-size", str(args.batch_size), "--max-batch-tokens",
            str(args.max_batch_tokens), "--particles-per-forward", str(args.per_forward),
            "--out", str(args.work / "bench")]
@@ -615,6 +616,9 @@ def main() -> None:
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     ap.add_argument("--hellaswag-one-seed", action=argparse.BooleanOptionalAction, default=True,
                     help="HellaSwag with the first seed only (its items are the dearest)")
+    ap.add_argument("--dtype", nargs="+", default=[], metavar="[TASK=]DTYPE",
+                    help="bench stage: model.dtype per target (benchmark_table's --dtype); "
+                    "none: float32")
     ap.add_argument("--extra-rows-tasks", nargs="*", default=["arc_easy"],
                     help="targets that also get --extra-methods rows")
     ap.add_argument("--extra-methods", nargs="*", default=["layer_swarm"])
