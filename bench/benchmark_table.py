@@ -159,19 +159,21 @@ def sizes(task: str, args: argparse.Namespace) -> tuple[int, int]:
     return min(dev, have.get("dev", dev)), min(test, have.get("test", test))
 
 
+def per_task(given: list[str], task: str, flag: str, default: str | None) -> str | None:
+    """A [TASK=]VALUE flag's value for `task`: its TASK= entry, else the last plain value,
+    else `default`."""
+    plain = [s for s in given if "=" not in s]
+    return _pairs([s for s in given if "=" in s], flag).get(task, plain[-1] if plain else default)
+
+
 def scoring(task: str, args: argparse.Namespace) -> str:
-    """The task's mode: its TASK=MODE entry, else the one plain mode (cloze_norm if none)."""
-    plain = [s for s in args.scoring if "=" not in s]
-    named = _pairs([s for s in args.scoring if "=" in s], "--scoring")
-    return named.get(task, plain[-1] if plain else "cloze_norm")
+    """The task's mode (cloze_norm where --scoring names none)."""
+    return per_task(args.scoring, task, "--scoring", "cloze_norm") or "cloze_norm"
 
 
 def dtype(task: str, args: argparse.Namespace) -> str | None:
-    """The task's model.dtype: its TASK=DTYPE entry, else the one plain dtype, else None."""
-    given = getattr(args, "dtype", [])
-    plain = [s for s in given if "=" not in s]
-    return _pairs([s for s in given if "=" in s], "--dtype").get(
-        task, plain[-1] if plain else None)
+    """The task's model.dtype; None: the config's default."""
+    return per_task(getattr(args, "dtype", []), task, "--dtype", None)
 
 
 def config_dict(task: str, args: argparse.Namespace, out: Path) -> dict[str, Any]:
@@ -272,13 +274,12 @@ def task_section(task: str, folder: Path) -> list[str]:
     utility = cfg.get("utility", {})
     experts = len(cfg.get("experts", {}).get("paths", [])) or "the"
     prompt = utility.get("prompt")
+    precision = cfg.get("model", {}).get("dtype", "auto")
     setup = (f"SmolLM2-135M-Instruct with the {experts} experts of "
              f"`{meta.get('pool', 'experts/smollm2')}`, multiple choice scored by "
              f"`{utility.get('scoring', '?')}`"
              + (f" with the prompt `{prompt!r}`" if prompt else "")
-             + (f", the model in {precision}" if (precision := cfg.get("model", {})
-                                                  .get("dtype", "auto")) != "auto" else "")
-             + ".")
+             + (f", the model in {precision}" if precision != "auto" else "") + ".")
     ran = (f"`{meta['command']}` on {meta.get('machine', '?')}"
            + (f", code at commit `{meta['commit']}`" if meta.get("commit") else "")
            + (f", finished {meta['finished']}" if meta.get("finished") else "") + ". "
